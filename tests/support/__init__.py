@@ -1,0 +1,1 @@
+"""Shared helpers for the test tiers (paths, the MicroPython runner)."""
