@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hanota.devcode import compiled_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = ROOT / "device"
 MPY_TESTS = ROOT / "tests" / "device" / "mpy"
@@ -26,14 +28,19 @@ def micropython_cmd() -> str:
 
 def run_mpy(script: str | os.PathLike, *args: str, heapsize: str | None = None,
             path: tuple[os.PathLike, ...] = (), timeout: float = 600,
-            cwd: os.PathLike | None = None) -> subprocess.CompletedProcess:
-    """Run a MicroPython script file with device/ and tests/device/mpy/ on its path."""
+            cwd: os.PathLike | None = None, compiled: bool = True) -> subprocess.CompletedProcess:
+    """Run a MicroPython script file with the device code and tests/device/mpy/ on its path.
+
+    compiled=True (the default) puts the device code precompiled by mpy-cross on
+    the path, as boards run it; compiled=False uses the device/ sources.
+    """
+    device = compiled_tree() if compiled else DEVICE
     cmd = [micropython_cmd()]
     if heapsize:
         cmd += ["-X", "heapsize=" + heapsize]
     cmd += [str(script), *args]
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join([*(str(p) for p in path), str(DEVICE), str(MPY_TESTS)])
+    env["MICROPYPATH"] = os.pathsep.join([*(str(p) for p in path), str(device), str(MPY_TESTS)])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=cwd or ROOT)
 

@@ -1,0 +1,73 @@
+# hanota device: Zigbee AES-128-MMO hash (the OTA image integrity code, tag 0x0003).
+# Hj = AES(key=Hj-1, Mj) xor Mj with H0 = 0; padding per Zigbee (zigbee_ota.md 1.2).
+
+import struct
+
+
+# Zigbee AES-128-MMO hash, fed incrementally (integrity code, tag 0x0003).
+def _aes_encryptor():
+    try:
+        import cryptolib
+
+        def enc(key, block, out):
+            cryptolib.aes(key, 1).encrypt(block, out)
+        return enc
+    except ImportError:
+        pass
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        return None
+
+    def enc(key, block, out):
+        e = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+        out[:] = e.update(bytes(block))
+    return enc
+
+
+class Mmo:
+    def __init__(self, error=RuntimeError):
+        self._enc = _aes_encryptor()
+        if self._enc is None:
+            raise error("no-aes", "no AES available to check the integrity code")
+        self._h = bytearray(16)
+        self._blk = bytearray(16)
+        self._out = bytearray(16)
+        self._fill = 0
+        self.length = 0
+
+    def _block(self):
+        h = self._h
+        out = self._out
+        self._enc(h, self._blk, out)
+        blk = self._blk
+        for i in range(16):
+            h[i] = out[i] ^ blk[i]
+
+    def update(self, data):
+        mv = memoryview(data)
+        n = len(mv)
+        self.length += n
+        i = 0
+        while i < n:
+            take = min(16 - self._fill, n - i)
+            self._blk[self._fill:self._fill + take] = mv[i:i + take]
+            self._fill += take
+            i += take
+            if self._fill == 16:
+                self._block()
+                self._fill = 0
+
+    def digest(self):
+        bits = self.length * 8
+        if bits < 0x10000:
+            tail_len, tail = 14, struct.pack(">H", bits)
+        else:
+            tail_len, tail = 10, struct.pack(">I", bits) + b"\x00\x00"
+        pad = bytearray(b"\x80")
+        while (self.length + len(pad)) % 16 != tail_len:
+            pad.append(0)
+        length = self.length
+        self.update(pad + tail)
+        self.length = length
+        return bytes(self._h)

@@ -1,0 +1,206 @@
+"""The `hanota` command line: thin click commands over the library modules.
+
+Exit codes: 0 success, 1 usage error or a negative verdict (e.g. `image verify`
+on an invalid image), 2 a device, file-format or protocol failure.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import images
+from .errors import HanotaError
+
+
+class BasedInt(click.ParamType):
+    """An integer in decimal or 0x hex (or 0b / 0o)."""
+
+    name = "integer"
+
+    def __init__(self, bits: int | None = None):
+        self.bits = bits
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            try:
+                n = int(str(value), 0)
+            except ValueError:
+                self.fail("%r is not a number (use decimal or 0x hex)" % value, param, ctx)
+        if n < 0 or (self.bits and n >= 1 << self.bits):
+            self.fail("%s is out of range for a %d-bit field" % (value, self.bits), param, ctx)
+        return n
+
+
+class Version(click.ParamType):
+    """A file version: an integer (0x hex allowed) or a dotted quad a.b.c.d."""
+
+    name = "version"
+
+    def convert(self, value, param, ctx):
+        try:
+            return images.parse_version(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class Eui64(click.ParamType):
+    name = "eui64"
+
+    def convert(self, value, param, ctx):
+        try:
+            return images.parse_eui64(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+U16 = BasedInt(16)
+U32 = BasedInt(32)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hanota")
+def cli():
+    """hanota: OTA firmware updates for GB smart-metering HAN devices on MicroPython boards."""
+
+
+# ---------------------------------------------------------------- keys
+
+@cli.group()
+def keys():
+    """Signing keys (ECDSA P-256)."""
+
+
+@keys.command("generate")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def keys_generate(out_dir):
+    """Write a development key pair to OUT_DIR: private.pem, public.pem, public.bin.
+
+    public.bin is the raw 65-byte point that devices pin. Existing keys are never overwritten.
+    """
+    paths = images.generate_keys(out_dir)
+    point = images.load_public_key(paths.public_bin)
+    click.echo("wrote %s, %s, %s" % (paths.private, paths.public, paths.public_bin))
+    click.echo("key id %s" % images.p256.key_id(point).hex())
+
+
+# ---------------------------------------------------------------- image
+
+@cli.group()
+def image():
+    """Build, inspect and verify OTA upgrade files."""
+
+
+@image.command("build")
+@click.argument("payload", type=click.File("rb"))
+@click.option("--role", type=click.Choice(sorted(images.ROLE_IMAGE_TYPES)), required=True,
+              help="Device role; sets the default image type.")
+@click.option("--version", "version", type=Version(), required=True,
+              help="File version: integer (0x hex) or dotted a.b.c.d.")
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), required=True,
+              help="Private key (PEM) to sign with.")
+@click.option("--manufacturer", type=U16, default=images.DEFAULT_MANUFACTURER, show_default=True,
+              help="Manufacturer code.")
+@click.option("--image-type", type=U16, default=None, help="Image type (default: the role's).")
+@click.option("--min-hw", type=U16, default=None, help="Minimum hardware version (with --max-hw).")
+@click.option("--max-hw", type=U16, default=None, help="Maximum hardware version (with --min-hw).")
+@click.option("--dest", type=Eui64(), default=None, help="Destination EUI-64 (device-specific file).")
+@click.option("--security-version", type=U32, default=0, show_default=True,
+              help="Anti-rollback counter carried in the descriptor.")
+@click.option("--header-string", default=None, help="Header string (at most 32 bytes).")
+@click.option("--payload-kind", type=click.Choice(sorted(images.otafile.PAYLOAD_KINDS)), default=None,
+              help="What the payload is (default: detected from its first bytes).")
+@click.option("--board-family", type=click.Choice(sorted(images.otafile.BOARD_FAMILIES)), default="any",
+              show_default=True, help="Board family the payload is built for.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output file.")
+def image_build(payload, role, version, key_path, manufacturer, image_type, min_hw, max_hw, dest,
+                security_version, header_string, payload_kind, board_family, output):
+    """Wrap PAYLOAD (the manufacturer image) in a signed Zigbee OTA upgrade file."""
+    if (min_hw is None) != (max_hw is None):
+        raise click.UsageError("give both --min-hw and --max-hw, or neither")
+    if header_string is not None and len(header_string.encode()) > 32:
+        raise click.UsageError("--header-string is %d bytes; at most 32" % len(header_string.encode()))
+    key = images.load_private_key(key_path)
+    data = images.build_image(
+        payload.read(), key=key, version=version, role=role, manufacturer=manufacturer,
+        image_type=image_type, min_hw=min_hw, max_hw=max_hw, destination=dest,
+        security_version=security_version, header_string=header_string,
+        payload_kind=images.otafile.PAYLOAD_KINDS[payload_kind] if payload_kind else None,
+        board_family=images.otafile.BOARD_FAMILIES[board_family])
+    with open(output, "wb") as f:
+        f.write(data)
+    click.echo("wrote %s (%d bytes, version 0x%08x, image type 0x%04x)"
+               % (output, len(data), version, image_type or images.ROLE_IMAGE_TYPES[role]))
+
+
+@image.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def image_inspect(file, as_json):
+    """Show every header field and sub-element of an OTA file (foreign files too)."""
+    info = images.inspect_image(file)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    _print_inspect(info)
+
+
+def _print_inspect(info: dict) -> None:
+    hexed = {"field_control": 4, "manufacturer_code": 4, "image_type": 4, "file_version": 8,
+             "header_version": 4, "min_hw_version": 4, "max_hw_version": 4}
+    for k, v in info.items():
+        if k == "sub_elements":
+            click.echo("sub_elements:")
+            for el in v:
+                click.echo("  tag 0x%04x  %d bytes" % (el["tag"], el["length"]))
+        elif k in hexed and isinstance(v, int):
+            click.echo("%s: 0x%0*x" % (k, hexed[k], v))
+        else:
+            click.echo("%s: %s" % (k, "-" if v is None else v))
+
+
+@image.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--pubkey", "pubkeys", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Trusted public key (public.bin or PEM); repeat for several.")
+def image_verify(file, pubkeys):
+    """Exit 0 and print "valid" only for an intact image signed by one of the keys.
+
+    Otherwise exit 1 and name the reason (tampered, wrong key, unsigned, truncated, malformed).
+    """
+    keys_ = [images.load_public_key(p) for p in pubkeys]
+    result = images.verify_image(file, keys_)
+    if result.verdict is images.Verdict.VALID:
+        click.echo("valid: %s" % result.message)
+        return
+    click.echo("invalid (%s, %s): %s" % (result.verdict.value, result.reason, result.message), err=True)
+    sys.exit(1)
+
+
+def main(argv=None):
+    """Console entry point: maps domain errors to messages and exit codes."""
+    try:
+        cli.main(args=argv, prog_name="hanota", standalone_mode=False)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(1)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except HanotaError as e:
+        click.echo("hanota: %s" % e, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Build, sign, inspect and verify OTA upgrade files.
+
+The byte formats live once, in the device package (`hanfw.otafile`); this module
+only assembles and signs files (with `cryptography`) and reports on them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from hanfw import otafile, p256
+from hanfw.otafile import OtaError
+
+from .errors import ImageFormatError, KeyFileError
+
+# Default image types per role (DESIGN.md "Activation styles").
+ROLE_IMAGE_TYPES = {"ppmid": 0x0084, "althan": 0x0085, "hcalcs": 0x0086}
+# Manufacturer code used for hanota's development images.
+DEFAULT_MANUFACTURER = 0x1234
+STACK_VERSION_PRO = 2
+
+_ROMFS_MAGIC = b"\xd2\xcd\x31"
+_ESP_IMAGE_MAGIC = 0xE9
+
+
+# ---------------------------------------------------------------- keys
+
+@dataclass(frozen=True)
+class KeyPaths:
+    private: Path
+    public: Path
+    public_bin: Path
+
+
+def generate_keys(out_dir: str | os.PathLike) -> KeyPaths:
+    """Write a new P-256 key pair: private.pem, public.pem, public.bin (raw 65-byte point).
+
+    Refuses to overwrite any existing key file.
+    """
+    out = Path(out_dir)
+    paths = KeyPaths(out / "private.pem", out / "public.pem", out / "public.bin")
+    existing = [str(p) for p in (paths.private, paths.public, paths.public_bin) if p.exists()]
+    if existing:
+        raise KeyFileError("refusing to overwrite existing key file(s): %s" % ", ".join(existing),
+                           reason="key-exists")
+    out.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(paths.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub = key.public_key()
+    paths.public.write_bytes(pub.public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    paths.public_bin.write_bytes(_raw_point(pub))
+    return paths
+
+
+def _raw_point(pub: ec.EllipticCurvePublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+def load_private_key(path: str | os.PathLike) -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 private key from PEM (PKCS8 or SEC1)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise KeyFileError("cannot read private key %s: %s" % (path, e.strerror), reason="key-missing")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError("%s is not an unencrypted PEM private key (%s)" % (path, e), reason="key-format")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyFileError("%s is not a P-256 (secp256r1) key" % path, reason="key-format")
+    return key
+
+
+def load_public_key(path: str | os.PathLike) -> bytes:
+    """Load a public key as the raw 65-byte point, from public.bin or a PEM file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise KeyFileError("cannot read public key %s: %s" % (path, e.strerror), reason="key-missing")
+    if len(data) == 65 and data[0] == 4:
+        point = data
+    else:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError):
+            raise KeyFileError("%s is neither a 65-byte raw P-256 point nor a PEM public key" % path,
+                               reason="key-format")
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise KeyFileError("%s is not a P-256 (secp256r1) public key" % path, reason="key-format")
+        point = _raw_point(key)
+    if not p256.is_valid_point(point):
+        raise KeyFileError("%s does not hold a point on the P-256 curve" % path, reason="key-format")
+    return point
+
+
+# ---------------------------------------------------------------- build
+
+def parse_version(text: str | int) -> int:
+    """A file version: an integer (decimal or 0x hex) or a dotted quad a.b.c.d (one byte each)."""
+    if isinstance(text, int):
+        value = text
+    elif text.count(".") == 3:
+        parts = [int(p, 0) for p in text.split(".")]
+        if any(not 0 <= p <= 255 for p in parts):
+            raise ValueError("each part of a dotted version must be 0..255: %r" % text)
+        value = (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]
+    else:
+        value = int(text, 0)
+    if not 0 <= value <= 0xFFFFFFFE:
+        raise ValueError("file version must be 0..0xFFFFFFFE (0xFFFFFFFF is the wildcard): %r" % text)
+    return value
+
+
+def parse_eui64(text: str) -> bytes:
+    """An EUI-64 written most significant byte first (00:11:..:77 or 16 hex digits) → 8 bytes LE."""
+    digits = text.replace(":", "").replace("-", "")
+    if len(digits) != 16:
+        raise ValueError("an EUI-64 has 16 hex digits: %r" % text)
+    return bytes.fromhex(digits)[::-1]
+
+
+def format_eui64(le: bytes) -> str:
+    return ":".join("%02x" % b for b in le[::-1])
+
+
+def guess_payload_kind(payload: bytes) -> int:
+    if payload[:3] == _ROMFS_MAGIC:
+        return otafile.PAYLOAD_ROMFS
+    if payload[:1] == bytes([_ESP_IMAGE_MAGIC]):
+        return otafile.PAYLOAD_ESP_APP
+    return otafile.PAYLOAD_RAW
+
+
+def build_image(payload: bytes, *, key: ec.EllipticCurvePrivateKey, version: int,
+                role: str | None = None, manufacturer: int = DEFAULT_MANUFACTURER,
+                image_type: int | None = None, min_hw: int | None = None,
+                max_hw: int | None = None, destination: bytes | None = None,
+                security_version: int = 0, header_string: str | None = None,
+                payload_kind: int | None = None, board_family: int = otafile.BOARD_ANY) -> bytes:
+    """Assemble and sign a hanota upgrade file around a manufacturer image."""
+    if image_type is None:
+        if role not in ROLE_IMAGE_TYPES:
+            raise ValueError("give a role (%s) or an image type" % ", ".join(ROLE_IMAGE_TYPES))
+        image_type = ROLE_IMAGE_TYPES[role]
+    if (min_hw is None) != (max_hw is None):
+        raise ValueError("give both --min-hw and --max-hw, or neither")
+    if min_hw is not None and min_hw > max_hw:
+        raise ValueError("minimum hardware version 0x%04x is above the maximum 0x%04x" % (min_hw, max_hw))
+    if header_string is None:
+        header_string = "hanota %s %08x" % (role or "image", version)
+    if payload_kind is None:
+        payload_kind = guess_payload_kind(payload)
+    desc = otafile.Descriptor(payload_kind, security_version, board_family,
+                              hashlib.sha256(payload).digest())
+    header = otafile.Header(manufacturer=manufacturer, image_type=image_type, file_version=version,
+                            stack_version=STACK_VERSION_PRO, header_string=header_string.encode(),
+                            destination=destination, min_hw=min_hw, max_hw=max_hw)
+    body_len = (otafile.ELEMENT_HEADER_LEN + len(payload) + otafile.ELEMENT_HEADER_LEN
+                + otafile.DESCRIPTOR_LEN + otafile.SIGNATURE_ELEMENT_LEN)
+    header.total_size = header.header_length + body_len
+    signed = b"".join([
+        header.pack(),
+        otafile.pack_element_header(otafile.TAG_UPGRADE_IMAGE, len(payload)), payload,
+        otafile.pack_element_header(otafile.TAG_DESCRIPTOR, otafile.DESCRIPTOR_LEN), desc.pack(),
+    ])
+    digest = hashlib.sha256(signed).digest()
+    der = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    r, s = utils.decode_dss_signature(der)
+    point = _raw_point(key.public_key())
+    sig = p256.key_id(point) + r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    out = signed + otafile.pack_element_header(otafile.TAG_SIGNATURE, otafile.SIGNATURE_LEN) + sig
+    assert len(out) == header.total_size
+    return out
+
+
+# ---------------------------------------------------------------- inspect / verify
+
+def parse_file(path: str | os.PathLike, *, allow_raw: bool = True,
+               integrity: bool = True) -> otafile.OtaStream:
+    """Parse a file with the device's streaming parser; ImageFormatError names what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            return otafile.parse_stream(f, block=4096, integrity=integrity, allow_raw=allow_raw)
+    except OtaError as e:
+        raise ImageFormatError("%s: %s" % (path, e.message), reason=e.reason) from None
+    except OSError as e:
+        raise ImageFormatError("cannot read %s: %s" % (path, e.strerror), reason="unreadable") from None
+
+
+def inspect_image(path: str | os.PathLike) -> dict:
+    """Every header field and sub-element of an OTA file, as a JSON-ready dict."""
+    s = parse_file(path)
+    h = s.header
+    d = s.descriptor
+    kinds = {v: k for k, v in otafile.PAYLOAD_KINDS.items()}
+    families = {v: k for k, v in otafile.BOARD_FAMILIES.items()}
+    return {
+        "file": str(path),
+        "file_size": os.path.getsize(path),
+        "format": s.format,
+        "header_version": h.header_version,
+        "header_length": h.header_length,
+        "field_control": h.field_control,
+        "manufacturer_code": h.manufacturer,
+        "image_type": h.image_type,
+        "file_version": h.file_version,
+        "stack_version": h.stack_version,
+        "header_string": h.header_string_text(),
+        "total_image_size": h.total_size,
+        "security_credential_version": h.security_credential,
+        "min_hw_version": h.min_hw,
+        "max_hw_version": h.max_hw,
+        "destination": format_eui64(h.destination) if h.destination is not None else None,
+        "sub_elements": [{"tag": t, "length": n} for t, n, _ in s.elements],
+        "upgrade_image_length": s.image_length,
+        "upgrade_image_sha256": s.image_sha256.hex(),
+        "integrity_code_ok": s.integrity_ok,
+        "signed": s.sig is not None,
+        "key_id": s.key_id.hex() if s.key_id is not None else None,
+        "security_version": d.security_version if d else None,
+        "payload_kind": kinds.get(d.payload_kind, d.payload_kind) if d else None,
+        "board_family": families.get(d.board_family, d.board_family) if d else None,
+        "manufacturer_image_hash": d.image_hash.hex() if d else None,
+    }
+
+
+class Verdict(Enum):
+    """Outcome of `verify_image`, one message each in the CLI."""
+
+    VALID = "valid"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    UNSIGNED = "unsigned"
+    WRONG_KEY = "wrong key"
+    TAMPERED = "tampered"
+
+
+_VERDICT_OF_REASON = {
+    "truncated": Verdict.TRUNCATED, "truncated-header": Verdict.TRUNCATED,
+    "unsigned": Verdict.UNSIGNED, "unknown-key": Verdict.WRONG_KEY,
+    "bad-signature": Verdict.TAMPERED, "payload-hash": Verdict.TAMPERED,
+    "integrity-code": Verdict.TAMPERED,
+}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    verdict: Verdict
+    reason: str  # the parser's reason name, "" when valid
+    message: str
+
+
+def verify_image(path: str | os.PathLike, pubkeys: list[bytes]) -> VerifyResult:
+    """Check structure, integrity code, descriptor and signature against the given keys."""
+    try:
+        s = parse_file(path, allow_raw=False)
+        s.check_integrity()
+        key = otafile.check_signed(s, pubkeys)
+    except ImageFormatError as e:
+        return VerifyResult(_VERDICT_OF_REASON.get(e.reason, Verdict.MALFORMED), e.reason, str(e))
+    except OtaError as e:
+        return VerifyResult(_VERDICT_OF_REASON.get(e.reason, Verdict.MALFORMED), e.reason,
+                            "%s: %s" % (path, e.message))
+    return VerifyResult(Verdict.VALID, "", "%s: valid, signed by key %s" % (path, p256.key_id(key).hex()))
