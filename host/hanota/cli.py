@@ -180,6 +180,27 @@ def image_verify(file, pubkeys):
     sys.exit(1)
 
 
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
+              help="Where the demo writes its keys, images and reports (recreated).")
+def demo_cmd(workdir):
+    """Run the whole story and exit 0 only if every outcome is the expected one."""
+    from pathlib import Path
+
+    from . import demo
+
+    rows = demo.run_demo(Path(workdir), say=click.echo)
+    click.echo("\noutcomes:")
+    for step, want, got in rows:
+        click.echo("  %-4s %-44s expected %-10s got %s" % ("ok" if want == got else "FAIL", step, want, got))
+    try:
+        demo.check(rows)
+    except demo.DemoFailure as e:
+        click.echo("demo failed: %s" % e, err=True)
+        sys.exit(2)
+    click.echo("demo passed: %d outcomes as expected (files in %s)" % (len(rows), workdir))
+
+
 def main(argv=None):
     """Console entry point: maps domain errors to messages and exit codes."""
     try:
