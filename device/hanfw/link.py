@@ -1,0 +1,270 @@
+# hanota device: the link that carries ZCL frames between the hub and a device.
+# Addressing by EUI-64, a frame counter and a truncated HMAC-SHA256 with a
+# per-device link key derived from the install code (Zigbee style: AES-MMO).
+#
+# Frame (little-endian), the same over UDP (one datagram each) and serial:
+#   0  kind u8          DATA 0, JOIN_REQ 1, JOIN_RSP 2, HELLO 3, HELLO_ACK 4
+#   1  src EUI-64 (8)   wire order (least significant byte first)
+#   9  dst EUI-64 (8)   BROADCAST = ff * 8 before the hub is known
+#   17 counter u32      strictly increasing per sender; replays are dropped
+#   21 cluster u16      0x0019 (OTA) for DATA
+#   23 payload          a ZCL frame for DATA; see pack_join_* below otherwise
+#   -8 MAC              HMAC-SHA256(link key, every byte before it)[:8]
+# Serial framing (UART / pty): SLIP (END 0xC0, ESC 0xDB) around frame + CRC-32.
+
+import struct
+import hashlib
+import binascii
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+KIND_DATA = const(0)
+KIND_JOIN_REQ = const(1)
+KIND_JOIN_RSP = const(2)
+KIND_HELLO = const(3)
+KIND_HELLO_ACK = const(4)
+
+HEADER_LEN = const(23)
+MAC_LEN = const(8)
+OVERHEAD = const(31)
+MAX_FRAME = const(320)
+BROADCAST = b"\xff" * 8
+
+# join services and statuses
+SERVICE_ORDINARY = const(0)  # the ordinary HAN join service (PPMID, HCALCS)
+SERVICE_ALT_HAN_P2P = const(1)  # point-to-point Alt HAN
+JOIN_OK = const(0)
+JOIN_UNKNOWN_DEVICE = const(1)  # not in the hub's registry / no install code
+JOIN_ALT_HAN_REFUSED = const(2)  # an Alt HAN device may not use the ordinary join service
+JOIN_P2P_UNAVAILABLE = const(3)  # no point-to-point pairing on this hub (e.g. after a TCSO)
+JOIN_SERVICE_REFUSED = const(4)  # the device refuses the service offered
+JOIN_STATUS_NAMES = ("ok", "unknown device", "Alt HAN device refused by the ordinary join service",
+                     "point-to-point join unavailable on this hub", "join service refused")
+
+_SLIP_END = const(0xC0)
+_SLIP_ESC = const(0xDB)
+_SLIP_ESC_END = const(0xDC)
+_SLIP_ESC_ESC = const(0xDD)
+
+
+class LinkError(Exception):
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+# Link key from an install code (hex string or bytes ending in its CRC-16),
+# as Zigbee does: the AES-MMO hash of the install code.
+def link_key(install_code):
+    from hanfw.mmo import Mmo
+    if isinstance(install_code, str):
+        install_code = binascii.unhexlify(install_code.replace(":", "").replace(" ", ""))
+    if len(install_code) not in (8, 10, 14, 18):
+        raise LinkError("install-code", "install code must be 6, 8, 12 or 16 bytes plus a CRC-16")
+    if _crc16_x25(install_code[:-2]) != struct.unpack("<H", install_code[-2:])[0]:
+        raise LinkError("install-code", "install code CRC-16 does not match")
+    m = Mmo(LinkError)
+    m.update(install_code)
+    return m.digest()
+
+
+# CRC-16/X-25 (as Zigbee install codes use), little-endian in the code.
+def _crc16_x25(data):
+    crc = 0xFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFF
+
+
+def install_code_with_crc(code):
+    return bytes(code) + struct.pack("<H", _crc16_x25(code))
+
+
+# HMAC-SHA256 with the key pads prepared once (MicroPython has no hmac module).
+class Mac:
+    def __init__(self, key):
+        k = bytes(key)
+        if len(k) > 64:
+            k = hashlib.sha256(k).digest()
+        k = k + bytes(64 - len(k))
+        self._ipad = bytes(b ^ 0x36 for b in k)
+        self._opad = bytes(b ^ 0x5C for b in k)
+
+    def tag(self, data):
+        inner = hashlib.sha256(self._ipad)
+        inner.update(data)
+        outer = hashlib.sha256(self._opad)
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_LEN]
+
+
+# Build a frame into a new bytes object.
+def pack(mac, kind, src, dst, counter, cluster, payload):
+    head = struct.pack("<B8s8sIH", kind, src, dst, counter, cluster)
+    body = head + bytes(payload)
+    return body + mac.tag(body)
+
+
+# Check a frame's MAC and return (kind, src, dst, counter, cluster, payload mv).
+# keys(src) gives the Mac for a sender (or None if unknown).
+def unpack(frame, keys):
+    n = len(frame)
+    if n < OVERHEAD:
+        raise LinkError("short", "link frame of %d bytes is shorter than %d" % (n, OVERHEAD))
+    if n > MAX_FRAME:
+        raise LinkError("long", "link frame of %d bytes is longer than %d" % (n, MAX_FRAME))
+    kind, src, dst, counter, cluster = struct.unpack_from("<B8s8sIH", frame, 0)
+    if kind > KIND_HELLO_ACK:
+        raise LinkError("kind", "unknown link frame kind %d" % kind)
+    mac = keys(src)
+    if mac is None:
+        raise LinkError("unknown-sender", "frame from unknown device %s" % eui_str(src))
+    mv = memoryview(frame)
+    if mac.tag(mv[:n - MAC_LEN]) != bytes(mv[n - MAC_LEN:]):
+        raise LinkError("bad-mac", "frame from %s fails authentication" % eui_str(src))
+    return kind, src, dst, counter, cluster, mv[HEADER_LEN:n - MAC_LEN]
+
+
+# Replay window: accept only counters above the last one seen from a sender.
+class Replay:
+    def __init__(self):
+        self.last = {}
+
+    def check(self, src, counter):
+        prev = self.last.get(src)
+        if prev is not None and counter <= prev:
+            raise LinkError("replay", "frame counter %d from %s is not above %d" % (counter, eui_str(src), prev))
+        self.last[src] = counter
+
+
+def eui_str(eui):
+    return ":".join("%02x" % b for b in bytes(eui)[::-1])
+
+
+def eui_from_str(text):
+    return binascii.unhexlify(text.replace(":", "").replace("-", ""))[::-1]
+
+
+# ---- join and hello payloads
+
+# JOIN_REQ: service u8, role u8, manufacturer u16, image type u16, hardware u16,
+# file version u32, nonce (8)
+_JOIN_REQ = "<BBHHHI8s"
+# JOIN_RSP: status u8, hub EUI-64 (8), hub counter u32, nonce (8)
+_JOIN_RSP = "<B8sI8s"
+# HELLO: nonce (8), file version u32; HELLO_ACK: nonce (8), hub counter u32
+_HELLO = "<8sI"
+ROLE_CODES = {"ppmid": 1, "althan": 2, "hcalcs": 3}
+ROLE_NAMES = {1: "ppmid", 2: "althan", 3: "hcalcs"}
+
+
+def pack_join_req(service, role, manufacturer, image_type, hw_version, file_version, nonce):
+    return struct.pack(_JOIN_REQ, service, ROLE_CODES[role], manufacturer, image_type, hw_version,
+                       file_version, nonce)
+
+
+def parse_join_req(p):
+    if len(p) != struct.calcsize(_JOIN_REQ):
+        raise LinkError("malformed", "join request of %d bytes" % len(p))
+    f = struct.unpack(_JOIN_REQ, p)
+    if f[1] not in ROLE_NAMES:
+        raise LinkError("malformed", "join request with unknown role %d" % f[1])
+    return (f[0], ROLE_NAMES[f[1]]) + f[2:]
+
+
+def pack_join_rsp(status, hub_eui, hub_counter, nonce):
+    return struct.pack(_JOIN_RSP, status, hub_eui, hub_counter, nonce)
+
+
+def parse_join_rsp(p):
+    if len(p) != struct.calcsize(_JOIN_RSP):
+        raise LinkError("malformed", "join response of %d bytes" % len(p))
+    return struct.unpack(_JOIN_RSP, p)
+
+
+def pack_hello(nonce, value):
+    return struct.pack(_HELLO, nonce, value)
+
+
+def parse_hello(p):
+    if len(p) != struct.calcsize(_HELLO):
+        raise LinkError("malformed", "hello of %d bytes" % len(p))
+    return struct.unpack(_HELLO, p)
+
+
+# ---- serial framing: SLIP around frame || CRC-32 (little-endian)
+
+def slip_encode(frame):
+    crc = binascii.crc32(frame) & 0xFFFFFFFF
+    out = bytearray([_SLIP_END])
+    for b in bytes(frame) + struct.pack("<I", crc):
+        if b == _SLIP_END:
+            out += b"\xdb\xdc"
+        elif b == _SLIP_ESC:
+            out += b"\xdb\xdd"
+        else:
+            out.append(b)
+    out.append(_SLIP_END)
+    return bytes(out)
+
+
+# Incremental decoder: feed bytes, get whole frames (CRC checked) from pop().
+# Bad CRCs and oversize frames are counted and dropped, never raised.
+class SlipDecoder:
+    def __init__(self, max_frame=MAX_FRAME + 4):
+        self._buf = bytearray(max_frame)
+        self._n = 0
+        self._esc = False
+        self._over = False
+        self.frames = []
+        self.bad = 0
+
+    def feed(self, data):
+        buf = self._buf
+        for b in data:
+            if b == _SLIP_END:
+                if self._n and not self._over:
+                    self._finish()
+                elif self._over:
+                    self.bad += 1
+                self._n = 0
+                self._esc = False
+                self._over = False
+                continue
+            if self._esc:
+                self._esc = False
+                if b == _SLIP_ESC_END:
+                    b = _SLIP_END
+                elif b == _SLIP_ESC_ESC:
+                    b = _SLIP_ESC
+                else:
+                    self._over = True
+            elif b == _SLIP_ESC:
+                self._esc = True
+                continue
+            if self._n >= len(buf):
+                self._over = True
+                continue
+            buf[self._n] = b
+            self._n += 1
+
+    def _finish(self):
+        n = self._n
+        if n < 5:
+            self.bad += 1
+            return
+        body = bytes(self._buf[:n - 4])
+        (crc,) = struct.unpack_from("<I", self._buf, n - 4)
+        if crc != binascii.crc32(body) & 0xFFFFFFFF:
+            self.bad += 1
+            return
+        self.frames.append(body)
+
+    def pop(self):
+        return self.frames.pop(0) if self.frames else None
