@@ -4,7 +4,8 @@
 # File layout (little-endian; reference zigbee_ota.md section 1):
 #   header (56..69 B) | element* where element = tag:u16 | length:u32 | value
 # hanota's own files carry, in this order:
-#   0x0000 upgrade image (the manufacturer image) | 0xF0A0 descriptor | 0xF0A1 signature
+#   0xF0A0 descriptor | 0x0000 upgrade image (the manufacturer image) | 0xF0A1 signature
+# (descriptor first, so a device can check the security version before the body)
 # The signature covers SHA-256 of every byte of the file before the 0xF0A1 element.
 
 import hashlib

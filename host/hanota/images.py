@@ -170,10 +170,12 @@ def build_image(payload: bytes, *, key: ec.EllipticCurvePrivateKey, version: int
     body_len = (otafile.ELEMENT_HEADER_LEN + len(payload) + otafile.ELEMENT_HEADER_LEN
                 + otafile.DESCRIPTOR_LEN + otafile.SIGNATURE_ELEMENT_LEN)
     header.total_size = header.header_length + body_len
+    # The descriptor goes first so that a device can check the security version
+    # (and the payload size) before it downloads the body.
     signed = b"".join([
         header.pack(),
-        otafile.pack_element_header(otafile.TAG_UPGRADE_IMAGE, len(payload)), payload,
         otafile.pack_element_header(otafile.TAG_DESCRIPTOR, otafile.DESCRIPTOR_LEN), desc.pack(),
+        otafile.pack_element_header(otafile.TAG_UPGRADE_IMAGE, len(payload)), payload,
     ])
     digest = hashlib.sha256(signed).digest()
     der = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))

@@ -81,7 +81,7 @@ def test_build_then_inspect_json_reports_every_field(tmp_path, capsys, keydir, p
         "manufacturer_code": 0x1A2B, "image_type": 0x0084, "file_version": 0x00020001,
         "stack_version": 2, "header_string": "demo image", "total_image_size": out.stat().st_size,
         "min_hw_version": 0x0101, "max_hw_version": 0x02FF, "destination": "00:11:22:33:44:55:66:77",
-        "sub_elements": [{"tag": 0, "length": 2000}, {"tag": 0xF0A0, "length": 40},
+        "sub_elements": [{"tag": 0xF0A0, "length": 40}, {"tag": 0, "length": 2000},
                          {"tag": 0xF0A1, "length": 72}],
         "integrity_code_ok": None, "signed": True,
         "key_id": images.p256.key_id((keydir / "public.bin").read_bytes()).hex(),
@@ -219,8 +219,8 @@ def test_every_region_bit_flip_fails_verification(tmp_path):
     hl = 60
     regions = {
         "header": (0, hl),
-        "image element": (hl, hl + 6 + len(payload)),
-        "descriptor": (hl + 6 + len(payload), len(data) - 78),
+        "descriptor": (hl, hl + 46),
+        "image element": (hl + 46, len(data) - 78),
         "signature": (len(data) - 78, len(data)),
     }
     path = tmp_path / "f.ota"
@@ -241,7 +241,7 @@ def test_bit_flips_through_the_cli(tmp_path, capsys, keydir, payload):
     out = build(capsys, keydir, payload, tmp_path / "a.ota")
     data = out.read_bytes()
     n = len(data)
-    regions = {"header": (0, 56), "payload": (62, 2062), "descriptor": (2062, n - 78),
+    regions = {"header": (0, 56), "descriptor": (56, 102), "payload": (108, n - 78),
                "signature": (n - 78, n)}
     for name, pos, bit in flip_positions(data, regions, per_region=6, seed=4):
         bad = bytearray(data)

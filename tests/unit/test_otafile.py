@@ -97,7 +97,7 @@ def test_stream_any_block_size_gives_same_facts(signed, block):
     s = parse_stream(data, block=block, sink=got.extend)
     assert bytes(got) == payload
     assert s.image_sha256 == hashlib.sha256(payload).digest() == s.descriptor.image_hash
-    assert [(t, n) for t, n, _ in s.elements] == [(0, 3000), (0xF0A0, 40), (0xF0A1, 72)]
+    assert [(t, n) for t, n, _ in s.elements] == [(0xF0A0, 40), (0, 3000), (0xF0A1, 72)]
     sig_elem_offset = s.elements[2][2]
     assert s.signed_digest == hashlib.sha256(data[:sig_elem_offset]).digest()
     assert s.descriptor.security_version == 4

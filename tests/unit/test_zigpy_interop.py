@@ -37,8 +37,8 @@ def test_zigpy_parses_our_files(opts):
     if "destination" in opts:
         assert h.upgrade_file_destination.serialize() == opts["destination"]
     assert [(e.tag_id, len(e.data)) for e in img.subelements] == \
-        [(0, len(payload)), (0xF0A0, 40), (0xF0A1, 72)]
-    assert img.subelements[0].data == payload
+        [(0xF0A0, 40), (0, len(payload)), (0xF0A1, 72)]
+    assert img.subelements[1].data == payload
     assert img.serialize() == data  # zigpy writes back the exact same bytes
 
 
