@@ -180,6 +180,144 @@ def image_verify(file, pubkeys):
     sys.exit(1)
 
 
+# ---------------------------------------------------------------- virtual boards
+
+@cli.group()
+def vboard():
+    """Virtual boards: real MicroPython over emulated flash, with a console pty and a ROM loader."""
+
+
+def _print_board(info: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for k in ("name", "board", "console", "link", "rom_loader", "dir", "eui64", "role", "pid"):
+        if info.get(k) is not None:
+            click.echo("%-10s %s" % (k, info[k]))
+
+
+@vboard.command("start")
+@click.option("--board", "kind", type=click.Choice(["vboard-esp32", "vboard-nrf52840"]),
+              default="vboard-esp32", show_default=True)
+@click.option("--name", required=True, help="Board name (also its folder under $HANOTA_HOME/vboards).")
+@click.option("--role", type=click.Choice(sorted(images.ROLE_IMAGE_TYPES)), default=None,
+              help="Role the board will be deployed as (remembered for deploy).")
+@click.option("--dir", "dir_", type=click.Path(file_okay=False), default=None,
+              help="Keep the board's flash and state here instead of the registry folder.")
+@click.option("--power-cut-at", type=BasedInt(), default=None,
+              help="Cut the power before flash operation N (counted from this start).")
+@click.option("--torn", is_flag=True, help="With --power-cut-at: the cut write lands only half its bytes.")
+@click.option("--link-rate", type=BasedInt(), default=None, help="Link rate limit in bytes per second.")
+@click.option("--hub", default=None, help="Hub UDP address HOST:PORT for the link (default 127.0.0.1:17719).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def vboard_start(kind, name, role, dir_, power_cut_at, torn, link_rate, hub, as_json):
+    """Start a virtual board in the background and print where to reach it.
+
+    A new board is a fresh chip: nothing to boot until firmware is flashed (ESP32, through
+    the ROM loader) or deployed; the ROM loader answers regardless.
+    """
+    from .vboard import board as vb
+
+    if torn and power_cut_at is None:
+        raise click.UsageError("--torn needs --power-cut-at")
+    info = vb.start_background(name, kind, dir_, role=role, power_cut_at=power_cut_at, torn=torn,
+                               link_rate=link_rate, hub=hub)
+    _print_board(info.public(), as_json)
+
+
+@vboard.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def vboard_list(as_json):
+    """List known virtual boards and whether they run."""
+    from .vboard import board as vb
+
+    boards = vb.list_boards()
+    if as_json:
+        click.echo(json.dumps([dict(b.public(), running=b.ready) for b in boards]))
+        return
+    if not boards:
+        click.echo("no virtual boards (in %s)" % vb.registry())
+    for b in boards:
+        click.echo("%-12s %-16s %-8s console %s  link %s" % (b.name, b.board, "running" if b.ready else "stopped",
+                                                            b.console or "-", b.link or "-"))
+
+
+@vboard.command("stop")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Stop every running board.")
+def vboard_stop(name, all_):
+    """Stop a virtual board (its flash is kept) or all of them."""
+    from .vboard import board as vb
+
+    if not name and not all_:
+        raise click.UsageError("give a board NAME or --all")
+    names = [b.name for b in vb.list_boards() if b.ready] if all_ else [name]
+    for n in names:
+        click.echo("%s: %s" % (n, "stopped" if vb.stop_background(n) else "was not running"))
+
+
+@vboard.command("console")
+@click.argument("name")
+def vboard_console(name):
+    """Attach this terminal to a board's REPL (mpremote repl; Ctrl-] leaves)."""
+    import os as _os
+    import shutil
+
+    from .vboard import board as vb
+
+    info = vb.read_info(vb.board_dir(name))
+    if not info.ready:
+        raise HanotaError("board %s is not running" % name)
+    mpremote = shutil.which("mpremote") or str(__import__("pathlib").Path(sys.executable).with_name("mpremote"))
+    _os.execv(mpremote, [mpremote, "connect", info.console, "resume", "repl"])
+
+
+# ---------------------------------------------------------------- firmware and real boards
+
+@cli.group()
+def firmware():
+    """Virtual firmware for the virtual boards."""
+
+
+@firmware.command("build")
+@click.option("--board", "kind", type=click.Choice(["vboard-esp32", "vboard-nrf52840"]),
+              default="vboard-esp32", show_default=True)
+@click.option("--version", "version", required=True, help="Version string (esp_app_desc_t), e.g. 1.0.0.")
+@click.option("--secure-version", type=BasedInt(32), default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Output folder.")
+def firmware_build(kind, version, secure_version, output):
+    """Build the device code into firmware: firmware.bin (flash at 0x1000) and app.bin (OTA payload).
+
+    For vboard-nrf52840 the payload is app.romfs (an app bank image).
+    """
+    from . import fwbuild
+
+    out = fwbuild.build(kind, version, output, secure_version=secure_version)
+    for k, v in out.items():
+        click.echo("%-10s %s" % (k, v))
+
+
+@cli.group()
+def board():
+    """Real boards (and virtual ones through the same paths): flash and deploy."""
+
+
+@board.command("flash")
+@click.option("--board", "kind", type=click.Choice(["esp32", "esp32s3", "vboard-esp32"]), required=True)
+@click.option("--port", required=True, help="Serial port or pyserial URL (a virtual board's rom_loader).")
+@click.option("--firmware", "fw", type=click.Path(dir_okay=False), required=True,
+              help="MicroPython firmware .bin.")
+@click.option("--offset", type=BasedInt(32), default=None, help="Write offset (default: per chip).")
+@click.option("--erase", is_flag=True, help="Erase the whole flash first.")
+def board_flash(kind, port, fw, offset, erase):
+    """Flash MicroPython firmware through the chip's ROM loader (esptool library), then verify."""
+    from . import boards
+
+    facts = boards.flash_firmware(port, fw, board=kind, offset=offset, erase=erase)
+    click.echo("flashed %d bytes at 0x%x on %s (%s, MAC %s), verified"
+               % (facts["size"], facts["offset"], port, facts["chip"], facts["mac"]))
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
               help="Where the demo writes its keys, images and reports (recreated).")

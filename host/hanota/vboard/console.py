@@ -1,0 +1,701 @@
+"""The virtual board's console: a pseudo-terminal that behaves like a board's USB REPL.
+
+A `Console` owns a host-facing pseudo-terminal (`pty_path`, plus an optional stable
+symlink) that stays the same for the console's whole life, and runs the board -- a
+MicroPython unix-port process -- on a second pseudo-terminal of its own (the unix port
+needs a tty on stdin to run its REPL). One background thread copies bytes both ways,
+so `mpremote`, `ampy` or a terminal program drive the virtual board like a real one.
+
+Firmware behaviour the console adds around the process:
+
+- **Soft reset.** The unix port exits where firmware would soft-reset (Ctrl-D on an
+  empty friendly REPL line prints ``\\r\\n`` and exits 0; Ctrl-D on an empty raw-REPL
+  buffer prints ``OK\\r\\n`` and exits 0; SystemExit). The console then writes
+  ``MPY: soft reboot\\r\\n`` and starts the board again with cause ``soft``. The
+  REPL mode survives, as in firmware: after a reset from raw mode ``main.py`` is
+  skipped and the new process is put into raw mode, its friendly banner swallowed, so
+  the host reads ``OK\\r\\nMPY: soft reboot\\r\\n`` + boot.py's output +
+  ``raw REPL; CTRL-B to exit\\r\\n>``; after a reset from the friendly REPL ``main.py``
+  runs.
+- **Hard reset.** A process that dies any other way restarts in the friendly REPL with
+  ``main.py``: killed by SIGKILL means ``power`` (a flash power cut), another signal
+  ``hard`` (a crash). The process can name the cause itself: when the console has a
+  `reset_file`, a word written there before dying (``hard`` from ``machine.reset()``,
+  ``soft`` from ``machine.soft_reset()``, ``power``...) wins.
+- **Ctrl-C.** Firmware treats ``\\x03`` as an interrupt only while code runs (a
+  KeyboardInterrupt; the byte is consumed) and as a plain byte while its REPL reads.
+  The unix port handles SIGINT only while it runs code (it resets SIGINT to the default,
+  fatal action otherwise), so the console decides per byte: when the board process has
+  a SIGINT handler installed the console sends it SIGINT instead of the byte, otherwise
+  the byte goes through. So a ``main.py`` that loops forever is interrupted by mpremote
+  or ampy as on a real board, and a Ctrl-C at a prompt or during start-up is harmless.
+  A second Ctrl-C within 0.2 s of a SIGINT the board has not finished handling is
+  dropped (the unix port exits on a second pending SIGINT; firmware does not).
+
+The child's environment gets ``HANOTA_VB_MAIN`` (``1`` run main.py, ``0`` skip it),
+``HANOTA_VB_RESET_CAUSE`` (``power``, ``hard``, ``soft``, or the word from the reset
+file) and, with a `reset_file`, ``HANOTA_VB_RESET_FILE``.
+
+Both ttys are raw (no echo, no output processing: a real board sends ``\\r\\n`` itself
+in its banners; the unix port's program output ends lines with a bare ``\\n``). The
+console keeps the host tty's slave side open itself, so clients may come and go
+(each opens `pty_path` anew) and its raw settings persist. Output produced while no
+client reads is kept in a bounded backlog (the oldest bytes are dropped), so the board
+never blocks on its console.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import select
+import signal
+import subprocess
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hanota.errors import HanotaError
+
+log = logging.getLogger(__name__)
+
+SpawnFn = Callable[[str], tuple[list[str], dict[str, str] | None]]
+EventFn = Callable[[str, str], None]
+
+CAUSES = ("power", "hard", "soft")
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'
+ENTER_RAW = b"\r\x01"
+
+BACKLOG = 16 * 1024  # bytes of board output kept for a host that does not read
+TO_BOARD_LIMIT = 64 * 1024  # host input queued for a board that does not read
+_READ = 4096
+_TICK = 0.1  # seconds: how often the bridge looks at its child without I/O
+_REAP_TIMEOUT = 5.0
+_SIGINT_AGAIN = 0.2  # seconds before another Ctrl-C may signal a board still running code
+_FAST_FAILURE = 1.0  # an exit this soon after a start, before the REPL, counts as a failure
+
+
+class ConsoleError(HanotaError):
+    """The console cannot do what was asked (not started, stopped, a boot failed...)."""
+
+    reason = "console"
+
+
+class ConsoleTimeout(ConsoleError, TimeoutError):
+    """The board's REPL did not answer in time."""
+
+    reason = "timeout"
+
+
+@dataclass
+class _Child:
+    """One run of the board: its process and the master side of its tty."""
+
+    proc: subprocess.Popen
+    fd: int
+    started: float
+    reentry: "_RawReentry | None" = None
+    ready: bool = False
+    to_board: bytearray = field(default_factory=bytearray)
+    sigint_at: float = float("-inf")
+
+
+class _RawReentry:
+    """Turns a fresh process's friendly start into a raw-REPL start after a soft reset.
+
+    Firmware keeps the REPL mode over a soft reset; the unix port always starts in the
+    friendly REPL. This filter passes boot output through, swallows the friendly banner
+    and prompt, asks for raw mode (``\\r\\x01``), swallows the echo of that, and passes
+    everything from the raw REPL banner on.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._stage = "prompt"
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """Take board output; return (bytes for the host, bytes for the board)."""
+        if self._stage == "done":
+            return data, b""
+        self._buf += data
+        if self._stage == "prompt":
+            end = self._buf.find(FRIENDLY_BANNER)
+            if end < 0 or not self._buf.endswith(b">>> "):
+                return self._release_boot_output(), b""
+            # the banner is the line before FRIENDLY_BANNER, that banner line and the prompt
+            start = self._buf.rfind(b"\n", 0, max(end - 1, 0)) + 1
+            out = bytes(self._buf[:start])
+            self._buf.clear()
+            self._stage = "banner"
+            return out, ENTER_RAW
+        at = self._buf.find(RAW_BANNER)
+        if at < 0:
+            del self._buf[:-len(RAW_BANNER)]
+            return b"", b""
+        out = bytes(self._buf[at:])
+        self._buf.clear()
+        self._stage = "done"
+        return out, b""
+
+    def _release_boot_output(self) -> bytes:
+        # Keep back what may be the start of the banner: the first line that starts
+        # with "MicroPython " (and all after it), or else an unfinished last line.
+        line_start = 0
+        while line_start < len(self._buf):
+            rest = bytes(self._buf[line_start:line_start + 12])
+            if b"MicroPython ".startswith(rest) or rest.startswith(b"MicroPython "):
+                break
+            nl = self._buf.find(b"\n", line_start)
+            if nl < 0:
+                break
+            line_start = nl + 1
+        out = bytes(self._buf[:line_start])
+        del self._buf[:line_start]
+        return out
+
+
+def _child_setup() -> None:  # runs in the forked child, before exec
+    # SIGINT starts ignored, so the CPython launcher of the `micropython` command installs
+    # no handler of its own; MicroPython installs its handler only while it runs code.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether the process has a SIGINT handler now (MicroPython: it is running code)."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as f:
+            for line in f:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+class Console:
+    """A virtual board's serial console, supervising the board process.
+
+    `spawn(cause)` returns ``(argv, env)`` for one start of the board, cause being
+    ``power``, ``hard``, ``soft`` (or a word the board wrote to `reset_file`); env None
+    means this process's environment. The console adds ``HANOTA_VB_MAIN``,
+    ``HANOTA_VB_RESET_CAUSE`` and (with `reset_file`) ``HANOTA_VB_RESET_FILE`` to it.
+
+    `on_event(kind, detail)` is called from the console's thread for logging:
+    ``booted`` (detail: the cause), ``ready`` (``friendly`` or ``raw``: the REPL
+    answered), ``exited`` (the cause the console decided), ``halted``, ``failed`` (a
+    start failed; detail: the error), ``stopped``. It must not block; it may call
+    `halt`, `boot` or `power_cycle`.
+    """
+
+    def __init__(self, spawn: SpawnFn, link_path: str | os.PathLike | None = None, *,
+                 reset_file: str | os.PathLike | None = None,
+                 on_event: EventFn | None = None) -> None:
+        self._spawn_fn = spawn
+        self._link_path = os.fspath(link_path) if link_path is not None else None
+        self._reset_file = os.fspath(reset_file) if reset_file is not None else None
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._host_fd: int | None = None  # master side of the host tty
+        self._host_keep: int | None = None  # our own descriptor on its slave side
+        self._pty_path: str | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self._thread: threading.Thread | None = None
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = False
+        self._closed = False
+        self._child: _Child | None = None
+        self._halted = False
+        self._mode = "friendly"
+        self._to_host = bytearray()
+        self._dropped = 0
+        self._tail = b""
+        self._ready = threading.Event()
+        self._respawn_at: float | None = None
+        self._respawn: tuple[str, bool, bool] | None = None  # cause, run main.py, raw
+        self._failures = 0
+        self._next_check = 0.0
+        self.last_returncode: int | None = None
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def pty_path(self) -> str:
+        """The host side of the console, e.g. ``/dev/pts/7`` (fixed while started)."""
+        if self._pty_path is None:
+            raise ConsoleError("the console is not started")
+        return self._pty_path
+
+    @property
+    def link_path(self) -> str | None:
+        """The stable symlink to `pty_path`, when one was asked for."""
+        return self._link_path
+
+    @property
+    def child_pid(self) -> int | None:
+        """Process id of the running board, None while halted or between starts."""
+        child = self._child
+        return child.proc.pid if child else None
+
+    @property
+    def mode(self) -> str:
+        """``friendly`` or ``raw``: the REPL mode a soft reset would keep."""
+        return self._mode
+
+    @property
+    def dropped(self) -> int:
+        """Bytes of board output dropped because no host read them."""
+        return self._dropped
+
+    def start(self) -> None:
+        """Open the host tty (and symlink), start the bridge, power the board on."""
+        with self._lock:
+            if self._closed:
+                raise ConsoleError("the console was stopped; make a new one")
+            if self._thread is not None:
+                raise ConsoleError("the console is already started")
+            try:
+                self._open_host_tty()
+                self._wake_r, self._wake_w = os.pipe()
+                os.set_blocking(self._wake_r, False)
+                os.set_blocking(self._wake_w, False)
+                self._thread = threading.Thread(target=self._run, name="vboard-console",
+                                                daemon=True)
+                self._thread.start()
+            except BaseException:
+                self._close_all()
+                self._closed = True
+                raise
+        try:
+            self._request("boot", "power")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Kill the board, end the bridge, close every descriptor, remove the symlink.
+
+        Idempotent; enough on its own to leave no process, thread or tty behind.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            thread = self._thread
+        if thread is threading.current_thread():
+            return  # called by an event handler: the bridge cleans up as it ends
+        if thread is not None:
+            self._wake()
+            thread.join(timeout=10)
+            if thread.is_alive():  # pragma: no cover - the bridge never blocks
+                log.error("console thread did not stop; closing under it")
+        with self._lock:
+            self._kill_child()
+            self._close_all()
+            self._fail_pending_commands()
+        self._emit("stopped", "")
+
+    def halt(self) -> None:
+        """Stop the board (no restart); the host tty stays open but silent."""
+        self._request("halt", "")
+
+    def boot(self, cause: str = "hard") -> None:
+        """Start the board (after a halt, or resetting it now) in the friendly REPL.
+
+        `cause` (``power``, ``hard`` or ``soft``) is what the board is told; main.py runs.
+        """
+        if cause not in CAUSES:
+            raise ConsoleError("unknown reset cause %r (expected one of %s)"
+                               % (cause, ", ".join(CAUSES)))
+        self._request("boot", cause)
+
+    def power_cycle(self) -> None:
+        """Cut the power and start again: the board boots with cause ``power``."""
+        self._request("boot", "power")
+
+    def wait_ready(self, timeout: float) -> str:
+        """Wait until the current run's REPL answered; return its mode.
+
+        Raises ConsoleTimeout when it does not within `timeout` seconds (for example a
+        main.py that never ends, or a halted board).
+        """
+        if not self._ready.wait(timeout):
+            raise ConsoleTimeout("the board's REPL did not answer within %.1f s" % timeout)
+        return self._mode
+
+    def __enter__(self) -> "Console":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return "<Console %s pid=%s mode=%s>" % (self._pty_path, self.child_pid, self._mode)
+
+    # -- set-up and tear-down ---------------------------------------------------------
+
+    def _open_host_tty(self) -> None:
+        master, slave = os.openpty()
+        self._host_fd, self._host_keep = master, slave
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._pty_path = os.ttyname(slave)
+        if self._link_path:
+            tmp = "%s.%d.tmp" % (self._link_path, os.getpid())
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(self._pty_path, tmp)
+            os.replace(tmp, self._link_path)
+
+    def _close_all(self) -> None:
+        for name in ("_host_fd", "_host_keep", "_wake_r", "_wake_w"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self._link_path and self._pty_path:
+            with contextlib.suppress(OSError):
+                if os.readlink(self._link_path) == self._pty_path:
+                    os.unlink(self._link_path)
+        self._ready.clear()
+
+    # -- requests to the bridge thread ------------------------------------------------
+
+    def _request(self, what: str, arg: str, timeout: float = 30.0) -> None:
+        if threading.current_thread() is self._thread:
+            self._do(what, arg)
+            return
+        if self._stopping or self._thread is None or not self._thread.is_alive():
+            raise ConsoleError("the console is not running")
+        done = threading.Event()
+        box: list[BaseException] = []
+        self._commands.put((what, arg, done, box))
+        self._wake()
+        if not done.wait(timeout):
+            raise ConsoleTimeout("the console did not %s within %.0f s" % (what, timeout))
+        if box:
+            raise box[0]
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError, TypeError):
+            os.write(self._wake_w, b"!")
+
+    def _serve_commands(self) -> None:
+        while True:
+            try:
+                what, arg, done, box = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._do(what, arg)
+            except Exception as e:  # reported to the caller
+                box.append(e)
+            finally:
+                done.set()
+
+    def _fail_pending_commands(self) -> None:
+        while True:
+            try:
+                _, _, done, box = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            box.append(ConsoleError("the console was stopped"))
+            done.set()
+
+    def _do(self, what: str, arg: str) -> None:
+        if what == "halt":
+            self._kill_child()
+            self._respawn = self._respawn_at = None
+            self._halted = True
+            self._emit("halted", "")
+        elif what == "boot":
+            self._kill_child()
+            self._respawn = self._respawn_at = None
+            self._halted = False
+            self._failures = 0
+            self._spawn(arg, main=True, raw=False)
+
+    # -- the board process ------------------------------------------------------------
+
+    def _spawn(self, cause: str, *, main: bool, raw: bool) -> None:
+        self._ready.clear()
+        self._tail = b""
+        self._mode = "raw" if raw else "friendly"
+        argv, env = self._spawn_fn(cause)
+        env = dict(os.environ if env is None else env)
+        env["HANOTA_VB_MAIN"] = "1" if main else "0"
+        env["HANOTA_VB_RESET_CAUSE"] = cause
+        if self._reset_file:
+            env["HANOTA_VB_RESET_FILE"] = self._reset_file
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._reset_file)
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)
+            proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                    close_fds=True, start_new_session=True,
+                                    preexec_fn=_child_setup)
+        except BaseException as e:
+            os.close(master)
+            if isinstance(e, (OSError, subprocess.SubprocessError)):
+                raise ConsoleError("cannot start the board (%s): %s" % (argv[0], e)) from e
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        self._child = _Child(proc, master, time.monotonic(), _RawReentry() if raw else None)
+        self._emit("booted", cause)
+
+    def _kill_child(self) -> int | None:
+        """End the current board process, if any. Returns its exit status."""
+        child, self._child = self._child, None
+        return self._end(child) if child else None
+
+    def _end(self, child: _Child) -> int | None:
+        """SIGKILL a board's process group, reap it, close its tty. Returns the status."""
+        self._ready.clear()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)  # not reaped yet: the id is ours
+        try:
+            rc = child.proc.wait(timeout=_REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            log.error("board process %d did not die", child.proc.pid)
+            rc = None
+        with contextlib.suppress(OSError):
+            os.close(child.fd)
+        return rc
+
+    @staticmethod
+    def _has_exited(child: _Child) -> bool:
+        """Whether the board process has ended (without reaping it)."""
+        try:
+            info = os.waitid(os.P_PID, child.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _child_gone(self, child: _Child) -> None:
+        """The board ended by itself: decide the reset cause and start it again."""
+        self._drain_child(child)
+        if self._child is not child:  # an event handler already reset or halted it
+            self._end(child)
+            return
+        self._child = None
+        rc = self._end(child)  # also ends anything the board left running
+        self.last_returncode = rc
+        cause = self._reset_cause_of(rc)
+        if cause == "soft":
+            self._queue_host(SOFT_REBOOT)
+            raw = self._mode == "raw"  # the REPL mode survives a soft reset
+            main = not raw
+        else:
+            raw, main = False, True
+        # A start that keeps failing before its REPL (a bad command, say) is retried
+        # with back-off; power cuts (SIGKILL) restart at once, as they do on a chip.
+        alive = time.monotonic() - child.started
+        if rc is not None and rc != -signal.SIGKILL and not child.ready and alive < _FAST_FAILURE:
+            self._failures += 1
+        else:
+            self._failures = 0
+        delay = 0.0 if self._failures < 2 else min(2.0, 0.1 * 2 ** (self._failures - 2))
+        self._respawn = (cause, main, raw)
+        self._respawn_at = time.monotonic() + delay
+        self._emit("exited", cause)
+
+    def _reset_cause_of(self, rc: int | None) -> str:
+        if self._reset_file:
+            try:
+                with open(self._reset_file) as f:
+                    word = f.read().strip()
+                os.unlink(self._reset_file)
+            except OSError:
+                word = ""
+            if word.isidentifier():
+                return word
+        if rc is not None and rc >= 0:
+            return "soft"  # the unix port's exit is where firmware soft-resets
+        if rc == -signal.SIGKILL:
+            return "power"
+        return "hard"
+
+    def _respawn_due(self) -> None:
+        cause, main, raw = self._respawn
+        self._respawn = self._respawn_at = None
+        try:
+            self._spawn(cause, main=main, raw=raw)
+        except Exception as e:
+            log.exception("board start failed")
+            self._emit("failed", str(e))
+
+    # -- byte paths ----------------------------------------------------------------------
+
+    def _queue_host(self, data: bytes) -> None:
+        if not data:
+            return
+        self._to_host += data
+        extra = len(self._to_host) - BACKLOG
+        if extra > 0:
+            del self._to_host[:extra]
+            self._dropped += extra
+
+    def _from_board(self, child: _Child, data: bytes) -> None:
+        if child.reentry is not None:
+            data, reply = child.reentry.feed(data)
+            if reply:
+                child.to_board[:0] = reply
+        if not data:
+            return
+        self._queue_host(data)
+        scan = self._tail + data
+        raw_at, friendly_at = scan.rfind(RAW_BANNER), scan.rfind(FRIENDLY_BANNER)
+        if raw_at >= 0 or friendly_at >= 0:
+            self._mode = "raw" if raw_at > friendly_at else "friendly"
+            if not child.ready:
+                child.ready = True
+                self._failures = 0
+                self._ready.set()
+                self._emit("ready", self._mode)
+        self._tail = scan[-(len(FRIENDLY_BANNER) - 1):]
+
+    def _drain_child(self, child: _Child) -> None:
+        while True:
+            try:
+                data = os.read(child.fd, _READ)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._from_board(child, data)
+
+    def _read_host(self) -> None:
+        try:
+            data = os.read(self._host_fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError as e:  # EIO: no client has the tty open (we keep it open; defensive)
+            if e.errno != errno.EIO:
+                raise
+            return
+        child = self._child
+        if child is None or self._halted:
+            return  # a board that is off or resetting hears nothing
+        if b"\x03" in data:
+            data = self._interrupts(child, data)
+        child.to_board += data
+
+    def _interrupts(self, child: _Child, data: bytes) -> bytes:
+        """Turn each Ctrl-C the board would take as an interrupt into SIGINT; keep the rest."""
+        kept = bytearray()
+        for i, piece in enumerate(data.split(b"\x03")):
+            if i:
+                if not _catches_sigint(child.proc.pid):
+                    kept += b"\x03"  # a REPL (or nothing yet) reads it: a plain byte
+                elif time.monotonic() - child.sigint_at >= _SIGINT_AGAIN:
+                    child.sigint_at = time.monotonic()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.proc.pid, signal.SIGINT)
+            kept += piece
+        return bytes(kept)
+
+    def _write(self, fd: int, buf: bytearray) -> bool:
+        """Write what the fd takes; False when the other side is gone."""
+        try:
+            n = os.write(fd, buf)
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            if e.errno in (errno.EIO, errno.EBADF, errno.EPIPE):
+                return False
+            raise
+        del buf[:n]
+        return True
+
+    # -- the bridge thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._step()
+        except Exception:
+            if not self._stopping:
+                log.exception("console bridge failed; the board is stopped")
+                self._halted = True
+        finally:
+            with contextlib.suppress(Exception):
+                self._kill_child()
+            self._fail_pending_commands()
+            if self._stopping:  # stop() was called from an event handler, or is joining
+                with self._lock:
+                    self._close_all()
+
+    def _step(self) -> None:
+        self._serve_commands()
+        if self._stopping:
+            return
+        now = time.monotonic()
+        if self._child is None and self._respawn is not None and now >= self._respawn_at:
+            self._respawn_due()
+        child = self._child
+        readers = [self._wake_r]
+        if child is None or len(child.to_board) < TO_BOARD_LIMIT:
+            readers.append(self._host_fd)  # else leave it unread: the host waits
+        writers = [self._host_fd] if self._to_host else []
+        if child is not None:
+            readers.append(child.fd)
+            if child.to_board:
+                writers.append(child.fd)
+        timeout = _TICK
+        if child is None and self._respawn_at is not None:
+            timeout = max(0.0, min(timeout, self._respawn_at - now))
+        r, _, _ = select.select(readers, writers, [], timeout)
+        if self._wake_r in r:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+        if self._host_fd in r:
+            self._read_host()
+        if child is not None and child is self._child:
+            self._serve_child(child, r)
+        if self._to_host and not self._write(self._host_fd, self._to_host):
+            self._dropped += len(self._to_host)  # defensive: we hold the slave side open
+            self._to_host.clear()
+
+    def _serve_child(self, child: _Child, readable: list[int]) -> None:
+        gone = False
+        if child.fd in readable:
+            try:
+                data = os.read(child.fd, _READ)
+            except BlockingIOError:
+                data = None
+            except OSError:  # EIO: every holder of the board's tty has closed it
+                data = b""
+            if data:
+                self._from_board(child, data)
+                if child is not self._child:  # an event handler reset or halted it
+                    return
+            elif data is not None:
+                gone = True
+        if child.to_board and not gone and not self._write(child.fd, child.to_board):
+            child.to_board.clear()
+        if not gone and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + _TICK
+            gone = self._has_exited(child)
+        if gone:
+            self._child_gone(child)
+
+    def _emit(self, kind: str, detail: str) -> None:
+        log.debug("console %s: %s %s", self._pty_path, kind, detail)
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, detail)
+        except Exception:
+            log.exception("console event handler failed on %s", kind)

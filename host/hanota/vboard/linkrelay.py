@@ -1,0 +1,191 @@
+"""The virtual board's link endpoint: how its device code reaches the hub.
+
+Two kinds, as on real boards:
+
+- `UdpRelay` (vboard-esp32, like an ESP32 on Wi-Fi): the device sends datagrams to the
+  relay's port on 127.0.0.1, the relay forwards them to the hub and the hub's replies
+  back to the device.
+- `PtyLink` (vboard-nrf52840, like an nRF52840 on a UART): a byte stream between a
+  device-side pseudo-terminal and a host-side one that the hub opens.
+
+Both can emulate a slow link: `rate` (bytes per second, each direction) delays every
+datagram or chunk by its serialisation time, queued behind the ones before it, and
+`latency` (seconds) adds a fixed delay. A relay never drops data on its own; it counts
+what it carried.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import select
+import socket
+import threading
+import time
+import tty
+
+
+class _Pacer:
+    """Delivery times for a one-way link of `rate` bytes/s and fixed `latency`."""
+
+    def __init__(self, rate: float | None, latency: float):
+        self.rate = rate
+        self.latency = latency
+        self._free_at = 0.0
+
+    def due(self, now: float, nbytes: int) -> float:
+        if not self.rate:
+            return now + self.latency
+        start = max(now, self._free_at)
+        self._free_at = start + nbytes / self.rate
+        return self._free_at + self.latency
+
+
+class _Relay:
+    """A thread that moves data between endpoints through a delivery queue."""
+
+    def __init__(self, rate: float | None, latency: float):
+        self._up = _Pacer(rate, latency)
+        self._down = _Pacer(rate, latency)
+        self._queue: list = []
+        self._seq = itertools.count()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self.carried = {"up": 0, "down": 0}
+
+    def _schedule(self, direction: str, data: bytes, deliver) -> None:
+        pacer = self._up if direction == "up" else self._down
+        now = time.monotonic()
+        heapq.heappush(self._queue, (pacer.due(now, len(data)), next(self._seq), direction, data, deliver))
+
+    def _flush_due(self) -> float | None:
+        now = time.monotonic()
+        while self._queue and self._queue[0][0] <= now:
+            _, _, direction, data, deliver = heapq.heappop(self._queue)
+            with contextlib.suppress(OSError):
+                deliver(data)
+                self.carried[direction] += len(data)
+        return max(0.0, self._queue[0][0] - now) if self._queue else None
+
+    def _start_thread(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=5)
+            self._thread = None
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+        self._close()
+
+    def _close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _run(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class UdpRelay(_Relay):
+    """UDP between the device (which sends to `address`) and the hub at `hub`."""
+
+    def __init__(self, hub: tuple[str, int], rate: float | None = None, latency: float = 0.0):
+        super().__init__(rate, latency)
+        self.hub = hub
+        self._dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._dev.bind(("127.0.0.1", 0))
+        self._hub_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._hub_side.bind(("127.0.0.1", 0))
+        self._device_addr: tuple[str, int] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the device sends (the board's link endpoint)."""
+        return self._dev.getsockname()
+
+    def start(self) -> "UdpRelay":
+        self._start_thread("udp-relay:%d" % self.address[1])
+        return self
+
+    def _run(self) -> None:
+        socks = [self._dev, self._hub_side, self._stop_r]
+        while True:
+            timeout = self._flush_due()
+            ready, _, _ = select.select(socks, [], [], timeout)
+            if self._stop_r in ready:
+                return
+            if self._dev in ready:
+                with contextlib.suppress(OSError):
+                    data, addr = self._dev.recvfrom(65536)
+                    self._device_addr = addr
+                    self._schedule("up", data, lambda d, hub=self.hub: self._hub_side.sendto(d, hub))
+            if self._hub_side in ready:
+                with contextlib.suppress(OSError):
+                    data, addr = self._hub_side.recvfrom(65536)
+                    dev = self._device_addr
+                    if dev is not None:
+                        self._schedule("down", data, lambda d, dev=dev: self._dev.sendto(d, dev))
+
+    def _close(self) -> None:
+        self._dev.close()
+        self._hub_side.close()
+
+
+def _open_pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
+class PtyLink(_Relay):
+    """A UART-like byte stream: `device_path` for the board, `host_path` for the hub."""
+
+    def __init__(self, rate: float | None = None, latency: float = 0.0, chunk: int = 64):
+        super().__init__(rate, latency)
+        self._chunk = chunk
+        self.dropped = 0
+        self._dev_m, self._dev_s, self.device_path = _open_pty()
+        self._host_m, self._host_s, self.host_path = _open_pty()
+
+    def start(self) -> "PtyLink":
+        self._start_thread("pty-link")
+        return self
+
+    def _pump(self, src: int, dst: int, direction: str) -> None:
+        try:
+            data = os.read(src, self._chunk)
+        except (BlockingIOError, OSError):
+            return
+        if data:
+            self._schedule(direction, data, lambda d, fd=dst: self._write(fd, d))
+
+    def _write(self, fd: int, data: bytes) -> None:
+        """Like a UART: bytes nobody reads are lost once the far side's buffer is full."""
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        self.dropped += len(data) - n
+
+    def _run(self) -> None:
+        fds = [self._dev_m, self._host_m, self._stop_r]
+        while True:
+            timeout = self._flush_due()
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._stop_r in ready:
+                return
+            if self._dev_m in ready:
+                self._pump(self._dev_m, self._host_m, "up")
+            if self._host_m in ready:
+                self._pump(self._host_m, self._dev_m, "down")
+
+    def _close(self) -> None:
+        for fd in (self._dev_m, self._dev_s, self._host_m, self._host_s):
+            with contextlib.suppress(OSError):
+                os.close(fd)
