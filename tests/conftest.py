@@ -13,3 +13,38 @@ def vectors_dir():
     if not VECTORS.is_dir():
         pytest.skip("interop vectors not found at %s (the shared/ folder beside the repo)" % VECTORS)
     return VECTORS
+
+
+@pytest.fixture
+def real_board(request):
+    """The --board PORT given on the command line, or None (virtual boards)."""
+    return request.config.getoption("--board")
+
+
+@pytest.fixture
+def vboards(tmp_path, request):
+    """Factory for fresh virtual boards, each stopped at the end of the test."""
+    if request.config.getoption("--board"):
+        pytest.skip("this test runs on virtual boards only (--board selects a real board)")
+    from hanota.vboard.board import VirtualBoard
+
+    made = []
+
+    def make(board="vboard-esp32", name=None, **kw):
+        name = name or "vb%d" % len(made)
+        b = VirtualBoard(tmp_path / name, board=board, name=name, **kw)
+        made.append(b)
+        return b.start()
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def vfirmware(tmp_path_factory):
+    """Virtual firmware of the current device code for vboard-esp32 (version 1.0.0)."""
+    from hanota import fwbuild
+
+    out = tmp_path_factory.mktemp("fw")
+    return fwbuild.build("vboard-esp32", "1.0.0", out)

@@ -161,9 +161,9 @@ class VirtualBoard:
             self.info.link = "udp:%s:%d" % (host, port)
             self._device_link = self.info.link
         else:
-            self.link = linkrelay.PtyLink(rate=self.link_rate, latency=self.link_latency).start()
+            self.link = linkrelay.UartLink(rate=self.link_rate, latency=self.link_latency).start()
             self.info.link = self.link.host_path
-            self._device_link = "serial:" + self.link.device_path
+            self._device_link = "uart:%s:%d" % self.link.device_address
 
     def _spawn(self, cause: str):
         argv, env = layout.device_command(self.spec, self.flash_path, reset_cause=cause,

@@ -5,8 +5,8 @@ Two kinds, as on real boards:
 - `UdpRelay` (vboard-esp32, like an ESP32 on Wi-Fi): the device sends datagrams to the
   relay's port on 127.0.0.1, the relay forwards them to the hub and the hub's replies
   back to the device.
-- `PtyLink` (vboard-nrf52840, like an nRF52840 on a UART): a byte stream between a
-  device-side pseudo-terminal and a host-side one that the hub opens.
+- `UartLink` (vboard-nrf52840, like an nRF52840 on a UART): a byte stream between the
+  board's `machine.UART` and a host-side pseudo-terminal that the hub opens.
 
 Both can emulate a slow link: `rate` (bytes per second, each direction) delays every
 datagram or chunk by its serialisation time, queued behind the ones before it, and
@@ -143,49 +143,88 @@ def _open_pty() -> tuple[int, int, str]:
     return master, slave, os.ttyname(slave)
 
 
-class PtyLink(_Relay):
-    """A UART-like byte stream: `device_path` for the board, `host_path` for the hub."""
+class UartLink(_Relay):
+    """A UART-like byte stream between the board (`machine.UART`, which connects to
+    `device_address` over loopback TCP) and `host_path`, the pseudo-terminal the hub opens.
+
+    Like a UART, bytes that nobody reads are lost once the far side's buffer is full.
+    """
 
     def __init__(self, rate: float | None = None, latency: float = 0.0, chunk: int = 64):
         super().__init__(rate, latency)
         self._chunk = chunk
         self.dropped = 0
-        self._dev_m, self._dev_s, self.device_path = _open_pty()
+        self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listen.bind(("127.0.0.1", 0))
+        self._listen.listen(1)
+        self._dev: socket.socket | None = None
         self._host_m, self._host_s, self.host_path = _open_pty()
 
-    def start(self) -> "PtyLink":
-        self._start_thread("pty-link")
+    @property
+    def device_address(self) -> tuple[str, int]:
+        return self._listen.getsockname()
+
+    def start(self) -> "UartLink":
+        self._start_thread("uart-link")
         return self
 
-    def _pump(self, src: int, dst: int, direction: str) -> None:
-        try:
-            data = os.read(src, self._chunk)
-        except (BlockingIOError, OSError):
+    def _to_device(self, data: bytes) -> None:
+        dev = self._dev
+        if dev is None:
+            self.dropped += len(data)  # the board is off: a UART with nobody listening
             return
-        if data:
-            self._schedule(direction, data, lambda d, fd=dst: self._write(fd, d))
-
-    def _write(self, fd: int, data: bytes) -> None:
-        """Like a UART: bytes nobody reads are lost once the far side's buffer is full."""
         try:
-            n = os.write(fd, data)
+            n = dev.send(data)
+        except (BlockingIOError, OSError):
+            n = 0
+        self.dropped += len(data) - n
+
+    def _to_host(self, data: bytes) -> None:
+        try:
+            n = os.write(self._host_m, data)
         except BlockingIOError:
             n = 0
         self.dropped += len(data) - n
 
     def _run(self) -> None:
-        fds = [self._dev_m, self._host_m, self._stop_r]
         while True:
+            fds = [self._listen, self._host_m, self._stop_r] + ([self._dev] if self._dev else [])
             timeout = self._flush_due()
             ready, _, _ = select.select(fds, [], [], timeout)
             if self._stop_r in ready:
                 return
-            if self._dev_m in ready:
-                self._pump(self._dev_m, self._host_m, "up")
+            if self._listen in ready:
+                conn, _ = self._listen.accept()
+                conn.setblocking(False)
+                if self._dev is not None:  # a new board process: the old one is gone
+                    with contextlib.suppress(OSError):
+                        self._dev.close()
+                self._dev = conn
+            if self._dev is not None and self._dev in ready:
+                try:
+                    data = self._dev.recv(self._chunk)
+                except (BlockingIOError, OSError):
+                    data = b""
+                    continue
+                if data:
+                    self._schedule("up", data, self._to_host)
+                else:
+                    self._dev.close()
+                    self._dev = None
             if self._host_m in ready:
-                self._pump(self._host_m, self._dev_m, "down")
+                try:
+                    data = os.read(self._host_m, self._chunk)
+                except (BlockingIOError, OSError):
+                    data = b""
+                if data:
+                    self._schedule("down", data, self._to_device)
 
     def _close(self) -> None:
-        for fd in (self._dev_m, self._dev_s, self._host_m, self._host_s):
+        for s in (self._dev, self._listen):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+        for fd in (self._host_m, self._host_s):
             with contextlib.suppress(OSError):
                 os.close(fd)

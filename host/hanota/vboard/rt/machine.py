@@ -97,3 +97,67 @@ def disable_irq():
 
 def enable_irq(state=0):
     pass
+
+
+class UART:
+    """The board's UART to the hub (the virtual board's serial link).
+
+    Env ``HANOTA_VB_LINK`` = ``uart:HOST:PORT``: the board process bridges this byte
+    stream to the host-side pseudo-terminal the hub opens. Reads never block (like
+    ``UART(timeout=0)``): `read`/`readinto` return what has arrived, or None; `any()`
+    counts nothing exactly but says whether bytes wait. Pollable with select.poll.
+    """
+
+    def __init__(self, id=1, baudrate=115200, **kw):
+        import socket
+        spec = os.getenv("HANOTA_VB_LINK") or ""
+        kind, _, rest = spec.partition(":")
+        if kind != "uart":
+            raise OSError(19, "no UART link on this board (HANOTA_VB_LINK=%r)" % spec)
+        host, _, port = rest.rpartition(":")
+        self._s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._s.connect(socket.getaddrinfo(host, int(port))[0][-1])
+        self._s.setblocking(False)
+        self.baudrate = baudrate
+
+    def init(self, baudrate=115200, **kw):
+        self.baudrate = baudrate
+
+    def deinit(self):
+        self._s.close()
+
+    def write(self, buf):
+        mv = memoryview(buf)
+        sent = 0
+        while sent < len(mv):
+            try:
+                sent += self._s.send(mv[sent:])
+            except OSError:
+                time.sleep_ms(1) if hasattr(time, "sleep_ms") else time.sleep(0.001)
+        return sent
+
+    def read(self, n=256):
+        try:
+            data = self._s.recv(n)
+        except OSError:
+            return None
+        return data or None
+
+    def readinto(self, buf, nbytes=None):
+        data = self.read(nbytes or len(buf))
+        if not data:
+            return None
+        buf[:len(data)] = data
+        return len(data)
+
+    def any(self):
+        import select
+        p = select.poll()
+        p.register(self._s, select.POLLIN)
+        return 1 if p.poll(0) else 0
+
+    def ioctl(self, req, arg):
+        return self._s.ioctl(req, arg) if hasattr(self._s, "ioctl") else 0
+
+    def fileno(self):
+        return self._s.fileno()
