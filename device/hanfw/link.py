@@ -144,11 +144,11 @@ class Replay:
 
 
 def eui_str(eui):
-    return ":".join("%02x" % b for b in bytes(eui)[::-1])
+    return ":".join("%02x" % b for b in reversed(bytes(eui)))
 
 
 def eui_from_str(text):
-    return binascii.unhexlify(text.replace(":", "").replace("-", ""))[::-1]
+    return bytes(reversed(binascii.unhexlify(text.replace(":", "").replace("-", ""))))
 
 
 # ---- join and hello payloads

@@ -318,6 +318,44 @@ def board_flash(kind, port, fw, offset, erase):
                % (facts["size"], facts["offset"], port, facts["chip"], facts["mac"]))
 
 
+@board.command("deploy")
+@click.option("--board", "kind", required=True,
+              type=click.Choice(["esp32", "esp32s3", "nrf52840", "vboard-esp32", "vboard-nrf52840"]))
+@click.option("--port", required=True, help="The board's REPL serial port (a virtual board's console).")
+@click.option("--role", type=click.Choice(sorted(images.ROLE_IMAGE_TYPES)), required=True)
+@click.option("--key", "keys_", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Public key to pin (public.bin or PEM); repeat to pin several (rotation).")
+@click.option("--via", type=click.Choice(["mpremote", "ampy"]), default="mpremote", show_default=True)
+@click.option("--eui64", default=None, help="EUI-64 (default: from the board's unique id).")
+@click.option("--install-code", default=None, help="Install code hex with CRC (default: a new random one).")
+@click.option("--manufacturer", type=U16, default=images.DEFAULT_MANUFACTURER, show_default=True)
+@click.option("--hw-version", type=U16, default=0x0100, show_default=True)
+@click.option("--version", "version", type=Version(), default="1", show_default=True,
+              help="OTA file version of the firmware/app now on the board.")
+@click.option("--hub", default=None, help="Hub link (udp:HOST:PORT); virtual boards use their own link.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer, hw_version, version, hub,
+                 as_json):
+    """Copy the device code and configuration to a board, verify by hashing on the device, reset it.
+
+    Prints the board's EUI-64 and install code: register them with the hub
+    (`hanota registry add-device`) so that the device can join.
+    """
+    from . import deploy
+
+    res = deploy.deploy(port, kind, role, list(keys_), via=via, eui64=eui64, install_code=install_code,
+                        manufacturer=manufacturer, hw_version=hw_version, version=version, hub=hub)
+    if as_json:
+        click.echo(json.dumps(res.as_dict()))
+        return
+    for path, digest in res.files.items():
+        click.echo("  %-28s sha256 %s  verified" % (path, digest[:16]))
+    if res.bank:
+        click.echo("  app bank %d: %d bytes, sha256 %s  verified" % (res.bank["bank"], res.bank["length"],
+                                                                   res.bank["sha256"][:16]))
+    click.echo("deployed %s as %s, EUI-64 %s, install code %s" % (port, role, res.eui64, res.install_code))
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
               help="Where the demo writes its keys, images and reports (recreated).")

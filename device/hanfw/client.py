@@ -1,0 +1,646 @@
+# hanota device: the OTA cluster client (zigbee_ota.md 2.5) over the hub link.
+# Joins / opens a session, answers Image Notify and also polls Query Next Image
+# on a timer, checks the header before the body, downloads with Image Block or
+# Image Page Requests (WAIT_FOR_DATA and MinimumBlockPeriod honoured, the same
+# offset retried with bounded backoff), persists its resume point, streams into
+# the inactive bank while hashing, verifies everything, then sends Upgrade End
+# and activates when the hub says (or on Activate Image for hcalcs).
+
+import os
+import time
+import struct
+
+from hanfw import link, zcl, otafile, reasons
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_S2C_MASK = const(0x08)
+_C2S = const(0x01)  # cluster-specific, client to server
+_C2S_NODR = const(0x11)  # ... default response disabled
+_GLOBAL_NODR = const(0x10)
+_HEAD_MAX = const(69 + 6 + 40 + 6)  # header + descriptor element + image element header
+_CHECKPOINT = const(8 * 4096)  # persist the resume point every 32 KiB of payload
+_UNIX_2000 = const(946684800)
+_NO_VERSION = const(0xFFFFFFFF)
+
+# UTC seconds since 2000-01-01, whatever the port's epoch
+_EPOCH_OFFSET = _UNIX_2000 if time.gmtime(0)[0] == 1970 else 0
+
+
+def utc2000():
+    return int(time.time()) - _EPOCH_OFFSET
+
+
+try:
+    _ticks = time.ticks_ms
+    _diff = time.ticks_diff
+except AttributeError:  # CPython
+    def _ticks():
+        return int(time.monotonic() * 1000)
+
+    def _diff(a, b):
+        return a - b
+
+
+class OtaClient:
+    def __init__(self, cfg, transport, banks, state, role, reset, log=print):
+        self.cfg = cfg
+        self.t = transport
+        self.banks = banks
+        self.state = state
+        self.role = role
+        self.reset = reset
+        self.log = log
+        self.mac = link.Mac(link.link_key(cfg.install_code))
+        self.eui = cfg.eui64
+        hub = state.get("hub")
+        self.hub = bytes(reversed(bytes.fromhex(hub))) if hub else None
+        self.session = False
+        self.hub_floor = None
+        self.nonce = None
+        self.link_tries = 0
+        reserved = state.get("ctr", 1)
+        self.counter = reserved
+        self._reserve(reserved)
+        self.tsn = 0
+        self.status = zcl.UPGRADE_NORMAL
+        self.rejection = 0
+        self.min_period = 0
+        self.dl = None
+        self.pending = None  # (manufacturer, image type, version) waiting for activation
+        self.timers = {}
+        self.queries = 0
+        self.blocks = 0
+        self.stats = {"rejected": 0, "bad-frames": 0}
+        if state.get("held"):
+            h = state.get("held")
+            self.pending = (cfg.manufacturer, cfg.image_type, h["version"])
+            self.status = zcl.UPGRADE_WAITING_EXTERNAL if role.activation == "command" else zcl.UPGRADE_WAITING_TO_UPGRADE
+
+    # ------------------------------------------------------------ timers
+    def _at(self, name, delay_ms):
+        self.timers[name] = _ticks() + int(delay_ms)
+
+    def _cancel(self, name):
+        self.timers.pop(name, None)
+
+    def next_timeout(self):
+        now = _ticks()
+        best = 1000
+        for t in self.timers.values():
+            best = min(best, max(0, _diff(t, now)))
+        return best
+
+    def tick(self):
+        now = _ticks()
+        due = [n for n, t in self.timers.items() if _diff(t, now) <= 0]
+        for n in due:
+            self.timers.pop(n, None)
+            getattr(self, "_on_" + n)()
+
+    def poll(self, timeout_ms):
+        frame = self.t.recv(min(timeout_ms, self.next_timeout()))
+        if frame is not None:
+            self.on_frame(frame)
+        self.tick()
+
+    # ------------------------------------------------------------ link layer
+    def _reserve(self, upto):
+        # frame counters are reserved in blocks so a reboot never reuses one
+        self.reserved = upto + 256
+        self.state.update(ctr=self.reserved)
+
+    def _send(self, kind, dst, cluster, payload):
+        if self.counter >= self.reserved:
+            self._reserve(self.counter)
+        f = link.pack(self.mac, kind, self.eui, dst, self.counter, cluster, payload)
+        self.counter += 1
+        try:
+            self.t.send(f)
+        except OSError as e:
+            self.log("link: send failed: %s" % e)
+
+    def start(self):
+        self.link_tries = 0
+        if self.hub is None:
+            self._join()
+        else:
+            self._hello()
+        self._at("query", 2000)
+
+    def _join(self):
+        service = self.role.join_service
+        asked = self.cfg.raw.get("join_service")
+        if asked == "ordinary" and service != link.SERVICE_ORDINARY:
+            self.log("link: %s refuses the ordinary join service (code %d: %s)"
+                     % (self.cfg.role, link.JOIN_SERVICE_REFUSED, link.JOIN_STATUS_NAMES[link.JOIN_SERVICE_REFUSED]))
+        self.nonce = os.urandom(8)
+        self._send(link.KIND_JOIN_REQ, link.BROADCAST, 0,
+                   link.pack_join_req(service, self.cfg.role, self.cfg.manufacturer, self.cfg.image_type,
+                                      self.cfg.hw_version, self.running_version(), self.nonce))
+        self._at("link", 1000 + 500 * min(self.link_tries, 20))
+
+    def _hello(self):
+        self.nonce = os.urandom(8)
+        self._send(link.KIND_HELLO, self.hub, 0, link.pack_hello(self.nonce, self.running_version()))
+        self._at("link", 1000 + 250 * min(self.link_tries, 8))
+
+    def _on_link(self):
+        # no answer to JOIN/HELLO: try again; after a few unanswered HELLOs, rejoin
+        self.link_tries += 1
+        if self.hub is not None and self.link_tries < 4:
+            self._hello()
+        else:
+            self._join()
+
+    def on_frame(self, frame):
+        try:
+            kind, src, dst, ctr, cluster, payload = link.unpack(frame, lambda s: self.mac)
+        except link.LinkError:
+            self.stats["bad-frames"] += 1
+            return
+        if dst != self.eui:
+            return
+        if kind == link.KIND_JOIN_RSP:
+            self._joined(src, ctr, bytes(payload))
+            return
+        if self.hub is None or src != self.hub:
+            self.stats["bad-frames"] += 1
+            return
+        if kind == link.KIND_HELLO_ACK:
+            nonce, baseline = link.parse_hello(bytes(payload))
+            if nonce == self.nonce:
+                self.hub_floor = baseline
+                self.session = True
+                self.link_tries = 0
+                self._cancel("link")
+                self.role.on_link_up()
+            return
+        if self.hub_floor is None or ctr <= self.hub_floor:
+            self.stats["bad-frames"] += 1  # replay, or no session yet
+            return
+        self.hub_floor = ctr
+        if kind == link.KIND_DATA:
+            if cluster == zcl.CLUSTER_OTA:
+                self._zcl(payload)
+            else:
+                self.role.on_frame(cluster, payload, self)
+
+    def _joined(self, src, ctr, payload):
+        try:
+            status, hub, hub_ctr, nonce = link.parse_join_rsp(payload)
+        except link.LinkError:
+            return
+        if nonce != self.nonce:
+            return
+        if status != link.JOIN_OK:
+            self.log("link: join refused: %s (code %d)" % (link.JOIN_STATUS_NAMES[status]
+                                                          if status < len(link.JOIN_STATUS_NAMES) else "?", status))
+            self.state.update(join_error=status)
+            self._at("link", 30000)
+            return
+        self.hub = hub
+        self.state.update(hub="".join("%02x" % b for b in reversed(hub)), join_error=None)
+        self.link_tries = 0
+        self._hello()
+
+    def send_app(self, cluster, payload):
+        if self.session:
+            self._send(link.KIND_DATA, self.hub, cluster, payload)
+
+    # ------------------------------------------------------------ ZCL plumbing
+    def _next_tsn(self):
+        self.tsn = (self.tsn + 1) & 0xFF
+        return self.tsn
+
+    def _zsend(self, fc, cmd, payload, tsn=None, mfr=None):
+        if not self.session:
+            return
+        if tsn is None:
+            tsn = self._next_tsn()
+        self._send(link.KIND_DATA, self.hub, zcl.CLUSTER_OTA, zcl.pack_header(fc, tsn, cmd, mfr) + payload)
+
+    def _zcl(self, buf):
+        try:
+            fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
+            if fc & zcl.FC_FRAME_TYPE_MASK == zcl.FC_GLOBAL:
+                if cmd == zcl.GLOBAL_READ_ATTRIBUTES:
+                    self._read_attributes(tsn, zcl.parse_read_attributes(buf, off))
+                return
+            if cmd == zcl.CMD_IMAGE_BLOCK_RESPONSE:
+                self._block_response(zcl.parse_block_response(buf, off))
+            elif cmd == zcl.CMD_QUERY_NEXT_IMAGE_RESPONSE:
+                self._query_response(zcl.parse_image_available(buf, off))
+            elif cmd == zcl.CMD_IMAGE_NOTIFY:
+                n = zcl.parse_image_notify(buf, off)
+                if (os.urandom(1)[0] % 100) + 1 <= n.jitter:
+                    self._query()
+            elif cmd == zcl.CMD_UPGRADE_END_RESPONSE:
+                self._end_response(zcl.parse_upgrade_end_response(buf, off), tsn, fc)
+            elif cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
+                self._activate_command(zcl.parse_activate_image(buf, off), tsn, mfr)
+            elif not fc & zcl.FC_DISABLE_DEFAULT_RESPONSE:
+                self._default_response(tsn, cmd, zcl.UNSUP_CLUSTER_COMMAND)
+        except zcl.ZclError as e:
+            self.stats["bad-frames"] += 1
+            self.log("ota: malformed frame from hub: %s" % e)
+
+    def _default_response(self, tsn, cmd, status):
+        self._zsend(_GLOBAL_NODR, zcl.GLOBAL_DEFAULT_RESPONSE, zcl.pack_default_response(cmd, status), tsn)
+
+    def _read_attributes(self, tsn, ids):
+        d = self.dl
+        recs = []
+        for a in ids:
+            v = None
+            if a == zcl.ATTR_UPGRADE_SERVER_ID:
+                v = (zcl.TYPE_EUI64, self.hub or b"\xff" * 8)
+            elif a == zcl.ATTR_FILE_OFFSET:
+                v = (zcl.TYPE_UINT32, d["offset"] if d else 0xFFFFFFFF)
+            elif a == zcl.ATTR_CURRENT_FILE_VERSION:
+                v = (zcl.TYPE_UINT32, self.running_version())
+            elif a == zcl.ATTR_CURRENT_STACK_VERSION:
+                v = (zcl.TYPE_UINT16, 2)
+            elif a == zcl.ATTR_DOWNLOADED_FILE_VERSION:
+                v = (zcl.TYPE_UINT32, d["v"] if d else (self.pending[2] if self.pending else _NO_VERSION))
+            elif a == zcl.ATTR_IMAGE_UPGRADE_STATUS:
+                v = (zcl.TYPE_ENUM8, self.status)
+            elif a == zcl.ATTR_MANUFACTURER_ID:
+                v = (zcl.TYPE_UINT16, self.cfg.manufacturer)
+            elif a == zcl.ATTR_IMAGE_TYPE_ID:
+                v = (zcl.TYPE_UINT16, self.cfg.image_type)
+            elif a == zcl.ATTR_MINIMUM_BLOCK_PERIOD:
+                v = (zcl.TYPE_UINT16, self.min_period)
+            elif a == reasons.ATTR_LAST_REJECTION:
+                v = (zcl.TYPE_UINT8, self.rejection)
+            recs.append((a, zcl.SUCCESS) + v if v else (a, zcl.UNSUPPORTED_ATTRIBUTE, None, None))
+        self._zsend(_GLOBAL_NODR, zcl.GLOBAL_READ_ATTRIBUTES_RESPONSE, zcl.pack_read_attributes_response(recs), tsn)
+
+    def running_version(self):
+        return self.banks.running_version()
+
+    # ------------------------------------------------------------ query
+    def _on_query(self):
+        self._at("query", self.cfg.query_interval * 1000)
+        if self.dl is None and self.status == zcl.UPGRADE_NORMAL:
+            self._query()
+
+    def _query(self):
+        if not self.session or self.dl is not None:
+            return
+        self.queries += 1
+        self._zsend(_C2S_NODR, zcl.CMD_QUERY_NEXT_IMAGE,
+                    zcl.pack_query_next_image(self.cfg.manufacturer, self.cfg.image_type,
+                                              self.running_version(), self.cfg.hw_version))
+
+    def _query_response(self, r):
+        if r.status != zcl.SUCCESS or self.dl is not None:
+            return
+        ident = (r.manufacturer, r.image_type, r.file_version)
+        if self.pending == ident:
+            return  # already held: waiting for activation
+        why = self._qualify(r.manufacturer, r.image_type, r.file_version, r.image_size)
+        if why:
+            self._reject(ident, why)
+            return
+        self._begin(ident, r.image_size)
+
+    def _qualify(self, mfr, itype, version, size):
+        if mfr != self.cfg.manufacturer:
+            return "wrong-manufacturer"
+        if itype != self.cfg.image_type:
+            return "wrong-image-type"
+        if version <= self.running_version():
+            return "version-not-newer"
+        if size > self.banks.bank_size() + _HEAD_MAX + otafile.SIGNATURE_ELEMENT_LEN:
+            return "too-big"
+        return None
+
+    # ------------------------------------------------------------ download
+    def _begin(self, ident, size):
+        saved = self.state.get("dl")
+        try:
+            self.banks_target = self.banks.begin() if not self._resumable(saved, ident, size) else None
+        except Exception as e:  # BankError: the running image is unconfirmed
+            self._reject(ident, getattr(e, "reason", "unconfirmed"))
+            return
+        self.pending = None
+        self.dl = {"id": ident, "v": ident[2], "size": size, "offset": 0, "tries": 0, "head": bytearray(),
+                   "body": False, "poff": 0, "stream": otafile.OtaStream(integrity=False, max_total=size),
+                   "writer": None, "last_ckpt": 0}
+        self.status = zcl.UPGRADE_DOWNLOAD_IN_PROGRESS
+        if self._resumable(saved, ident, size):
+            self._resume(saved)
+        self.log("ota: downloading version 0x%08x (%d bytes) from offset %d" % (ident[2], size, self.dl["offset"]))
+        self._request()
+
+    def _resumable(self, saved, ident, size):
+        return bool(saved) and saved.get("id") == list(ident) and saved.get("size") == size
+
+    def _resume(self, saved):
+        d = self.dl
+        head = bytes.fromhex(saved["head"])
+        s = d["stream"]
+        s.feed(head)
+        durable = saved["dur"]
+        self.banks.feed_target(durable, s.feed)  # rebuild the hashes from the bank
+        d["head"] = bytearray(head)
+        d["body"] = True
+        d["poff"] = saved["poff"]
+        d["writer"] = self.banks.writer(durable)
+        s.sink = d["writer"].write
+        d["offset"] = saved["poff"] + durable
+        d["last_ckpt"] = durable
+
+    def _request(self):
+        d = self.dl
+        if d is None:
+            return
+        off = d["offset"]
+        if not d["body"]:
+            want = min(self._head_need(), self.cfg.max_data)
+            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
+                d["id"][0], d["id"][1], d["id"][2], off, want))
+        elif self.cfg.page_size:
+            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(
+                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data,
+                min(self.cfg.page_size, d["size"] - off), 0))
+        else:
+            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
+                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data,
+                min_block_period=self.min_period if self.min_period else None))
+        self.blocks += 1
+        self._at("block", self.cfg.block_timeout_ms * (1 + min(d["tries"], 4)))
+
+    # bytes still needed before the body: to the end of the image element's header
+    def _head_need(self):
+        d = self.dl
+        got = len(d["head"])
+        s = d["stream"]
+        if s.header is None:
+            return max(10, otafile.MAX_HEADER_LEN) - got if got < 10 else s._need - got
+        hl = s.header.header_length
+        return max(1, hl + 6 + otafile.DESCRIPTOR_LEN + 6 - got)
+
+    def _on_block(self):
+        # no answer: the same offset again, with bounded backoff
+        d = self.dl
+        if d is None:
+            return
+        d["tries"] += 1
+        if d["tries"] > self.cfg.retry_limit:
+            self.log("ota: no answer at offset %d after %d tries; will resume later" % (d["offset"], d["tries"] - 1))
+            self._suspend()
+            return
+        self._request()
+
+    def _suspend(self):
+        self.dl = None
+        self.status = zcl.UPGRADE_NORMAL
+        self._cancel("block")
+        self._at("query", 5000)
+
+    def _block_response(self, r):
+        d = self.dl
+        if d is None:
+            return
+        if r.status == zcl.WAIT_FOR_DATA:
+            wait = r.request_time if r.current_time == 0 else max(0, r.request_time - r.current_time)
+            if r.min_block_period:
+                self.min_period = r.min_block_period
+            self._at("block", max(wait * 1000, 50))
+            return
+        if r.status != zcl.SUCCESS:
+            self.log("ota: server aborted the transfer (%s)" % zcl.status_name(r.status))
+            self._fail("server-abort", send_end=False)
+            return
+        if (r.manufacturer, r.image_type, r.file_version) != d["id"] or r.file_offset != d["offset"]:
+            return  # a stale or out-of-order block: wait for the one we asked for
+        try:
+            self._take(r.data)
+        except otafile.OtaError as e:
+            self._fail(_map(e.reason))
+            return
+        except Exception as e:  # BankError (full bank, flash error)
+            self._fail(getattr(e, "reason", "malformed"))
+            return
+        d["tries"] = 0
+        if self.dl is None:
+            return
+        if d["stream"].done:
+            self._cancel("block")
+            self._complete()
+        elif self.cfg.page_size and d["body"] and (d["offset"] - d["page_start"]) < self.cfg.page_size:
+            self._at("block", self.cfg.block_timeout_ms)  # more of this page is coming
+        else:
+            if self.min_period:
+                self._cancel("block")
+                self._at("next", self.min_period)
+            else:
+                self._next_request()
+
+    def _on_next(self):
+        self._next_request()
+
+    def _next_request(self):
+        d = self.dl
+        if d is not None and d["body"] and self.cfg.page_size:
+            d["page_start"] = d["offset"]
+        self._request()
+
+    def _take(self, data):
+        d = self.dl
+        s = d["stream"]
+        n = len(data)
+        if not d["body"]:
+            d["head"] += data
+            s.feed(data)
+            d["offset"] += n
+            self._check_head()
+            return
+        s.feed(data)
+        d["offset"] += n
+        w = d["writer"]
+        if w.durable - d["last_ckpt"] >= _CHECKPOINT:
+            d["last_ckpt"] = w.durable
+            self._checkpoint()
+
+    # Once the header, the descriptor and the image element header are in:
+    # reject on the header alone, before any of the body is fetched.
+    def _check_head(self):
+        d = self.dl
+        s = d["stream"]
+        h = s.header
+        if h is None:
+            return
+        els = s.elements
+        if not els:
+            return
+        if els[0][0] != otafile.TAG_DESCRIPTOR:
+            self._fail("bad-descriptor")
+            return
+        if len(els) < 2 or s.descriptor is None:
+            return
+        why = None
+        if h.manufacturer != self.cfg.manufacturer:
+            why = "wrong-manufacturer"
+        elif h.image_type != self.cfg.image_type:
+            why = "wrong-image-type"
+        elif h.file_version != d["v"]:
+            why = "malformed"
+        elif h.min_hw is not None and not h.min_hw <= self.cfg.hw_version <= h.max_hw:
+            why = "hardware-version"
+        elif h.destination is not None and h.destination != self.eui:
+            why = "wrong-destination"
+        elif s.descriptor.security_version < self.banks.floor():
+            why = "security-version"
+        elif els[1][0] != otafile.TAG_UPGRADE_IMAGE:
+            why = "malformed"
+        elif els[1][1] > self.banks.bank_size():
+            why = "too-big"
+        elif s.descriptor.payload_kind != (otafile.PAYLOAD_ESP_APP if self.banks.kind == "firmware"
+                                           else otafile.PAYLOAD_ROMFS):
+            why = "wrong-payload-kind"
+        if why:
+            self._fail(why)
+            return
+        d["body"] = True
+        d["poff"] = s.received
+        d["page_start"] = d["offset"]
+        d["writer"] = self.banks.writer(0)
+        s.sink = d["writer"].write
+        self._checkpoint()
+
+    def _checkpoint(self):
+        d = self.dl
+        self.state.update(dl={"id": list(d["id"]), "size": d["size"], "head": bytes(d["head"]).hex(),
+                              "poff": d["poff"], "dur": d["writer"].durable})
+
+    def _complete(self):
+        d = self.dl
+        s = d["stream"]
+        try:
+            d["writer"].flush()
+            s.finish()
+            otafile.check_signed(s, self.cfg.keys)
+            if self.banks.target_sha256(s.image_length) != s.descriptor.image_hash:
+                raise otafile.OtaError("readback", "bank contents differ from the image after writing")
+        except otafile.OtaError as e:
+            self._fail(_map(e.reason))
+            return
+        except Exception as e:
+            self._fail(getattr(e, "reason", "malformed"))
+            return
+        self.banks.stage(d["v"], s.image_length, s.descriptor.security_version, s.descriptor.image_hash)
+        self.state.update(dl=None)
+        self.pending = d["id"]
+        self.dl = None
+        self.status = zcl.UPGRADE_DOWNLOAD_COMPLETE
+        self.log("ota: version 0x%08x downloaded and verified" % self.pending[2])
+        self._send_end()
+
+    def _send_end(self):
+        if self.pending is None:
+            return
+        m, t, v = self.pending
+        self._zsend(_C2S, zcl.CMD_UPGRADE_END, zcl.pack_upgrade_end(zcl.SUCCESS, m, t, v))
+        self._at("end", 5000)
+
+    def _on_end(self):
+        # no Upgrade End Response yet (or told to wait): ask again
+        if self.pending is not None and self.status != zcl.UPGRADE_COUNT_DOWN:
+            self._send_end()
+            if self.status in (zcl.UPGRADE_WAITING_TO_UPGRADE, zcl.UPGRADE_WAITING_EXTERNAL):
+                self._at("end", 60000)
+
+    def _reject(self, ident, why):
+        self.rejection = reasons.code(why)
+        self.stats["rejected"] += 1
+        self.log("ota: rejected version 0x%08x: %s" % (ident[2], why))
+        self._zsend(_C2S_NODR, zcl.CMD_UPGRADE_END, zcl.pack_upgrade_end(
+            zcl.ABORT if why in ("unconfirmed", "too-big") else zcl.INVALID_IMAGE, ident[0], ident[1], ident[2]))
+
+    def _fail(self, why, send_end=True):
+        d = self.dl
+        self.dl = None
+        self._cancel("block")
+        self.state.update(dl=None)
+        self.status = zcl.UPGRADE_NORMAL
+        if d is not None and send_end:
+            self._reject(d["id"], why)
+        else:
+            self.rejection = reasons.code(why)
+
+    # ------------------------------------------------------------ activation
+    def _end_response(self, r, tsn, fc):
+        if self.pending is None or (r.manufacturer, r.image_type, r.file_version) != self.pending:
+            return
+        self._cancel("end")
+        if not fc & zcl.FC_DISABLE_DEFAULT_RESPONSE:
+            self._default_response(tsn, zcl.CMD_UPGRADE_END_RESPONSE, zcl.SUCCESS)
+        if r.upgrade_time == zcl.UPGRADE_TIME_WAIT:
+            if self.role.activation == "command":
+                self.status = zcl.UPGRADE_WAITING_EXTERNAL
+            else:
+                self.status = zcl.UPGRADE_WAITING_TO_UPGRADE
+                self._at("end", 60000)
+            return
+        delay = r.upgrade_time if r.current_time == 0 else max(0, r.upgrade_time - r.current_time)
+        self.status = zcl.UPGRADE_COUNT_DOWN
+        self._at("activate", delay * 1000)
+
+    def _on_activate(self):
+        self.activate_now()
+
+    def activate_now(self):
+        try:
+            self.banks.activate()
+        except Exception as e:
+            self.log("ota: activation failed: %s" % e)
+            self.status = zcl.UPGRADE_NORMAL
+            self.pending = None
+            return False
+        self.log("ota: activating; resetting into the new image")
+        self.reset()
+        return True
+
+    def _activate_command(self, a, tsn, mfr):
+        code = zcl.ACTIVATE_NO_IMAGE_HELD
+        held = self.state.get("held")
+        if self.role.activation != "command":
+            self._default_response(tsn, zcl.CMD_ACTIVATE_IMAGE, zcl.UNSUP_MANUF_CLUSTER_COMMAND)
+            return
+        if held:
+            if bytes.fromhex(held["hash"]) != bytes(a.image_hash):
+                code = zcl.ACTIVATE_HASH_MISMATCH
+            elif self.banks.target_sha256(held["length"]) != bytes(a.image_hash):
+                code = zcl.ACTIVATE_FAILURE  # the bank no longer holds what was verified
+            else:
+                code = zcl.ACTIVATE_SUCCESS
+        self._zsend(_C2S_NODR | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATE_IMAGE_RESPONSE,
+                    zcl.pack_activate_image_response(code, self.running_version(), a.counter), tsn, mfr)
+        if code == zcl.ACTIVATE_SUCCESS:
+            delay = max(0, a.execution_time - utc2000()) if a.execution_time else 0
+            self.status = zcl.UPGRADE_COUNT_DOWN
+            self._cancel("end")
+            self._at("activate", max(delay * 1000, 200))  # let the response leave first
+
+    # ------------------------------------------------------------ after boot
+    def send_alert(self, running, previous, rolled_back, reason):
+        self._zsend(_C2S | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATION_ALERT,
+                    zcl.pack_activation_alert(running, previous, 1 if rolled_back else 0, reason, utc2000()),
+                    mfr=self.cfg.manufacturer)
+
+
+def _map(reason):
+    if reason in reasons.REASONS:
+        return reason
+    if reason in ("truncated", "truncated-header"):
+        return "truncated"
+    if reason in ("bad-descriptor",):
+        return "bad-descriptor"
+    return "malformed"

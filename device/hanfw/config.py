@@ -1,0 +1,94 @@
+# hanota device: the device configuration, written once at deploy time.
+# One JSON file (hanota.json in the filesystem root): identity, pinned keys,
+# install code (the link key is derived from it) and link settings.
+
+import json
+import binascii
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+FILE_NAME = "hanota.json"
+ROLES = ("ppmid", "althan", "hcalcs")
+DEFAULT_IMAGE_TYPES = {"ppmid": 0x0084, "althan": 0x0085, "hcalcs": 0x0086}
+_REQUIRED = ("eui64", "role", "manufacturer", "hw_version", "keys", "install_code")
+
+
+class ConfigError(Exception):
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Config:
+    pass
+
+
+def _hex(value, what):
+    try:
+        return binascii.unhexlify(value.replace(":", ""))
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError("malformed", "%s is not hex: %r" % (what, value))
+
+
+# Check and convert a decoded JSON object; every problem is named.
+def from_dict(d):
+    from hanfw import p256
+    if not isinstance(d, dict):
+        raise ConfigError("malformed", "configuration is not a JSON object")
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise ConfigError("missing-field", "configuration lacks %s" % ", ".join(missing))
+    c = Config()
+    c.role = d["role"]
+    if c.role not in ROLES:
+        raise ConfigError("bad-role", "role %r is not one of %s" % (c.role, ", ".join(ROLES)))
+    eui = _hex(d["eui64"], "eui64")
+    if len(eui) != 8:
+        raise ConfigError("bad-eui64", "eui64 must be 8 bytes, got %d" % len(eui))
+    c.eui64 = bytes(reversed(eui))  # wire order (least significant byte first)
+    c.eui64_text = d["eui64"]
+    for k in ("manufacturer", "hw_version"):
+        v = d[k]
+        if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
+            raise ConfigError("bad-" + k, "%s must be a 16-bit integer, got %r" % (k, v))
+    c.manufacturer = d["manufacturer"]
+    c.hw_version = d["hw_version"]
+    c.image_type = d.get("image_type", DEFAULT_IMAGE_TYPES[c.role])
+    keys = d["keys"]
+    if not isinstance(keys, list) or not keys:
+        raise ConfigError("no-keys", "keys must list at least one pinned public key")
+    c.keys = []
+    for i, k in enumerate(keys):
+        point = _hex(k, "keys[%d]" % i)
+        if not p256.is_valid_point(point):
+            raise ConfigError("bad-key", "keys[%d] is not a P-256 public point (65 bytes, 04||X||Y)" % i)
+        c.keys.append(point)
+    c.install_code = d["install_code"]
+    c.hub = d.get("hub")  # "udp:HOST:PORT" / "serial:PATH"; boards may supply their own
+    c.hub_eui = None
+    c.wifi = d.get("wifi")
+    c.max_data = d.get("max_data", 64)
+    c.page_size = d.get("page_size", 0)  # 0: Image Block Requests; else Image Page Requests
+    c.query_interval = d.get("query_interval", 300)  # seconds between polls of Query Next Image
+    c.health_timeout = d.get("health_timeout", 60)  # seconds a trial image has to prove itself
+    c.retry_limit = d.get("retry_limit", 8)
+    c.block_timeout_ms = d.get("block_timeout_ms", 1500)
+    c.raw = d
+    return c
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError("missing", "no device configuration at %s: deploy the board first" % path)
+    try:
+        d = json.loads(text)
+    except ValueError:
+        raise ConfigError("malformed", "%s is not valid JSON" % path)
+    return from_dict(d)

@@ -1,0 +1,82 @@
+# hanota device: carries link frames to and from the hub.
+#   UdpTransport: one frame per datagram (ESP32 on Wi-Fi; the virtual board's relay)
+#   StreamTransport: SLIP-framed frames on a byte stream (nRF52840 UART; a pty)
+# recv(timeout_ms) returns one frame (bytes) or None.
+
+import select
+import socket
+
+from hanfw import link
+
+
+class UdpTransport:
+    def __init__(self, host, port):
+        self.addr = socket.getaddrinfo(host, port)[0][-1]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(socket.getaddrinfo("0.0.0.0", 0)[0][-1])
+        self.poll = select.poll()
+        self.poll.register(self.sock, select.POLLIN)
+
+    def send(self, frame):
+        self.sock.sendto(frame, self.addr)
+
+    def recv(self, timeout_ms):
+        if not self.poll.poll(max(0, int(timeout_ms))):
+            return None
+        try:
+            data, _ = self.sock.recvfrom(link.MAX_FRAME + 64)
+        except OSError:
+            return None
+        return data
+
+    def close(self):
+        self.sock.close()
+
+
+class StreamTransport:
+    # stream: an object with write(bytes) and readinto(buf) / read(n), pollable
+    def __init__(self, stream):
+        self.stream = stream
+        self.dec = link.SlipDecoder()
+        self.buf = bytearray(256)
+        self.poll = select.poll()
+        # a real machine.UART polls as itself; the virtual board's UART gives its fd
+        self.poll.register(stream.fileno() if hasattr(stream, "fileno") else stream, select.POLLIN)
+
+    def send(self, frame):
+        data = link.slip_encode(frame)
+        mv = memoryview(data)
+        while mv:
+            n = self.stream.write(mv)
+            if n is None:
+                n = 0
+            mv = mv[n:]
+
+    def recv(self, timeout_ms):
+        frame = self.dec.pop()
+        if frame is not None:
+            return frame
+        if not self.poll.poll(max(0, int(timeout_ms))):
+            return None
+        n = self.stream.readinto(self.buf)
+        if n:
+            self.dec.feed(memoryview(self.buf)[:n])
+        return self.dec.pop()
+
+    def close(self):
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+
+
+# "udp:HOST:PORT" or "serial:PATH" -> a transport (virtual boards and hosts).
+def open_spec(spec):
+    kind, _, rest = spec.partition(":")
+    if kind == "udp":
+        host, _, port = rest.rpartition(":")
+        return UdpTransport(host, int(port))
+    if kind == "uart":
+        import machine
+        return StreamTransport(machine.UART(1, 115200))
+    raise ValueError("unknown link %r (udp:HOST:PORT or uart:...)" % spec)
