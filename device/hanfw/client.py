@@ -23,7 +23,6 @@ _C2S = const(0x01)  # cluster-specific, client to server
 _C2S_NODR = const(0x11)  # ... default response disabled
 _GLOBAL_NODR = const(0x10)
 _HEAD_MAX = const(69 + 6 + 40 + 6)  # header + descriptor element + image element header
-_CHECKPOINT = const(8 * 4096)  # persist the resume point every 32 KiB of payload
 _UNIX_2000 = const(946684800)
 _NO_VERSION = const(0xFFFFFFFF)
 
@@ -323,12 +322,10 @@ class OtaClient:
     # ------------------------------------------------------------ download
     def _begin(self, ident, size):
         saved = self.state.get("dl")
-        try:
-            self.banks_target = self.banks.begin() if not self._resumable(saved, ident, size) else None
-        except Exception as e:  # BankError: the running image is unconfirmed
-            self._reject(ident, getattr(e, "reason", "unconfirmed"))
+        if self.banks.is_trial():
+            # esp_ota_begin's rule: no new update while the running image is unconfirmed
+            self._reject(ident, "unconfirmed")
             return
-        self.pending = None
         self.dl = {"id": ident, "v": ident[2], "size": size, "offset": 0, "tries": 0, "head": bytearray(),
                    "body": False, "poff": 0, "stream": otafile.OtaStream(integrity=False, max_total=size),
                    "writer": None, "last_ckpt": 0}
@@ -465,7 +462,7 @@ class OtaClient:
         s.feed(data)
         d["offset"] += n
         w = d["writer"]
-        if w.durable - d["last_ckpt"] >= _CHECKPOINT:
+        if w.durable - d["last_ckpt"] >= self.cfg.checkpoint:
             d["last_ckpt"] = w.durable
             self._checkpoint()
 
@@ -507,6 +504,13 @@ class OtaClient:
             why = "wrong-payload-kind"
         if why:
             self._fail(why)
+            return
+        # the header qualifies: only now is the inactive bank invalidated and written
+        self.pending = None
+        try:
+            self.banks.begin()
+        except Exception as e:  # BankError
+            self._fail(getattr(e, "reason", "unconfirmed"))
             return
         d["body"] = True
         d["poff"] = s.received

@@ -77,6 +77,7 @@ def from_dict(d):
     c.health_timeout = d.get("health_timeout", 60)  # seconds a trial image has to prove itself
     c.retry_limit = d.get("retry_limit", 8)
     c.block_timeout_ms = d.get("block_timeout_ms", 1500)
+    c.checkpoint = d.get("checkpoint", 4096)  # bytes of payload between resume points
     c.raw = d
     return c
 

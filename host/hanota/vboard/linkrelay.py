@@ -197,6 +197,7 @@ class UartLink(_Relay):
             if self._listen in ready:
                 conn, _ = self._listen.accept()
                 conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a UART has no Nagle
                 if self._dev is not None:  # a new board process: the old one is gone
                     with contextlib.suppress(OSError):
                         self._dev.close()

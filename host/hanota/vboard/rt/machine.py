@@ -117,6 +117,10 @@ class UART:
         host, _, port = rest.rpartition(":")
         self._s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._s.connect(socket.getaddrinfo(host, int(port))[0][-1])
+        try:
+            self._s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: bytes leave at once, as on a UART
+        except OSError:
+            pass
         self._s.setblocking(False)
         self.baudrate = baudrate
 
