@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -11,7 +12,9 @@ HUB_EUI = bytes.fromhex("0100a0b0c0d0e0f0")
 
 
 class ForcePolicy(Policy):
-    """Offers its images to any querying device, compatible or not (to test device rejections)."""
+    """With `force`, offers its newest image to any querying device, compatible or not,
+    under the identity the device asked for (a hub serving a file whose header disagrees
+    with what it announced): only the device's own checks stand in the way."""
 
     def __init__(self, *a, force: bool = False, **kw):
         super().__init__(*a, **kw)
@@ -19,7 +22,11 @@ class ForcePolicy(Policy):
 
     def offer(self, eui, manufacturer, image_type, file_version, hw_version):
         if self.force and self.images:
-            return self.images[-1]
+            img = self.images[-1]
+            if (img.manufacturer, img.image_type) != (manufacturer, image_type):
+                img = dataclasses.replace(img, manufacturer=manufacturer, image_type=image_type)
+                self.images.append(img)
+            return img
         return super().offer(eui, manufacturer, image_type, file_version, hw_version)
 
 

@@ -241,11 +241,17 @@ def romfs_size(board: Board, flash_path: os.PathLike) -> int:
 
 def heap_size(board: Board, flash_path: os.PathLike | None = None,
               heap: str | int | None = None) -> int:
-    """The -X heapsize for a board process: the device heap (board.toml's unless given)
-    + the ROMFS it copies to RAM + RT_HEAP, rounded up to KiB."""
+    """The -X heapsize for a board process, rounded up to KiB: the device heap
+    (board.toml's unless given) + RT_HEAP + twice the largest ROMFS.
+
+    On a real board the ROMFS is memory-mapped flash and its bytecode runs in place;
+    on the unix port the ROMFS is a copy in the heap and importing from it costs about
+    as much heap again (bytecode, qstrs, function objects). Adding both keeps the
+    configured heap for the application's own data, as on the chip.
+    """
     total = parse_size(heap if heap is not None else board.heap) + RT_HEAP
     if flash_path is not None:
-        total += romfs_size(board, flash_path)
+        total += 2 * romfs_size(board, flash_path)
     return -(-total // 1024) * 1024
 
 
