@@ -129,7 +129,8 @@ class OtaClient:
             self._join()
         else:
             self._hello()
-        self._at("query", 2000)
+        # soon after boot when a download was interrupted (resume); else on the regular poll
+        self._at("query", 2000 if self.state.get("dl") else self.cfg.query_interval * 1000)
 
     def _join(self):
         service = self.role.join_service

@@ -809,6 +809,7 @@ class OtaServer:
 
     def _page(self, dev: DeviceState, tsn: int, buf: bytes, off: int) -> None:
         r = zcl.parse_page_request(buf, off)
+        self.stats["pages"] += 1
         if r.page_size == 0:
             raise ZclError(zcl.MALFORMED_COMMAND, "page request: page size 0")
         img = self._admit(dev, tsn, r.manufacturer, r.image_type, r.file_version,
@@ -953,6 +954,12 @@ class OtaServer:
                                 % (hlink.eui_str(eui), cmd, retries + 1, timeout))
         finally:
             del self._pending[key]
+
+    async def send_app(self, eui: bytes, cluster: int, payload: bytes) -> None:
+        """Send application data on another cluster (a role's data, e.g. a PPMID balance).
+
+        Fire and forget: the link authenticates it; the role acts on it."""
+        self._send(self._route(eui), hlink.KIND_DATA, bytes(payload), cluster)
 
     async def notify(self, eui: bytes, *, timeout: float | None = None,
                      retries: int | None = None) -> bool:

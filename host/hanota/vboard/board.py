@@ -78,7 +78,7 @@ class VirtualBoard:
     def __init__(self, dir: str | os.PathLike, board: str = "vboard-esp32", name: str | None = None,
                  role: str | None = None, eui64: str | None = None, power_cut_at: int | None = None,
                  torn: bool = False, link_rate: float | None = None, link_latency: float = 0.0,
-                 hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None):
+                 hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None, drop_every: int = 0):
         if board not in BOARD_KINDS:
             raise BoardError("unknown board %r (choose from %s)" % (board, ", ".join(BOARD_KINDS)))
         self.dir = Path(dir).resolve()
@@ -95,6 +95,7 @@ class VirtualBoard:
         self.link_latency = link_latency
         self.hub = hub
         self.heap = heap
+        self.drop_every = drop_every
         self.console: Console | None = None
         self.link = None
         self.romloader = None
@@ -156,7 +157,8 @@ class VirtualBoard:
 
     def _start_link(self) -> None:
         if self.spec.link == "udp":
-            self.link = linkrelay.UdpRelay(self.hub, rate=self.link_rate, latency=self.link_latency).start()
+            self.link = linkrelay.UdpRelay(self.hub, rate=self.link_rate, latency=self.link_latency,
+                                           drop_every=self.drop_every).start()
             host, port = self.link.address
             self.info.link = "udp:%s:%d" % (host, port)
             self._device_link = self.info.link

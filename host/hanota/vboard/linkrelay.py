@@ -93,9 +93,13 @@ class _Relay:
 class UdpRelay(_Relay):
     """UDP between the device (which sends to `address`) and the hub at `hub`."""
 
-    def __init__(self, hub: tuple[str, int], rate: float | None = None, latency: float = 0.0):
+    def __init__(self, hub: tuple[str, int], rate: float | None = None, latency: float = 0.0,
+                 drop_every: int = 0):
         super().__init__(rate, latency)
         self.hub = hub
+        self.drop_every = drop_every  # lose every Nth datagram towards the device (0: none)
+        self.lost = 0
+        self._down_count = 0
         self._dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._dev.bind(("127.0.0.1", 0))
         self._hub_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -127,7 +131,10 @@ class UdpRelay(_Relay):
                 with contextlib.suppress(OSError):
                     data, addr = self._hub_side.recvfrom(65536)
                     dev = self._device_addr
-                    if dev is not None:
+                    self._down_count += 1
+                    if self.drop_every and self._down_count % self.drop_every == 0:
+                        self.lost += 1
+                    elif dev is not None:
                         self._schedule("down", data, lambda d, dev=dev: self._dev.sendto(d, dev))
 
     def _close(self) -> None:

@@ -1,0 +1,124 @@
+"""Device behaviour around the OTA path: notify vs polling, pages, lost blocks, WAIT_FOR_DATA,
+roles and their state, configuration errors. Real boards (virtual), real hub server."""
+import re
+import struct
+import subprocess
+import time
+
+import pytest
+
+from hanfw import zcl
+from hanota import boards, deploy, fwbuild, images
+from support.consolelog import ConsoleLog
+from support.hubkit import HubThread
+from test_ota_upgrade import MPREMOTE, V1, V2, bring_up, keys, ota_file, payloads, read_version  # noqa: F401
+
+
+@pytest.fixture
+def hub():
+    h = HubThread(block_cap=64)
+    yield h
+    h.stop()
+
+
+def test_image_notify_starts_the_download_without_waiting_for_the_poll(vboards, hub, keys, payloads,
+                                                                        tmp_path):
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "ppmid",
+                      settings={"query_interval": 3600})
+    hub.wait_event("hello", eui, timeout=30)
+    hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-esp32", "ppmid"))
+    time.sleep(3)
+    assert not hub.events("upgrade_end", eui)  # nothing happens on its own for an hour
+    assert hub.call(hub.server.notify(eui)) is True
+    assert hub.wait_event("alert", eui, timeout=60)[0][2] == V2
+
+
+def test_page_requests(vboards, hub, keys, payloads, tmp_path):
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-nrf52840", "ppmid",
+                      settings={"page_size": 1024, "max_data": 64})
+    hub.wait_event("hello", eui, timeout=30)
+    hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-nrf52840", "ppmid"))
+    assert hub.wait_event("alert", eui, timeout=90)[0][2:5] == (V2, V1, False)
+    assert hub.server.stats["pages"] > 0
+
+
+def test_lost_blocks_are_retried_at_the_same_offset(vboards, hub, keys, payloads, tmp_path):
+    def lossy(kind, **kw):
+        return vboards(kind, drop_every=9, **kw)
+    b, eui = bring_up(lossy, hub, keys, payloads, "vboard-esp32", "ppmid",
+                      settings={"block_timeout_ms": 300})
+    log = ConsoleLog(b.console.pty_path)
+    try:
+        hub.wait_event("hello", eui, timeout=60)
+        hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-esp32", "ppmid"))
+        assert hub.wait_event("alert", eui, timeout=180)[0][2] == V2
+        assert b.link.lost > 10
+        assert re.findall(r"from offset (\d+)", log.text) == ["0"]  # never restarted from 0
+        t = hub.server.transfers[eui]
+        assert t.bytes_served < t.size * 1.3
+    finally:
+        log.close()
+
+
+def test_wait_for_data_is_honoured(vboards, hub, keys, payloads, tmp_path):
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "ppmid")
+    hub.wait_event("hello", eui, timeout=30)
+    hub.server.throttle(eui, 2)
+    hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-esp32", "ppmid"))
+    assert hub.wait_event("alert", eui, timeout=90)[0][2] == V2
+    assert hub.server.stats["throttled"] >= 1
+
+
+def test_configuration_missing_or_malformed_is_refused_with_a_message(vboards, hub, keys, payloads):
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "ppmid")
+    hub.wait_event("hello", eui, timeout=30)
+    for content, needle in ((None, "no device configuration"), ('{"role": "ppmid"}', "lacks"),
+                            ('{"eui64": "x", ', "not valid JSON")):
+        code = "import os\nos.remove('/hanota.json')\n" if content is None else \
+            "with open('/hanota.json', 'w') as f:\n    f.write(%r)\n" % content
+        r = subprocess.run([MPREMOTE, "connect", b.console.pty_path, "exec", code], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        log = ConsoleLog(b.console.pty_path)
+        try:
+            b.power_cycle()
+            text = log.wait_for(needle, timeout=20)
+            assert "not starting the OTA client" in text.split(needle)[0].rsplit("\n", 1)[-1]
+        finally:
+            log.close()
+
+
+def test_althan_refuses_the_ordinary_join_service(vboards, hub, keys, payloads):
+    b = vboards("vboard-esp32", hub=hub.udp)
+    boards.flash_firmware(b.romloader.url, payloads["vboard-esp32", 1]["firmware"], board="vboard-esp32")
+    b.console.wait_ready(15)
+    res = deploy.deploy(b.console.pty_path, "vboard-esp32", "althan", [keys / "public.bin"], version=V1,
+                        settings={"join_service": "ordinary"})
+    eui = hub.add_device(res.eui64, res.install_code)
+    log = ConsoleLog(b.console.pty_path)  # the console keeps what the board printed meanwhile
+    try:
+        text = log.wait_for("refuses the ordinary join service", timeout=30)
+        assert "code 4" in text
+        joined = hub.wait_event("joined", eui, timeout=30)  # through the point-to-point service instead
+        assert joined[0][2] == "althan"
+    finally:
+        log.close()
+
+
+def test_ppmid_balance_hcalcs_load_survive_an_update(vboards, hub, keys, payloads, tmp_path):
+    from hanfw import link as hlink
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "hcalcs")
+    hub.wait_event("hello", eui, timeout=30)
+    log = ConsoleLog(b.console.pty_path)
+    try:
+        hub.call(hub.server.send_app(eui, 0xFC00, bytes([0x01, 1])))
+        log.wait_for("load on", timeout=20)
+        p = ota_file(tmp_path, keys, payloads, "vboard-esp32", "hcalcs")
+        img = hub.add_image(p)
+        hub.wait_event("upgrade_end", eui, timeout=60)
+        assert hub.call(hub.server.activate(eui, img.image_hash, 0, 1))[0] == zcl.ACTIVATE_SUCCESS
+        assert hub.wait_event("alert", eui, timeout=60)[0][2] == V2
+        assert log.text.count("load on") >= 2  # applied again by the new image, from kept state
+    finally:
+        log.close()
+    assert hlink  # noqa
