@@ -115,7 +115,7 @@ def load_board(board: str | os.PathLike) -> Board:
         board_obj = Board(name=b["name"], chip=b["chip"], flash_size=b["flash_size"],
                           sector_size=b.get("sector_size", vflash.SECTOR),
                           bank_kind=b["bank_kind"], link=b["link"], heap=b["heap"],
-                          boot_script=b["boot_script"], regions=regions,
+                          boot_script=b.get("boot_script", ""), regions=regions,
                           write_offset=b.get("write_offset", 0), path=p)
     except KeyError as e:
         raise LayoutError("%s: missing key %s" % (p, e)) from None
