@@ -377,6 +377,12 @@ def demo_cmd(workdir):
     click.echo("demo passed: %d outcomes as expected (files in %s)" % (len(rows), workdir))
 
 
+from .hub import cli as hub_cli  # noqa: E402  (serve, status, report, request, registry, hub)
+
+for _cmd in hub_cli.COMMANDS:
+    cli.add_command(_cmd)
+
+
 def main(argv=None):
     """Console entry point: maps domain errors to messages and exit codes."""
     try:

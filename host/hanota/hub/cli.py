@@ -1,0 +1,539 @@
+"""Click commands of the hub: `serve`, `status`, `report`, `request`, `registry`, `hub`.
+
+The main `hanota` group adds each command of `COMMANDS`. Every command takes `--db FILE`
+(default $HANOTA_HOME/hub.db). Exit codes: 0 when the command did its work, including a
+request recorded and refused by a rule (the outcome is printed); 1 for usage errors (bad
+arguments, unknown device or request); 2 for failures (database unreadable, hub cannot
+listen, no outcome within --wait).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import sys
+from datetime import datetime
+
+import click
+
+from .. import images
+from ..errors import HanotaError
+from . import registry as reg
+from . import report as rep
+from . import requests as rq
+from .db import ROLES, HubDB, HubUsageError, default_db_path, eui_text, version_text
+from .hub import DEFAULT_UDP, Hub, HubOptions
+from .queue import RetryPolicy
+
+
+class _Exit1(click.ClickException):
+    exit_code = 1
+
+
+class _Exit2(click.ClickException):
+    exit_code = 2
+
+
+def _errors(fn):
+    """Turn the library's domain errors into messages and exit codes (1 usage, 2 failure)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HubUsageError as e:
+            raise _Exit1(str(e)) from None
+        except HanotaError as e:
+            raise _Exit2(str(e)) from None
+    return wrapper
+
+
+def _db_option(fn):
+    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                        envvar="HANOTA_HUB_DB",
+                        help="Hub database (default $HANOTA_HOME/hub.db).")(fn)
+
+
+def _open(db_path: str | None, create: bool = True) -> HubDB:
+    return HubDB.open(db_path or default_db_path(), create=create)
+
+
+class _Eui(click.ParamType):
+    name = "eui64"
+
+    def convert(self, value, param, ctx):
+        try:
+            return eui_text(value)
+        except HubUsageError as e:
+            self.fail(str(e), param, ctx)
+
+
+class _Int(click.ParamType):
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value), 0)
+        except ValueError:
+            self.fail("%r is not a number (decimal or 0x hex)" % value, param, ctx)
+
+
+EUI = _Eui()
+INT = _Int()
+
+
+def _priorities(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        role, sep, n = part.partition("=")
+        role = role.strip()
+        if not sep or role not in ROLES:
+            raise click.BadParameter("use ROLE=N[,ROLE=N] with roles %s" % ", ".join(ROLES),
+                                     param_hint="--priority")
+        try:
+            out[role] = int(n)
+        except ValueError:
+            raise click.BadParameter("priority %r is not a number" % n,
+                                     param_hint="--priority") from None
+    return out
+
+
+def _hostport(text: str) -> tuple[str, int] | None:
+    if text.lower() in ("off", "none", ""):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise click.BadParameter("use HOST:PORT (or off)", param_hint="--udp")
+    try:
+        return (host or "127.0.0.1", int(port))
+    except ValueError:
+        raise click.BadParameter("port %r is not a number" % port, param_hint="--udp") from None
+
+
+def _when(text: str | None) -> float | None:
+    return rq.parse_when(text)
+
+
+def _print_submission(db: HubDB, sub: rq.Submission, wait: float | None,
+                      as_json: bool) -> None:
+    row = db.request(sub.id)
+    if wait is not None and sub.accepted:
+        row = rq.wait_for_outcome(db, sub.id, wait)
+    d = rq.request_dict(row)
+    d["superseded"] = sub.superseded
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    head = "request #%d (SR %s, %s) for %s" % (sub.id, sub.sr, sub.kind.replace("_", "-"),
+                                                sub.eui)
+    for old in sub.superseded:
+        click.echo("request #%d: superseded by #%d" % (old, sub.id))
+    if row["outcome"] is None:
+        click.echo("%s: %s" % (head, row["state"]))
+        return
+    result = ""
+    if row["kind"] == "read_version" and row["result"] is not None:
+        result = " version %s" % version_text(row["result"])
+    click.echo("%s: %s%s%s" % (head, row["outcome"], result,
+                               " (%s)" % row["reason"] if row["reason"] else ""))
+
+
+_wait_option = click.option("--wait", type=float, default=None, metavar="SECONDS",
+                            help="Wait up to SECONDS for the outcome (needs hanota serve).")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+# ---------------------------------------------------------------- request
+
+@click.group()
+def request():
+    """Service requests from a Supplier (SR 11.1/11.4, 11.3, 11.2)."""
+
+
+@request.command("update-firmware")
+@click.option("--device", "eui", type=EUI, required=True, help="Device EUI-64.")
+@click.option("--image", "image", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="Signed OTA upgrade file.")
+@click.option("--as-supplier", "supplier", required=True, help="Requesting Supplier.")
+@click.option("--activate-at", default=None, metavar="T",
+              help="PPMID / Alt HAN: activation time: now (default), +SECONDS, or an ISO UTC "
+                   "time. HCALCS get SR 11.1 (distribution only; activate with SR 11.3).")
+@_wait_option
+@_json_option
+@_db_option
+@_errors
+def request_update(eui, image, supplier, activate_at, wait, as_json, db_path):
+    """Update a device's firmware: SR 11.4 (distribute + activate) for PPMIDs and Alt HAN
+    devices, SR 11.1 (distribute only) for HCALCS."""
+    with _open(db_path) as db:
+        sub = rq.update_firmware(db, eui, image, supplier, _when(activate_at))
+        _print_submission(db, sub, wait, as_json)
+
+
+@request.command("activate")
+@click.option("--device", "eui", type=EUI, required=True, help="HCALCS EUI-64.")
+@click.option("--image-hash", required=True, help="Manufacturer Image Hash (64 hex digits).")
+@click.option("--at", "at", default=None, metavar="T",
+              help="Execution time: now (default), +SECONDS or an ISO UTC time.")
+@click.option("--as-supplier", "supplier", required=True, help="Requesting Supplier.")
+@_wait_option
+@_json_option
+@_db_option
+@_errors
+def request_activate(eui, image_hash, at, supplier, wait, as_json, db_path):
+    """Activate the firmware an HCALCS holds (SR 11.3): it checks the hash first."""
+    with _open(db_path) as db:
+        sub = rq.activate(db, eui, image_hash, supplier, _when(at))
+        _print_submission(db, sub, wait, as_json)
+
+
+@request.command("read-version")
+@click.option("--device", "eui", type=EUI, required=True, help="Device EUI-64.")
+@click.option("--as-supplier", "supplier", required=True, help="Requesting Supplier.")
+@_wait_option
+@_json_option
+@_db_option
+@_errors
+def request_read_version(eui, supplier, wait, as_json, db_path):
+    """Read the device's running firmware version (SR 11.2 / CS08)."""
+    with _open(db_path) as db:
+        sub = rq.read_version(db, eui, supplier)
+        _print_submission(db, sub, wait, as_json)
+
+
+@request.command("show")
+@click.argument("request_id", type=int)
+@_wait_option
+@_json_option
+@_db_option
+@_errors
+def request_show(request_id, wait, as_json, db_path):
+    """Show one request (and optionally wait for its outcome)."""
+    with _open(db_path, create=False) as db:
+        row = db.request(request_id)
+        if row is None:
+            raise HubUsageError("no request #%d" % request_id)
+        if wait is not None:
+            row = rq.wait_for_outcome(db, request_id, wait)
+        d = rq.request_dict(row)
+        if as_json:
+            click.echo(json.dumps(d))
+            return
+        for k in ("id", "kind", "sr", "eui", "supplier", "target_version_hex", "state",
+                  "attempts", "percent", "created_iso", "finished_iso", "outcome", "reason"):
+            click.echo("%-18s %s" % (k, "-" if d[k] is None else d[k]))
+
+
+# ---------------------------------------------------------------- registry
+
+@click.group()
+def registry():
+    """Devices, premises (MPxN) and their Responsible Suppliers."""
+
+
+@registry.command("add-device")
+@click.option("--device", "eui", type=EUI, required=True, help="Device EUI-64.")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--install-code", required=True, help="Install code (hex, with its CRC-16).")
+@click.option("--premises", required=True, help="MPxN of the premises (created if new).")
+@click.option("--hw-version", type=INT, default=None, help="Hardware version.")
+@click.option("--manufacturer", type=INT, default=images.DEFAULT_MANUFACTURER,
+              show_default=True, help="Manufacturer code.")
+@click.option("--image-type", type=INT, default=None, help="Image type (default: the role's).")
+@click.option("--no-ota", is_flag=True, help="Installed before OTA support: never updated.")
+@_db_option
+@_errors
+def registry_add(eui, role, install_code, premises, hw_version, manufacturer, image_type,
+                 no_ota, db_path):
+    """Register a device at premises."""
+    with _open(db_path) as db:
+        r = reg.add_device(db, eui, role, install_code, premises, hw_version=hw_version,
+                           manufacturer=manufacturer, image_type=image_type,
+                           ota_supported=not no_ota)
+        sup = reg.responsible_suppliers(db, eui)
+        click.echo("registered %s %s at %s (suppliers: %s)%s" % (
+            r["role"], r["eui"], r["mpxn"], ", ".join(sup) or "none yet; use set-suppliers",
+            "; no OTA support" if no_ota else ""))
+
+
+@registry.command("set-suppliers")
+@click.option("--premises", required=True, help="MPxN.")
+@click.option("--supplier", "suppliers", multiple=True, required=True,
+              help="Responsible Supplier (give twice for dual-Supplier premises).")
+@_db_option
+@_errors
+def registry_suppliers(premises, suppliers, db_path):
+    """Set the Responsible Supplier(s) of premises."""
+    with _open(db_path) as db:
+        names = reg.set_suppliers(db, premises, list(suppliers))
+        click.echo("premises %s: Responsible Supplier%s %s" % (
+            premises, "s" if len(names) > 1 else "", " and ".join(names)))
+
+
+@registry.command("list")
+@_json_option
+@_db_option
+@_errors
+def registry_list(as_json, db_path):
+    """List devices and premises."""
+    with _open(db_path) as db:
+        devs, prem = reg.list_devices(db), reg.list_premises(db)
+        if as_json:
+            click.echo(json.dumps({"devices": devs, "premises": prem}))
+            return
+        click.echo("%-23s %-7s %-12s %-6s %-6s %-4s %-10s %s" % (
+            "DEVICE", "ROLE", "PREMISES", "MFR", "HW", "OTA", "VERSION", "JOINED"))
+        for d in devs:
+            click.echo("%-23s %-7s %-12s 0x%04x %-6s %-4s %-10s %s" % (
+                d["eui"], d["role"], d["premises"][:12], d["manufacturer"],
+                "0x%04x" % d["hw_version"] if d["hw_version"] is not None else "-",
+                "yes" if d["ota_supported"] else "no", version_text(d["running_version"]),
+                "yes" if d["joined"] else ("TCSO" if d["tcso_affected"] else "no")))
+        click.echo("")
+        click.echo("%-16s %-8s %s" % ("PREMISES", "DEVICES", "RESPONSIBLE SUPPLIERS"))
+        for p in prem:
+            click.echo("%-16s %-8d %s" % (p["mpxn"], p["devices"],
+                                          " and ".join(p["suppliers"]) or "-"))
+
+
+@registry.command("remove")
+@click.option("--device", "eui", type=EUI, required=True, help="Device EUI-64.")
+@_db_option
+@_errors
+def registry_remove(eui, db_path):
+    """Remove a device (refused while it has pending requests)."""
+    with _open(db_path) as db:
+        reg.remove_device(db, eui)
+        click.echo("removed %s" % eui)
+
+
+# ---------------------------------------------------------------- hub identity
+
+@click.group("hub")
+def hub_group():
+    """The hub identity and Trust Centre Swap-Out."""
+
+
+@hub_group.command("show")
+@_json_option
+@_db_option
+@_errors
+def hub_show(as_json, db_path):
+    """Show the hub identity (and the ones it replaced)."""
+    with _open(db_path) as db:
+        info = reg.hub_info(db)
+        if as_json:
+            click.echo(json.dumps(info))
+            return
+        click.echo("hub %s since %s (generation %d)" % (info["eui"], rq.iso(info["since"]),
+                                                       info["generation"]))
+        for p in info["previous"]:
+            click.echo("  replaced %s (retired %s)" % (p["eui"], rq.iso(p["retired"])))
+
+
+@hub_group.command("swap-out")
+@click.option("--eui", "new_eui", type=EUI, default=None,
+              help="EUI-64 of the new hub (default: random).")
+@_json_option
+@_db_option
+@_errors
+def hub_swap_out(new_eui, as_json, db_path):
+    """Trust Centre Swap-Out: replace the hub by one with a new identity.
+
+    Devices must rejoin: PPMIDs and HCALCS do; Alt HAN devices cannot, and their requests
+    end "OTA unavailable after TCSO". A running `hanota serve` restarts its server with the
+    new identity by itself.
+    """
+    with _open(db_path) as db:
+        r = reg.swap_out(db, new_eui)
+        if as_json:
+            click.echo(json.dumps(r))
+            return
+        click.echo("hub %s replaced by %s" % (r["old"], r["new"]))
+        for i in r["unavailable"]:
+            click.echo("request #%d: ota_unavailable_after_tcso" % i)
+        for i in r["requeued"]:
+            click.echo("request #%d: back in the queue until its device rejoins" % i)
+
+
+# ---------------------------------------------------------------- status / report
+
+@click.command()
+@_json_option
+@_db_option
+@_errors
+def status(as_json, db_path):
+    """Devices, running versions, transfers in progress, queue and outcomes."""
+    with _open(db_path, create=False) as db:
+        s = rep.status_data(db)
+    if as_json:
+        click.echo(json.dumps(s))
+    else:
+        click.echo("\n".join(rep.status_lines(s)))
+
+
+@click.command()
+@_json_option
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Write an HTML page with per-device timelines to this file.")
+@_db_option
+@_errors
+def report(as_json, html_file, db_path):
+    """The outcome of every request."""
+    with _open(db_path, create=False) as db:
+        r = rep.report_data(db)
+    if html_file:
+        with open(html_file, "w", encoding="utf-8") as f:
+            f.write(rep.render_html(r))
+        if not as_json:
+            click.echo("wrote %s (%d requests)" % (html_file, len(r["requests"])))
+    if as_json:
+        click.echo(json.dumps(r))
+    elif not html_file:
+        click.echo("\n".join(rep.report_lines(r)))
+
+
+# ---------------------------------------------------------------- serve
+
+def _event_line(ev: dict) -> str:
+    t = datetime.fromtimestamp(ev["at"]).strftime("%H:%M:%S.%f")[:-3]
+    skip = {"at", "eui", "request_id", "kind"}
+    detail = " ".join("%s=%s" % (k, v) for k, v in ev.items()
+                      if k not in skip and v not in (None, [], ""))
+    who = ev.get("eui") or "hub"
+    rid = "#%d " % ev["request_id"] if ev.get("request_id") else ""
+    return "%s %s %s%s %s" % (t, who, rid, ev["kind"], detail)
+
+
+def _live_table(hub: Hub):
+    from rich.table import Table
+    s = rep.status_data(hub.db, hub.live_transfers())
+    serve = "hub %s  udp %s  in flight <= %d" % (
+        hub.hub_eui, "%s:%d" % hub.udp_address if hub.udp_address else "-",
+        hub.options.max_in_flight)
+    t = Table(title=serve, expand=False)
+    t.add_column("device", no_wrap=True, min_width=23)
+    for col in ("role", "state", "version", "target", "%", "rate", "try", "last outcome"):
+        t.add_column(col)
+    transfers = {x["eui"]: x for x in s["transfers"]}
+    for d in s["devices"]:
+        p = d["pending"][0] if d["pending"] else None
+        x = transfers.get(d["eui"])
+        state = p["state"] if p else "idle"
+        if not d["joined"]:
+            state += " (not joined)" if not d["tcso_affected"] else " (TCSO)"
+        last = d["last_outcome"]
+        t.add_row(d["eui"], d["role"], state, d["running_version_hex"],
+                  p["target_version_hex"] if p else "",
+                  "%.0f" % x["percent"] if x and x["percent"] is not None else "",
+                  rep._rate(x["rate"]) if x else "", str(p["attempts"]) if p else "",
+                  "#%d %s" % (last["id"], last["outcome"]) if last else "")
+    t.caption = "outcomes: " + (", ".join("%s %d" % kv for kv in s["outcomes"].items())
+                                or "none") + "  pending %d" % s["pending"]
+    return t
+
+
+async def _serve_main(hub: Hub, live: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await hub.start()
+    where = ["udp %s:%d" % hub.udp_address] if hub.udp_address else []
+    where += ["serial %s" % n for n in hub.serial_names]
+    click.echo("hanota hub %s serving on %s (database %s, at most %d in flight)"
+               % (hub.hub_eui, ", ".join(where), hub.db.path, hub.options.max_in_flight))
+    try:
+        if live:
+            from rich.live import Live
+            with Live(_live_table(hub), refresh_per_second=4) as lv:
+                while not stop.is_set():
+                    try:
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                    except asyncio.TimeoutError:
+                        pass
+                    lv.update(_live_table(hub))
+        else:
+            await stop.wait()
+    finally:
+        await hub.stop()
+        click.echo("hanota hub stopped")
+
+
+@click.command()
+@click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
+              help="The hub's image store (content-addressed copies; default beside the "
+                   "database). Requests submitted later store their images here.")
+@click.option("--udp", default="%s:%d" % DEFAULT_UDP, show_default=True,
+              help="UDP address to serve devices on (HOST:PORT, or off).")
+@click.option("--serial", "serial", multiple=True, help="Serial line to serve (repeatable).")
+@click.option("--max-in-flight", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Transfers at once.")
+@click.option("--block-cap", type=click.IntRange(1, 255), default=64, show_default=True,
+              help="Largest image block served (bytes).")
+@click.option("--priority", default=None, metavar="ROLE=N,...",
+              help="Class priority per role, lower first (stored; default hcalcs=1,ppmid=2,"
+                   "althan=2).")
+@click.option("--poll", type=float, default=0.25, show_default=True,
+              help="Seconds between database polls for new requests.")
+@click.option("--retry-base", type=float, default=5.0, show_default=True,
+              help="First retry backoff (s), doubled each attempt.")
+@click.option("--retry-max", type=float, default=300.0, show_default=True,
+              help="Largest backoff (s).")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Attempts before transfer_failed / device_unreachable.")
+@click.option("--answer-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds for a notified device to start downloading.")
+@click.option("--stall-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds without block requests before a transfer is stalled.")
+@click.option("--activation-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds after activation to wait for the Activation Alert.")
+@click.option("--request-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for a device's answer to a hub command.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True)
+@_db_option
+@_errors
+def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
+          retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
+          request_timeout, log_level, db_path):
+    """Run the hub in the foreground: serve OTA to devices and carry out requests.
+
+    On a terminal it shows a live table per device; otherwise it prints one line per event.
+    SIGINT / SIGTERM stop it cleanly; a killed hub resumes from its database.
+    """
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    addr = _hostport(udp)
+    if addr is None and not serial:
+        raise click.UsageError("nothing to serve on: give --udp HOST:PORT or --serial PORT")
+    prio = _priorities(priority)
+    with _open(db_path) as db:
+        if images_dir is not None:
+            from pathlib import Path
+            db.set_meta("images_dir", str(Path(images_dir).resolve()))
+        path = db.path
+    retry = RetryPolicy(base=retry_base, cap=retry_max, max_attempts=max_attempts,
+                        answer_timeout=answer_timeout, stall_window=max(2 * stall_timeout, 1.0),
+                        activation_timeout=activation_timeout)
+    opts = HubOptions(max_in_flight=max_in_flight, block_cap=block_cap, poll_interval=poll,
+                      stall_timeout=stall_timeout, request_timeout=request_timeout,
+                      retry=retry, priorities=prio)
+    live = sys.stdout.isatty()
+
+    def log_line(ev: dict) -> None:
+        try:
+            click.echo(_event_line(ev))
+        except Exception:  # a closed stdout must not stop the hub
+            pass
+
+    hub = Hub(path, udp=addr, serial=serial, options=opts, on_event=None if live else log_line)
+    asyncio.run(_serve_main(hub, live))
+
+
+COMMANDS = [serve, status, report, request, registry, hub_group]

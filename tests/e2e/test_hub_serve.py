@@ -1,0 +1,199 @@
+"""`hanota serve` as a real process, driven by the CLI commands, killed mid-transfer.
+
+The hub process is SIGKILLed while devices are downloading, then started again on the same
+database: every request must still end exactly once, activated, the interrupted devices
+resume from their own offsets (no byte range fetched again beyond a block or two), no
+image is delivered or activated twice, and the hub never reuses a frame counter.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from hanota.hub import HubDB
+from hanota.hub.cli import COMMANDS
+from support import otabuild
+from support.fakedevice import install_code
+from support.hubfixtures import AgentDevice, build_image, eui_str
+
+pytestmark = pytest.mark.timeout(90)
+
+RUNNER = ("import click; from hanota.hub.cli import COMMANDS; "
+          "click.Group('hanota', commands={c.name: c for c in COMMANDS})(prog_name='hanota')")
+
+
+def group() -> click.Group:
+    return click.Group("hanota", commands={c.name: c for c in COMMANDS})
+
+
+def cli(*args: str) -> str:
+    r = CliRunner().invoke(group(), list(args), catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Serve:
+    """`hanota serve` in a child process, output to a file."""
+
+    def __init__(self, db: str, port: int, log):
+        self.args = [sys.executable, "-c", RUNNER, "serve", "--db", db,
+                     "--udp", "127.0.0.1:%d" % port, "--max-in-flight", "2", "--poll", "0.05",
+                     "--retry-base", "0.2", "--retry-max", "1", "--answer-timeout", "2",
+                     "--stall-timeout", "1.5", "--request-timeout", "0.3",
+                     "--activation-timeout", "3"]
+        self.log = log
+        self.proc = None
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        start = self.log.tell()
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.procs.append(self.proc)
+        deadline = time.monotonic() + 20
+        while True:
+            with open(self.log.name) as f:
+                f.seek(start)
+                if "serving on udp" in f.read():
+                    return
+            assert self.proc.poll() is None, "serve exited early"
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def serve_log(tmp_path):
+    with open(tmp_path / "serve.log", "w+") as f:
+        yield f
+
+
+@pytest.fixture
+def serves():
+    """Every `hanota serve` a test starts is gone when it ends, whatever happened."""
+    made: list[Serve] = []
+    yield made
+    for s in made:
+        for p in s.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def test_serve_killed_mid_transfer_resumes_from_its_database(tmp_path, serve_log, serves):
+    key = otabuild.new_key()
+    db = str(tmp_path / "hub.db")
+    port = free_udp_port()
+    ns = [50, 51, 52, 53]
+    cli("registry", "set-suppliers", "--premises", "MPAN-9", "--supplier", "SupplierA",
+        "--supplier", "SupplierB", "--db", db)
+    for n in ns:
+        cli("registry", "add-device", "--device", eui_str(n), "--role", "ppmid",
+            "--install-code", install_code(n), "--premises", "MPAN-9", "--db", db)
+    img = str(build_image(tmp_path, key, "ppmid", 2, size=6000))
+    # one request from a separate process, the others through the same CLI in-process;
+    # either Responsible Supplier of the dual-Supplier premises may ask
+    out = subprocess.run([sys.executable, "-c", RUNNER, "request", "update-firmware",
+                          "--device", eui_str(ns[0]), "--image", img, "--as-supplier",
+                          "SupplierB", "--db", db], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "queued" in out.stdout, out.stderr
+    for n in ns[1:]:
+        assert "queued" in cli("request", "update-firmware", "--device", eui_str(n),
+                               "--image", img, "--as-supplier", "SupplierA", "--db", db)
+    refused = json.loads(cli("request", "update-firmware", "--device", eui_str(ns[0]),
+                             "--image", img, "--as-supplier", "SupplierC", "--json",
+                             "--db", db))
+    assert refused["outcome"] == "not_authorized"
+
+    serve = Serve(db, port, serve_log)
+    serves.append(serve)
+    # devices poll (Query Next Image every 0.5 s) as HAN devices do: a restarted hub learns
+    # a device's address only when it next hears from it
+    devs = [AgentDevice(n, pace=0.01, poll=0.5) for n in ns]
+    hubdb = HubDB.open(db)
+
+    async def main():
+        try:
+            return await scenario()
+        finally:
+            for d in devs:
+                d.close()
+
+    async def scenario():
+        serve.start()
+        for d in devs:
+            await d.start(("127.0.0.1", port))
+        # kill the hub while a transfer is part way
+        while not any(1500 <= d.offset <= 4500 for d in devs):
+            await asyncio.sleep(0.01)
+        serve.proc.send_signal(signal.SIGKILL)
+        serve.proc.wait(10)
+        cut = {d.n: d.offset for d in devs}
+        states = {r["eui"]: r["state"] for r in hubdb.all("SELECT * FROM requests")}
+        await asyncio.sleep(0.3)
+        serve.start()
+        deadline = time.monotonic() + 40
+        while hubdb.one("SELECT count(*) FROM requests WHERE outcome IS NULL")[0]:
+            assert time.monotonic() < deadline, "requests still pending"
+            await asyncio.sleep(0.1)
+        return cut, states
+
+    try:
+        cut, states = asyncio.run(asyncio.wait_for(main(), 70))
+        status = json.loads(cli("status", "--json", "--db", db))
+        assert status["serve"]["running"] is True
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.send_signal(signal.SIGTERM)
+            assert serve.proc.wait(15) == 0
+    interrupted = [d for d in devs if 0 < cut[d.n]]
+    assert interrupted and any(states[eui_str(d.n)] == "downloading" for d in interrupted)
+    size = hubdb.one("SELECT size FROM images")[0]
+    for d in devs:
+        # each device: one download, one activation, and it resumed from its own offset
+        assert d.version == 2 and d.activated_versions == [2] and d.downloads == 1
+        assert d.resume_offsets == [0]
+        assert size <= d.bytes_received <= size + 3 * 64
+        assert d.dropped["replay"] == 0  # the restarted hub never reused a counter
+    rows = hubdb.all("SELECT * FROM requests WHERE outcome != 'not_authorized' ORDER BY id")
+    assert [r["outcome"] for r in rows] == ["activated"] * 4
+    for r in rows:
+        kinds = [e[0] for e in hubdb.all("SELECT kind FROM events WHERE request_id = ?",
+                                         (r["id"],))]
+        assert kinds.count("upgrade_end") == 1 and kinds.count("outcome") == 1
+    restarted = {e[0] for e in hubdb.all("SELECT request_id FROM events "
+                                         "WHERE kind = 'hub_restarted'")}
+    assert {r["id"] for r in rows if r["eui"] in {eui_str(d.n) for d in interrupted}} \
+        <= restarted
+    # status and report (read from the database only) agree with the devices
+    by_eui = {x["eui"]: x for x in status["devices"]}
+    report = json.loads(cli("report", "--json", "--db", db))
+    for d in devs:
+        assert by_eui[eui_str(d.n)]["running_version"] == d.version
+    assert report["summary"] == {"activated": 4, "not_authorized": 1}
+    assert "wrote" in cli("report", "--html", str(tmp_path / "r.html"), "--db", db)
+    page = (tmp_path / "r.html").read_text()
+    assert all(eui_str(n) in page for n in ns) and page.count("<svg") == 4
+    final = json.loads(cli("status", "--json", "--db", db))
+    assert final["serve"]["running"] is False
+    log = open(serve_log.name).read()
+    assert "in_flight" in log and "outcome outcome=activated" in log and "hub stopped" in log
+    hubdb.close()
+    assert os.path.exists(db + ".serve.lock")

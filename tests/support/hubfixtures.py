@@ -1,0 +1,277 @@
+"""Test support for the hub layer: an autonomous fake device and a registry/image builder.
+
+`AgentDevice` is a `FakeDevice` with an OTA client that runs by itself, as a board would:
+on Image Notify (or on its own poll timer) it queries, downloads block by block (resuming
+from its own offset after any interruption, without a new query if the hub vanished),
+checks the file it received (the descriptor's hash against the payload), sends Upgrade
+End, then activates at the time the Upgrade End Response says (or waits for an Activate
+Image whose hash matches the image it holds), "reboots" (HELLO with the new version) and
+sends its Activation Alert. Behaviours: "ok", "invalid" (Upgrade End INVALID_IMAGE),
+"rollback" (the new image fails its health check: alert rolled_back=1), "no_alert" (it
+activates but its alert is never sent), "activation_failure" (it answers every Activate
+Image with ACTIVATION_FAILURE).
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from pathlib import Path
+
+from hanfw import link as hlink
+from hanfw import otafile, zcl
+from hanota import images
+from hanota.hub import HubOptions, RetryPolicy
+from hanota.hub import registry as reg
+from hanota.server import zigbee_time
+from support.fakedevice import DeviceError, FakeDevice, install_code
+
+SUPPLIER = "SupplierA"
+MFR = images.DEFAULT_MANUFACTURER
+
+
+def eui(n: int) -> bytes:
+    """Wire-order EUI-64 of test device n."""
+    return bytes([n & 0xFF, n >> 8, 0x00, 0x00, 0x00, 0x5e, 0xa1, 0x70])
+
+
+def eui_str(n: int) -> str:
+    return images.format_eui64(eui(n))
+
+
+def fast_options(**kw) -> HubOptions:
+    """Hub options with test pacing: everything in fractions of a second."""
+    retry = dict(base=0.2, cap=1.0, max_attempts=4, answer_timeout=1.5, stall_window=3.0,
+                 activation_timeout=2.0)
+    retry.update(kw.pop("retry", {}))
+    opts = dict(poll_interval=0.05, progress_interval=0.1, stall_timeout=1.5,
+                request_timeout=0.3, request_retries=1, hold_s=1.0, heartbeat_interval=0.2,
+                retry=RetryPolicy(**retry))
+    opts.update(kw)
+    return HubOptions(**opts)
+
+
+class AgentDevice(FakeDevice):
+    def __init__(self, n: int, *, role: str = "ppmid", version: int = 1, hw: int = 0x0100,
+                 behaviour: str = "ok", pace: float = 0.0, max_data: int = 64,
+                 poll: float | None = None, give_up: float = 30.0, **kw):
+        kw.setdefault("timeout", 0.4)
+        kw.setdefault("retries", 3)
+        super().__init__(eui(n), install_code(n), role=role, version=version, hw=hw,
+                         image_type=images.ROLE_IMAGE_TYPES[role], **kw)
+        self.n = n
+        self.behaviour = behaviour
+        self.pace = pace
+        self.max_data = max_data
+        self.poll = poll
+        self.give_up = give_up
+        self.service = hlink.SERVICE_ALT_HAN_P2P if role == "althan" else hlink.SERVICE_ORDINARY
+        self.server_addr = None
+        self.downloads = 0  # complete downloads that passed the device's own check
+        self.activated_versions: list[int] = []
+        self.alerts_sent: list[tuple] = []
+        self.resume_offsets: list[int] = []  # offset at which each download (re)started
+        self.upgrade_ends: list[tuple] = []
+        self.join_status: int | None = None
+        self.held_version: int | None = None
+        self._update: asyncio.Task | None = None
+        self._poller: asyncio.Task | None = None
+
+    # -- lifetime
+
+    async def start(self, server=None, *, join: bool = True) -> int | None:
+        """Open UDP to server (or use the serial bus it was attached to), join, HELLO."""
+        self.server_addr = server
+        if server is not None:
+            await self.open_udp(server)
+        if join:
+            self.join_status = await self.join(self.service)
+            if self.join_status != hlink.JOIN_OK:
+                return self.join_status
+            await self.hello()
+        if self.poll:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+            self._tasks.add(self._poller)
+        return self.join_status
+
+    async def rejoin(self, service: int | None = None) -> int:
+        """Join again from scratch (after a Trust Centre Swap-Out)."""
+        self.hub, self.hub_floor = None, None
+        self.join_status = await self.join(self.service if service is None else service)
+        if self.join_status == hlink.JOIN_OK:
+            await self.hello()
+        return self.join_status
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(self.block_sizes)
+
+    @property
+    def busy(self) -> bool:
+        return self._update is not None and not self._update.done()
+
+    # -- hooks on the fake's frame handling
+
+    def _zcl(self, buf: bytes) -> None:
+        fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
+        if cmd == zcl.CMD_IMAGE_NOTIFY and mfr is None \
+                and fc & zcl.FC_FRAME_TYPE_MASK == zcl.FC_CLUSTER:
+            self.notifies.append(zcl.parse_image_notify(buf, off))
+            if self.answer_notify:
+                self.kick()
+            return
+        if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None \
+                and self.behaviour == "activation_failure":
+            a = zcl.parse_activate_image(buf, off)
+            self.activations.append(a)
+            self.send_zcl(zcl.FC_CLUSTER | zcl.FC_MANUFACTURER | zcl.FC_DISABLE_DEFAULT_RESPONSE,
+                          tsn, zcl.CMD_ACTIVATE_IMAGE_RESPONSE,
+                          zcl.pack_activate_image_response(zcl.ACTIVATE_FAILURE, self.version,
+                                                           a.counter), mfr)
+            return
+        held = self.held_hash
+        super()._zcl(buf)
+        if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
+            a = self.activations[-1]
+            if held is not None and a.image_hash == held:
+                delay = 0.0
+                if a.execution_time:
+                    delay = a.execution_time - zigbee_time(time.time())
+                self._spawn(self._activate(delay, self.held_version))
+
+    def kick(self) -> None:
+        """Run the OTA client once (query, download, end) unless it is running."""
+        if not self.busy:
+            self._update = asyncio.get_running_loop().create_task(self._run_update())
+            self._tasks.add(self._update)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll)
+            self.kick()
+
+    # -- the OTA client
+
+    async def _persist(self, coro_fn, *args, **kw):
+        """Retry a device -> hub exchange while the hub is away (up to give_up seconds)."""
+        deadline = asyncio.get_running_loop().time() + self.give_up
+        while True:
+            try:
+                return await coro_fn(*args, **kw)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _run_update(self) -> None:
+        try:
+            avail = await self.query()
+        except (TimeoutError, DeviceError):
+            return
+        if avail.status != zcl.SUCCESS:
+            return
+        ident = (avail.manufacturer, avail.image_type, avail.file_version)
+        if self.target != ident or self.image is None:
+            self.image, self.offset = None, 0
+        try:
+            await self._fetch(avail)
+        except DeviceError:
+            # the hub aborted (e.g. the request was superseded): drop the partial image
+            self.image, self.offset, self.target = None, 0, None
+            return
+        except TimeoutError:
+            return
+        await self._end(avail)
+
+    async def _fetch(self, avail) -> None:
+        self.resume_offsets.append(self.offset)
+        self.target = (avail.manufacturer, avail.image_type, avail.file_version)
+        while self.offset < avail.image_size:
+            await self._persist(self.download, avail, max_data=self.max_data,
+                                stop_at=self.offset + self.max_data)
+            if self.pace:
+                await asyncio.sleep(self.pace)
+
+    async def _end(self, avail) -> None:
+        s = otafile.parse_stream(io.BytesIO(bytes(self.image)), block=4096)
+        good = s.descriptor is not None and s.descriptor.image_hash == s.image_sha256
+        status = zcl.INVALID_IMAGE if self.behaviour == "invalid" or not good else zcl.SUCCESS
+        if status == zcl.SUCCESS:
+            self.downloads += 1
+        cmd, rsp = await self._persist(self.upgrade_end, status)
+        self.upgrade_ends.append((status, cmd, rsp))
+        if status != zcl.SUCCESS or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
+            self.image, self.offset, self.target = None, 0, None
+            return
+        self.held_hash = s.descriptor.image_hash
+        self.held_version = avail.file_version
+        if rsp.upgrade_time == zcl.UPGRADE_TIME_WAIT:
+            return  # hold it until an Activate Image (HCALCS)
+        delay = rsp.upgrade_time if rsp.current_time == 0 \
+            else rsp.upgrade_time - rsp.current_time
+        await self._activate(delay, avail.file_version)
+
+    async def _activate(self, delay: float, version: int) -> None:
+        await asyncio.sleep(max(0.0, delay))
+        previous = self.version
+        self.held_hash = None
+        self.image, self.offset, self.target = None, 0, None
+        if self.behaviour == "rollback":
+            await self._persist(self.hello)  # the trial boot failed; the old image runs
+            args = (previous, version, True, zcl.ALERT_HEALTH_CHECK_FAILED)
+        else:
+            self.version = version
+            self.attributes[zcl.ATTR_CURRENT_FILE_VERSION] = (zcl.TYPE_UINT32, version)
+            self.activated_versions.append(version)
+            await self._persist(self.hello)
+            args = (version, previous, False, zcl.ALERT_NONE)
+        if self.behaviour == "no_alert":
+            return
+        self.alerts_sent.append(args)
+        await self._persist(self.alert, *args)
+
+
+def build_image(dir: Path, key, role: str, version: int, size: int = 3000, **kw) -> Path:
+    """A signed OTA file for role at version with a random payload of size bytes."""
+    payload = random.Random(hash((role, version, size))).randbytes(size)
+    path = Path(dir) / ("%s-%08x-%d-%d.ota" % (role, version, size, len(kw)))
+    path.write_bytes(images.build_image(payload, key=key, version=version, role=role, **kw))
+    return path
+
+
+def register(db, n: int, role: str = "ppmid", premises: str = "MPAN-1",
+             suppliers: tuple[str, ...] = (SUPPLIER,), **kw) -> str:
+    """Register test device n at premises with its suppliers; returns its EUI text."""
+    if suppliers:
+        reg.set_suppliers(db, premises, list(suppliers))
+    reg.add_device(db, eui(n), role, install_code(n), premises, **kw)
+    return eui_str(n)
+
+
+class HubInThread:
+    """A `Hub` running on its own event loop thread, for tests whose other side is
+    synchronous (virtual boards driven through their console)."""
+
+    def __init__(self, db_path, **kw):
+        import threading
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="hub", daemon=True)
+        self.thread.start()
+        from hanota.hub import Hub
+        self.hub = Hub(db_path, **kw)
+        self.call(self.hub.start())
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def attach_serial(self, path) -> str:
+        return self.call(self.hub.server.attach_serial(path))
+
+    def stop(self) -> None:
+        try:
+            self.call(self.hub.stop(), timeout=15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
