@@ -73,6 +73,7 @@ class OtaClient:
         self.pending = None  # (manufacturer, image type, version) waiting for activation
         self.timers = {}
         self.queries = 0
+        self.unanswered = 0  # queries sent since the hub last said anything
         self.blocks = 0
         self.stats = {"rejected": 0, "bad-frames": 0}
         if state.get("held"):
@@ -184,6 +185,7 @@ class OtaClient:
             self.stats["bad-frames"] += 1  # replay, or no session yet
             return
         self.hub_floor = ctr
+        self.unanswered = 0
         if kind == link.KIND_DATA:
             if cluster == zcl.CLUSTER_OTA:
                 self._zcl(payload)
@@ -293,6 +295,15 @@ class OtaClient:
         if not self.session or self.dl is not None:
             return
         self.queries += 1
+        self.unanswered += 1
+        if self.unanswered > 3:
+            # the hub stopped answering (replaced by a TCSO, or gone): new session or rejoin
+            self.log("link: no answer from the hub to %d queries; reconnecting" % (self.unanswered - 1))
+            self.unanswered = 0
+            self.session = False
+            self.link_tries = 0
+            self._hello()
+            return
         self._zsend(_C2S_NODR, zcl.CMD_QUERY_NEXT_IMAGE,
                     zcl.pack_query_next_image(self.cfg.manufacturer, self.cfg.image_type,
                                               self.running_version(), self.cfg.hw_version))
