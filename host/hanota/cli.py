@@ -365,10 +365,11 @@ def demo_cmd(workdir):
 
     from . import demo
 
-    rows = demo.run_demo(Path(workdir), say=click.echo)
+    rows, report = demo.run_demo(Path(workdir), say=click.echo)
     click.echo("\noutcomes:")
-    for step, want, got in rows:
-        click.echo("  %-4s %-44s expected %-10s got %s" % ("ok" if want == got else "FAIL", step, want, got))
+    for r in rows:
+        click.echo("  %-4s %-58s expected %-26s got %s" % ("ok" if r.ok else "FAIL", r.step, r.expected, r.got))
+    click.echo("HTML report: %s" % report)
     try:
         demo.check(rows)
     except demo.DemoFailure as e:

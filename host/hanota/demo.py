@@ -1,76 +1,239 @@
-"""`hanota demo`: the story so far, end to end, printing what it does.
+"""`hanota demo`: the whole story on virtual boards, end to end.
 
-Today it covers the image side: keys, build a signed image per role, inspect
-it, verify it, and show that a tampered copy, a wrong key and an unsigned
-foreign file are each rejected with a named reason.
+Keys; a hub; four boards (two PPMIDs on vboard-esp32 with firmware banks, an Alt HAN
+device and an HCALCS on vboard-nrf52840 with app banks) flashed through the ROM loader
+and deployed through their consoles; signed images; service requests from a
+dual-Supplier premises and from a stranger; upgrades in priority order; a tampered image
+rejected; a broken image rolled back; the HCALCS distributed then activated by hash; a
+Trust Centre Swap-Out after which the Alt HAN device is reported unavailable; the table
+of outcomes and the HTML report. Every outcome is checked against what was expected.
 """
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import images
+from . import boards, deploy, fwbuild, images
+from .hub import HubDB, HubOptions
+from .hub import registry as reg
+from .hub import report as hub_report
+from .hub import requests as rq
+from .hub.queue import RetryPolicy
+from .vboard.board import VirtualBoard
+
+V1, V2, V3 = 0x00010000, 0x00020000, 0x00030000
+DEVICE_SETTINGS = {"query_interval": 1, "health_timeout": 8, "block_timeout_ms": 800}
+SUPPLIER_A, SUPPLIER_B, STRANGER = "Octo Energy", "Gas Co", "Rogue Supplies"
 
 
 class DemoFailure(AssertionError):
     """An outcome of the demo was not the expected one."""
 
 
-def run_demo(workdir: Path, say: Callable[[str], None] = print) -> list[tuple[str, str, str]]:
-    """Run the demo in workdir (recreated); return rows (step, expected, got)."""
+@dataclass
+class Row:
+    step: str
+    expected: str
+    got: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.got
+
+
+class _HubThread:
+    """The hub (hanota.hub.Hub) on its own event loop thread."""
+
+    def __init__(self, db_path: Path, options: HubOptions):
+        from .hub import Hub
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="demo-hub", daemon=True)
+        self.thread.start()
+        self.hub = Hub(db_path, udp=("127.0.0.1", 0), options=options)
+        self.call(self.hub.start())
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        try:
+            self.call(self.hub.stop(), timeout=20)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+def _wait(db: HubDB, request_id: int, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        row = db.request(request_id)
+        if row["outcome"] is not None or time.monotonic() > deadline:
+            return row
+        time.sleep(0.1)
+
+
+def _outcome(row) -> str:
+    return row["outcome"] or "no outcome (timed out)"
+
+
+def run_demo(workdir: Path, say: Callable[[str], None] = print) -> tuple[list[Row], Path]:
+    """Run the story in workdir (recreated); returns the outcome rows and the HTML report path."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    rows: list[tuple[str, str, str]] = []
+    rows: list[Row] = []
+    made: list[VirtualBoard] = []
+    hub = None
+    db = None
 
     def expect(step: str, want: str, got: str) -> None:
-        rows.append((step, want, got))
-        say("  %-44s %s" % (step, got))
+        rows.append(Row(step, want, got))
+        say("  %-4s %-58s %s" % ("ok" if want == got else "FAIL", step, got))
 
-    say("1. signing keys")
-    keys = images.generate_keys(workdir / "keys")
-    pub = images.load_public_key(keys.public_bin)
-    other = images.generate_keys(workdir / "other-keys")
-    say("  key id %s in %s" % (images.p256.key_id(pub).hex(), keys.private.parent))
+    try:
+        say("1. keys and firmware")
+        keys = images.generate_keys(workdir / "keys")
+        key = images.load_private_key(keys.private)
+        fw = {}
+        for kind in ("vboard-esp32", "vboard-nrf52840"):
+            fw[kind, 1] = fwbuild.build(kind, "1.0.0", workdir / "fw" / kind / "v1")
+            fw[kind, 2] = fwbuild.build(kind, "2.0.0", workdir / "fw" / kind / "v2")
+        fw["broken"] = fwbuild.build("vboard-esp32", "3.0.0-broken", workdir / "fw" / "broken",
+                                     extra={"hanfw/fault.py": b"HEALTH = 'self-test fails (deliberately broken build)'\n"})
+        say("  signing key %s; firmware 1.0.0 and 2.0.0 for both boards, and a broken 3.0.0"
+            % images.p256.key_id(images.load_public_key(keys.public_bin)).hex())
 
-    say("2. build a signed upgrade file per role")
-    key = images.load_private_key(keys.private)
-    built = {}
-    for n, role in enumerate(sorted(images.ROLE_IMAGE_TYPES)):
-        payload = ("%s application image, build %d\n" % (role, n)).encode() * 200
-        path = workdir / ("%s-v2.ota" % role)
-        path.write_bytes(images.build_image(payload, key=key, version=0x00020000 + n, role=role,
-                                            min_hw=0x0100, max_hw=0x01FF, security_version=1))
-        info = images.inspect_image(path)
-        built[role] = path
-        say("  %-7s %s: %d bytes, image type 0x%04x, version 0x%08x, elements %s"
-            % (role, path.name, info["total_image_size"], info["image_type"], info["file_version"],
-               ", ".join("0x%04x" % e["tag"] for e in info["sub_elements"])))
+        say("2. the hub (Communications Hub) and its registry")
+        db = HubDB.open(workdir / "hub.db")
+        options = HubOptions(max_in_flight=1, poll_interval=0.1, progress_interval=0.5, stall_timeout=20,
+                             request_timeout=2.0, request_retries=2, hold_s=1.0,
+                             priorities={"hcalcs": 1, "ppmid": 2, "althan": 3},
+                             retry=RetryPolicy(base=1.0, cap=5.0, max_attempts=6, answer_timeout=30,
+                                               stall_window=30, activation_timeout=60))
+        hub = _HubThread(db.path, options)
+        udp = hub.hub.udp_address
+        say("  serving on udp %s:%d; priorities hcalcs=1, ppmid=2, althan=3; one transfer at a time" % udp)
 
-    say("3. verify")
-    for role, path in built.items():
-        expect("%s image with the right key" % role, "valid", images.verify_image(path, [pub]).verdict.value)
-    tampered = workdir / "ppmid-tampered.ota"
-    data = bytearray(built["ppmid"].read_bytes())
-    data[len(data) // 2] ^= 0x01
-    tampered.write_bytes(bytes(data))
-    expect("one bit flipped in the payload", "tampered", images.verify_image(tampered, [pub]).verdict.value)
-    wrong = images.load_public_key(other.public_bin)
-    expect("verified against another key", "wrong key", images.verify_image(built["althan"], [wrong]).verdict.value)
-    truncated = workdir / "hcalcs-truncated.ota"
-    truncated.write_bytes(built["hcalcs"].read_bytes()[:-10])
-    expect("truncated file", "truncated", images.verify_image(truncated, [pub]).verdict.value)
-    unsigned = workdir / "unsigned.ota"
-    unsigned.write_bytes(built["ppmid"].read_bytes()[:-images.otafile.SIGNATURE_ELEMENT_LEN])
-    blob = bytearray(unsigned.read_bytes())
-    blob[52:56] = len(blob).to_bytes(4, "little")
-    unsigned.write_bytes(bytes(blob))
-    expect("signature element removed", "unsigned", images.verify_image(unsigned, [pub]).verdict.value)
-    return rows
+        say("3. four boards: start, flash through the ROM loader, deploy through the console")
+        plan = [("ppmid-1", "vboard-esp32", "ppmid", "MPAN-1001"), ("ppmid-2", "vboard-esp32", "ppmid", "MPAN-1002"),
+                ("althan-1", "vboard-nrf52840", "althan", "MPAN-1003"), ("hcalcs-1", "vboard-nrf52840", "hcalcs", "MPAN-1004")]
+        reg.set_suppliers(db, "MPAN-1001", [SUPPLIER_A, SUPPLIER_B])  # dual-Supplier premises
+        for mpxn in ("MPAN-1002", "MPAN-1003", "MPAN-1004"):
+            reg.set_suppliers(db, mpxn, [SUPPLIER_A])
+        devices = {}
+        for name, kind, role, mpxn in plan:
+            b = VirtualBoard(workdir / "boards" / name, board=kind, name=name, role=role, hub=udp)
+            made.append(b)
+            b.start()
+            if kind == "vboard-esp32":
+                boards.flash_firmware(b.romloader.url, fw[kind, 1]["firmware"], board=kind)
+            else:
+                hub.call(hub.hub.server.attach_serial(b.info.link))
+            b.console.wait_ready(20)
+            res = deploy.deploy(b.console.pty_path, kind, role, [keys.public_bin], version=V1,
+                                settings=DEVICE_SETTINGS)
+            reg.add_device(db, res.eui64, role, res.install_code, mpxn)
+            devices[name] = res.eui64
+            say("  %-9s %-16s %s  console %s" % (name, kind, res.eui64, b.console.pty_path))
+
+        say("4. signed images")
+
+        def image(kind, role, version, payload, name, tamper=False):
+            data = bytearray(images.build_image(payload["app"].read_bytes(), key=key, version=version, role=role))
+            if tamper:
+                data[len(data) // 2] ^= 0x20
+            p = workdir / "images" / name
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(bytes(data))
+            say("  %-24s %7d bytes, version 0x%08x%s" % (name, len(data), version, " (one bit flipped)" if tamper else ""))
+            return p
+
+        img = {
+            "ppmid": image("vboard-esp32", "ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2.ota"),
+            "tampered": image("vboard-esp32", "ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered.ota", True),
+            "broken": image("vboard-esp32", "ppmid", V3, fw["broken"], "ppmid-v3-broken.ota"),
+            "althan": image("vboard-nrf52840", "althan", V2, fw["vboard-nrf52840", 2], "althan-v2.ota"),
+            "althan3": image("vboard-nrf52840", "althan", V3, fw["vboard-nrf52840", 2], "althan-v3.ota"),
+            "hcalcs": image("vboard-nrf52840", "hcalcs", V2, fw["vboard-nrf52840", 2], "hcalcs-v2.ota"),
+        }
+
+        say("5. service requests (submitted together while the campaign is paused; delivered by priority)")
+        hub.loop.call_soon_threadsafe(hub.hub.pause)
+        subs = {
+            "althan": rq.update_firmware(db, devices["althan-1"], img["althan"], SUPPLIER_A),
+            "ppmid-1": rq.update_firmware(db, devices["ppmid-1"], img["ppmid"], SUPPLIER_B),
+            "stranger": rq.update_firmware(db, devices["ppmid-1"], img["ppmid"], STRANGER),
+            "tampered": rq.update_firmware(db, devices["ppmid-2"], img["tampered"], SUPPLIER_A),
+            "hcalcs": rq.update_firmware(db, devices["hcalcs-1"], img["hcalcs"], SUPPLIER_A),
+        }
+        hub.loop.call_soon_threadsafe(hub.hub.resume)
+        expect("SR 11.4 ppmid-1 v2 from the second Responsible Supplier", "activated",
+               _outcome(_wait(db, subs["ppmid-1"].id)))
+        expect("SR 11.4 ppmid-1 from a supplier not responsible for it", "not_authorized",
+               _outcome(_wait(db, subs["stranger"].id)))
+        tampered = _wait(db, subs["tampered"].id)
+        expect("SR 11.4 ppmid-2 tampered image", "rejected_by_device", _outcome(tampered))
+        expect("  ... with the device's reason", "bad-signature",
+               (tampered["reason"] or "-").rsplit(": ", 1)[-1])
+        expect("SR 11.4 althan-1 v2", "activated", _outcome(_wait(db, subs["althan"].id)))
+        hc = _wait(db, subs["hcalcs"].id)
+        expect("SR 11.1 hcalcs-1 v2 distributed (not activated)", "distributed", _outcome(hc))
+        order = _delivery_order(db, [subs[k].id for k in ("hcalcs", "ppmid-1", "tampered", "althan")])
+        expect("deliveries in priority order", "hcalcs, ppmid, ppmid, althan", ", ".join(order))
+
+        say("6. HCALCS activation by Manufacturer Image Hash (SR 11.3)")
+        wrong = rq.activate(db, devices["hcalcs-1"], "00" * 32, SUPPLIER_A)
+        expect("SR 11.3 hcalcs-1 with a wrong hash", "hash_mismatch", _outcome(_wait(db, wrong.id)))
+        right = rq.activate(db, devices["hcalcs-1"], hc["image_hash"], SUPPLIER_A)
+        expect("SR 11.3 hcalcs-1 with the image's hash", "activated", _outcome(_wait(db, right.id)))
+
+        say("7. a broken image is rolled back")
+        broken = rq.update_firmware(db, devices["ppmid-2"], img["broken"], SUPPLIER_A)
+        expect("SR 11.4 ppmid-2 v3 whose self-test fails", "rolled_back", _outcome(_wait(db, broken.id)))
+
+        say("8. read back the versions (SR 11.2)")
+        for name, want in (("ppmid-1", V2), ("ppmid-2", V1), ("althan-1", V2), ("hcalcs-1", V2)):
+            r = _wait(db, rq.read_version(db, devices[name], SUPPLIER_A).id)
+            expect("SR 11.2 %s runs" % name, "0x%08x" % want,
+                   "0x%08x" % r["result"] if r["result"] is not None else _outcome(r))
+
+        say("9. Trust Centre Swap-Out: the hub is replaced")
+        info = reg.swap_out(db)
+        say("  new hub identity %s" % info.get("eui", info))
+        time.sleep(1)
+        r = _wait(db, rq.read_version(db, devices["ppmid-1"], SUPPLIER_A).id, timeout=90)
+        expect("ppmid-1 rejoined the new hub (SR 11.2)", "version_read", _outcome(r))
+        late = rq.update_firmware(db, devices["althan-1"], img["althan3"], SUPPLIER_A)
+        expect("SR 11.4 althan-1 after the TCSO", "ota_unavailable_after_tcso", _outcome(_wait(db, late.id)))
+
+        report_path = workdir / "report.html"
+        report_path.write_text(hub_report.render_html(hub_report.report_data(db)))
+        return rows, report_path
+    finally:
+        if hub is not None:
+            hub.stop()
+        for b in made:
+            b.stop()
+        if db is not None:
+            db.close()
 
 
-def check(rows: list[tuple[str, str, str]]) -> None:
-    bad = [r for r in rows if r[1] != r[2]]
+def _delivery_order(db: HubDB, ids: list[int]) -> list[str]:
+    """Roles of the given requests by the time their transfer started."""
+    started = []
+    for rid in ids:
+        row = db.request(rid)
+        started.append((row["started"] if row["started"] is not None else float("inf"), row["role"]))
+    return [role for _, role in sorted(started)]
+
+
+def check(rows: list[Row]) -> None:
+    bad = [r for r in rows if not r.ok]
     if bad:
-        raise DemoFailure("; ".join("%s: expected %s, got %s" % r for r in bad))
+        raise DemoFailure("; ".join("%s: expected %s, got %s" % (r.step, r.expected, r.got) for r in bad))

@@ -105,6 +105,7 @@ class Hub:
         self._last_heartbeat = 0.0
         self._stopping = False
         self.started = False
+        self.paused = False  # pause(): no new transfer starts (a campaign on hold)
 
     # -- lifetime
 
@@ -231,6 +232,14 @@ class Hub:
 
     # -- the scheduling loop
 
+    def pause(self) -> None:
+        """Start no new transfers (those under way go on) until resume()."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.wake()
+
     def wake(self) -> None:
         """Run the scheduling loop now (something changed)."""
         self._wake.set()
@@ -259,8 +268,8 @@ class Hub:
         self._drop_stale_transfers()
         for row in queue.expired(self.db, now):
             self._expired(row)
-        for row in queue.fill_slots(self.db, self.options.max_in_flight, self.options.retry,
-                                    now):
+        for row in () if self.paused else queue.fill_slots(self.db, self.options.max_in_flight,
+                                                           self.options.retry, now):
             self.unhold(row["eui"])
         for row in queue.in_slot(self.db):
             if row["state"] == "notifying":

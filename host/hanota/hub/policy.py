@@ -176,7 +176,7 @@ class HubPolicy(Policy):
         if row is None:
             return None
         if row["state"] == "queued":
-            if not queue.try_promote_awake(self.db, row["id"], self.hub.options.max_in_flight,
+            if self.hub.paused or not queue.try_promote_awake(self.db, row["id"], self.hub.options.max_in_flight,
                                            self.hub.options.retry, self.db.now()):
                 return None
             self.hub.unhold(e)
@@ -188,10 +188,9 @@ class HubPolicy(Policy):
             self.hub.wake()
             return None
         if row["state"] == "activating":
-            if file_version == img.file_version:
-                self.db.finish(rid, "activated", "device reports the new version in its query "
-                               "(no Activation Alert received)", file_version)
-                self.hub.wake()
+            # a device on trial already queries with the new version: that is not yet a
+            # confirmed image; the Activation Alert (or the read-back after the activation
+            # timeout) decides between activated and rolled back
             return None
         if row["state"] not in IN_SLOT:
             return None
@@ -280,8 +279,9 @@ class HubPolicy(Policy):
             self.db.event("upgrade_end", e, rid, status=zcl.status_name(status),
                           version=version_text(image.file_version))
             if status != zcl.SUCCESS:
-                self.db.finish(rid, "rejected_by_device",
-                               "Upgrade End status %s" % zcl.status_name(status))
+                # finished once the device's reason is read (a hub restart meanwhile makes
+                # the device reject the image again: the outcome is then recorded anew)
+                self.hub._spawn(("rejection", rid), self._rejected(rid, eui, status))
             elif row["sr"] == "11.1":
                 self.db.finish(rid, "distributed", "image held by the device; activate it with "
                                "SR 11.3 (Manufacturer Image Hash %s)" % row["image_hash"],
@@ -293,6 +293,21 @@ class HubPolicy(Policy):
                 self.db.set_state(rid, "activating", "activation_scheduled",
                                   {"activate_at": iso(at)}, offset=image.size, size=image.size,
                                   deadline=at + self.hub.options.retry.activation_timeout)
+        self.hub.wake()
+
+    async def _rejected(self, rid: int, eui: bytes, status: int) -> None:
+        """Record a device's rejection with its reason, read from the OTA cluster's
+        manufacturer-specific attribute 0xF000 (hanfw.reasons), when the device answers."""
+        from hanfw import reasons
+        why = None
+        try:
+            recs = await self.hub.server.read_attributes(eui, [reasons.ATTR_LAST_REJECTION])
+            if recs and recs[0][1] == zcl.SUCCESS:
+                why = reasons.name(recs[0][3])
+        except Exception as e:  # DeviceTimeout, ServerError: the status alone is still the outcome
+            log.info("reason of %s's rejection not read: %s", eui_text(eui), e)
+        text = "Upgrade End status %s" % zcl.status_name(status)
+        self.db.finish(rid, "rejected_by_device", "%s: %s" % (text, why) if why else text)
         self.hub.wake()
 
     def on_alert(self, eui: bytes, running: int, previous: int, rolled_back: bool,
