@@ -5,6 +5,7 @@ Deploying the device code (mpremote library) lives in `deploy.py`.
 from __future__ import annotations
 
 import contextlib
+import threading
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ CHIPS = {
 }
 
 
+_ESPTOOL_LOCK = threading.Lock()
+
+
 class _Quiet:
     """An esptool logger that forwards progress and keeps messages for error reports."""
 
@@ -42,7 +46,7 @@ class _Quiet:
         self.lines: list[str] = []
 
     def install(self):
-        from esptool.logger import TemplateLogger, log
+        from esptool.logger import TemplateLogger
 
         outer = self
 
@@ -70,8 +74,9 @@ class _Quiet:
                 pass
 
         from esp_pylib.logger import EspLog
+        from esptool.logger import _LegacyLoggerAdapter
         self._prev = EspLog.instance
-        log.set_logger(Logger())
+        EspLog.instance = _LegacyLoggerAdapter(Logger())
         return self
 
     def restore(self):
@@ -103,6 +108,11 @@ def flash_firmware(port: str, firmware: str | os.PathLike | bytes, board: str = 
     addr = chip.firmware_offset if offset is None else offset
     from esptool import cmds
     from esptool.util import FatalError
+    with _ESPTOOL_LOCK:  # esptool's logger is process-wide: one flashing at a time
+        return _flash(cmds, FatalError, port, board, chip, addr, data, erase, baud, progress)
+
+
+def _flash(cmds, FatalError, port, board, chip, addr, data, erase, baud, progress) -> dict:
     logger = _Quiet(progress).install()
     try:
         before = "no-reset" if "://" in port else "default-reset"
@@ -126,3 +136,62 @@ def flash_firmware(port: str, firmware: str | os.PathLike | bytes, board: str = 
     finally:
         logger.restore()
     return {"chip": chip.esptool_chip, "offset": addr, "size": len(data), "mac": mac}
+
+
+# ---------------------------------------------------------------- nRF52840
+
+UF2_FAMILY_NRF52840 = 0xADA52840
+_UF2_MAGIC0, _UF2_MAGIC1, _UF2_END = 0x0A324655, 0x9E5D5157, 0x0AB16F30
+_UF2_FLAG_FAMILY = 0x00002000
+
+
+def make_uf2(data: bytes, address: int, family: int = UF2_FAMILY_NRF52840) -> bytes:
+    """A UF2 file (512-byte blocks of 256 payload bytes) placing `data` at `address`."""
+    import struct
+    blocks = [data[i:i + 256] for i in range(0, len(data), 256)]
+    out = bytearray()
+    for n, chunk in enumerate(blocks):
+        out += struct.pack("<IIIIIIII", _UF2_MAGIC0, _UF2_MAGIC1, _UF2_FLAG_FAMILY, address + 256 * n,
+                           256, n, len(blocks), family)
+        out += chunk.ljust(476, b"\0")
+        out += struct.pack("<I", _UF2_END)
+    return bytes(out)
+
+
+def flash_nrf52840(port: str, firmware: str | os.PathLike, address: int = 0x27000) -> dict:
+    """Flash an nRF52840 with the Adafruit bootloader.
+
+    `port` is either the bootloader's UF2 drive (a mounted folder with INFO_UF2.TXT: double-tap
+    reset to get it) — the firmware (.uf2, or a raw .bin converted for `address`) is copied
+    there — or a serial port, for which `adafruit-nrfutil` does a serial DFU of a .zip package.
+    """
+    import shutil
+    import subprocess
+    fw = Path(firmware)
+    if not fw.is_file():
+        raise FlashError("cannot read firmware %s" % fw)
+    drive = Path(port)
+    if drive.is_dir():
+        info = drive / "INFO_UF2.TXT"
+        if not info.exists():
+            raise FlashError("%s is not a UF2 bootloader drive (no INFO_UF2.TXT): double-tap reset "
+                             "to enter the bootloader, then give the drive's mount point" % drive)
+        data = fw.read_bytes()
+        if fw.suffix.lower() != ".uf2":
+            data = make_uf2(data, address)
+        target = drive / (fw.stem + ".uf2")
+        target.write_bytes(data)
+        return {"method": "uf2", "target": str(target), "size": len(data),
+                "board": info.read_text(errors="replace").splitlines()[:2]}
+    tool = shutil.which("adafruit-nrfutil")
+    if tool is None:
+        raise FlashError("%s is not a UF2 drive, and adafruit-nrfutil (serial DFU) is not installed: "
+                         "pip install adafruit-nrfutil, or double-tap reset and pass the UF2 drive "
+                         "folder as --port" % port)
+    if fw.suffix.lower() != ".zip":
+        raise FlashError("serial DFU takes a .zip package (adafruit-nrfutil dfu genpkg): %s" % fw)
+    r = subprocess.run([tool, "dfu", "serial", "--package", str(fw), "-p", port, "-b", "115200",
+                        "--singlebank"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise FlashError("adafruit-nrfutil failed on %s: %s" % (port, (r.stderr or r.stdout).strip()[-500:]))
+    return {"method": "dfu", "target": port, "size": fw.stat().st_size}

@@ -303,16 +303,24 @@ def board():
 
 
 @board.command("flash")
-@click.option("--board", "kind", type=click.Choice(["esp32", "esp32s3", "vboard-esp32"]), required=True)
-@click.option("--port", required=True, help="Serial port or pyserial URL (a virtual board's rom_loader).")
+@click.option("--board", "kind", type=click.Choice(["esp32", "esp32s3", "vboard-esp32", "nrf52840"]),
+              required=True)
+@click.option("--port", required=True,
+              help="Serial port or pyserial URL (a virtual board's rom_loader); for nrf52840 the "
+                   "UF2 drive folder, or a serial port for adafruit-nrfutil DFU.")
 @click.option("--firmware", "fw", type=click.Path(dir_okay=False), required=True,
-              help="MicroPython firmware .bin.")
+              help="MicroPython firmware: .bin (ESP32); .uf2, .bin or DFU .zip (nRF52840).")
 @click.option("--offset", type=BasedInt(32), default=None, help="Write offset (default: per chip).")
-@click.option("--erase", is_flag=True, help="Erase the whole flash first.")
+@click.option("--erase", is_flag=True, help="Erase the whole flash first (ESP32).")
 def board_flash(kind, port, fw, offset, erase):
-    """Flash MicroPython firmware through the chip's ROM loader (esptool library), then verify."""
+    """Flash MicroPython firmware: ESP32 through the ROM loader (esptool library, compressed,
+    MD5-verified); nRF52840 by UF2 copy or adafruit-nrfutil serial DFU."""
     from . import boards
 
+    if kind == "nrf52840":
+        facts = boards.flash_nrf52840(port, fw, **({"address": offset} if offset is not None else {}))
+        click.echo("flashed %d bytes to %s by %s" % (facts["size"], facts["target"], facts["method"]))
+        return
     facts = boards.flash_firmware(port, fw, board=kind, offset=offset, erase=erase)
     click.echo("flashed %d bytes at 0x%x on %s (%s, MAC %s), verified"
                % (facts["size"], facts["offset"], port, facts["chip"], facts["mac"]))

@@ -246,10 +246,11 @@ def _write_app_bank(sess, spec, romfs: bytes, version: int) -> dict:
     if len(romfs) > bank.size:
         raise DeployError("the app image (%d bytes) does not fit bank 0 (%d bytes)" % (len(romfs), bank.size))
     ctl = spec.region("bootctl")
-    sess.exec(_bank_write_code() + "import nrf\n_fl = nrf.Flash(start=%d, len=%d)\n" % (bank.offset, bank.size))
+    # each chunk carries its own setup: ampy soft-resets the board before every exec
+    setup = _bank_write_code() + "import nrf\n_fl = nrf.Flash(start=%d, len=%d)\n" % (bank.offset, bank.size)
     for n in range(0, (len(romfs) + 4095) // 4096):
         chunk = base64.b64encode(romfs[n * 4096:(n + 1) * 4096]).decode()
-        sess.exec("_w(_fl, %d, '%s')" % (n, chunk))
+        sess.exec(setup + "_w(_fl, %d, '%s')" % (n, chunk))
     digest = hashlib.sha256(romfs).hexdigest()
     check = ("import hashlib, binascii, nrf\n"
              "fl = nrf.Flash(start=%d, len=%d)\nh = hashlib.sha256()\nbuf = bytearray(4096)\n"
