@@ -212,7 +212,7 @@ def _deploy(sess, spec, role, points, eui64, install_code, manufacturer, hw_vers
                 rel = p.relative_to(compiled)
                 if rel.parts[0] == "hanfw":
                     files[root + "lib/" + str(rel)] = p.read_bytes()
-            hal = devcode.BOARDS_ROOT / spec.name / "hal.py"
+            hal = spec.hal_path
             if hal.exists():
                 files[root + "lib/hal.py"] = hal.read_bytes()
             for d in sorted({str(Path(p).parent) for p in files if "/lib/" in p}):

@@ -29,7 +29,7 @@ def build_romfs_for(board: str, extra: dict[str, bytes] | None = None) -> bytes:
                 dst = root / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(src.read_bytes())
-        hal = devcode.BOARDS_ROOT / board / "hal.py"
+        hal = layout.load_board(board).hal_path
         if hal.exists():
             devcode.compile_file(hal, root / "hal.mpy")
         for name, data in (extra or {}).items():

@@ -116,7 +116,7 @@ def test_board_definitions_load_and_hal_compiles(name, tmp_path):
     assert all(r.size % 4096 == 0 and r.offset % 4096 == 0 for r in b.regions)
     if b.bank_kind == "app":
         assert b.region("bootctl").size == 2 * 4096
-    devcode.compile_file(devcode.BOARDS_ROOT / name / "hal.py", tmp_path / "hal.mpy")
+    devcode.compile_file(b.hal_path, tmp_path / "hal.mpy")
 
 
 def test_real_and_virtual_nrf_layouts_agree():

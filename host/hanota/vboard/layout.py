@@ -70,6 +70,12 @@ class Board:
     regions: tuple[Region, ...]
     write_offset: int = 0
     path: Path | None = None
+    hal: str = ""  # the board folder whose hal.py this board runs (default: its own)
+
+    @property
+    def hal_path(self) -> Path:
+        """The board support module deployed with the device code."""
+        return BOARDS_ROOT / (self.hal or self.name) / "hal.py"
 
     def region(self, name: str) -> Region:
         """The region called name; LayoutError when there is none."""
@@ -116,7 +122,8 @@ def load_board(board: str | os.PathLike) -> Board:
                           sector_size=b.get("sector_size", vflash.SECTOR),
                           bank_kind=b["bank_kind"], link=b["link"], heap=b["heap"],
                           boot_script=b.get("boot_script", ""), regions=regions,
-                          write_offset=b.get("write_offset", 0), path=p)
+                          write_offset=b.get("write_offset", 0), path=p,
+                          hal=b.get("hal", ""))
     except KeyError as e:
         raise LayoutError("%s: missing key %s" % (p, e)) from None
     _check(board_obj)
