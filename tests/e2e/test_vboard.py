@@ -265,3 +265,28 @@ def test_no_leftover_processes_or_ptys(vboards):
     time.sleep(0.2)
     assert _micropython_children() == []
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_board_process_dies_with_its_supervisor(tmp_path, request):
+    if request.config.getoption("--board"):
+        pytest.skip("virtual boards only")
+    code = ("import sys, time\n"
+            "from hanota.vboard.board import VirtualBoard\n"
+            "b = VirtualBoard(sys.argv[1], board='vboard-nrf52840').start()\n"
+            "b.console.wait_ready(20)\n"
+            "print(b.console.child_pid, flush=True)\n"
+            "time.sleep(600)\n")
+    sup = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "b")], stdout=subprocess.PIPE, text=True)
+    child = int(sup.stdout.readline())
+    os.kill(child, 0)
+    sup.kill()  # SIGKILL: no clean-up code runs in the supervisor
+    sup.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("board process %d outlived its supervisor" % child)

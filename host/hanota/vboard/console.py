@@ -52,6 +52,7 @@ import os
 import queue
 import select
 import signal
+import sys
 import subprocess
 import threading
 import time
@@ -164,6 +165,20 @@ def _child_setup() -> None:  # runs in the forked child, before exec
     # SIGINT starts ignored, so the CPython launcher of the `micropython` command installs
     # no handler of its own; MicroPython installs its handler only while it runs code.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The board loses power when its supervisor dies, however it dies (Linux PDEATHSIG).
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _libc():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def _catches_sigint(pid: int) -> bool:
