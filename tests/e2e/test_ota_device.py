@@ -63,6 +63,7 @@ def test_header_level_rejection_transfers_no_body(vboards, hub, keys, payloads, 
     b, eui = bring_up(vboards, hub, keys, payloads, kind, "ppmid")
     hub.wait_event("hello", eui, timeout=30)
     before = protected_regions(b)
+    opts = dict(opts)  # the parameter dict is shared by both board kinds: do not consume it
     version = opts.pop("version", V2)
     hub.add_image(ota_file(tmp_path, keys, payloads, kind, "ppmid", version=version, **opts))
     end = hub.wait_event("upgrade_end", eui, timeout=60)[0]
