@@ -955,6 +955,17 @@ class OtaServer:
         finally:
             del self._pending[key]
 
+    def cancel_transfer(self, eui: bytes) -> None:
+        """Forget eui's transfer (e.g. its request was superseded): its in-flight slot is
+        freed, the image is no longer offered, and its next block request is aborted."""
+        t = self.transfers.pop(eui, None)
+        self.in_flight.discard(eui)
+        dev = self.devices.get(eui)
+        if dev is not None:
+            self._cancel_page(dev)
+            if t is not None and dev.offered is not None and dev.offered.identity == t.image.identity:
+                dev.offered = None
+
     async def send_app(self, eui: bytes, cluster: int, payload: bytes) -> None:
         """Send application data on another cluster (a role's data, e.g. a PPMID balance).
 

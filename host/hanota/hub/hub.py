@@ -325,13 +325,8 @@ class Hub:
             img = self.policy.served(row["image"]) if row is not None else None
             if img is not None and img.identity == t.image.identity:
                 continue
-            self.server.transfers.pop(eui, None)
-            self.server.in_flight.discard(eui)
-            dev = self.server.devices.get(eui)
-            if dev is not None and dev.offered is not None \
-                    and dev.offered.identity == t.image.identity:
-                dev.offered = None
-            self.unhold(eui_text(eui))  # also cancels a page being sent
+            self.server.cancel_transfer(eui)
+            self.unhold(eui_text(eui))
 
     def hold(self, eui: str) -> None:
         """Tell a device with a queued request to wait if it asks for blocks."""
