@@ -14,8 +14,10 @@ fills a link without overrunning it). The device-side test client reuses these c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import socket
 import termios
 import tty
 from typing import Any, Callable
@@ -65,6 +67,9 @@ class Link:
 
 # ---------------------------------------------------------------- UDP
 
+UDP_RCVBUF = 4 * 1024 * 1024
+
+
 class UdpLink(Link, asyncio.DatagramProtocol):
     """A UDP socket; each datagram carries exactly one link frame."""
 
@@ -99,6 +104,12 @@ class UdpLink(Link, asyncio.DatagramProtocol):
     # asyncio.DatagramProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # a burst from hundreds of devices must not overflow the kernel's default
+            # receive buffer while the loop is busy (capped by net.core.rmem_max)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         self._connected = transport.get_extra_info("peername") is not None
         self.local = transport.get_extra_info("sockname")[:2]
         self.name = "udp:%s:%d" % self.local
