@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench fault fuzz venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Every power-cut point of both bank kinds, torn writes, random multi-cuts, and the long
+# fuzz budget; writes tests/fault/RESULTS.md (make test runs a fixed stride and short budgets).
+fault: $(STAMP)
+	HANOTA_FAULT_FULL=1 $(BIN)/python -m pytest -n 2 -q tests/fault tests/security
+
+fuzz: $(STAMP)
+	HANOTA_FAULT_FULL=1 HANOTA_FUZZ_SECONDS=$${HANOTA_FUZZ_SECONDS:-600} $(BIN)/python -m pytest -q tests/fault/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis images/build
