@@ -23,6 +23,7 @@ class App:
         self.cfg = config.load(root + config.FILE_NAME)
         self.state = State(root + "ota.json")
         self.banks = hal.banks(self.state)
+        self._settle()
         from hanfw import roles
         self.role = roles.load(self.cfg.role)(self.cfg, root + "role.json", log)
         self.client = OtaClient(self.cfg, hal.link(self.cfg), self.banks, self.state, self.role,
@@ -39,6 +40,20 @@ class App:
         self.alert = None  # (running, previous, rolled_back, reason code) to report
         self.alert_sent = 0
         self._after_boot()
+
+    # An activation cut by a reset (banks.activate writes the state, switches, then
+    # clears "held"): settled before the client reads the held image.
+    def _settle(self):
+        act = self.state.get("activated")
+        held = self.state.get("held")
+        running = self.banks.running_bank()
+        if held and held["bank"] == running:
+            # cut after the switch: the held image is the one running now
+            self.state.update(held=None)
+        elif held and act and act["bank"] != running and held["version"] == act["version"]:
+            # cut before the switch: it never took effect; the image is still held and
+            # the client asks the hub again when to activate it
+            self.state.update(activated=None)
 
     # What happened at this boot: a trial of a newly activated image, a
     # rollback to the previous one, or nothing.

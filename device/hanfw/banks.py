@@ -33,13 +33,13 @@ class BankError(Exception):
 # Streams bytes into a block device (4 KiB blocks) from block `first` on.
 # Resuming at a sector boundary `start` (bytes) leaves what is before it alone.
 class BankWriter:
-    def __init__(self, dev, nblocks, start=0, first=0):
+    def __init__(self, dev, nblocks, start=0, first=0, buf=None):
         if start % SECTOR:
             raise BankError("resume-offset", "resume offset %d is not sector aligned" % start)
         self.dev = dev
         self.first = first
         self.nblocks = nblocks
-        self.buf = bytearray(SECTOR)
+        self.buf = buf if buf is not None else bytearray(SECTOR)
         self.fill = 0
         self.block = start // SECTOR
         self.written = start
@@ -81,9 +81,9 @@ class BankWriter:
 
 
 # SHA-256 of the first `length` bytes of a block device region, streamed.
-def region_sha256(dev, length, first=0):
+def region_sha256(dev, length, first=0, buf=None):
     h = hashlib.sha256()
-    buf = bytearray(SECTOR)
+    buf = buf if buf is not None else bytearray(SECTOR)
     mv = memoryview(buf)
     done = 0
     b = first
@@ -97,8 +97,8 @@ def region_sha256(dev, length, first=0):
 
 
 # Feed the first `length` bytes of a region to fn(memoryview) (resume rehash).
-def region_feed(dev, length, fn, first=0):
-    buf = bytearray(SECTOR)
+def region_feed(dev, length, fn, first=0, buf=None):
+    buf = buf if buf is not None else bytearray(SECTOR)
     mv = memoryview(buf)
     done = 0
     b = first
@@ -116,6 +116,7 @@ class FirmwareBanks:
     def __init__(self, esp32, state):
         self.esp32 = esp32
         self.state = state
+        self.sector = bytearray(SECTOR)  # the one 4 KiB buffer of every bank write and read
         P = esp32.Partition
         self.running = P(P.RUNNING)
         self.label = self.running.info()[4]
@@ -184,35 +185,41 @@ class FirmwareBanks:
 
     def writer(self, start=0):
         t, nblocks = self.target_dev()
-        return BankWriter(t, nblocks, start)
+        return BankWriter(t, nblocks, start, buf=self.sector)
 
     def feed_target(self, length, fn):
         t, _ = self.target_dev()
-        region_feed(t, length, fn)
+        region_feed(t, length, fn, buf=self.sector)
 
     def target_sha256(self, length):
         t, _ = self.target_dev()
-        return region_sha256(t, length)
+        return region_sha256(t, length, buf=self.sector)
 
     def stage(self, version, length, secver, digest):
         self.state.update(held={"bank": self._target().info()[4], "version": version, "length": length,
                                 "secver": secver, "hash": _hexs(digest)})
 
     # Make the held image boot next; the caller resets the board.
+    # Power-safe order: the state file first says which version the target holds and
+    # that it is being activated, then set_boot switches, then the image stops being
+    # "held". A cut before the switch leaves the image held (App sees an activation that
+    # did not happen); a cut after it boots the new image knowing it is on trial.
     def activate(self):
         held = self.state.get("held")
         if not held:
             raise BankError("no-image", "no image held to activate")
         t = self._target()
+        versions = dict(self.state.get("versions", {}))
+        versions[held["bank"]] = held["version"]
+        self.state.update(versions=versions,
+                          activated={"bank": held["bank"], "version": held["version"],
+                                     "previous": self.running_version(), "secver": held["secver"]})
         try:
             t.set_boot()
         except OSError as e:
+            self.state.update(activated=None)
             raise BankError("activation-failed", "set_boot refused the image: %s" % e)
-        versions = dict(self.state.get("versions", {}))
-        versions[held["bank"]] = held["version"]
-        self.state.update(versions=versions, held=None,
-                          activated={"bank": held["bank"], "version": held["version"],
-                                     "previous": self.running_version(), "secver": held["secver"]})
+        self.state.update(held=None)
 
     def confirm(self):
         P = self.esp32.Partition
@@ -236,6 +243,7 @@ class AppBanks:
 
     def __init__(self, bank_devs, bootctl, state):
         self.devs = bank_devs  # [(block device, nblocks), (block device, nblocks)]
+        self.sector = bytearray(SECTOR)  # the one 4 KiB buffer of every bank write and read
         self.bc = bootctl
         self.state = state
 
@@ -274,15 +282,15 @@ class AppBanks:
 
     def writer(self, start=0):
         dev, n = self._target()
-        return BankWriter(dev, n, start)
+        return BankWriter(dev, n, start, buf=self.sector)
 
     def feed_target(self, length, fn):
         dev, _ = self._target()
-        region_feed(dev, length, fn)
+        region_feed(dev, length, fn, buf=self.sector)
 
     def target_sha256(self, length):
         dev, _ = self._target()
-        return region_sha256(dev, length)
+        return region_sha256(dev, length, buf=self.sector)
 
     def stage(self, version, length, secver, digest):
         r = self.record()
@@ -290,15 +298,21 @@ class AppBanks:
         self.state.update(held={"bank": 1 - r.active, "version": version, "length": length,
                                 "secver": secver, "hash": _hexs(digest)})
 
+    # Same power-safe order as FirmwareBanks.activate: state, switch, then not held.
     def activate(self):
-        from hanfw.bootctl import BootCtlError
+        from hanfw.bootctl import BootCtlError, STAGED
         r = self.record()
+        t = 1 - r.active
+        if r.state[t] != STAGED:
+            raise BankError("no-image", "no staged image to activate")
+        self.state.update(activated={"bank": t, "version": r.version[t],
+                                     "previous": r.version[r.active], "secver": r.secver[t]})
         try:
-            t = self.bc.activate()
+            self.bc.activate()
         except BootCtlError as e:
+            self.state.update(activated=None)
             raise BankError(e.reason, str(e))
-        self.state.update(held=None, activated={"bank": t, "version": r.version[t],
-                                                "previous": r.version[r.active], "secver": r.secver[t]})
+        self.state.update(held=None)
 
     def confirm(self):
         self.bc.confirm()

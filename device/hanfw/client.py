@@ -80,6 +80,8 @@ class OtaClient:
             h = state.get("held")
             self.pending = (cfg.manufacturer, cfg.image_type, h["version"])
             self.status = zcl.UPGRADE_WAITING_EXTERNAL if role.activation == "command" else zcl.UPGRADE_WAITING_TO_UPGRADE
+            if state.get("dl"):
+                state.update(dl=None)  # cut after staging: the download is complete
 
     # ------------------------------------------------------------ timers
     def _at(self, name, delay_ms):
@@ -132,6 +134,10 @@ class OtaClient:
             self._hello()
         # soon after boot when a download was interrupted (resume); else on the regular poll
         self._at("query", 2000 if self.state.get("dl") else self.cfg.query_interval * 1000)
+        if self.pending is not None:
+            # holding a verified image after a reset: tell the hub again (Upgrade End),
+            # which answers when to activate it (or to wait for an Activate Image)
+            self._at("end", 2000)
 
     def _join(self):
         service = self.role.join_service
@@ -375,9 +381,10 @@ class OtaClient:
             self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
                 d["id"][0], d["id"][1], d["id"][2], off, want))
         elif self.cfg.page_size:
+            page = min(self.cfg.page_size, d["size"] - off)
+            d["page_end"] = off + page  # more blocks are awaited only below this offset
             self._zsend(_C2S_NODR, zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(
-                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data,
-                min(self.cfg.page_size, d["size"] - off), 0))
+                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data, page, 0))
         else:
             self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
                 d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data,
@@ -407,6 +414,15 @@ class OtaClient:
             return
         self._request()
 
+    # Our own shortage, not a bad image: never INVALID_IMAGE. Keep the resume point and
+    # try again later (the next query resumes from the last persisted sector).
+    def _out_of_memory(self):
+        import gc
+        self.dl = None
+        gc.collect()
+        self.log("ota: out of memory while downloading; will resume from the last resume point")
+        self._suspend()
+
     def _suspend(self):
         self.dl = None
         self.status = zcl.UPGRADE_NORMAL
@@ -434,6 +450,9 @@ class OtaClient:
         except otafile.OtaError as e:
             self._fail(_map(e.reason))
             return
+        except MemoryError:
+            self._out_of_memory()
+            return
         except Exception as e:  # BankError (full bank, flash error)
             self._fail(getattr(e, "reason", "malformed"))
             return
@@ -443,7 +462,7 @@ class OtaClient:
         if d["stream"].done:
             self._cancel("block")
             self._complete()
-        elif self.cfg.page_size and d["body"] and (d["offset"] - d["page_start"]) < self.cfg.page_size:
+        elif self.cfg.page_size and d["body"] and d["offset"] < d.get("page_end", 0):
             self._at("block", self.cfg.block_timeout_ms)  # more of this page is coming
         else:
             if self.min_period:
@@ -456,9 +475,6 @@ class OtaClient:
         self._next_request()
 
     def _next_request(self):
-        d = self.dl
-        if d is not None and d["body"] and self.cfg.page_size:
-            d["page_start"] = d["offset"]
         self._request()
 
     def _take(self, data):
@@ -526,7 +542,6 @@ class OtaClient:
             return
         d["body"] = True
         d["poff"] = s.received
-        d["page_start"] = d["offset"]
         d["writer"] = self.banks.writer(0)
         s.sink = d["writer"].write
         self._checkpoint()
@@ -547,6 +562,9 @@ class OtaClient:
                 raise otafile.OtaError("readback", "bank contents differ from the image after writing")
         except otafile.OtaError as e:
             self._fail(_map(e.reason))
+            return
+        except MemoryError:
+            self._out_of_memory()
             return
         except Exception as e:
             self._fail(getattr(e, "reason", "malformed"))

@@ -122,3 +122,19 @@ def test_ppmid_balance_hcalcs_load_survive_an_update(vboards, hub, keys, payload
     finally:
         log.close()
     assert hlink  # noqa
+
+
+def test_page_download_resumes_after_a_reset(vboards, hub, keys, payloads, tmp_path):
+    b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "ppmid",
+                      settings={"page_size": 2048, "max_data": 64})
+    hub.wait_event("hello", eui, timeout=30)
+    path = ota_file(tmp_path, keys, payloads, "vboard-esp32", "ppmid")
+    hub.add_image(path)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        t = hub.server.transfers.get(eui)
+        if t is not None and t.offset >= path.stat().st_size // 2:
+            break
+        time.sleep(0.002)
+    b.power_cycle()
+    assert hub.wait_event("alert", eui, timeout=90)[0][2:5] == (V2, V1, False)
