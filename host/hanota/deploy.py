@@ -140,11 +140,16 @@ class _AmpySession(_Session):
 
 
 def _bank_write_code() -> str:
-    return ("import binascii\n"
+    # small-heap friendly: collect first, one 4 KiB buffer, no temporary 4 KiB bytes
+    return ("import binascii, gc\n"
+            "gc.collect()\n"
             "def _w(fl, n, b64):\n"
             "    b = binascii.a2b_base64(b64)\n"
-            "    buf = bytearray(b'\\xff' * 4096)\n"
+            "    buf = bytearray(4096)\n"
             "    buf[:len(b)] = b\n"
+            "    for i in range(len(b), 4096):\n"
+            "        buf[i] = 255\n"
+            "    b = None\n"
             "    fl.writeblocks(n, buf)\n")
 
 
