@@ -7,6 +7,10 @@ def pytest_sessionfinish(session):
     results.finish(session)
 
 
+def pytest_runtest_teardown(item):
+    results.progress(item.config)
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the counts (when this conftest is loaded by the controlling process too, as
     when tests/fault is named on the command line)."""

@@ -83,11 +83,23 @@ def finish(session) -> None:
     if _state["finished"]:
         return
     _state["finished"] = True
-    path = _wanted(session.config)
+    write(session.config, complete=True)
+
+
+def progress(config) -> None:
+    """After each test: the same, marked as a run in progress (a long run that is
+    interrupted still leaves its counts so far)."""
+    if not _state["finished"]:
+        write(config, complete=False)
+
+
+def write(config, complete: bool) -> None:
+    path = _wanted(config)
     d = run_dir()
     if path is None or not any(d.glob("*.jsonl")):
         return
-    _prune(d)
+    if complete:
+        _prune(d)
     with open(d / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         now = collect(d)
@@ -101,7 +113,7 @@ def finish(session) -> None:
         part = data.setdefault(MODE, {})
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         for section, rows in now.items():
-            part[section] = {"updated": stamp,
+            part[section] = {"updated": stamp if complete else stamp + ", run in progress",
                              "rows": [[list(k), {n: _num(v) for n, v in c.items()}]
                                       for k, c in sorted(rows.items())]}
         Path(path).write_text(render(data))

@@ -5,3 +5,7 @@ from fault.fixtures import kit, reference, shared_dir, snapshot, workdir  # noqa
 
 def pytest_sessionfinish(session):
     results.finish(session)
+
+
+def pytest_runtest_teardown(item):
+    results.progress(item.config)
