@@ -385,7 +385,15 @@ def test_stalled_transfer_is_retried_and_resumes_from_its_offset(db, tmp_path, k
                 await asyncio.sleep(0.01)
             dev._update.cancel()  # the device goes quiet part way
             stopped_at = dev.offset
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 20
             while "retry" not in events(db, sub.id):
+                t = hub.server.transfers.get(dev.eui)
+                assert loop.time() < give_up, (
+                    "no retry 20 s after the device went quiet at offset %d: request %s, "
+                    "events %s, server transfer %s" % (
+                        stopped_at, dict(db.request(sub.id)), events(db, sub.id),
+                        t and (t.state, t.offset)))
                 await asyncio.sleep(0.05)
             dev.kick()  # it wakes up and polls again
             await hub.wait_outcome(sub.id, 20)
