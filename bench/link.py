@@ -30,6 +30,10 @@ Z2M_BLOCK = 50
 Z2M_DELAY = 0.250
 # Per block on the wire: link frame header + MAC, ZCL header, Image Block Response fields.
 BLOCK_OVERHEAD = hlink.OVERHEAD + zcl.header_size() + zcl.BLOCK_RESPONSE_OVERHEAD
+# Per block in a bundle (the blocks of a page in link frames of up to RX_FRAME bytes): its
+# length prefix, ZCL header and Image Block Response fields; the link frame's 31 bytes are
+# shared by the bundle.
+BUNDLED_OVERHEAD = hlink.BUNDLE_ITEM + zcl.header_size() + zcl.BLOCK_RESPONSE_OVERHEAD
 PAGE_SIZE = 16 * KiB
 
 LINKS = {
@@ -53,6 +57,8 @@ LINKS = {
         rate=ZIGBEE_RATE,
         latency=ZIGBEE_LATENCY,
         max_data=50,
+        # an 802.15.4 frame carries one block: the device asks for no bundles
+        link_frame=hlink.MAX_FRAME,
     ),
 }
 
@@ -93,18 +99,35 @@ def plans(scale: str) -> list[dict]:
     ]
 
 
-def settings(max_data: int, mode: str) -> dict:
+def settings(max_data: int, mode: str, link_frame: int | None = None) -> dict:
     # query_interval: the hub's Image Notify starts each download; everything else: defaults
-    return {
+    s = {
         "query_interval": 3600,
         "max_data": max_data,
         "page_size": PAGE_SIZE if mode == "page" else 0,
     }
+    if link_frame is not None:
+        s["link_frame"] = link_frame
+    return s
 
 
-def ceiling(max_data: int) -> float:
-    """The payload fraction of a full-size block on the wire (UDP; serial adds SLIP + CRC)."""
-    return max_data / (max_data + BLOCK_OVERHEAD)
+def bundled(mode: str, link_frame: int | None) -> bool:
+    """Whether the hub sends this run's blocks in bundles (pages, to a device that takes
+    long frames: the default)."""
+    return mode == "page" and (link_frame or hlink.RX_FRAME) > hlink.MAX_FRAME
+
+
+def per_bundle(max_data: int) -> int:
+    return (hlink.RX_FRAME - hlink.OVERHEAD) // (max_data + BUNDLED_OVERHEAD)
+
+
+def ceiling(max_data: int, bundles: bool = False) -> float:
+    """The payload fraction of full-size blocks on the wire, one per link frame or as many
+    as a bundle holds (UDP; serial adds SLIP + CRC)."""
+    if not bundles:
+        return max_data / (max_data + BLOCK_OVERHEAD)
+    n = per_bundle(max_data)
+    return n * max_data / (hlink.OVERHEAD + n * (max_data + BUNDLED_OVERHEAD))
 
 
 def z2m_seconds(file_size: int) -> float:
@@ -130,7 +153,7 @@ def run(ws, scale: str, log=print) -> dict:
                         hubt,
                         spec["kind"],
                         "%s-%s-%d" % (plan["link"], mode, i),
-                        settings(spec["max_data"], mode),
+                        settings(spec["max_data"], mode, spec.get("link_frame")),
                         rate=rate,
                         latency=spec["latency"],
                     )
@@ -166,7 +189,8 @@ def run(ws, scale: str, log=print) -> dict:
                         page_size=PAGE_SIZE if mode == "page" else None,
                         latency=spec["latency"],
                         parallel=plan["parallel"] and reps > 1,
-                        ceiling=ceiling(spec["max_data"]),
+                        ceiling=ceiling(spec["max_data"], bundled(mode, spec.get("link_frame"))),
+                        bundled=bundled(mode, spec.get("link_frame")),
                         file_size=path.stat().st_size,
                         ok=all(r["status"] == 0 for r in results[mode]),
                     )

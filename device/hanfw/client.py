@@ -55,6 +55,9 @@ class OtaClient:
         self.reset = reset
         self.log = log
         self.mac = link.Mac(link.link_key(cfg.install_code))
+        # the longest frame taken: above MAX_FRAME, HELLO asks the hub for bundles
+        limit = getattr(transport, "rx_frame", link.MAX_FRAME)
+        self.rx_frame = max(link.MAX_FRAME, min(cfg.link_frame or limit, limit))
         self.eui = cfg.eui64
         hub = state.get("hub")
         self.hub = bytes(reversed(bytes.fromhex(hub))) if hub else None
@@ -153,7 +156,8 @@ class OtaClient:
 
     def _hello(self):
         self.nonce = os.urandom(8)
-        self._send(link.KIND_HELLO, self.hub, 0, link.pack_hello(self.nonce, self.running_version()))
+        rx = self.rx_frame if self.rx_frame > link.MAX_FRAME else 0
+        self._send(link.KIND_HELLO, self.hub, 0, link.pack_hello(self.nonce, self.running_version(), rx))
         self._at("link", 1000 + 250 * min(self.link_tries, 8))
 
     def _on_link(self):
@@ -166,7 +170,7 @@ class OtaClient:
 
     def on_frame(self, frame):
         try:
-            kind, src, dst, ctr, cluster, payload = link.unpack(frame, lambda s: self.mac)
+            kind, src, dst, ctr, cluster, payload = link.unpack(frame, lambda s: self.mac, self.rx_frame)
         except link.LinkError:
             self.stats["bad-frames"] += 1
             return
@@ -193,10 +197,22 @@ class OtaClient:
         self.hub_floor = ctr
         self.unanswered = 0
         if kind == link.KIND_DATA:
-            if cluster == zcl.CLUSTER_OTA:
-                self._zcl(payload)
-            else:
-                self.role.on_frame(cluster, payload, self)
+            self._data(cluster, payload)
+        elif kind == link.KIND_BUNDLE:
+            try:
+                items = link.split_bundle(payload)
+            except link.LinkError as e:
+                self.stats["bad-frames"] += 1
+                self.log("link: %s" % e)
+                return
+            for item in items:
+                self._data(cluster, item)
+
+    def _data(self, cluster, payload):
+        if cluster == zcl.CLUSTER_OTA:
+            self._zcl(payload)
+        else:
+            self.role.on_frame(cluster, payload, self)
 
     def _joined(self, src, ctr, payload):
         try:

@@ -78,6 +78,11 @@ def from_dict(d):
     c.retry_limit = d.get("retry_limit", 8)
     c.block_timeout_ms = d.get("block_timeout_ms", 1500)
     c.checkpoint = d.get("checkpoint", 4096)  # bytes of payload between resume points
+    # longest link frame taken (bundled block responses); 0: the transport's own limit,
+    # 320: no bundles
+    c.link_frame = d.get("link_frame", 0)
+    if not isinstance(c.link_frame, int) or c.link_frame < 0:
+        raise ConfigError("bad-link_frame", "link_frame must be a byte count, got %r" % (c.link_frame,))
     c.raw = d
     return c
 

@@ -11,6 +11,13 @@
 #   23 payload          a ZCL frame for DATA; see pack_join_* below otherwise
 #   -8 MAC              HMAC-SHA256(link key, every byte before it)[:8]
 # Serial framing (UART / pty): SLIP (END 0xC0, ESC 0xDB) around frame + CRC-32.
+#
+# BUNDLE (kind 5, hub to device only): several ZCL frames of one cluster in one
+# link frame, each as length u16 || ZCL frame, handled in order as if each came
+# in its own DATA frame. The hub bundles the Image Block Responses of a page for
+# a device whose HELLO said it takes frames longer than MAX_FRAME: one header,
+# counter and MAC per bundle instead of per block (48 bytes of headers on every
+# 255-byte block cap the payload at 84 % of the link; a bundle of 16 reaches 92 %).
 
 import struct
 import hashlib
@@ -27,11 +34,16 @@ KIND_JOIN_REQ = const(1)
 KIND_JOIN_RSP = const(2)
 KIND_HELLO = const(3)
 KIND_HELLO_ACK = const(4)
+KIND_BUNDLE = const(5)
 
 HEADER_LEN = const(23)
 MAC_LEN = const(8)
 OVERHEAD = const(31)
-MAX_FRAME = const(320)
+MAX_FRAME = const(320)  # the largest frame anyone sends unbundled (and the hub accepts)
+# The largest frame a device takes by default (its HELLO says so): a bundle of 16
+# full Image Block Responses, 31 + 16 * (2 + 17 + 255) = 4415 bytes.
+RX_FRAME = const(4480)
+BUNDLE_ITEM = const(2)  # length prefix of each frame in a bundle
 BROADCAST = b"\xff" * 8
 
 # join services and statuses
@@ -112,15 +124,16 @@ def pack(mac, kind, src, dst, counter, cluster, payload):
 
 
 # Check a frame's MAC and return (kind, src, dst, counter, cluster, payload mv).
-# keys(src) gives the Mac for a sender (or None if unknown).
-def unpack(frame, keys):
+# keys(src) gives the Mac for a sender (or None if unknown); max_frame is the
+# longest frame the receiver takes (a device that announced bundles: RX_FRAME).
+def unpack(frame, keys, max_frame=MAX_FRAME):
     n = len(frame)
     if n < OVERHEAD:
         raise LinkError("short", "link frame of %d bytes is shorter than %d" % (n, OVERHEAD))
-    if n > MAX_FRAME:
-        raise LinkError("long", "link frame of %d bytes is longer than %d" % (n, MAX_FRAME))
+    if n > max_frame:
+        raise LinkError("long", "link frame of %d bytes is longer than %d" % (n, max_frame))
     kind, src, dst, counter, cluster = struct.unpack_from("<B8s8sIH", frame, 0)
-    if kind > KIND_HELLO_ACK:
+    if kind > KIND_BUNDLE:
         raise LinkError("kind", "unknown link frame kind %d" % kind)
     mac = keys(src)
     if mac is None:
@@ -129,6 +142,38 @@ def unpack(frame, keys):
     if mac.tag(mv[:n - MAC_LEN]) != bytes(mv[n - MAC_LEN:]):
         raise LinkError("bad-mac", "frame from %s fails authentication" % eui_str(src))
     return kind, src, dst, counter, cluster, mv[HEADER_LEN:n - MAC_LEN]
+
+
+# A bundle's payload -> its ZCL frames (memoryviews into it), in order.
+def split_bundle(payload):
+    mv = memoryview(payload)
+    n = len(mv)
+    out = []
+    p = 0
+    while p < n:
+        if p + BUNDLE_ITEM > n:
+            raise LinkError("malformed", "bundle ends inside an item length at byte %d" % p)
+        k = mv[p] | mv[p + 1] << 8
+        p += BUNDLE_ITEM
+        if k == 0:
+            raise LinkError("malformed", "empty bundle item at byte %d" % (p - BUNDLE_ITEM))
+        if p + k > n:
+            raise LinkError("malformed", "bundle item of %d bytes at byte %d overruns its %d"
+                            % (k, p - BUNDLE_ITEM, n))
+        out.append(mv[p:p + k])
+        p += k
+    if not out:
+        raise LinkError("malformed", "empty bundle")
+    return out
+
+
+# A bundle's payload from ZCL frames (the hub's side).
+def pack_bundle(frames):
+    out = bytearray()
+    for f in frames:
+        out += struct.pack("<H", len(f))
+        out += f
+    return bytes(out)
 
 
 # Replay window: accept only counters above the last one seen from a sender.
@@ -158,8 +203,10 @@ def eui_from_str(text):
 _JOIN_REQ = "<BBHHHI8s"
 # JOIN_RSP: status u8, hub EUI-64 (8), hub counter u32, nonce (8)
 _JOIN_RSP = "<B8sI8s"
-# HELLO: nonce (8), file version u32; HELLO_ACK: nonce (8), hub counter u32
+# HELLO: nonce (8), file version u32[, largest frame the device takes u16 (bundles)];
+# HELLO_ACK: nonce (8), hub counter u32
 _HELLO = "<8sI"
+_HELLO_LEN = const(12)
 ROLE_CODES = {"ppmid": 1, "althan": 2, "hcalcs": 3}
 ROLE_NAMES = {1: "ppmid", 2: "althan", 3: "hcalcs"}
 
@@ -188,14 +235,23 @@ def parse_join_rsp(p):
     return struct.unpack(_JOIN_RSP, p)
 
 
-def pack_hello(nonce, value):
+def pack_hello(nonce, value, rx_frame=0):
+    if rx_frame:
+        return struct.pack(_HELLO + "H", nonce, value, rx_frame)
     return struct.pack(_HELLO, nonce, value)
 
 
 def parse_hello(p):
-    if len(p) != struct.calcsize(_HELLO):
+    if len(p) not in (_HELLO_LEN, _HELLO_LEN + 2):
         raise LinkError("malformed", "hello of %d bytes" % len(p))
-    return struct.unpack(_HELLO, p)
+    return struct.unpack_from(_HELLO, p, 0)
+
+
+# The largest frame a HELLO's sender takes; MAX_FRAME when it does not say.
+def hello_rx_frame(p):
+    if len(p) == _HELLO_LEN + 2:
+        return max(MAX_FRAME, struct.unpack_from("<H", p, _HELLO_LEN)[0])
+    return MAX_FRAME
 
 
 # ---- serial framing: SLIP around frame || CRC-32 (little-endian)

@@ -1,7 +1,8 @@
 # hanota device: carries link frames to and from the hub.
 #   UdpTransport: one frame per datagram (ESP32 on Wi-Fi; the virtual board's relay)
 #   StreamTransport: SLIP-framed frames on a byte stream (nRF52840 UART; a pty)
-# recv(timeout_ms) returns one frame (bytes) or None.
+# recv(timeout_ms) returns one frame (bytes) or None; rx_frame is the longest
+# frame it takes (the client announces it to the hub, which then bundles blocks).
 
 import select
 import socket
@@ -10,7 +11,8 @@ from hanfw import link
 
 
 class UdpTransport:
-    def __init__(self, host, port):
+    def __init__(self, host, port, rx_frame=link.RX_FRAME):
+        self.rx_frame = rx_frame
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(socket.getaddrinfo("0.0.0.0", 0)[0][-1])
@@ -24,7 +26,7 @@ class UdpTransport:
         if not self.poll.poll(max(0, int(timeout_ms))):
             return None
         try:
-            data, _ = self.sock.recvfrom(link.MAX_FRAME + 64)
+            data, _ = self.sock.recvfrom(self.rx_frame + 64)
         except OSError:
             return None
         return data
@@ -35,9 +37,10 @@ class UdpTransport:
 
 class StreamTransport:
     # stream: an object with write(bytes) and readinto(buf) / read(n), pollable
-    def __init__(self, stream):
+    def __init__(self, stream, rx_frame=link.RX_FRAME):
         self.stream = stream
-        self.dec = link.SlipDecoder()
+        self.rx_frame = rx_frame
+        self.dec = link.SlipDecoder(rx_frame + 4)
         self.buf = bytearray(256)
         self.poll = select.poll()
         # a real machine.UART polls as itself; the virtual board's UART gives its fd

@@ -8,7 +8,9 @@
   authentication, replay a counter, come from unknown devices or are malformed are dropped
   and counted in `stats` by reason; they never disturb other devices.
 - OTA server commands: Query Next Image, Image Block / Page Request served statelessly from
-  the file at any offset (no image is held in memory per device), Upgrade End, the
+  the file at any offset (no image is held in memory per device; a page goes out in
+  BUNDLE frames, several block responses per link frame, to a device whose HELLO said it
+  takes frames that long), Upgrade End, the
   manufacturer-specific Activation Alert, and the ZCL error replies.
 - hub -> device commands as coroutines with timeouts and retries: `notify`, `activate`,
   `read_attributes`, `upgrade_end_response`.
@@ -45,7 +47,8 @@ UPGRADE_NOW = (0, 0)
 UPGRADE_WAIT = (0, zcl.UPGRADE_TIME_WAIT)
 COUNTER_RESERVE = 1024  # hub counters persisted ahead of use (one save per this many frames)
 _ZCL_ROOM = hlink.MAX_FRAME - hlink.OVERHEAD  # largest ZCL frame in one link frame
-_BLOCK_ROOM = min(255, _ZCL_ROOM - zcl.header_size() - zcl.BLOCK_RESPONSE_OVERHEAD)
+_BLOCK_HEAD = zcl.header_size() + zcl.BLOCK_RESPONSE_OVERHEAD  # an Image Block Response less data
+_BLOCK_ROOM = min(255, _ZCL_ROOM - _BLOCK_HEAD)
 _QUEUE_LIMIT = 64  # ZCL frames waiting per device before further ones are dropped
 _OPEN_FILES = 16
 _S2C = zcl.FC_CLUSTER | zcl.FC_SERVER_TO_CLIENT
@@ -293,6 +296,7 @@ class DeviceState:
     queue: asyncio.Queue | None = None
     worker: asyncio.Task | None = None
     page_task: asyncio.Task | None = None
+    rx_frame: int = hlink.MAX_FRAME  # longest frame it takes (its HELLO); above: bundles
 
     @property
     def peer(self) -> str:
@@ -566,6 +570,7 @@ class OtaServer:
             return
         self._cancel_page(dev)  # a new boot: whatever was being sent is stale
         dev.file_version = version
+        dev.rx_frame = hlink.hello_rx_frame(payload)
         self._hook("on_hello", dev.eui, version)
         # The ack's own counter is the baseline: later hub frames to this device exceed it.
         self._send(dev, hlink.KIND_HELLO_ACK, lambda ctr: hlink.pack_hello(nonce, ctr))
@@ -820,25 +825,32 @@ class OtaServer:
 
     async def _send_page(self, dev: DeviceState, tsn: int, img: ServedImage,
                          r: zcl.PageRequest) -> None:
-        # Every block response of a page carries the page request's TSN.
+        # Every block response of a page carries the page request's TSN. A device that
+        # takes long frames gets them bundled (several per link frame), unless it asked
+        # for a spacing between them.
         end = min(r.file_offset + r.page_size, img.size)
         step = min(r.max_data_size, self.block_cap, _BLOCK_ROOM)
         spacing = max(r.response_spacing, self.page_spacing_ms) / 1000
+        bundle = dev.rx_frame > hlink.MAX_FRAME and not spacing
         offset = r.file_offset
         try:
             while offset < end:
                 await dev.link.drain()
-                n = min(step, end - offset)
-                if not self._send_block(dev, tsn, img, offset, n):
+                if bundle:
+                    offset, ok = self._send_bundle(dev, tsn, img, offset, end, step)
+                else:
+                    n = min(step, end - offset)
+                    ok = self._send_block(dev, tsn, img, offset, n)
+                    offset += n
+                if not ok:
                     return
-                offset += n
                 await asyncio.sleep(spacing)  # 0 still lets other devices' work run
         except ServerError as e:
             log.warning("page to %s: %s", hlink.eui_str(dev.eui), e)
 
-    # Read and send one block; False (after sending ABORT) if the file cannot supply it.
-    def _send_block(self, dev: DeviceState, tsn: int, img: ServedImage, offset: int,
-                    n: int) -> bool:
+    # One Image Block Response (a ZCL frame), or None if the file cannot supply the block.
+    def _block_frame(self, dev: DeviceState, tsn: int, img: ServedImage, offset: int,
+                     n: int) -> bytes | None:
         try:
             data = self._files.read(img.path, offset, n)
         except OSError as e:
@@ -848,13 +860,54 @@ class OtaServer:
             log.error("%s is shorter than its header says; aborting %s", img.path,
                       hlink.eui_str(dev.eui))
             self.stats["file-error"] += 1
-            self._block_status(dev, tsn, zcl.ABORT)
-            return False
-        b = bytearray(zcl.header_size() + zcl.BLOCK_RESPONSE_OVERHEAD + n)
+            return None
+        b = bytearray(_BLOCK_HEAD + n)
         p = zcl.pack_header_into(b, 0, _S2C_RESPONSE, tsn, zcl.CMD_IMAGE_BLOCK_RESPONSE)
         zcl.pack_block_response_into(b, p, *img.identity, offset, data)
-        self._send(dev, hlink.KIND_DATA, bytes(b), zcl.CLUSTER_OTA)
+        return bytes(b)
+
+    # Read and send one block; False (after sending ABORT) if the file cannot supply it.
+    def _send_block(self, dev: DeviceState, tsn: int, img: ServedImage, offset: int,
+                    n: int) -> bool:
+        frame = self._block_frame(dev, tsn, img, offset, n)
+        if frame is None:
+            self._block_status(dev, tsn, zcl.ABORT)
+            return False
+        self._send(dev, hlink.KIND_DATA, frame, zcl.CLUSTER_OTA)
         self.stats["blocks"] += 1
+        self._served(dev, img, offset, n)
+        return True
+
+    # As many blocks from offset (up to end) as fit in one of the device's frames, in a
+    # BUNDLE; returns (the offset after them, False if the file failed: ABORT was sent).
+    def _send_bundle(self, dev: DeviceState, tsn: int, img: ServedImage, offset: int,
+                     end: int, step: int) -> tuple[int, bool]:
+        room = dev.rx_frame - hlink.OVERHEAD
+        start, used, items, ok = offset, 0, [], True
+        while offset < end:
+            n = min(step, end - offset)
+            if items and used + hlink.BUNDLE_ITEM + _BLOCK_HEAD + n > room:
+                break
+            frame = self._block_frame(dev, tsn, img, offset, n)
+            if frame is None:
+                ok = False
+                break
+            items.append(frame)
+            used += hlink.BUNDLE_ITEM + len(frame)
+            offset += n
+        if len(items) == 1:
+            self._send(dev, hlink.KIND_DATA, items[0], zcl.CLUSTER_OTA)
+        elif items:
+            self._send(dev, hlink.KIND_BUNDLE, hlink.pack_bundle(items), zcl.CLUSTER_OTA)
+            self.stats["bundles"] += 1
+        self.stats["blocks"] += len(items)
+        if items:
+            self._served(dev, img, start, offset - start)
+        if not ok:
+            self._block_status(dev, tsn, zcl.ABORT)
+        return offset, ok
+
+    def _served(self, dev: DeviceState, img: ServedImage, offset: int, n: int) -> None:
         t = self.transfers.get(dev.eui)
         if t is not None and t.image == img:
             now = self.clock()
@@ -864,7 +917,6 @@ class OtaServer:
             if t.offset >= img.size or now - t.last_progress >= self.progress_interval:
                 t.last_progress = now
                 self._hook("on_progress", dev.eui, img, t.offset, img.size)
-        return True
 
     def _cancel_page(self, dev: DeviceState) -> None:
         if dev.page_task is not None:

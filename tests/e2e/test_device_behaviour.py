@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from hanfw import link as hlink
 from hanfw import zcl
 from hanota import boards, deploy, fwbuild, images
 from support.consolelog import ConsoleLog
@@ -33,13 +34,40 @@ def test_image_notify_starts_the_download_without_waiting_for_the_poll(vboards, 
     assert hub.wait_event("alert", eui, timeout=60)[0][2] == V2
 
 
-def test_page_requests(vboards, hub, keys, payloads, tmp_path):
+@pytest.mark.parametrize("link_frame", [None, 320], ids=["bundled", "one-block-per-frame"])
+def test_page_requests(vboards, hub, keys, payloads, tmp_path, link_frame):
+    settings = {"page_size": 1024, "max_data": 64}
+    if link_frame is not None:
+        settings["link_frame"] = link_frame  # 320: the device asks for no bundles
     b, eui = bring_up(vboards, hub, keys, payloads, "vboard-nrf52840", "ppmid",
-                      settings={"page_size": 1024, "max_data": 64})
+                      settings=settings)
     hub.wait_event("hello", eui, timeout=30)
     hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-nrf52840", "ppmid"))
     assert hub.wait_event("alert", eui, timeout=90)[0][2:5] == (V2, V1, False)
-    assert hub.server.stats["pages"] > 0
+    st = hub.server.stats
+    assert st["pages"] > 0
+    if link_frame is None:
+        # a 1 KiB page of 64-byte blocks fits one bundle (16 x 83 bytes + 31)
+        assert st["bundles"] >= st["pages"] - 2 and st["blocks"] > 10 * st["bundles"]
+        assert hub.server.devices[eui].rx_frame == hlink.RX_FRAME
+    else:
+        assert st["bundles"] == 0 and hub.server.devices[eui].rx_frame == hlink.MAX_FRAME
+
+
+def test_lost_bundles_are_asked_for_again(vboards, hub, keys, payloads, tmp_path):
+    def lossy(kind, **kw):
+        return vboards(kind, drop_every=7, **kw)
+    b, eui = bring_up(lossy, hub, keys, payloads, "vboard-esp32", "ppmid",
+                      settings={"page_size": 2048, "max_data": 64, "block_timeout_ms": 300})
+    log = ConsoleLog(b.console.pty_path)
+    try:
+        hub.wait_event("hello", eui, timeout=60)
+        hub.add_image(ota_file(tmp_path, keys, payloads, "vboard-esp32", "ppmid"))
+        assert hub.wait_event("alert", eui, timeout=180)[0][2] == V2
+        assert b.link.lost > 3 and hub.server.stats["bundles"] > 0
+        assert re.findall(r"from offset (\d+)", log.text) == ["0"]  # never restarted from 0
+    finally:
+        log.close()
 
 
 def test_lost_blocks_are_retried_at_the_same_offset(vboards, hub, keys, payloads, tmp_path):
@@ -106,7 +134,6 @@ def test_althan_refuses_the_ordinary_join_service(vboards, hub, keys, payloads):
 
 
 def test_ppmid_balance_hcalcs_load_survive_an_update(vboards, hub, keys, payloads, tmp_path):
-    from hanfw import link as hlink
     b, eui = bring_up(vboards, hub, keys, payloads, "vboard-esp32", "hcalcs")
     hub.wait_event("hello", eui, timeout=30)
     log = ConsoleLog(b.console.pty_path)
@@ -121,7 +148,6 @@ def test_ppmid_balance_hcalcs_load_survive_an_update(vboards, hub, keys, payload
         assert log.text.count("load on") >= 2  # applied again by the new image, from kept state
     finally:
         log.close()
-    assert hlink  # noqa
 
 
 def test_page_download_resumes_after_a_reset(vboards, hub, keys, payloads, tmp_path):

@@ -104,23 +104,32 @@ _MAC = None
 
 
 def fuzz_link(data: bytes) -> None:
-    """The link frame decoder (with a known key, then an unknown sender), the join / hello
-    payload parsers, and the SLIP decoder over the raw bytes."""
+    """The link frame decoder (with a known key, then an unknown sender; at the default and
+    the bundle frame limit), the join / hello payload parsers, the bundle splitter, and
+    the SLIP decoder over the raw bytes."""
     global _MAC
     if _MAC is None:
         _MAC = link.Mac(bytes(range(16)))
     for keys in (lambda src: _MAC, lambda src: None):
-        try:
-            kind, src, dst, ctr, cluster, payload = link.unpack(data, keys)
-        except link.LinkError as e:
-            assert e.reason in ("short", "long", "kind", "unknown-sender", "bad-mac")
-        else:
-            assert link.pack(_MAC, kind, src, dst, ctr, cluster, payload) == bytes(data)
+        for limit in (link.MAX_FRAME, link.RX_FRAME):
+            try:
+                kind, src, dst, ctr, cluster, payload = link.unpack(data, keys, limit)
+            except link.LinkError as e:
+                assert e.reason in ("short", "long", "kind", "unknown-sender", "bad-mac")
+            else:
+                assert link.pack(_MAC, kind, src, dst, ctr, cluster, payload) == bytes(data)
     for parse in (link.parse_join_req, link.parse_join_rsp, link.parse_hello):
         try:
             parse(bytes(data))
         except link.LinkError as e:
             assert e.reason == "malformed"
+    assert link.hello_rx_frame(bytes(data)) >= link.MAX_FRAME
+    try:
+        items = link.split_bundle(data)
+    except link.LinkError as e:
+        assert e.reason == "malformed"
+    else:
+        assert link.pack_bundle([bytes(x) for x in items]) == bytes(data)
     dec = link.SlipDecoder()
     dec.feed(data)
     while True:

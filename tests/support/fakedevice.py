@@ -54,8 +54,11 @@ class FakeDevice:
     def __init__(self, eui: bytes, install_code: str, *, role: str = "ppmid",
                  manufacturer: int = 0x1234, image_type: int = 0x0084, version: int = 1,
                  hw: int = 0x0100, counter: int = 1, hub: bytes | None = None,
-                 hub_floor: int | None = None, timeout: float = 1.0, retries: int = 5):
+                 hub_floor: int | None = None, timeout: float = 1.0, retries: int = 5,
+                 rx_frame: int = 0):
         self.eui = eui
+        self.rx_frame = rx_frame  # announced in HELLO when set: the hub may send bundles
+        self.bundles = 0  # BUNDLE frames received
         self.mac = hlink.Mac(hlink.link_key(install_code))
         self.role, self.manufacturer, self.image_type = role, manufacturer, image_type
         self.version, self.hw = version, hw
@@ -111,7 +114,8 @@ class FakeDevice:
 
     def _on_frame(self, frame: bytes, link, addr) -> None:
         try:
-            kind, src, dst, ctr, cluster, payload = hlink.unpack(frame, lambda s: self.mac)
+            kind, src, dst, ctr, cluster, payload = hlink.unpack(
+                frame, lambda s: self.mac, max(self.rx_frame, hlink.MAX_FRAME))
         except hlink.LinkError as e:
             self.dropped[e.reason] += 1
             return
@@ -131,6 +135,10 @@ class FakeDevice:
             self._resolve_link((kind, nonce), baseline)
         elif kind == hlink.KIND_DATA and not self.silent:
             self._zcl(payload)
+        elif kind == hlink.KIND_BUNDLE and not self.silent:
+            self.bundles += 1
+            for item in hlink.split_bundle(payload):
+                self._zcl(bytes(item))
 
     def _resolve_link(self, key, value) -> None:
         fut = self._link_waits.get(key)
@@ -167,7 +175,8 @@ class FakeDevice:
     async def hello(self) -> int:
         nonce = os.urandom(8)
         baseline = await self._link_exchange(hlink.KIND_HELLO, hlink.KIND_HELLO_ACK,
-                                             hlink.pack_hello(nonce, self.version), nonce,
+                                             hlink.pack_hello(nonce, self.version, self.rx_frame),
+                                             nonce,
                                              self.hub or hlink.BROADCAST)
         self.hub_floor = baseline
         return baseline

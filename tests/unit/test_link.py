@@ -119,3 +119,63 @@ def test_decoders_only_raise_link_errors(data):
         link.unpack(data, lambda s: m)
     except LinkError:
         pass
+
+
+def test_bundle_round_trip_and_literal_layout():
+    items = [b"\x19\x05\x05" + bytes(14) + b"abc", b"\x18\x01", bytes(range(256)) * 2]
+    p = link.pack_bundle(items)
+    assert p[:2] == (20).to_bytes(2, "little") and p[2:22] == items[0]
+    assert [bytes(x) for x in link.split_bundle(p)] == items
+    m = link.Mac(b"k" * 16)
+    f = link.pack(m, link.KIND_BUNDLE, HUB, DEV, 9, 0x19, p)
+    assert f[0] == 5 and len(f) == link.OVERHEAD + len(p)
+    # longer than MAX_FRAME: only a receiver that takes long frames accepts it
+    with pytest.raises(LinkError) as ei:
+        link.unpack(f, lambda s: m)
+    assert ei.value.reason == "long"
+    kind, _, _, ctr, cl, payload = link.unpack(f, lambda s: m, link.RX_FRAME)
+    assert (kind, ctr, cl, [bytes(x) for x in link.split_bundle(payload)]) == (5, 9, 0x19, items)
+
+
+@pytest.mark.parametrize("payload,why", [
+    (b"", "empty bundle"),
+    (b"\x05", "inside an item length"),
+    (b"\x00\x00", "empty bundle item"),
+    (b"\x03\x00ab", "overruns"),
+    (b"\x02\x00ab\x09\x00abc", "overruns"),
+])
+def test_malformed_bundles_are_named(payload, why):
+    with pytest.raises(LinkError) as ei:
+        link.split_bundle(payload)
+    assert ei.value.reason == "malformed" and why in str(ei.value)
+
+
+def test_hello_says_how_long_a_frame_its_sender_takes():
+    old = link.pack_hello(b"n" * 8, 0x20000)
+    new = link.pack_hello(b"n" * 8, 0x20000, 4480)
+    assert len(old) == 12 and new[:12] == old and new[12:] == (4480).to_bytes(2, "little")
+    assert link.parse_hello(old) == link.parse_hello(new) == (b"n" * 8, 0x20000)
+    assert link.hello_rx_frame(old) == link.MAX_FRAME
+    assert link.hello_rx_frame(new) == 4480
+    # a device cannot ask for less than every device takes
+    assert link.hello_rx_frame(link.pack_hello(b"n" * 8, 1, 100)) == link.MAX_FRAME
+    for bad in (old[:-1], new + b"x"):
+        with pytest.raises(LinkError):
+            link.parse_hello(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=20))
+def test_any_bundle_round_trips(items):
+    assert [bytes(x) for x in link.split_bundle(link.pack_bundle(items))] == items
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_bundle_splitter_only_raises_link_errors(data):
+    try:
+        items = link.split_bundle(data)
+    except LinkError as e:
+        assert e.reason == "malformed"
+    else:
+        assert sum(2 + len(x) for x in items) == len(data)

@@ -119,6 +119,43 @@ def test_full_download_over_udp_is_byte_exact(make_image, pages):
     run(main())
 
 
+@pytest.mark.parametrize("rx_frame,spacing_ms", [(hlink.RX_FRAME, 0), (1000, 0), (0, 0),
+                                                  (hlink.RX_FRAME, 1)],
+                         ids=["bundles", "small-bundles", "no-bundles-announced",
+                              "spacing-asked"])
+def test_page_blocks_are_bundled_for_a_device_that_takes_long_frames(make_image, rx_frame,
+                                                                     spacing_ms):
+    img = make_image(size=9000)
+
+    async def main():
+        policy = Policy(images=[img])
+        async with serving(policy, block_cap=255) as (server, addr):
+            dev = await joined(policy, addr, 1, rx_frame=rx_frame)
+            assert server.devices[eui(1)].rx_frame == max(rx_frame, hlink.MAX_FRAME)
+            avail = await dev.query()
+            await dev.download(avail, pages=True, max_data=255, page_size=4096,
+                               spacing_ms=spacing_ms)
+            assert bytes(dev.image) == file_bytes(img)
+            st = server.stats
+            pages = -(-img.size // 4096)
+            if rx_frame > hlink.MAX_FRAME and not spacing_ms:
+                # as many 272-byte block responses (+2 length bytes) as fit in the frame
+                per = (rx_frame - hlink.OVERHEAD) // 274
+                assert st["bundles"] == dev.bundles >= pages
+                assert st["blocks"] == len(dev.block_sizes)
+                expected = 0
+                for p in range(0, img.size, 4096):
+                    blocks = -(-min(4096, img.size - p) // 255)
+                    # frames of `per` blocks; a lone block goes out as a plain DATA frame
+                    expected += blocks // per + (blocks % per > 1)
+                assert dev.bundles == expected
+            else:
+                assert st["bundles"] == dev.bundles == 0
+            assert server.transfers[eui(1)].bytes_served == img.size
+            dev.close()
+    run(main())
+
+
 def test_serial_pty_several_devices_on_one_line_blocks_and_pages(make_image):
     img = make_image(size=5000)
     master, slave = os.openpty()
