@@ -26,10 +26,10 @@ bench: $(STAMP)
 # Every power-cut point of both bank kinds, torn writes, random multi-cuts, and the long
 # fuzz budget; writes tests/fault/RESULTS.md (make test runs a fixed stride and short budgets).
 fault: $(STAMP)
-	HANOTA_FAULT_FULL=1 $(BIN)/python -m pytest -n 2 -q tests/fault tests/security
+	HANOTA_FAULT_FULL=1 HANOTA_FUZZ_SECONDS=$${HANOTA_FUZZ_SECONDS:-60} $(BIN)/python -m pytest -n 2 -q tests/fault tests/security
 
 fuzz: $(STAMP)
-	HANOTA_FAULT_FULL=1 HANOTA_FUZZ_SECONDS=$${HANOTA_FUZZ_SECONDS:-600} $(BIN)/python -m pytest -q tests/fault/test_fuzz.py
+	HANOTA_FAULT_FULL=1 HANOTA_FUZZ_SECONDS=$${HANOTA_FUZZ_SECONDS:-600} $(BIN)/python -m pytest -n 2 -q tests/fault/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis images/build

@@ -157,6 +157,7 @@ def _atheris():
 
 
 @pytest.mark.parametrize("target", ft.TARGETS)
+@pytest.mark.timeout(FUZZ_SECONDS + 900)  # the budget, start-up and the corpus merge
 def test_coverage_guided_fuzzer_finds_no_crash(target, tmp_path):
     _atheris()
     seed_dir = ft.write_seeds(target)
