@@ -255,14 +255,17 @@ def test_hcalcs_distribute_then_activate_by_hash(vboards, hub, keys, payloads, t
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_whole_path_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, monkeypatch):
-    import support.hubkit  # noqa: F401
+@pytest.mark.parametrize("pages", [False, True], ids=["blocks", "bundled-pages"])
+def test_whole_path_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, pages):
     orig = vboards
 
     def small(kind_, **kw):
         return orig(kind_, heap="64K", **kw)
-    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid")
+    # pages: 4 KiB pages, their blocks in bundled link frames of up to 4.4 KiB
+    settings = {"page_size": 4096} if pages else {}
+    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid", settings=settings)
     hub.wait_event("hello", eui, timeout=30)
     hub.add_image(ota_file(tmp_path, keys, payloads, kind, "ppmid"))
     alert = hub.wait_event("alert", eui, timeout=120)[0]
     assert alert[2:5] == (V2, V1, False)
+    assert (hub.server.stats["bundles"] > 0) == pages
