@@ -10,7 +10,7 @@ import os
 import time
 import struct
 
-from hanfw import link, zcl, otafile, reasons
+from hanfw import link, zcl, otafile, reasons, imagecheck
 
 try:
     from micropython import const
@@ -526,26 +526,8 @@ class OtaClient:
             return
         if len(els) < 2 or s.descriptor is None:
             return
-        why = None
-        if h.manufacturer != self.cfg.manufacturer:
-            why = "wrong-manufacturer"
-        elif h.image_type != self.cfg.image_type:
-            why = "wrong-image-type"
-        elif h.file_version != d["v"]:
-            why = "malformed"
-        elif h.min_hw is not None and not h.min_hw <= self.cfg.hw_version <= h.max_hw:
-            why = "hardware-version"
-        elif h.destination is not None and h.destination != self.eui:
-            why = "wrong-destination"
-        elif s.descriptor.security_version < self.banks.floor():
-            why = "security-version"
-        elif els[1][0] != otafile.TAG_UPGRADE_IMAGE:
-            why = "malformed"
-        elif els[1][1] > self.banks.bank_size():
-            why = "too-big"
-        elif s.descriptor.payload_kind != (otafile.PAYLOAD_ESP_APP if self.banks.kind == "firmware"
-                                           else otafile.PAYLOAD_ROMFS):
-            why = "wrong-payload-kind"
+        why = imagecheck.reason(h, s.descriptor, els[1][0], els[1][1], self.cfg, self.banks.floor(),
+                                self.banks.bank_size(), self.banks.kind, d["v"])
         if why:
             self._fail(why)
             return

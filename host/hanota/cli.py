@@ -166,13 +166,41 @@ def _print_inspect(info: dict) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--pubkey", "pubkeys", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Trusted public key (public.bin or PEM); repeat for several.")
-def image_verify(file, pubkeys):
+@click.option("--for-device", "for_device", type=click.Path(dir_okay=False, exists=True),
+              default=None, help="A device configuration (its hanota.json): also check the "
+              "device would take the file (manufacturer, image type, hardware range, "
+              "destination, security version).")
+@click.option("--board", type=click.Choice(["esp32", "esp32s3", "nrf52840", "vboard-esp32",
+                                           "vboard-nrf52840"]), default=None,
+              help="With --for-device: also check the payload kind and size against this "
+              "board's banks.")
+@click.option("--running", type=Version(), default=None,
+              help="With --for-device: the version the device runs (the file must be newer).")
+@click.option("--floor", type=U32, default=0, show_default=True,
+              help="With --for-device: the device's anti-rollback floor (security version).")
+def image_verify(file, pubkeys, for_device, board, running, floor):
     """Exit 0 and print "valid" only for an intact image signed by one of the keys.
 
-    Otherwise exit 1 and name the reason (tampered, wrong key, unsigned, truncated, malformed).
+    Otherwise exit 1 and name the reason (tampered, wrong key, unsigned, truncated, malformed;
+    with --for-device, the device's own rejection reason, such as wrong-manufacturer).
     """
+    if for_device is None and (board or running is not None or floor):
+        raise click.UsageError("--board, --running and --floor go with --for-device")
     keys_ = [images.load_public_key(p) for p in pubkeys]
     result = images.verify_image(file, keys_)
+    if result.verdict is images.Verdict.VALID and for_device is not None:
+        try:
+            with open(for_device) as f:
+                config = json.load(f)
+        except ValueError as e:
+            raise click.UsageError("%s is not JSON: %s" % (for_device, e))
+        checked = images.check_for_device(file, config, board=board, running=running,
+                                          floor=floor)
+        if checked.verdict is images.Verdict.VALID:
+            result = images.VerifyResult(result.verdict, "", "%s; %s" % (
+                result.message, checked.message.split(": ", 1)[1]))
+        else:
+            result = checked
     if result.verdict is images.Verdict.VALID:
         click.echo("valid: %s" % result.message)
         return

@@ -247,6 +247,7 @@ class Verdict(Enum):
     UNSIGNED = "unsigned"
     WRONG_KEY = "wrong key"
     TAMPERED = "tampered"
+    REJECTED = "rejected by the device"  # valid, but not for this device (--for-device)
 
 
 _VERDICT_OF_REASON = {
@@ -276,3 +277,62 @@ def verify_image(path: str | os.PathLike, pubkeys: list[bytes]) -> VerifyResult:
         return VerifyResult(_VERDICT_OF_REASON.get(e.reason, Verdict.MALFORMED), e.reason,
                             "%s: %s" % (path, e.message))
     return VerifyResult(Verdict.VALID, "", "%s: valid, signed by key %s" % (path, p256.key_id(key).hex()))
+
+
+_REASON_TEXT = {
+    "wrong-manufacturer": "the file is for manufacturer 0x{h.manufacturer:04x}; the device is "
+                          "0x{cfg.manufacturer:04x}",
+    "wrong-image-type": "the file is image type 0x{h.image_type:04x}; the device takes "
+                        "0x{cfg.image_type:04x}",
+    "hardware-version": "the file is for hardware 0x{h.min_hw:04x}..0x{h.max_hw:04x}; the device "
+                        "is 0x{cfg.hw_version:04x}",
+    "wrong-destination": "the file is for device {dest}; this one is {cfg.eui64_text}",
+    "security-version": "security version {d.security_version} is below the device's "
+                        "anti-rollback floor {floor}",
+    "too-big": "the manufacturer image ({image_len} bytes) is larger than the bank "
+               "({bank_size} bytes)",
+    "wrong-payload-kind": "the payload is {kind}; {bank_kind} banks take {want}",
+    "version-not-newer": "file version 0x{h.file_version:08x} is not newer than the running "
+                         "0x{running:08x}",
+    "malformed": "the descriptor is not followed by the upgrade image element",
+}
+
+
+def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None = None,
+                     running: int | None = None, floor: int = 0) -> VerifyResult:
+    """Would the device with this configuration (its hanota.json) take the file? The same
+    header rules the device applies before writing anything (hanfw.imagecheck); with
+    `board`, also the bank's payload kind and size; with `running`, a newer version."""
+    from hanfw import config as devconfig, imagecheck
+
+    try:
+        cfg = devconfig.from_dict(config)
+    except devconfig.ConfigError as e:
+        raise ImageFormatError("the device configuration is unusable: %s" % e,
+                               reason="bad-config") from None
+    s = parse_file(path, allow_raw=False)
+    if s.descriptor is None or not s.elements or s.elements[0][0] != otafile.TAG_DESCRIPTOR:
+        return VerifyResult(Verdict.REJECTED, "bad-descriptor",
+                            "%s: no hanota descriptor first: the device rejects it" % path)
+    bank_size = bank_kind = None
+    if board is not None:
+        from .vboard import layout
+
+        spec = layout.load_board(board)
+        bank_kind = spec.bank_kind
+        bank_size = min(b.size for b in spec.banks)
+    h, d = s.header, s.descriptor
+    tag, image_len = s.elements[1][:2] if len(s.elements) > 1 else (None, 0)
+    why = imagecheck.reason(h, d, tag, image_len, cfg, floor, bank_size, bank_kind)
+    if why is None and running is not None and h.file_version <= running:
+        why = "version-not-newer"
+    if why is None:
+        return VerifyResult(Verdict.VALID, "", "%s: the device %s takes it" % (path,
+                                                                                cfg.eui64_text))
+    kinds = {v: k for k, v in otafile.PAYLOAD_KINDS.items()}
+    text = _REASON_TEXT[why].format(
+        h=h, d=d, cfg=cfg, floor=floor, image_len=image_len, bank_size=bank_size,
+        bank_kind=bank_kind, running=running, kind=kinds.get(d.payload_kind, d.payload_kind),
+        want=kinds.get(imagecheck.BANK_PAYLOAD.get(bank_kind), "?"),
+        dest=":".join("%02x" % b for b in reversed(h.destination or b"")))
+    return VerifyResult(Verdict.REJECTED, why, "%s: %s" % (path, text))

@@ -259,3 +259,74 @@ def test_every_command_has_its_own_help():
         assert r.exit_code == 0
         assert r.output not in seen
         seen.add(r.output)
+
+
+# ------------------------------------------------------------------ verify --for-device
+
+def device_config(tmp_path, keydir, **over):
+    """A device's hanota.json, as `hanota board deploy` writes it."""
+    cfg = {"eui64": "00:11:22:33:44:55:66:77", "role": "ppmid", "manufacturer": 0x1234,
+           "hw_version": 0x0100, "keys": [(keydir / "public.bin").read_bytes().hex()],
+           "install_code": "83FED3407A939723A5C639B26916D505C3B5"}
+    cfg.update(over)
+    p = tmp_path / "hanota.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+@pytest.mark.parametrize("build_extra,config,verify_extra,reason,words", [
+    ((), {}, (), None, "the device 00:11:22:33:44:55:66:77 takes it"),
+    (("--payload-kind", "romfs"), {}, ("--board", "vboard-nrf52840"), None, "takes it"),
+    (("--manufacturer", "0x5678"), {}, (), "wrong-manufacturer",
+     "manufacturer 0x5678; the device is 0x1234"),
+    (("--image-type", "0x0099"), {}, (), "wrong-image-type", "image type 0x0099"),
+    (("--min-hw", "0x0200", "--max-hw", "0x02ff"), {}, (), "hardware-version",
+     "hardware 0x0200..0x02ff; the device is 0x0100"),
+    (("--dest", "00:11:22:33:44:55:66:78"), {}, (), "wrong-destination",
+     "for device 00:11:22:33:44:55:66:78; this one is 00:11:22:33:44:55:66:77"),
+    (("--security-version", "2"), {}, ("--floor", "3"), "security-version",
+     "security version 2 is below the device's anti-rollback floor 3"),
+    (("--payload-kind", "romfs"), {}, ("--board", "vboard-esp32"), "wrong-payload-kind",
+     "the payload is romfs; firmware banks take esp-app"),
+    ((), {}, ("--running", "0x00020001"), "version-not-newer", "is not newer than the running"),
+    ((), {"role": "hcalcs"}, (), "wrong-image-type", "the device takes 0x0086"),
+])
+def test_verify_for_device_applies_the_devices_own_header_rules(
+        tmp_path, capsys, keydir, payload, build_extra, config, verify_extra, reason, words):
+    out = build(capsys, keydir, payload, tmp_path / "a.ota", *build_extra)
+    cfg = device_config(tmp_path, keydir, **config)
+    code, stdout, err = run(capsys, "image", "verify", str(out), "--pubkey",
+                            str(keydir / "public.bin"), "--for-device", str(cfg), *verify_extra)
+    if reason is None:
+        assert code == 0 and stdout.startswith("valid") and words in stdout, err
+    else:
+        assert code == 1 and not stdout
+        assert "invalid (rejected by the device, %s)" % reason in err and words in err, err
+
+
+def test_verify_for_device_too_big_for_the_bank(tmp_path, capsys, keydir):
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(130 * 1024 + 1))  # the nrf52840 virtual board's app banks: 128 KiB
+    out = build(capsys, keydir, big, tmp_path / "a.ota", "--payload-kind", "romfs")
+    cfg = device_config(tmp_path, keydir)
+    code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(keydir / "public.bin"),
+                       "--for-device", str(cfg), "--board", "vboard-nrf52840")
+    assert code == 1 and "too-big" in err and "(133121 bytes) is larger than the bank (131072 bytes)" in err
+
+
+def test_verify_for_device_checks_the_signature_first_and_refuses_a_bad_config(
+        tmp_path, capsys, keydir, payload):
+    other = tmp_path / "other"
+    images.generate_keys(other)
+    out = build(capsys, keydir, payload, tmp_path / "a.ota", "--manufacturer", "0x5678")
+    cfg = device_config(tmp_path, keydir)
+    code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(other / "public.bin"),
+                       "--for-device", str(cfg))
+    assert code == 1 and "unknown-key" in err  # not trusted: nothing else is said about it
+    bad = device_config(tmp_path, keydir, manufacturer="acme")
+    code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(keydir / "public.bin"),
+                       "--for-device", str(bad))
+    assert code != 0 and "manufacturer must be a 16-bit integer" in err
+    code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(keydir / "public.bin"),
+                       "--running", "3")
+    assert code != 0 and "go with --for-device" in err
