@@ -207,6 +207,11 @@ class Policy:
                 return img
         return None
 
+    def holds(self, eui: bytes, manufacturer: int, image_type: int, file_version: int) -> bool:
+        """Whether the device was left holding this image (distributed for a later Activate
+        Image): a repeated Upgrade End for it, its answer lost, is told to go on waiting."""
+        return False
+
     def upgrade_time(self, eui: bytes, image: ServedImage) -> tuple[int, int]:
         """(current_time, upgrade_time) for the Upgrade End Response: (0, 0) now, (0, N) in
         N s, (UTC now, UTC then), or (0, 0xFFFFFFFF) wait for an Activate Image (hcalcs)."""
@@ -939,6 +944,13 @@ class OtaServer:
             self._default_response(dev, tsn, zcl.CMD_UPGRADE_END, zcl.SUCCESS)
             return
         if img is None:
+            ident = (r.manufacturer, r.image_type, r.file_version)
+            if self._hook("holds", dev.eui, *ident, default=False):
+                # distributed earlier (the answer lost, a hub restarted since): keep holding
+                self.stats["held-again"] += 1
+                self._send_zcl(dev, _S2C_RESPONSE, tsn, zcl.CMD_UPGRADE_END_RESPONSE,
+                               zcl.pack_upgrade_end_response(*ident, *UPGRADE_WAIT))
+                return
             self.stats["unknown-image"] += 1
             self._default_response(dev, tsn, zcl.CMD_UPGRADE_END, zcl.ABORT)
             return

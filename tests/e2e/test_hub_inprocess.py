@@ -260,6 +260,53 @@ def test_hcalcs_distribute_then_activate_right_wrong_and_no_image(db, tmp_path, 
     assert reg.device(db, a)["held_hash"] is None
 
 
+def test_hcalcs_upgrade_end_answer_lost_across_a_hub_restart_keeps_its_image(db, tmp_path, key):
+    """SR 11.1: the hub records "distributed" and stops before its answer leaves; the device
+    asks again, and the restarted hub (no pending request for the image now) must tell it
+    to go on holding the image -- not ABORT, which would make it drop what SR 11.3 needs."""
+    e = register(db, 70, role="hcalcs")
+    rid = rq.update_firmware(db, e, build_image(tmp_path, key, "hcalcs", 2, size=2000),
+                             SUPPLIER).id
+    dev = AgentDevice(70, role="hcalcs", poll=0.5)
+    first = {"answer": None}
+    orig = dev.upgrade_end
+
+    async def main():
+        hub = Hub(db.path, udp=("127.0.0.1", 0), options=fast_options())
+        await hub.start()
+        addr = hub.udp_address
+
+        async def upgrade_end(*a, **kw):
+            r = await orig(*a, **kw)
+            if first["answer"] is None:
+                first["answer"] = r
+                await hub.stop()  # recorded; its answer counts as lost
+                raise TimeoutError("answer lost")
+            return r
+        dev.upgrade_end = upgrade_end
+        await dev.start(addr)
+        while first["answer"] is None:
+            await asyncio.sleep(0.05)
+        assert outcome(db, rid)[0] == "distributed"
+        hub2 = Hub(db.path, udp=addr, options=fast_options())
+        await hub2.start()
+        try:
+            while not dev.upgrade_ends:
+                await asyncio.sleep(0.05)
+            return dict(hub2.server.stats)
+        finally:
+            dev.close()
+            await hub2.stop()
+
+    stats = run(main())
+    status, cmd, rsp = dev.upgrade_ends[0]
+    assert (status, cmd) == (zcl.SUCCESS, zcl.CMD_UPGRADE_END_RESPONSE)
+    assert rsp.upgrade_time == zcl.UPGRADE_TIME_WAIT and dev.held_hash is not None
+    assert stats.get("held-again") == 1 and "unknown-image" not in stats
+    assert outcome(db, rid)[0] == "distributed"
+    assert events(db, rid).count("upgrade_end") == 1
+
+
 def test_read_version(db, key):
     e = register(db, 9)
     dev = AgentDevice(9, version=0x01020304)

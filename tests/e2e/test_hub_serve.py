@@ -11,90 +11,19 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import click
 import pytest
-from click.testing import CliRunner
 
 from hanota.hub import HubDB
-from hanota.hub.cli import COMMANDS
 from support import otabuild
 from support.fakedevice import install_code
 from support.hubfixtures import AgentDevice, build_image, eui_str
+from support.servekit import RUNNER, Serve, cli, closing, free_udp_port, serve_log, serves  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
-
-RUNNER = ("import click; from hanota.hub.cli import COMMANDS; "
-          "click.Group('hanota', commands={c.name: c for c in COMMANDS})(prog_name='hanota')")
-
-
-def group() -> click.Group:
-    return click.Group("hanota", commands={c.name: c for c in COMMANDS})
-
-
-def cli(*args: str) -> str:
-    r = CliRunner().invoke(group(), list(args), catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def free_udp_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Serve:
-    """`hanota serve` in a child process, output to a file."""
-
-    def __init__(self, db: str, port: int, log):
-        self.args = [sys.executable, "-c", RUNNER, "serve", "--db", db,
-                     "--udp", "127.0.0.1:%d" % port, "--max-in-flight", "2", "--poll", "0.05",
-                     "--retry-base", "0.2", "--retry-max", "1", "--answer-timeout", "2",
-                     "--stall-timeout", "1.5", "--request-timeout", "0.3",
-                     "--activation-timeout", "3"]
-        self.log = log
-        self.proc = None
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self) -> None:
-        start = self.log.tell()
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        self.procs.append(self.proc)
-        deadline = time.monotonic() + 20
-        while True:
-            with open(self.log.name) as f:
-                f.seek(start)
-                if "serving on udp" in f.read():
-                    return
-            assert self.proc.poll() is None, "serve exited early"
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
-
-
-@pytest.fixture
-def serve_log(tmp_path):
-    with open(tmp_path / "serve.log", "w+") as f:
-        yield f
-
-
-@pytest.fixture
-def serves():
-    """Every `hanota serve` a test starts is gone when it ends, whatever happened."""
-    made: list[Serve] = []
-    yield made
-    for s in made:
-        for p in s.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
 
 
 def test_serve_killed_mid_transfer_resumes_from_its_database(tmp_path, serve_log, serves):
@@ -129,13 +58,6 @@ def test_serve_killed_mid_transfer_resumes_from_its_database(tmp_path, serve_log
     devs = [AgentDevice(n, pace=0.01, poll=0.5) for n in ns]
     hubdb = HubDB.open(db)
 
-    async def main():
-        try:
-            return await scenario()
-        finally:
-            for d in devs:
-                d.close()
-
     async def scenario():
         serve.start()
         for d in devs:
@@ -156,7 +78,7 @@ def test_serve_killed_mid_transfer_resumes_from_its_database(tmp_path, serve_log
         return cut, states
 
     try:
-        cut, states = asyncio.run(asyncio.wait_for(main(), 70))
+        cut, states = asyncio.run(asyncio.wait_for(closing(devs, scenario()), 70))
         status = json.loads(cli("status", "--json", "--db", db))
         assert status["serve"]["running"] is True
     finally:

@@ -168,6 +168,11 @@ def summary(data: dict, mode: str = MODE) -> list[str]:
     if rows("hub-abuse"):
         frames = sum(c.get("frames", 0) for _, c in rows("hub-abuse"))
         out.append("  hub abuse: %d cases, %d abusive frames" % (len(rows("hub-abuse")), frames))
+    if rows("hub-kills"):
+        k = [sum(c.get(n, 0) for _, c in rows("hub-kills"))
+             for n in ("campaigns", "kills", "requests", "delivered_twice", "lost")]
+        out.append("  hub kills: %d campaigns, %d kills, %d requests, delivered twice %d, "
+                   "lost %d" % tuple(k))
     return out
 
 
@@ -179,6 +184,7 @@ _TITLES = {
     "tamper": "Tamper and policy cases",
     "fuzz": "Fuzzing",
     "hub-abuse": "Hub under abuse",
+    "hub-kills": "Hub killed at random points",
 }
 _MODES = (("full", "Full run (`make fault`, `make fuzz`: every cut point, long fuzz budget)"),
           ("ci", "CI run (`make test`: a fixed stride of cut points, short fuzz budget)"))
@@ -198,7 +204,8 @@ def render(data: dict) -> str:
         if not part:
             lines += ["Not run yet.", ""]
             continue
-        for section in ("power-cuts", "power-cut-runs", "tamper", "fuzz", "hub-abuse"):
+        for section in ("power-cuts", "power-cut-runs", "tamper", "fuzz", "hub-abuse",
+                        "hub-kills"):
             if section in part:
                 lines += _table(section, part[section])
         for section in sorted(set(part) - set(_TITLES)):
@@ -247,6 +254,7 @@ _KEYS = {
     "tamper": ["bank kind", "case", "reason"],
     "fuzz": ["target", "engine"],
     "hub-abuse": ["case"],
+    "hub-kills": ["campaign"],
 }
 _COLS = {
     "power-cuts": ["tried", "fired", "recovered", "bricked", "inconsistent", "stuck",
@@ -255,10 +263,13 @@ _COLS = {
                        "seconds", "seconds per iteration"],
     "tamper": ["tried", "rejected"],
     "fuzz": ["executions", "seconds", "crashes", "corpus"],
+    "hub-kills": ["campaigns", "kills", "requests", "activated", "delivered_twice", "lost"],
 }
 _SUMMED = {"tried", "fired", "recovered", "bricked", "inconsistent", "stuck", "resumed",
            "restarted", "seconds", "rejected", "executions", "crashes", "iterations",
-           "frames", "dropped", "served"}
+           "frames", "dropped", "served", "campaigns", "kills", "requests", "activated",
+           "delivered_twice", "lost", "kills while notifying", "kills while downloading",
+           "kills while activating"}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ WAIT_FOR_DATA imposed on them; every bad frame is dropped and counted under its 
 the vanished transfer is reported stalled and released.
 
 (A hub killed at random points of a campaign and restarted -- nothing lost, nothing
-delivered twice -- is the hub database layer's to test: host/hanota/hub/.)
+delivered twice -- is tests/fault/test_hub_kills.py.)
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ Rules it applies:
   device with a queued request that polls while a slot is free, and nothing ranks before
   it, gets the slot there and then. A device resuming blocks without a query is served the
   image of its pending request (told to wait while that request is queued).
-- Upgrade End SUCCESS: SR 11.1 -> distributed; SR 11.4 -> activating at the request's time.
+- Upgrade End SUCCESS: SR 11.1 -> distributed; SR 11.4 -> activating at the request's time
+  (the same Upgrade End again, its answer lost, is answered again and recorded once; after
+  SR 11.1, even across a hub restart, the device is told again to hold the image).
   Any other status -> rejected_by_device (its ZCL status name).
 - Activation Alert: rolled back -> rolled_back (its reason); running the target -> activated.
 - Activate Image Response (matched by its counter = the request id): success -> activating;
@@ -232,6 +234,15 @@ class HubPolicy(Policy):
             self.hub.hold(eui_text(eui))  # resuming on its own while queued: told to wait
         return img
 
+    def holds(self, eui: bytes, manufacturer: int, image_type: int, file_version: int) -> bool:
+        for r in self.db.all("SELECT image FROM requests WHERE eui = ? AND kind = 'update' AND "
+                             "outcome = 'distributed' ORDER BY id DESC LIMIT 4",
+                             (eui_text(eui),)):
+            img = self.served(r["image"])
+            if img is not None and img.identity == (manufacturer, image_type, file_version):
+                return True
+        return False
+
     def upgrade_time(self, eui: bytes, image: ServedImage) -> tuple[int, int]:
         row = self._update_for(eui, image)
         if row is None or row["sr"] == "11.1":
@@ -275,6 +286,10 @@ class HubPolicy(Policy):
                           note="no pending request for this image")
             return
         rid = row["id"]
+        if status == zcl.SUCCESS and row["state"] == "activating":
+            # the same Upgrade End again: its answer was lost, or a hub killed after recording
+            # it never sent one. The server answers it again; it is recorded once.
+            return
         with self.db.tx():
             self.db.event("upgrade_end", e, rid, status=zcl.status_name(status),
                           version=version_text(image.file_version))
