@@ -80,6 +80,14 @@ def from_dict(d):
     c.checkpoint = d.get("checkpoint", 4096)  # bytes of payload between resume points
     # longest link frame taken (bundled block responses); 0: the transport's own limit,
     # 320: no bundles
+    # the board family (hanfw.otafile.BOARD_FAMILIES) whose images this device takes;
+    # None: any family (a file built for "any" is always taken)
+    c.family = d.get("family")
+    if c.family is not None:
+        from hanfw import otafile
+        if c.family not in otafile.BOARD_FAMILIES or c.family == "any":
+            raise ConfigError("bad-family", "family %r is not one of %s" % (
+                c.family, ", ".join(k for k in otafile.BOARD_FAMILIES if k != "any")))
     c.link_frame = d.get("link_frame", 0)
     if not isinstance(c.link_frame, int) or c.link_frame < 0:
         raise ConfigError("bad-link_frame", "link_frame must be a byte count, got %r" % (c.link_frame,))

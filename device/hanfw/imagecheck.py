@@ -33,4 +33,8 @@ def reason(h, desc, image_tag, image_len, cfg, floor=0, bank_size=None, bank_kin
         return "too-big"
     if bank_kind is not None and desc.payload_kind != BANK_PAYLOAD[bank_kind]:
         return "wrong-payload-kind"
+    family = getattr(cfg, "family", None)
+    if desc.board_family and family is not None \
+            and desc.board_family != otafile.BOARD_FAMILIES[family]:
+        return "wrong-board"
     return None

@@ -186,6 +186,8 @@ def _deploy(sess, spec, role, points, eui64, install_code, manufacturer, hw_vers
         eui64 = ":".join("%02x" % b for b in raw)
     cfg = {"eui64": eui64, "role": role, "manufacturer": manufacturer, "hw_version": hw_version,
            "keys": points, "install_code": install_code}
+    if spec.chip in images.otafile.BOARD_FAMILIES:
+        cfg["family"] = spec.chip  # files built for another board family are refused
     if hub:
         cfg["hub"] = hub
     cfg.update(settings)

@@ -295,6 +295,7 @@ _REASON_TEXT = {
     "version-not-newer": "file version 0x{h.file_version:08x} is not newer than the running "
                          "0x{running:08x}",
     "malformed": "the descriptor is not followed by the upgrade image element",
+    "wrong-board": "the file is built for board family {family}; the device is {cfg.family}",
 }
 
 
@@ -302,7 +303,8 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
                      running: int | None = None, floor: int = 0) -> VerifyResult:
     """Would the device with this configuration (its hanota.json) take the file? The same
     header rules the device applies before writing anything (hanfw.imagecheck); with
-    `board`, also the bank's payload kind and size; with `running`, a newer version."""
+    `board`, also the bank's payload kind and size (and its family when the configuration
+    names none); with `running`, a newer version."""
     from hanfw import config as devconfig, imagecheck
 
     try:
@@ -321,6 +323,8 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
         spec = layout.load_board(board)
         bank_kind = spec.bank_kind
         bank_size = min(b.size for b in spec.banks)
+        if cfg.family is None and spec.chip in otafile.BOARD_FAMILIES:
+            cfg.family = spec.chip
     h, d = s.header, s.descriptor
     tag, image_len = s.elements[1][:2] if len(s.elements) > 1 else (None, 0)
     why = imagecheck.reason(h, d, tag, image_len, cfg, floor, bank_size, bank_kind)
@@ -334,5 +338,7 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
         h=h, d=d, cfg=cfg, floor=floor, image_len=image_len, bank_size=bank_size,
         bank_kind=bank_kind, running=running, kind=kinds.get(d.payload_kind, d.payload_kind),
         want=kinds.get(imagecheck.BANK_PAYLOAD.get(bank_kind), "?"),
+        family={v: k for k, v in otafile.BOARD_FAMILIES.items()}.get(d.board_family,
+                                                                    d.board_family),
         dest=":".join("%02x" % b for b in reversed(h.destination or b"")))
     return VerifyResult(Verdict.REJECTED, why, "%s: %s" % (path, text))

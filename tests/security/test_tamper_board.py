@@ -208,6 +208,10 @@ def test_tampered_and_unwanted_images_are_rejected_on_the_board(kit, snapshot, t
                running=V1, most_served=head)
         b.case("wrong destination", b.make(destination=bytes(range(8))), "wrong-destination",
                running=V1, most_served=head)
+        other = "esp32s3" if kind == "vboard-esp32" else "esp32"  # deploy pinned the chip's
+        b.case("built for another board family", b.make(
+            board_family=images.otafile.BOARD_FAMILIES[other]), "wrong-board", running=V1,
+            most_served=head)
         bank = layout.load_board(kind).banks[1].size
         b.case("larger than the bank", b.make(payload=bytes(bank + 4096)), "too-big",
                running=V1, most_served=head)

@@ -290,6 +290,13 @@ def device_config(tmp_path, keydir, **over):
      "the payload is romfs; firmware banks take esp-app"),
     ((), {}, ("--running", "0x00020001"), "version-not-newer", "is not newer than the running"),
     ((), {"role": "hcalcs"}, (), "wrong-image-type", "the device takes 0x0086"),
+    (("--board-family", "esp32s3"), {"family": "esp32"}, (), "wrong-board",
+     "built for board family esp32s3; the device is esp32"),
+    (("--board-family", "nrf52840", "--payload-kind", "esp-app"), {}, ("--board", "esp32"),
+     "wrong-board", "built for board family nrf52840; the device is esp32"),
+    (("--board-family", "esp32", "--payload-kind", "esp-app"), {"family": "esp32"},
+     ("--board", "esp32"), None, "takes it"),
+    (("--board-family", "any"), {"family": "nrf52840"}, (), None, "takes it"),
 ])
 def test_verify_for_device_applies_the_devices_own_header_rules(
         tmp_path, capsys, keydir, payload, build_extra, config, verify_extra, reason, words):

@@ -22,9 +22,13 @@ def cfg_dict(role="ppmid", **kw):
 def test_config_converts_and_checks():
     c = config.from_dict(cfg_dict())
     assert c.eui64 == bytes.fromhex("0100000000616802") and c.image_type == 0x0084
+    assert c.family is None and c.link_frame == 0  # any board family; the transport's frames
+    assert config.from_dict(cfg_dict(family="esp32s3", link_frame=320)).family == "esp32s3"
     for bad, reason in ((dict(role="ihd"), "bad-role"), (dict(keys=[]), "no-keys"),
                         (dict(keys=["04" + "00" * 64]), "bad-key"), (dict(eui64="0102"), "bad-eui64"),
-                        (dict(manufacturer=70000), "bad-manufacturer")):
+                        (dict(manufacturer=70000), "bad-manufacturer"),
+                        (dict(family="esp8266"), "bad-family"), (dict(family="any"), "bad-family"),
+                        (dict(link_frame=-1), "bad-link_frame")):
         with pytest.raises(config.ConfigError) as ei:
             config.from_dict(cfg_dict(**bad))
         assert ei.value.reason == reason
