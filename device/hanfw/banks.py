@@ -110,7 +110,23 @@ def region_feed(dev, length, fn, first=0, buf=None):
         b += 1
 
 
-class FirmwareBanks:
+# What both kinds share: the inactive bank as target_dev() -> (block device, sectors),
+# written and read through the one preallocated sector buffer.
+class _Banks:
+    def writer(self, start=0):
+        dev, n = self.target_dev()
+        return BankWriter(dev, n, start, buf=self.sector)
+
+    def feed_target(self, length, fn):
+        dev, _ = self.target_dev()
+        region_feed(dev, length, fn, buf=self.sector)
+
+    def target_sha256(self, length):
+        dev, _ = self.target_dev()
+        return region_sha256(dev, length, buf=self.sector)
+
+
+class FirmwareBanks(_Banks):
     kind = "firmware"
 
     def __init__(self, esp32, state):
@@ -183,18 +199,6 @@ class FirmwareBanks:
         t, nblocks = self.target_dev()
         return t.info()[4]
 
-    def writer(self, start=0):
-        t, nblocks = self.target_dev()
-        return BankWriter(t, nblocks, start, buf=self.sector)
-
-    def feed_target(self, length, fn):
-        t, _ = self.target_dev()
-        region_feed(t, length, fn, buf=self.sector)
-
-    def target_sha256(self, length):
-        t, _ = self.target_dev()
-        return region_sha256(t, length, buf=self.sector)
-
     def stage(self, version, length, secver, digest):
         self.state.update(held={"bank": self._target().info()[4], "version": version, "length": length,
                                 "secver": secver, "hash": _hexs(digest)})
@@ -238,7 +242,7 @@ class FirmwareBanks:
         return self.label
 
 
-class AppBanks:
+class AppBanks(_Banks):
     kind = "app"
 
     def __init__(self, bank_devs, bootctl, state):
@@ -276,21 +280,9 @@ class AppBanks:
         except BootCtlError as e:
             raise BankError(e.reason, str(e))
 
-    def _target(self):
+    def target_dev(self):
         r = self.record()
         return self.devs[1 - r.active]
-
-    def writer(self, start=0):
-        dev, n = self._target()
-        return BankWriter(dev, n, start, buf=self.sector)
-
-    def feed_target(self, length, fn):
-        dev, _ = self._target()
-        region_feed(dev, length, fn, buf=self.sector)
-
-    def target_sha256(self, length):
-        dev, _ = self._target()
-        return region_sha256(dev, length, buf=self.sector)
 
     def stage(self, version, length, secver, digest):
         r = self.record()
