@@ -112,39 +112,39 @@ def findings(r: dict) -> list[str]:
     if dev:
         h = dev["heap"]
         peak = max(h[c]["peak_data"] for c in ("blocks64", "pages255"))
-        fails = [g for c in ("blocks64", "pages255") for g in h[c]["grid"] if not g["ok"]]
+        # failures at the 64 KiB budget or above matter; below it the grid finds the floor
+        fails = [g for c in ("blocks64", "pages255") for g in h[c]["grid"]
+                 if not g["ok"] and g["limit"] >= 64 * KiB]
         v64 = "; ".join("%s %d of %d" % (v["config"], v["ok"], v["of"]) for v in dev["vboard_64k"])
         v_fail = any(v["ok"] < v["of"] for v in dev["vboard_64k"])
+        lowest = "; ".join(
+            "%s %s" % (c, "%d KiB" % (h[c]["lowest_monotonic"] // KiB)
+                       if h[c]["lowest_monotonic"] else "none of those tried")
+            for c in ("blocks64", "pages255")
+        )
         if fails or v_fail:
             L.append(
-                "2. **A 64 KiB heap holds the client's data but not always a fresh 4 KiB block.** "
-                "Live data peaks at %.1f KiB, yet the client allocates a new 4 KiB buffer when "
-                "the body starts (`BankWriter`) and another when it reads the bank back "
-                "(`region_sha256`); once the heap is in pieces these fail with plenty free (%s). "
-                'On vboard-esp32 with `heap="64K"` the %s downloads + verifies completed %s. The '
-                "client maps the MemoryError to the reason `malformed` and answers "
-                "**INVALID_IMAGE**: the hub is told the image is bad, after the whole image was "
-                'transferred when it is the read-back that fails (the "INVALID_IMAGE at 97–99 '
-                '%%" complaint of zigbee_ota.md §5). Seen on the virtual board too, with a '
-                "main.py that logs the exception: `MemoryError ... allocating 4096 bytes` in the "
-                "read-back, then `rejected ...: malformed`. Fixes (`device/hanfw/banks.py`, "
-                "`client.py`): allocate one 4 KiB sector buffer when the client starts and pass "
-                "it to `BankWriter`, `region_sha256` and `region_feed`; catch MemoryError apart "
-                "from image errors (collect, keep the resume point, retry later or end with ABORT "
-                "under its own reason), never INVALID_IMAGE."
+                "2. **A 64 KiB heap is not always enough.** Live data peaks at %.1f KiB, but with "
+                "64 KiB free the download + verify failed (%s); on vboard-esp32 with "
+                '`heap="64K"` the %s downloads + verifies completed %s. Look for a buffer '
+                "allocated per frame or per sector that the heap, once in pieces, cannot give."
                 % (
                     peak / KiB,
                     "; ".join(sorted({g["error"] for g in fails if g["error"]}))[:200]
-                    or "not in the MicroPython runs",
+                    or "on the virtual board",
                     _size(h["size"]),
                     v64 or "not run",
                 )
             )
         else:
             L.append(
-                "2. **A 64 KiB heap is enough.** Live data peaks at %.1f KiB; every heap limit "
-                'tried completed, and on vboard-esp32 with `heap="64K"` the %s downloads + '
-                "verifies completed %s." % (peak / KiB, _size(h["size"]), v64 or "(not run)")
+                "2. **A 64 KiB heap is enough.** Live data peaks at %.1f KiB (one 4 KiB sector "
+                "buffer, allocated when the client starts, serves every bank write and the "
+                "read-back); the lowest heap limit from which every larger one completed: %s "
+                "(below it the free heap is in pieces too small for the client's buffers). On "
+                "vboard-esp32, whose page blocks arrive in bundles of up to 4.4 KiB, with "
+                '`heap="64K"` the %s downloads + verifies completed %s.'
+                % (peak / KiB, lowest, _size(h["size"]), v64 or "(not run)")
             )
         L.append("")
         L.append(
