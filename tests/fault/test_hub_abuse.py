@@ -155,7 +155,8 @@ def test_hub_serves_well_behaved_devices_through_abuse(image):
                     elif kind == 2:
                         f = bytearray(good[i % GOOD].frame(hlink.KIND_DATA, b"\x01\x02\x01",
                                                            counter=1 << 30))
-                        f[0] = 5 + rng.randrange(250)
+                        # a kind above every defined one (BUNDLE is the last)
+                        f[0] = hlink.KIND_BUNDLE + 1 + rng.randrange(255 - hlink.KIND_BUNDLE)
                         frames.append(bytes(f))
                         count("kind")
                     elif kind == 3:
