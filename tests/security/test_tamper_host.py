@@ -73,6 +73,21 @@ def check_rejected(d: hostdev.HostDevice, r: hostdev.Result, reason: str, what: 
 
 # ---------------------------------------------------------------- bit flips
 
+def flip_and_check(d: hostdev.HostDevice, data: bytes, fields, pos: int, bit: int):
+    """Serve data with one bit flipped; it must be rejected with the model's reason.
+    Returns (field, result)."""
+    bad = bytearray(data)
+    bad[pos] ^= 1 << bit
+    r = d.serve(bytes(bad), announce=(MFR, ITYPE, V2))
+    field = tamper.field_at(fields, pos)[0]
+    want = tamper.expected_reason(data, pos, 1 << bit)
+    if want is None:
+        assert r.reason in tamper.IMAGE_LENGTH, (field, pos, bit, r)
+        want = r.reason
+    check_rejected(d, r, want, "bit %d of byte %d (%s)" % (bit, pos, field), field)
+    return field, r
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_bit_position_of_a_small_image(kit, snapshot, tmp_path, key, pub, kind):
     data = make(kind, key, destination=EUI, min_hw=tamper.MIN_HW, max_hw=tamper.MAX_HW)
@@ -82,15 +97,7 @@ def test_every_bit_position_of_a_small_image(kit, snapshot, tmp_path, key, pub, 
     counts: dict = {}
     for pos in range(len(data)):
         for bit in (range(8) if FULL else [pos % 8]):
-            bad = bytearray(data)
-            bad[pos] ^= 1 << bit
-            r = d.serve(bytes(bad), announce=(MFR, ITYPE, V2))
-            field = tamper.field_at(fields, pos)[0]
-            want = tamper.expected_reason(data, pos, 1 << bit)
-            if want is None:
-                assert r.reason in tamper.IMAGE_LENGTH, (field, pos, bit, r)
-                want = r.reason
-            check_rejected(d, r, want, "bit %d of byte %d (%s)" % (bit, pos, field), field)
+            field, r = flip_and_check(d, data, fields, pos, bit)
             c = counts.setdefault((field, r.reason), [0, 0])
             c[0] += 1
             c[1] += r.status in (zcl.INVALID_IMAGE, zcl.ABORT)
@@ -115,19 +122,8 @@ def test_sampled_bit_flips_of_a_full_size_image(kit, snapshot, tmp_path, key, pu
         positions.update(rng.sample(range(start, end), min(n, end - start)))
     d = device(kind, snapshot, tmp_path, [pub])
     before = d.protected()
-    tried = 0
     for pos in sorted(positions):
-        bit = rng.randrange(8)
-        bad = bytearray(data)
-        bad[pos] ^= 1 << bit
-        r = d.serve(bytes(bad), announce=(MFR, ITYPE, V2))
-        field = tamper.field_at(fields, pos)[0]
-        want = tamper.expected_reason(data, pos, 1 << bit)
-        if want is None:
-            assert r.reason in tamper.IMAGE_LENGTH, (field, pos, bit, r)
-            want = r.reason
-        check_rejected(d, r, want, "bit %d of byte %d (%s)" % (bit, pos, field), field)
-        tried += 1
+        field, r = flip_and_check(d, data, fields, pos, rng.randrange(8))
         results.record("tamper", (kind, "bit flip (full-size image): " + field, r.reason),
                        tried=1, rejected=1)
     assert d.protected() == before
