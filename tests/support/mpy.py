@@ -12,7 +12,7 @@ from hanota.devcode import compiled_tree
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = ROOT / "device"
 MPY_TESTS = ROOT / "tests" / "device" / "mpy"
-VECTORS = ROOT.parent / "shared" / "vectors"
+VECTORS = ROOT / "tests" / "vectors"  # interop vectors, with provenance in its README
 
 
 def micropython_cmd() -> str:

@@ -314,7 +314,7 @@ def test_zigbee_file_still_zigbee_with_allow_raw(signed):
     assert s.format == "zigbee"
 
 
-# ------------------------------------------------------------------ foreign files (shared/vectors)
+# ------------------------------------------------------------------ foreign files (tests/vectors)
 
 def test_vector_with_integrity_code(vectors_dir):
     path = vectors_dir / "herdsman-integrity-code-1166-012B-24031511.zigbee"
