@@ -273,19 +273,21 @@ class Hub:
             self.unhold(row["eui"])
         for row in queue.in_slot(self.db):
             if row["state"] == "notifying":
-                self._spawn(("notify", row["id"]), self._notify_loop(row["id"], row["eui"]))
+                self.spawn(("notify", row["id"]), self._notify_loop(row["id"], row["eui"]))
         for row in queue.commands_due(self.db, now):
             if ("command", row["id"]) not in self._tasks \
                     and self.db.set_state(row["id"], "running", "command_sent",
                                           {"attempt": row["attempts"] + 1},
                                           attempts=row["attempts"] + 1,
                                           started=row["started"] or now):
-                self._spawn(("command", row["id"]), self._command(self.db.request(row["id"])))
+                self.spawn(("command", row["id"]), self._command(self.db.request(row["id"])))
         for row in queue.queued_updates(self.db):
             self.hold(row["eui"])
         self._heartbeat()
 
-    def _spawn(self, key: tuple[str, int], coro) -> None:
+    def spawn(self, key: tuple[str, int], coro) -> None:
+        """Run coro as the hub's task `key` (one at a time per key; a duplicate is dropped);
+        stop() cancels it."""
         if key in self._tasks:
             coro.close()
             return
@@ -307,11 +309,11 @@ class Hub:
         if self.server is None:
             return
         changes = []
-        for eui, dev in self.server.devices.items():
-            key = (dev.last_counter, dev.last_seen)
-            if dev.last_counter is not None and self._seen.get(eui) != key:
+        for eui, key in self.server.device_counters().items():
+            last_counter, last_seen = key
+            if last_counter is not None and self._seen.get(eui) != key:
                 self._seen[eui] = key
-                changes.append((dev.last_counter, dev.last_seen, eui_text(eui)))
+                changes.append((last_counter, last_seen, eui_text(eui)))
         if changes:
             with self.db.tx() as c:
                 c.executemany("UPDATE devices SET last_counter = max(coalesce(last_counter, 0), "
@@ -320,8 +322,8 @@ class Hub:
     def _drop_stale_transfers(self) -> None:
         """Forget transfers of images no pending request wants (e.g. superseded), so that
         the device's next block request for it is aborted."""
-        for eui, t in list(self.server.transfers.items()):
-            row = self.policy._pending_update(eui)
+        for eui, t in self.server.all_transfers().items():
+            row = self.policy.pending_update(eui)
             img = self.policy.served(row["image"]) if row is not None else None
             if img is not None and img.identity == t.image.identity:
                 continue
@@ -331,13 +333,13 @@ class Hub:
     def hold(self, eui: str) -> None:
         """Tell a device with a queued request to wait if it asks for blocks."""
         b = eui_bytes(eui)
-        dev = self.server.devices.get(b) if self.server is not None else None
-        if dev is not None and dev.throttle_until - self.clock() < self.options.hold_s / 2:
+        left = self.server.throttle_left(b) if self.server is not None else None
+        if left is not None and left < self.options.hold_s / 2:
             self.server.throttle(b, self.options.hold_s)
 
     def unhold(self, eui: str) -> None:
         b = eui_bytes(eui)
-        if self.server is not None and b in self.server.devices:
+        if self.server is not None and self.server.is_known(b):
             self.server.throttle(b, 0)
 
     def fail_attempt(self, request_id: int, reason: str,
@@ -362,7 +364,7 @@ class Hub:
         elif row["state"] == "downloading":
             self.fail_attempt(row["id"], "no download progress for %g s" % r.stall_window)
         elif row["state"] == "activating":
-            self._spawn(("readback", row["id"]), self._readback(row["id"]))
+            self.spawn(("readback", row["id"]), self._readback(row["id"]))
 
     # -- hub -> device work
 
@@ -487,7 +489,7 @@ class Hub:
         """The server's view of transfers now (offset, size, rate, state) by device EUI."""
         out = {}
         if self.server is not None:
-            for eui, t in self.server.transfers.items():
+            for eui, t in self.server.all_transfers().items():
                 out[eui_text(eui)] = {"offset": t.offset, "size": t.size, "rate": t.rate,
                                       "state": t.state}
         return out

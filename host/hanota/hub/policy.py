@@ -30,21 +30,48 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import Any, Coroutine, Protocol
 
 from hanfw import link as hlink
 from hanfw import zcl
 
-from ..server import UPGRADE_NOW, UPGRADE_WAIT, Policy, ServedImage, zigbee_time
+from ..server import (UPGRADE_NOW, UPGRADE_WAIT, OtaServer, Policy, ServedImage,
+                      zigbee_time)
 from . import queue
 from .db import IN_SLOT, HubDB, eui_bytes, eui_text, version_text
+from .queue import RetryPolicy
 from .registry import TCSO_REASON, tcso_affected
 from .requests import iso
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
 log = logging.getLogger(__name__)
+
+
+class HubSettings(Protocol):
+    """The options of the hub that its policy applies (`hanota.hub.hub.HubOptions`)."""
+
+    max_in_flight: int
+    retry: RetryPolicy
+
+
+class HubControl(Protocol):
+    """What the policy needs of the running hub (`hanota.hub.hub.Hub`), so that this module
+    does not import the hub: the hub owns the policy, the policy only calls back."""
+
+    hub_eui: str
+    paused: bool
+    options: HubSettings
+    server: OtaServer | None
+
+    def wake(self) -> None: ...
+
+    def hold(self, eui: str) -> None: ...
+
+    def unhold(self, eui: str) -> None: ...
+
+    def spawn(self, key: tuple[str, int], coro: Coroutine[Any, Any, None]) -> None: ...
+
+    def fail_attempt(self, request_id: int, reason: str,
+                     outcome: str = "transfer_failed") -> str: ...
 
 _ACTIVATE_OUTCOMES = {zcl.ACTIVATE_NO_IMAGE_HELD: "no_image_held",
                       zcl.ACTIVATE_HASH_MISMATCH: "hash_mismatch",
@@ -54,7 +81,7 @@ _ACTIVATE_OUTCOMES = {zcl.ACTIVATE_NO_IMAGE_HELD: "no_image_held",
 class HubPolicy(Policy):
     """A `Policy` over the hub database, for the server of `hub` (its current identity)."""
 
-    def __init__(self, db: HubDB, hub: "Hub"):
+    def __init__(self, db: HubDB, hub: HubControl):
         super().__init__()
         self.db = db
         self.hub = hub
@@ -83,13 +110,14 @@ class HubPolicy(Policy):
             self._served[sha] = img
         return img
 
-    def _pending_update(self, eui: bytes) -> sqlite3.Row | None:
+    def pending_update(self, eui: bytes) -> sqlite3.Row | None:
+        """The device's update request without an outcome yet (at most one), or None."""
         return self.db.one("SELECT * FROM requests WHERE eui = ? AND kind = 'update' "
                            "AND outcome IS NULL", (eui_text(eui),))
 
     def _update_for(self, eui: bytes, image: ServedImage | None) -> sqlite3.Row | None:
         """The device's pending update request for exactly this image."""
-        row = self._pending_update(eui)
+        row = self.pending_update(eui)
         if row is None or image is None:
             return None
         img = self.served(row["image"])
@@ -174,12 +202,13 @@ class HubPolicy(Policy):
         dev = self._device(eui)
         if dev is not None and dev["running_version"] != file_version:
             self._update_device(eui, running_version=file_version)
-        row = self._pending_update(eui)
+        row = self.pending_update(eui)
         if row is None:
             return None
         if row["state"] == "queued":
-            if self.hub.paused or not queue.try_promote_awake(self.db, row["id"], self.hub.options.max_in_flight,
-                                           self.hub.options.retry, self.db.now()):
+            o = self.hub.options
+            if self.hub.paused or not queue.try_promote_awake(
+                    self.db, row["id"], o.max_in_flight, o.retry, self.db.now()):
                 return None
             self.hub.unhold(e)
             row = self.db.request(row["id"])
@@ -223,7 +252,7 @@ class HubPolicy(Policy):
 
     def lookup(self, eui: bytes, manufacturer: int, image_type: int,
                file_version: int) -> ServedImage | None:
-        row = self._pending_update(eui)
+        row = self.pending_update(eui)
         if row is None:
             return None
         img = self.served(row["image"])
@@ -259,7 +288,7 @@ class HubPolicy(Policy):
         row = self._update_for(eui, image)
         if row is None or row["state"] not in IN_SLOT:
             return
-        t = self.hub.server.transfers.get(eui) if self.hub.server is not None else None
+        t = self.hub.server.transfer_for(eui) if self.hub.server is not None else None
         rate = t.rate if t is not None else None
         now = self.db.now()
         with self.db.tx():
@@ -296,7 +325,7 @@ class HubPolicy(Policy):
             if status != zcl.SUCCESS:
                 # finished once the device's reason is read (a hub restart meanwhile makes
                 # the device reject the image again: the outcome is then recorded anew)
-                self.hub._spawn(("rejection", rid), self._rejected(rid, eui, status))
+                self.hub.spawn(("rejection", rid), self._rejected(rid, eui, status))
             elif row["sr"] == "11.1":
                 self.db.finish(rid, "distributed", "image held by the device; activate it with "
                                "SR 11.3 (Manufacturer Image Hash %s)" % row["image_hash"],

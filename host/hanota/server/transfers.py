@@ -84,7 +84,8 @@ class Serving:
         dev = self.sessions.devices.get(eui)
         if dev is not None:
             dev.cancel_page()
-            if t is not None and dev.offered is not None and dev.offered.identity == t.image.identity:
+            offered = dev.offered
+            if t is not None and offered is not None and offered.identity == t.image.identity:
                 dev.offered = None
 
     def check_timeouts(self) -> None:
