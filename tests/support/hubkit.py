@@ -1,12 +1,11 @@
-"""A hub's OTA server running in a background thread, for tests that drive real boards."""
+"""A hub's OTA server running in a background thread, for tests that drive real boards
+(virtual boards, the device code as it runs on a chip)."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
-import time
 
-from hanota.server import OtaServer, Policy, ServedImage
+from hanota.hub.runner import ServerRunner
+from hanota.server import Policy
 
 HUB_EUI = bytes.fromhex("0100a0b0c0d0e0f0")
 
@@ -30,52 +29,14 @@ class ForcePolicy(Policy):
         return super().offer(eui, manufacturer, image_type, file_version, hw_version)
 
 
-class HubThread:
+class HubThread(ServerRunner):
+    """The package's `ServerRunner` with the tests' defaults: this hub's EUI, a
+    `ForcePolicy`, a 30 s stall timeout; `udp` is its address."""
+
     def __init__(self, policy: Policy | None = None, **server_kw):
-        self.policy = policy or ForcePolicy()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="hubkit", daemon=True)
-        self.thread.start()
         server_kw.setdefault("stall_timeout", 30)
-        self.server = self.call(self._make(server_kw))
-        self.udp = self.call(self.server.listen_udp("127.0.0.1", 0))
+        super().__init__(HUB_EUI, policy or ForcePolicy(), name="hubkit", **server_kw)
 
-    async def _make(self, kw):
-        return OtaServer(HUB_EUI, self.policy, **kw)
-
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def attach_serial(self, path: str):
-        return self.call(self.server.attach_serial(path))
-
-    def add_device(self, eui64_text: str, install_code: str) -> bytes:
-        eui = bytes(reversed(bytes.fromhex(eui64_text.replace(":", ""))))
-        self.policy.install_codes[eui] = install_code
-        return eui
-
-    def add_image(self, path) -> ServedImage:
-        img = ServedImage.from_file(path)
-        self.policy.images.append(img)
-        return img
-
-    def events(self, name: str, eui: bytes | None = None) -> list[tuple]:
-        return [e for e in list(self.policy.events) if e[0] == name and (eui is None or e[1] == eui)]
-
-    def wait_event(self, name: str, eui: bytes | None = None, timeout: float = 60, count: int = 1) -> list[tuple]:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            got = self.events(name, eui)
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        raise AssertionError("no %r event within %.0f s; events: %s"
-                             % (name, timeout, [e[:3] for e in self.policy.events][-30:]))
-
-    def stop(self) -> None:
-        try:
-            self.call(self.server.close(), timeout=10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
+    @property
+    def udp(self) -> tuple[str, int]:
+        return self.address
