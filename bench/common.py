@@ -14,15 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))  # tests/support: hubkit, fakedevice
-
-from hanfw import otafile  # noqa: E402
-from hanota import boards, deploy, fwbuild, images  # noqa: E402
-from hanota.server import UPGRADE_WAIT  # noqa: E402
-from hanota.vboard.board import VirtualBoard  # noqa: E402
-from support.hubkit import ForcePolicy, HubThread  # noqa: E402
+from hanfw import otafile
+from hanota import boards, deploy, fwbuild, images
+from hanota.hub.runner import ServerRunner
+from hanota.server import UPGRADE_WAIT, Policy
+from hanota.vboard.board import VirtualBoard
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -124,7 +120,10 @@ class Workspace:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class BenchPolicy(ForcePolicy):
+HUB_EUI = bytes.fromhex("0100a0b0c0d0e0f0")
+
+
+class BenchPolicy(Policy):
     """Offers the newest image; tells devices to hold it (no activation) unless `activate`;
     notes when each device's Upgrade End arrived: ended[eui] = (time, status, version)."""
 
@@ -141,8 +140,10 @@ class BenchPolicy(ForcePolicy):
         super().on_upgrade_end(eui, image, status)
 
 
-def hub(block_cap: int = 255, activate: bool = False, **kw) -> HubThread:
-    return HubThread(policy=BenchPolicy(activate), block_cap=block_cap, **kw)
+def hub(block_cap: int = 255, activate: bool = False, **kw) -> ServerRunner:
+    """The hub's OTA server on its own thread, serving UDP on loopback (`.address`)."""
+    kw.setdefault("stall_timeout", 30)
+    return ServerRunner(HUB_EUI, BenchPolicy(activate), block_cap=block_cap, **kw)
 
 
 class Board:
@@ -155,7 +156,7 @@ class Board:
     def __init__(
         self,
         ws: Workspace,
-        hubt: HubThread,
+        hubt: ServerRunner,
         kind: str,
         name: str,
         settings: dict,
@@ -168,7 +169,7 @@ class Board:
             ws.dir / "boards" / name,
             board=kind,
             name=name,
-            hub=hubt.udp,
+            hub=hubt.address,
             link_rate=rate,
             link_latency=latency,
             heap=heap,
@@ -212,7 +213,7 @@ class Board:
 BRING_UP_RETRIES = []  # (board name, error) of bring-ups that had to be tried again
 
 
-def board(ws: Workspace, hubt: HubThread, kind: str, name: str, settings: dict, **kw) -> Board:
+def board(ws: Workspace, hubt: ServerRunner, kind: str, name: str, settings: dict, **kw) -> Board:
     """A Board, brought up a second time (under a new name) if the first attempt fails."""
     try:
         return Board(ws, hubt, kind, name, settings, **kw)
@@ -228,7 +229,7 @@ def udp_rcvbuf_errors() -> int:
 
 
 def download(
-    hubt: HubThread, group: list[Board], path: Path, version: int, payload: int, timeout: float
+    hubt: ServerRunner, group: list[Board], path: Path, version: int, payload: int, timeout: float
 ) -> list[dict]:
     """Offer the image at path to every board of group at once; wait until each has it
     verified (Upgrade End); return per board: the transfer phase's figures (udp_drops: the
@@ -251,7 +252,7 @@ def download(
     return [dict(measure(hubt, b, payload), udp_drops=drops) for b in group]
 
 
-def measure(hubt: HubThread, b: Board, payload: int) -> dict:
+def measure(hubt: ServerRunner, b: Board, payload: int) -> dict:
     """The transfer phase of b's last download: from the hub's first block request to the
     last byte the link delivered before the device's Upgrade End."""
     t = hubt.server.transfers[b.eui]

@@ -1,6 +1,6 @@
 """Hub scale: one hub process (`OtaServer` on UDP) serving N devices at once. The devices are
-tests/support/fakedevice.FakeDevice (the device side of the link and ZCL under CPython
-asyncio), all in this process, so that hundreds fit on two cores.
+hanota.simdevice.FakeDevice (the device side of the link and ZCL under CPython asyncio),
+all in this process, so that hundreds fit on two cores.
 
 The hub runs in its own process (`python -m bench.hub SERVE ...`) so that its CPU time and
 memory are its own: it answers `snap` on stdin with its CPU seconds, RSS, and server counters.
@@ -43,7 +43,7 @@ async def _serve(image: str, n: int, block_cap: int, rcvbuf: int = 0) -> None:
     import tracemalloc
 
     from hanota.server import OtaServer, Policy, ServedImage
-    from support.fakedevice import install_code
+    from hanota.simdevice import install_code
 
     policy = Policy({eui(i): install_code(i) for i in range(n)}, [ServedImage.from_file(image)])
     server = OtaServer(HUB, policy, block_cap=block_cap, stall_timeout=120, progress_interval=5.0)
@@ -117,7 +117,7 @@ class HubProcess:
 
 
 async def _fleet(hubp: HubProcess, n: int, image: bytes, max_data: int, pages: bool) -> dict:
-    from support.fakedevice import FakeDevice, install_code
+    from hanota.simdevice import FakeDevice, install_code
 
     devs = [FakeDevice(eui(i), install_code(i), timeout=2.0, retries=8) for i in range(n)]
     resent = [0]

@@ -160,63 +160,7 @@ def run(ws, scale: str, log=print) -> dict:
                     for i in range(n)
                 ]
             for size, reps in plan["sizes"].items():
-                results = {mode: [] for mode in plan["modes"]}
-                drops = 0  # the kernel's UDP drops during this size's downloads (all modes)
-                pairs = [(mode, b) for mode in plan["modes"] for b in group[mode][:reps]]
-                for _ in range(reps if n == 1 else 1):
-                    path, version = ws.image(size, spec["kind"])
-                    got = download(
-                        hubt,
-                        [b for _, b in pairs],
-                        path,
-                        version,
-                        size,
-                        timeout=120 + 20 * size / (rate * ceiling(spec["max_data"])),
-                    )
-                    drops += got[0]["udp_drops"]
-                    for (mode, _), r in zip(pairs, got):
-                        results[mode].append(r)
-                for mode in plan["modes"]:
-                    row = dict(
-                        link=plan["link"],
-                        title=spec["title"].format(
-                            rate=rate, baud=rate * 10, kbit=rate * 8 / 1000
-                        ),
-                        mode=mode,
-                        size=size,
-                        rate=rate,
-                        max_data=spec["max_data"],
-                        page_size=PAGE_SIZE if mode == "page" else None,
-                        latency=spec["latency"],
-                        parallel=plan["parallel"] and reps > 1,
-                        ceiling=ceiling(spec["max_data"], bundled(mode, spec.get("link_frame"))),
-                        bundled=bundled(mode, spec.get("link_frame")),
-                        file_size=path.stat().st_size,
-                        ok=all(r["status"] == 0 for r in results[mode]),
-                    )
-                    for key in (
-                        "seconds",
-                        "to_verified",
-                        "fraction",
-                        "utilisation",
-                        "longest_gap",
-                        "re_served",
-                    ):
-                        row[key] = summary(r[key] for r in results[mode])
-                    row["udp_drops"] = drops
-                    rows.append(row)
-                    log(
-                        "  %-6s %-5s %7d B: goodput %5.1f%% of the link (utilisation %5.1f%%), "
-                        "%.1f s to verified"
-                        % (
-                            plan["link"],
-                            mode,
-                            size,
-                            100 * row["fraction"]["median"],
-                            100 * row["utilisation"]["median"],
-                            row["to_verified"]["median"],
-                        )
-                    )
+                rows += _size_rows(ws, hubt, plan, group, n, size, reps, log)
         finally:
             if plan["link"] == "serial" and "page" in group and not keep:
                 keep = {"hub": hubt, "boards": group.pop("page")}
@@ -228,3 +172,69 @@ def run(ws, scale: str, log=print) -> dict:
     for row in rows:
         row["z2m_seconds"] = z2m_seconds(row["file_size"])
     return {"runs": rows, "keep": keep}
+
+
+def _size_rows(ws, hubt, plan: dict, group: dict[str, list[Board]], n: int, size: int,
+               reps: int, log) -> list[dict]:
+    """reps downloads of a size-byte image in each mode of plan, at once on as many of the
+    n boards per mode, or one after another when n is 1; a row of figures per mode."""
+    spec = LINKS[plan["link"]]
+    rate = plan.get("rate", spec["rate"])
+    results = {mode: [] for mode in plan["modes"]}
+    drops = 0  # the kernel's UDP drops during this size's downloads (all modes)
+    pairs = [(mode, b) for mode in plan["modes"] for b in group[mode][:reps]]
+    for _ in range(reps if n == 1 else 1):
+        path, version = ws.image(size, spec["kind"])
+        got = download(
+            hubt,
+            [b for _, b in pairs],
+            path,
+            version,
+            size,
+            timeout=120 + 20 * size / (rate * ceiling(spec["max_data"])),
+        )
+        drops += got[0]["udp_drops"]
+        for (mode, _), r in zip(pairs, got):
+            results[mode].append(r)
+    rows = []
+    for mode in plan["modes"]:
+        row = _row(plan, mode, size, reps, path.stat().st_size, results[mode])
+        row["udp_drops"] = drops
+        rows.append(row)
+        log(
+            "  %-6s %-5s %7d B: goodput %5.1f%% of the link (utilisation %5.1f%%), "
+            "%.1f s to verified"
+            % (
+                plan["link"],
+                mode,
+                size,
+                100 * row["fraction"]["median"],
+                100 * row["utilisation"]["median"],
+                row["to_verified"]["median"],
+            )
+        )
+    return rows
+
+
+def _row(plan: dict, mode: str, size: int, reps: int, file_size: int, results: list[dict]) -> dict:
+    """The figures of one mode's downloads of one image size: medians and ranges."""
+    spec = LINKS[plan["link"]]
+    rate = plan.get("rate", spec["rate"])
+    row = dict(
+        link=plan["link"],
+        title=spec["title"].format(rate=rate, baud=rate * 10, kbit=rate * 8 / 1000),
+        mode=mode,
+        size=size,
+        rate=rate,
+        max_data=spec["max_data"],
+        page_size=PAGE_SIZE if mode == "page" else None,
+        latency=spec["latency"],
+        parallel=plan["parallel"] and reps > 1,
+        ceiling=ceiling(spec["max_data"], bundled(mode, spec.get("link_frame"))),
+        bundled=bundled(mode, spec.get("link_frame")),
+        file_size=file_size,
+        ok=all(r["status"] == 0 for r in results),
+    )
+    for key in ("seconds", "to_verified", "fraction", "utilisation", "longest_gap", "re_served"):
+        row[key] = summary(r[key] for r in results)
+    return row

@@ -82,90 +82,31 @@ def write(path, results: dict, started: float, elapsed: float, scale: str) -> No
         ],
     )
     L += _headline(results)
-    L += _link(results.get("link"))
-    L += _mpremote(results.get("link"))
-    L += _device(results.get("device"))
-    L += _hub(results.get("hub"))
-    L += _boards(results.get("boards"))
+    link = results.get("link")
+    L += _section("1. Link efficiency", link, _link)
+    L += _section("2. Against mpremote", (link or {}).get("mpremote"),
+                  lambda mps: _mpremote(mps, link["runs"]))
+    L += _section("3. Device cost (MicroPython unix port)", results.get("device"), _device)
+    L += _section("4. Hub scale", results.get("hub"), _hub)
+    L += _section("5. Board start-up", results.get("boards"), _boards)
     L += _findings(results)
     with open(path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
+
+
+def _section(title: str, data, body) -> list[str]:
+    """A numbered section: its title, then body(data), or "Not run." if that part did not run."""
+    return ["## " + title, ""] + (body(data) if data else ["Not run.", ""])
 
 
 def _headline(r: dict) -> list[str]:
     L = ["## Headline", ""]
     link = r.get("link")
     if link:
-        runs = link["runs"]
-        best = max(
-            (x for x in runs if x["mode"] == "page" and x["link"] == "serial"),
-            key=lambda x: x["size"],
-            default=None,
-        )
-        if best:
-            L.append(
-                "- **Link efficiency, 115,200 baud, %s, page requests: %s of the link's "
-                "capacity** (block requests: %s; goal 90 %%: %s). A block alone in its link "
-                "frame carries %d bytes of link and ZCL headers (at most %.1f %% payload with "
-                "%d-byte blocks); page requests go out in bundles of %d block responses per "
-                "link frame, which raises that to %.1f %%."
-                % (
-                    size_name(best["size"]),
-                    pct(best["fraction"]),
-                    pct(_row(runs, "serial", "block", best["size"])["fraction"]),
-                    "met" if best["fraction"]["median"] >= 0.9 else "**not met**, see Findings",
-                    BLOCK_OVERHEAD,
-                    100 * ceiling(best["max_data"]),
-                    best["max_data"],
-                    per_bundle(best["max_data"]),
-                    100 * ceiling(best["max_data"], True),
-                )
-            )
-        for mp in link.get("mpremote", []):
-            ours = _row(runs, "serial", "page", mp["size"])
-            if ours:
-                L.append(
-                    "- **Against `mpremote cp`, %s at 115,200 baud: our OTA takes %.2f× "
-                    "mpremote's time** (%.1f s against %.1f s), and ours also verifies (SHA-256, "
-                    "P-256 signature, bank read back), stages into the inactive bank and can roll "
-                    "back."
-                    % (
-                        size_name(mp["size"]),
-                        ours["to_verified"]["median"] / mp["seconds"]["median"],
-                        ours["to_verified"]["median"],
-                        mp["seconds"]["median"],
-                    )
-                )
-        for x in runs:
-            if x["link"] == "zigbee" and x["mode"] == "page":
-                L.append(
-                    "- **Against Zigbee2MQTT-like pacing (50-byte blocks, 250 ms apart), %s: "
-                    "%.3f× its time** (%s against at least %s)."
-                    % (
-                        size_name(x["size"]),
-                        x["to_verified"]["median"] / x["z2m_seconds"],
-                        dur(x["to_verified"]["median"]),
-                        dur(x["z2m_seconds"]),
-                    )
-                )
+        L += _headline_link(link)
     dev = r.get("device")
     if dev:
-        h = dev["heap"]
-        L.append(
-            "- **Device (MicroPython unix port):** P-256 verify %s ms; SHA-256 %s MB/s; a %s "
-            "download + verify holds at most %.1f KiB of live data; with a 64 KiB heap it "
-            "completed %s."
-            % (
-                stat(dev["p256_ms"], "%.2f"),
-                stat(dev["sha256_mb_s"], "%.0f"),
-                size_name(h["size"]),
-                max(h[c]["peak_data"] for c in ("blocks64", "pages255")) / KiB,
-                " and ".join(
-                    "%d of %d times on vboard-esp32 (%s)" % (v["ok"], v["of"], v["config"])
-                    for v in dev["vboard_64k"]
-                ),
-            )
-        )
+        L += _headline_device(dev)
     hub = [h for h in (r.get("hub") or []) if not h.get("rcvbuf")]
     if hub:
         top = hub[-1]
@@ -193,12 +134,88 @@ def _headline(r: dict) -> list[str]:
     return L + [""]
 
 
-def _link(link) -> list[str]:
-    if not link:
-        return ["## 1. Link efficiency", "", "Not run.", ""]
+def _headline_link(link: dict) -> list[str]:
+    """The headline's link lines: page requests at 115,200 baud, against mpremote, against
+    Zigbee2MQTT-like pacing."""
+    L = []
     runs = link["runs"]
-    L = ["## 1. Link efficiency", ""]
-    L.append(
+    best = max(
+        (x for x in runs if x["mode"] == "page" and x["link"] == "serial"),
+        key=lambda x: x["size"],
+        default=None,
+    )
+    if best:
+        L.append(
+            "- **Link efficiency, 115,200 baud, %s, page requests: %s of the link's "
+            "capacity** (block requests: %s; goal 90 %%: %s). A block alone in its link "
+            "frame carries %d bytes of link and ZCL headers (at most %.1f %% payload with "
+            "%d-byte blocks); page requests go out in bundles of %d block responses per "
+            "link frame, which raises that to %.1f %%."
+            % (
+                size_name(best["size"]),
+                pct(best["fraction"]),
+                pct(_row(runs, "serial", "block", best["size"])["fraction"]),
+                "met" if best["fraction"]["median"] >= 0.9 else "**not met**, see Findings",
+                BLOCK_OVERHEAD,
+                100 * ceiling(best["max_data"]),
+                best["max_data"],
+                per_bundle(best["max_data"]),
+                100 * ceiling(best["max_data"], True),
+            )
+        )
+    for mp in link.get("mpremote", []):
+        ours = _row(runs, "serial", "page", mp["size"])
+        if ours:
+            L.append(
+                "- **Against `mpremote cp`, %s at 115,200 baud: our OTA takes %.2f× "
+                "mpremote's time** (%.1f s against %.1f s), and ours also verifies (SHA-256, "
+                "P-256 signature, bank read back), stages into the inactive bank and can roll "
+                "back."
+                % (
+                    size_name(mp["size"]),
+                    ours["to_verified"]["median"] / mp["seconds"]["median"],
+                    ours["to_verified"]["median"],
+                    mp["seconds"]["median"],
+                )
+            )
+    for x in runs:
+        if x["link"] == "zigbee" and x["mode"] == "page":
+            L.append(
+                "- **Against Zigbee2MQTT-like pacing (50-byte blocks, 250 ms apart), %s: "
+                "%.3f× its time** (%s against at least %s)."
+                % (
+                    size_name(x["size"]),
+                    x["to_verified"]["median"] / x["z2m_seconds"],
+                    dur(x["to_verified"]["median"]),
+                    dur(x["z2m_seconds"]),
+                )
+            )
+    return L
+
+
+def _headline_device(dev: dict) -> list[str]:
+    h = dev["heap"]
+    return [
+        "- **Device (MicroPython unix port):** P-256 verify %s ms; SHA-256 %s MB/s; a %s "
+        "download + verify holds at most %.1f KiB of live data; with a 64 KiB heap it "
+        "completed %s."
+        % (
+            stat(dev["p256_ms"], "%.2f"),
+            stat(dev["sha256_mb_s"], "%.0f"),
+            size_name(h["size"]),
+            max(h[c]["peak_data"] for c in ("blocks64", "pages255")) / KiB,
+            " and ".join(
+                "%d of %d times on vboard-esp32 (%s)" % (v["ok"], v["of"], v["config"])
+                for v in dev["vboard_64k"]
+            ),
+        )
+    ]
+
+
+def _link(link: dict) -> list[str]:
+    """Section 1: what is measured, a table per link, and the Zigbee2MQTT-like comparison."""
+    runs = link["runs"]
+    L = [
         "An image is offered to virtual boards (the real MicroPython device code) by the hub's "
         "OTA server over an emulated link that delivers at a set rate, each direction on its own. "
         "*Goodput* is manufacturer-image bytes over the transfer phase (the hub's first block "
@@ -214,61 +231,72 @@ def _link(link) -> list[str]:
         "after the device checked the signature and read its bank back. Page requests ask for %d "
         "KiB pages. Runs marked ‖ ran at the same time on separate boards, each over its own "
         "emulated link." % (BLOCK_OVERHEAD, RX_FRAME, PAGE_SIZE // KiB)
-    )
+    ]
     L.append("")
     by_link = {}
     for x in runs:
         by_link.setdefault(x["link"], []).append(x)
     for xs in by_link.values():
-        L.append(
-            "**%s**, blocks of up to %d bytes%s:"
-            % (
-                xs[0]["title"],
-                xs[0]["max_data"],
-                ", %.0f ms per frame" % (1000 * xs[0]["latency"]) if xs[0]["latency"] else "",
-            )
+        L += _link_table(xs)
+    return L + _z2m(runs)
+
+
+def _link_table(xs: list[dict]) -> list[str]:
+    """The runs over one link, a row per image size and request mode."""
+    L = [
+        "**%s**, blocks of up to %d bytes%s:"
+        % (
+            xs[0]["title"],
+            xs[0]["max_data"],
+            ", %.0f ms per frame" % (1000 * xs[0]["latency"]) if xs[0]["latency"] else "",
         )
-        L.append("")
-        L += table(
+    ]
+    L.append("")
+    L += table(
+        [
+            "Image",
+            "Requests",
+            "Goodput (of the link)",
+            "Utilisation",
+            "Ceiling",
+            "To verified (s)",
+            "Longest idle gap (s)",
+            "Served again",
+            "Runs",
+        ],
+        [
             [
-                "Image",
-                "Requests",
-                "Goodput (of the link)",
-                "Utilisation",
-                "Ceiling",
-                "To verified (s)",
-                "Longest idle gap (s)",
-                "Served again",
-                "Runs",
-            ],
-            [
-                [
-                    size_name(x["size"]),
-                    x["mode"],
-                    pct(x["fraction"]),
-                    pct(x["utilisation"]),
-                    "%.1f %%" % (100 * x["ceiling"]),
-                    stat(x["to_verified"]),
-                    stat(x["longest_gap"], "%.2f"),
-                    pct(x["re_served"])
-                    + (" (%d kernel UDP drops)" % x["udp_drops"] if x["udp_drops"] else ""),
-                    "%d%s%s"
-                    % (
-                        x["fraction"]["n"],
-                        " ‖" if x["parallel"] else "",
-                        "" if x["ok"] else " (failed)",
-                    ),
-                ]
-                for x in xs
-            ],
-        )
-    L.append(
+                size_name(x["size"]),
+                x["mode"],
+                pct(x["fraction"]),
+                pct(x["utilisation"]),
+                "%.1f %%" % (100 * x["ceiling"]),
+                stat(x["to_verified"]),
+                stat(x["longest_gap"], "%.2f"),
+                pct(x["re_served"])
+                + (" (%d kernel UDP drops)" % x["udp_drops"] if x["udp_drops"] else ""),
+                "%d%s%s"
+                % (
+                    x["fraction"]["n"],
+                    " ‖" if x["parallel"] else "",
+                    "" if x["ok"] else " (failed)",
+                ),
+            ]
+            for x in xs
+        ],
+    )
+    return L
+
+
+def _z2m(runs: list[dict]) -> list[str]:
+    """Our Zigbee-like runs against Zigbee2MQTT's pacing, computed from its settings."""
+    L = [
         "**Zigbee2MQTT-like pacing**, computed from its documented settings "
         "(`default_maximum_data_size` %d, `image_block_response_delay` %d ms: zigbee-herdsman "
         "sends at most one Image Block Response per %d ms): ceil(file size / %d) × %.2f s, a "
         "lower bound (link time not added)."
         % (Z2M_BLOCK, Z2M_DELAY * 1000, Z2M_DELAY * 1000, Z2M_BLOCK, Z2M_DELAY)
-    )
+    ]
     L.append("")
     sizes = sorted({x["size"] for x in runs if x["link"] == "zigbee"})
     rows = []
@@ -302,23 +330,20 @@ def _link(link) -> list[str]:
     return L
 
 
-def _mpremote(link) -> list[str]:
-    L = ["## 2. Against mpremote", ""]
-    mps = (link or {}).get("mpremote")
-    if not mps:
-        return L + ["Not run.", ""]
-    L.append(
+def _mpremote(mps: list[dict], runs: list[dict]) -> list[str]:
+    """Section 2: `mpremote cp` against our OTA of the same payload."""
+    L = [
         "`mpremote cp PAYLOAD :bench.bin` onto the same boards (vboard-esp32, LittleFS) through a "
         "pty relay built in `bench/vs_mpremote.py` that passes bytes at 11,520 B/s each way, the "
         "same rate as the OTA link (mpremote unchanged; the copy is checked with `mpremote "
         "sha256sum` afterwards, untimed). Our time is the page-request OTA of the same payload on "
         "the same board kind (section 1, to verified). 1 MiB is not compared: it does not fit the "
         "boards' filesystems (960 KiB on vboard-esp32, 64 KiB on vboard-nrf52840)."
-    )
+    ]
     L.append("")
     rows = []
     for mp in mps:
-        ours = _row(link["runs"], "serial", "page", mp["size"])
+        ours = _row(runs, "serial", "page", mp["size"])
         rows.append(
             [
                 size_name(mp["size"]),
@@ -352,12 +377,15 @@ def _mpremote(link) -> list[str]:
     return L + [""]
 
 
-def _device(dev) -> list[str]:
-    L = ["## 3. Device cost (MicroPython unix port)", ""]
-    if not dev:
-        return L + ["Not run.", ""]
+def _device(dev: dict) -> list[str]:
+    """Section 3: speeds, the heap a download needs, resume, a 64 KiB board, flash wear."""
+    return (_device_speeds(dev) + _heap(dev["heap"]) + _resume(dev.get("resume"))
+            + _vboard_heap(dev) + _wear(dev))
+
+
+def _device_speeds(dev: dict) -> list[str]:
     h = dev["heap"]
-    L += table(
+    return table(
         ["Measure", "Value"],
         [
             ["SHA-256 (hashlib), 4 KiB updates", stat(dev["sha256_mb_s"], "%.0f") + " MB/s"],
@@ -381,7 +409,11 @@ def _device(dev) -> list[str]:
             ],
         ],
     )
-    L.append(
+
+
+def _heap(h: dict) -> list[str]:
+    """The heap during a download + verify: at each limit tried, and per configuration."""
+    L = [
         "**Heap during a %s download + verify** by the real OTA client (`hanfw.client` with app "
         "banks on a file-backed flash, fed by a stand-in hub in the same interpreter: "
         "`bench/mpy/devcost.py`). *Live data* is sampled after a collection at every frame, above "
@@ -389,7 +421,7 @@ def _device(dev) -> list[str]:
         "the limit once the code is loaded (a board keeps its code in flash), so the limit is "
         "what the client's data may use; the free heap is then in pieces (the largest free block "
         "is given)." % size_name(h["size"])
-    )
+    ]
     L.append("")
     cols = ["Free heap"] + ["%s" % n for n in ("blocks64", "pages255") if n in h]
     rows = []
@@ -431,25 +463,35 @@ def _device(dev) -> list[str]:
             for n in ("blocks64", "pages255")
         ],
     )
-    rs = dev.get("resume")
-    if rs:
-        L.append(
-            "**Resume**: the same client and flash, the download cut after %d frames (a power "
-            "cut), then a new client over the same flash and state, as after a reboot:" % rs["cut"]
-        )
-        L.append("")
-        L += table(
-            ["Client configuration", "Resumed download"],
-            [
-                [n, "completes" if rs[n]["ok"] else "fails: %s" % rs[n]["error"]]
-                for n in ("blocks64", "pages255")
-            ],
-        )
-    L.append(
+    return L
+
+
+def _resume(rs: dict | None) -> list[str]:
+    """A download cut and resumed by a new client (nothing if that was not run)."""
+    if not rs:
+        return []
+    L = [
+        "**Resume**: the same client and flash, the download cut after %d frames (a power "
+        "cut), then a new client over the same flash and state, as after a reboot:" % rs["cut"]
+    ]
+    L.append("")
+    L += table(
+        ["Client configuration", "Resumed download"],
+        [
+            [n, "completes" if rs[n]["ok"] else "fails: %s" % rs[n]["error"]]
+            for n in ("blocks64", "pages255")
+        ],
+    )
+    return L
+
+
+def _vboard_heap(dev: dict) -> list[str]:
+    h = dev["heap"]
+    L = [
         '**On the virtual board with a 64 KiB heap** (`VirtualBoard(heap="64K")`: the '
         "board's own accounting, ROMFS code not counted), %s downloads + verifies over an "
         "unlimited link:" % size_name(h["size"])
-    )
+    ]
     L.append("")
     L += table(
         ["Client configuration", "Completed", "To verified (s)"],
@@ -458,12 +500,17 @@ def _device(dev) -> list[str]:
             for v in dev["vboard_64k"]
         ],
     )
-    L.append(
+    return L
+
+
+def _wear(dev: dict) -> list[str]:
+    """Flash erases of one download on the 64 KiB board and of each real upgrade."""
+    L = [
         "**Flash wear** (`VirtualBoard.counters()`: erases per 4 KiB sector, by region; a sector "
         "counts in the smallest region that holds it). Each bank sector is erased once per "
         "update; the filesystem takes the resume points (one every 4 KiB of payload) and the "
         "state file."
-    )
+    ]
     L.append("")
     rows = []
     for v in dev["vboard_64k"]:
@@ -475,17 +522,7 @@ def _device(dev) -> list[str]:
                     v["erases"],
                     v["writes"],
                     v["max_per_sector"],
-                    "; ".join(
-                        "%s: %d of %d sectors, %d erases, max %d"
-                        % (
-                            g["region"],
-                            g["erased_sectors"],
-                            g["sectors"],
-                            g["erases"],
-                            g["max_per_sector"],
-                        )
-                        for g in v["regions"]
-                    ),
+                    _by_region(v["regions"]),
                 ]
             )
             break
@@ -501,30 +538,26 @@ def _device(dev) -> list[str]:
                 u["erases"],
                 u["writes"],
                 u["max_per_sector"],
-                "; ".join(
-                    "%s: %d of %d sectors, %d erases, max %d"
-                    % (
-                        g["region"],
-                        g["erased_sectors"],
-                        g["sectors"],
-                        g["erases"],
-                        g["max_per_sector"],
-                    )
-                    for g in u["regions"]
-                ),
+                _by_region(u["regions"]),
             ]
         )
     L += table(["Update", "Erases", "Writes", "Max erases of one sector", "By region"], rows)
     return L
 
 
-def _hub(hub) -> list[str]:
-    L = ["## 4. Hub scale", ""]
-    if not hub:
-        return L + ["Not run.", ""]
-    L.append(
+def _by_region(regions: list[dict]) -> str:
+    return "; ".join(
+        "%s: %d of %d sectors, %d erases, max %d"
+        % (g["region"], g["erased_sectors"], g["sectors"], g["erases"], g["max_per_sector"])
+        for g in regions
+    )
+
+
+def _hub(hub: list[dict]) -> list[str]:
+    """Section 4: one hub process serving N simulated devices."""
+    L = [
         "One hub process (`OtaServer` over UDP on loopback) serves N devices at once; the devices "
-        "are `tests/support/fakedevice.FakeDevice` (the project's link and ZCL code, CPython "
+        "are `hanota.simdevice.FakeDevice` (the project's link and ZCL code, CPython "
         "asyncio) in the bench process, each joining, opening a session, querying and downloading "
         "a %s image with Image Block Requests of %d bytes (small images so that 200 devices fit "
         "the time budget). *Lost* counts requests a device had to send again (its answer never "
@@ -533,7 +566,7 @@ def _hub(hub) -> list[str]:
         "and first query of all N devices; and the hub's RSS growth over the run / N. CPU shares "
         "are of one core."
         % (size_name(hub[0]["image"] - hub[0]["image"] % KiB), hub[0]["max_data"])
-    )
+    ]
     L.append("")
     L.append(
         "*Kernel drops* is the rise of the kernel's UDP RcvbufErrors counter over the runs.%s"
@@ -579,14 +612,12 @@ def _hub(hub) -> list[str]:
     return L
 
 
-def _boards(b) -> list[str]:
-    L = ["## 5. Board start-up", ""]
-    if not b:
-        return L + ["Not run.", ""]
-    L.append(
+def _boards(b: dict) -> list[str]:
+    """Section 5: board start-up to a REPL."""
+    L = [
         "From starting a board whose flash holds firmware to its REPL answering `>>> ` on the "
         "console pty (issue 3 asks for under 2 s)."
-    )
+    ]
     L.append("")
     L += table(
         ["Board", "VirtualBoard.start() → REPL (s)", "`hanota vboard start` → REPL (s)"],
