@@ -42,6 +42,11 @@ console keeps the host tty's slave side open itself, so clients may come and go
 (each opens `pty_path` anew) and its raw settings persist. Output produced while no
 client reads is kept in a bounded backlog (the oldest bytes are dropped), so the board
 never blocks on its console.
+
+This module is the console itself: the host tty, the bridge thread and the REPL mode it
+follows; `consoleproc` starts, ends and restarts the board's process (reset causes,
+Ctrl-C as SIGINT), and `consolerepl` holds the REPL's banners and the raw-REPL re-entry
+after a soft reset.
 """
 from __future__ import annotations
 
@@ -51,146 +56,32 @@ import logging
 import os
 import queue
 import select
-import signal
-import sys
-import subprocess
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
 from typing import Callable
 
-from hanota.errors import HanotaError
+from .consoleproc import (
+    BoardProcess, Child, ConsoleError, ConsoleTimeout, SpawnFn, end_child, has_exited,
+    send_interrupts,
+)
+from .consolerepl import ENTER_RAW, FRIENDLY_BANNER, RAW_BANNER, SOFT_REBOOT, RawReentry
+
+__all__ = [
+    "BACKLOG", "CAUSES", "ENTER_RAW", "FRIENDLY_BANNER", "RAW_BANNER", "SOFT_REBOOT",
+    "TO_BOARD_LIMIT", "Console", "ConsoleError", "ConsoleTimeout", "EventFn", "SpawnFn",
+]
 
 log = logging.getLogger(__name__)
 
-SpawnFn = Callable[[str], tuple[list[str], dict[str, str] | None]]
 EventFn = Callable[[str, str], None]
 
 CAUSES = ("power", "hard", "soft")
-SOFT_REBOOT = b"MPY: soft reboot\r\n"
-RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
-FRIENDLY_BANNER = b'Type "help()" for more information.\r\n'
-ENTER_RAW = b"\r\x01"
 
 BACKLOG = 16 * 1024  # bytes of board output kept for a host that does not read
 TO_BOARD_LIMIT = 64 * 1024  # host input queued for a board that does not read
 _READ = 4096
 _TICK = 0.1  # seconds: how often the bridge looks at its child without I/O
-_REAP_TIMEOUT = 5.0
-_SIGINT_AGAIN = 0.2  # seconds before another Ctrl-C may signal a board still running code
-_FAST_FAILURE = 1.0  # an exit this soon after a start, before the REPL, counts as a failure
-
-
-class ConsoleError(HanotaError):
-    """The console cannot do what was asked (not started, stopped, a boot failed...)."""
-
-    reason = "console"
-
-
-class ConsoleTimeout(ConsoleError, TimeoutError):
-    """The board's REPL did not answer in time."""
-
-    reason = "timeout"
-
-
-@dataclass
-class _Child:
-    """One run of the board: its process and the master side of its tty."""
-
-    proc: subprocess.Popen
-    fd: int
-    started: float
-    reentry: "_RawReentry | None" = None
-    ready: bool = False
-    to_board: bytearray = field(default_factory=bytearray)
-    sigint_at: float = float("-inf")
-
-
-class _RawReentry:
-    """Turns a fresh process's friendly start into a raw-REPL start after a soft reset.
-
-    Firmware keeps the REPL mode over a soft reset; the unix port always starts in the
-    friendly REPL. This filter passes boot output through, swallows the friendly banner
-    and prompt, asks for raw mode (``\\r\\x01``), swallows the echo of that, and passes
-    everything from the raw REPL banner on.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._stage = "prompt"
-
-    def feed(self, data: bytes) -> tuple[bytes, bytes]:
-        """Take board output; return (bytes for the host, bytes for the board)."""
-        if self._stage == "done":
-            return data, b""
-        self._buf += data
-        if self._stage == "prompt":
-            end = self._buf.find(FRIENDLY_BANNER)
-            if end < 0 or not self._buf.endswith(b">>> "):
-                return self._release_boot_output(), b""
-            # the banner is the line before FRIENDLY_BANNER, that banner line and the prompt
-            start = self._buf.rfind(b"\n", 0, max(end - 1, 0)) + 1
-            out = bytes(self._buf[:start])
-            self._buf.clear()
-            self._stage = "banner"
-            return out, ENTER_RAW
-        at = self._buf.find(RAW_BANNER)
-        if at < 0:
-            del self._buf[:-len(RAW_BANNER)]
-            return b"", b""
-        out = bytes(self._buf[at:])
-        self._buf.clear()
-        self._stage = "done"
-        return out, b""
-
-    def _release_boot_output(self) -> bytes:
-        # Keep back what may be the start of the banner: the first line that starts
-        # with "MicroPython " (and all after it), or else an unfinished last line.
-        line_start = 0
-        while line_start < len(self._buf):
-            rest = bytes(self._buf[line_start:line_start + 12])
-            if b"MicroPython ".startswith(rest) or rest.startswith(b"MicroPython "):
-                break
-            nl = self._buf.find(b"\n", line_start)
-            if nl < 0:
-                break
-            line_start = nl + 1
-        out = bytes(self._buf[:line_start])
-        del self._buf[:line_start]
-        return out
-
-
-def _child_setup() -> None:  # runs in the forked child, before exec
-    # SIGINT starts ignored, so the CPython launcher of the `micropython` command installs
-    # no handler of its own; MicroPython installs its handler only while it runs code.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The board loses power when its supervisor dies, however it dies (Linux PDEATHSIG).
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _libc():
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def _catches_sigint(pid: int) -> bool:
-    """Whether the process has a SIGINT handler now (MicroPython: it is running code)."""
-    try:
-        with open("/proc/%d/status" % pid, "rb") as f:
-            for line in f:
-                if line.startswith(b"SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
 
 
 class Console:
@@ -211,9 +102,9 @@ class Console:
     def __init__(self, spawn: SpawnFn, link_path: str | os.PathLike | None = None, *,
                  reset_file: str | os.PathLike | None = None,
                  on_event: EventFn | None = None) -> None:
-        self._spawn_fn = spawn
         self._link_path = os.fspath(link_path) if link_path is not None else None
-        self._reset_file = os.fspath(reset_file) if reset_file is not None else None
+        self._board = BoardProcess(
+            spawn, os.fspath(reset_file) if reset_file is not None else None)
         self.on_event = on_event
         self._lock = threading.Lock()
         self._host_fd: int | None = None  # master side of the host tty
@@ -225,18 +116,13 @@ class Console:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = False
         self._closed = False
-        self._child: _Child | None = None
         self._halted = False
         self._mode = "friendly"
         self._to_host = bytearray()
         self._dropped = 0
         self._tail = b""
         self._ready = threading.Event()
-        self._respawn_at: float | None = None
-        self._respawn: tuple[str, bool, bool] | None = None  # cause, run main.py, raw
-        self._failures = 0
         self._next_check = 0.0
-        self.last_returncode: int | None = None
 
     # -- public API -------------------------------------------------------------
 
@@ -255,8 +141,13 @@ class Console:
     @property
     def child_pid(self) -> int | None:
         """Process id of the running board, None while halted or between starts."""
-        child = self._child
+        child = self._board.child
         return child.proc.pid if child else None
+
+    @property
+    def last_returncode(self) -> int | None:
+        """Exit status of the last board process that ended by itself."""
+        return self._board.last_returncode
 
     @property
     def mode(self) -> str:
@@ -429,14 +320,14 @@ class Console:
     def _do(self, what: str, arg: str) -> None:
         if what == "halt":
             self._kill_child()
-            self._respawn = self._respawn_at = None
+            self._board.cancel_respawn()
             self._halted = True
             self._emit("halted", "")
         elif what == "boot":
             self._kill_child()
-            self._respawn = self._respawn_at = None
+            self._board.cancel_respawn()
             self._halted = False
-            self._failures = 0
+            self._board.failures = 0
             self._spawn(arg, main=True, raw=False)
 
     # -- the board process ------------------------------------------------------------
@@ -445,106 +336,34 @@ class Console:
         self._ready.clear()
         self._tail = b""
         self._mode = "raw" if raw else "friendly"
-        argv, env = self._spawn_fn(cause)
-        env = dict(os.environ if env is None else env)
-        env["HANOTA_VB_MAIN"] = "1" if main else "0"
-        env["HANOTA_VB_RESET_CAUSE"] = cause
-        if self._reset_file:
-            env["HANOTA_VB_RESET_FILE"] = self._reset_file
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._reset_file)
-        master, slave = os.openpty()
-        try:
-            tty.setraw(slave)
-            proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave,
-                                    close_fds=True, start_new_session=True,
-                                    preexec_fn=_child_setup)
-        except BaseException as e:
-            os.close(master)
-            if isinstance(e, (OSError, subprocess.SubprocessError)):
-                raise ConsoleError("cannot start the board (%s): %s" % (argv[0], e)) from e
-            raise
-        finally:
-            os.close(slave)
-        os.set_blocking(master, False)
-        self._child = _Child(proc, master, time.monotonic(), _RawReentry() if raw else None)
+        self._board.start(cause, main=main, reentry=RawReentry() if raw else None)
         self._emit("booted", cause)
 
     def _kill_child(self) -> int | None:
         """End the current board process, if any. Returns its exit status."""
-        child, self._child = self._child, None
-        return self._end(child) if child else None
+        if self._board.child is not None:
+            self._ready.clear()
+        return self._board.kill()
 
-    def _end(self, child: _Child) -> int | None:
+    def _end(self, child: Child) -> int | None:
         """SIGKILL a board's process group, reap it, close its tty. Returns the status."""
         self._ready.clear()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.proc.pid, signal.SIGKILL)  # not reaped yet: the id is ours
-        try:
-            rc = child.proc.wait(timeout=_REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            log.error("board process %d did not die", child.proc.pid)
-            rc = None
-        with contextlib.suppress(OSError):
-            os.close(child.fd)
-        return rc
+        return end_child(child)
 
-    @staticmethod
-    def _has_exited(child: _Child) -> bool:
-        """Whether the board process has ended (without reaping it)."""
-        try:
-            info = os.waitid(os.P_PID, child.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return info is not None
-
-    def _child_gone(self, child: _Child) -> None:
+    def _child_gone(self, child: Child) -> None:
         """The board ended by itself: decide the reset cause and start it again."""
         self._drain_child(child)
-        if self._child is not child:  # an event handler already reset or halted it
+        if self._board.child is not child:  # an event handler already reset or halted it
             self._end(child)
             return
-        self._child = None
-        rc = self._end(child)  # also ends anything the board left running
-        self.last_returncode = rc
-        cause = self._reset_cause_of(rc)
+        self._ready.clear()
+        cause = self._board.reap(child, raw_mode=self._mode == "raw")
         if cause == "soft":
             self._queue_host(SOFT_REBOOT)
-            raw = self._mode == "raw"  # the REPL mode survives a soft reset
-            main = not raw
-        else:
-            raw, main = False, True
-        # A start that keeps failing before its REPL (a bad command, say) is retried
-        # with back-off; power cuts (SIGKILL) restart at once, as they do on a chip.
-        alive = time.monotonic() - child.started
-        if rc is not None and rc != -signal.SIGKILL and not child.ready and alive < _FAST_FAILURE:
-            self._failures += 1
-        else:
-            self._failures = 0
-        delay = 0.0 if self._failures < 2 else min(2.0, 0.1 * 2 ** (self._failures - 2))
-        self._respawn = (cause, main, raw)
-        self._respawn_at = time.monotonic() + delay
         self._emit("exited", cause)
 
-    def _reset_cause_of(self, rc: int | None) -> str:
-        if self._reset_file:
-            try:
-                with open(self._reset_file) as f:
-                    word = f.read().strip()
-                os.unlink(self._reset_file)
-            except OSError:
-                word = ""
-            if word.isidentifier():
-                return word
-        if rc is not None and rc >= 0:
-            return "soft"  # the unix port's exit is where firmware soft-resets
-        if rc == -signal.SIGKILL:
-            return "power"
-        return "hard"
-
     def _respawn_due(self) -> None:
-        cause, main, raw = self._respawn
-        self._respawn = self._respawn_at = None
+        cause, main, raw = self._board.take_respawn()
         try:
             self._spawn(cause, main=main, raw=raw)
         except Exception as e:
@@ -562,7 +381,7 @@ class Console:
             del self._to_host[:extra]
             self._dropped += extra
 
-    def _from_board(self, child: _Child, data: bytes) -> None:
+    def _from_board(self, child: Child, data: bytes) -> None:
         if child.reentry is not None:
             data, reply = child.reentry.feed(data)
             if reply:
@@ -576,12 +395,12 @@ class Console:
             self._mode = "raw" if raw_at > friendly_at else "friendly"
             if not child.ready:
                 child.ready = True
-                self._failures = 0
+                self._board.failures = 0
                 self._ready.set()
                 self._emit("ready", self._mode)
         self._tail = scan[-(len(FRIENDLY_BANNER) - 1):]
 
-    def _drain_child(self, child: _Child) -> None:
+    def _drain_child(self, child: Child) -> None:
         while True:
             try:
                 data = os.read(child.fd, _READ)
@@ -600,26 +419,12 @@ class Console:
             if e.errno != errno.EIO:
                 raise
             return
-        child = self._child
+        child = self._board.child
         if child is None or self._halted:
             return  # a board that is off or resetting hears nothing
         if b"\x03" in data:
-            data = self._interrupts(child, data)
+            data = send_interrupts(child, data)
         child.to_board += data
-
-    def _interrupts(self, child: _Child, data: bytes) -> bytes:
-        """Turn each Ctrl-C the board would take as an interrupt into SIGINT; keep the rest."""
-        kept = bytearray()
-        for i, piece in enumerate(data.split(b"\x03")):
-            if i:
-                if not _catches_sigint(child.proc.pid):
-                    kept += b"\x03"  # a REPL (or nothing yet) reads it: a plain byte
-                elif time.monotonic() - child.sigint_at >= _SIGINT_AGAIN:
-                    child.sigint_at = time.monotonic()
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child.proc.pid, signal.SIGINT)
-            kept += piece
-        return bytes(kept)
 
     def _write(self, fd: int, buf: bytearray) -> bool:
         """Write what the fd takes; False when the other side is gone."""
@@ -656,10 +461,11 @@ class Console:
         self._serve_commands()
         if self._stopping:
             return
+        board = self._board
         now = time.monotonic()
-        if self._child is None and self._respawn is not None and now >= self._respawn_at:
+        if board.child is None and board.respawn is not None and now >= board.respawn_at:
             self._respawn_due()
-        child = self._child
+        child = board.child
         readers = [self._wake_r]
         if child is None or len(child.to_board) < TO_BOARD_LIMIT:
             readers.append(self._host_fd)  # else leave it unread: the host waits
@@ -669,21 +475,21 @@ class Console:
             if child.to_board:
                 writers.append(child.fd)
         timeout = _TICK
-        if child is None and self._respawn_at is not None:
-            timeout = max(0.0, min(timeout, self._respawn_at - now))
+        if child is None and board.respawn_at is not None:
+            timeout = max(0.0, min(timeout, board.respawn_at - now))
         r, _, _ = select.select(readers, writers, [], timeout)
         if self._wake_r in r:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 512)
         if self._host_fd in r:
             self._read_host()
-        if child is not None and child is self._child:
+        if child is not None and child is board.child:
             self._serve_child(child, r)
         if self._to_host and not self._write(self._host_fd, self._to_host):
             self._dropped += len(self._to_host)  # defensive: we hold the slave side open
             self._to_host.clear()
 
-    def _serve_child(self, child: _Child, readable: list[int]) -> None:
+    def _serve_child(self, child: Child, readable: list[int]) -> None:
         gone = False
         if child.fd in readable:
             try:
@@ -694,7 +500,7 @@ class Console:
                 data = b""
             if data:
                 self._from_board(child, data)
-                if child is not self._child:  # an event handler reset or halted it
+                if child is not self._board.child:  # an event handler reset or halted it
                     return
             elif data is not None:
                 gone = True
@@ -702,7 +508,7 @@ class Console:
             child.to_board.clear()
         if not gone and time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + _TICK
-            gone = self._has_exited(child)
+            gone = has_exited(child)
         if gone:
             self._child_gone(child)
 
