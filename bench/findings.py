@@ -294,7 +294,7 @@ def _lost(top: dict, big: dict | None) -> str:
         "device a 2 s stall. The server leaves the socket at the system default "
         "(rmem_default, 208 KiB here), and a small datagram takes about 1 KiB of it, so a "
         "burst from a couple of hundred devices fills it while the event loop is busy. "
-        "Fix (`host/hanota/server.py` `listen_udp`, or `linkio.UdpLink.open`): set "
+        "Fix (`host/hanota/server/core.py` `listen_udp`, or `linkio.UdpLink.open`): set "
         "SO_RCVBUF to a few MiB (capped by net.core.rmem_max)%s."
         % (
             top["devices"],
