@@ -43,22 +43,20 @@ console keeps the host tty's slave side open itself, so clients may come and go
 client reads is kept in a bounded backlog (the oldest bytes are dropped), so the board
 never blocks on its console.
 
-This module is the console itself: the host tty, the bridge thread and the REPL mode it
-follows; `consoleproc` starts, ends and restarts the board's process (reset causes,
-Ctrl-C as SIGINT), and `consolerepl` holds the REPL's banners and the raw-REPL re-entry
-after a soft reset.
+This module is the console itself: the bridge thread and the REPL mode it follows.
+`consoletty` is the host's tty (symlink, backlog), `consoleproc` starts, ends and
+restarts the board's process (reset causes, Ctrl-C as SIGINT), and `consolerepl` holds
+the REPL's banners and the raw-REPL re-entry after a soft reset.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import queue
 import select
 import threading
 import time
-import tty
 from typing import Callable
 
 from .consoleproc import (
@@ -66,6 +64,7 @@ from .consoleproc import (
     send_interrupts,
 )
 from .consolerepl import ENTER_RAW, FRIENDLY_BANNER, RAW_BANNER, SOFT_REBOOT, RawReentry
+from .consoletty import BACKLOG, CHUNK, HostTty, write_some
 
 __all__ = [
     "BACKLOG", "CAUSES", "ENTER_RAW", "FRIENDLY_BANNER", "RAW_BANNER", "SOFT_REBOOT",
@@ -78,9 +77,7 @@ EventFn = Callable[[str, str], None]
 
 CAUSES = ("power", "hard", "soft")
 
-BACKLOG = 16 * 1024  # bytes of board output kept for a host that does not read
 TO_BOARD_LIMIT = 64 * 1024  # host input queued for a board that does not read
-_READ = 4096
 _TICK = 0.1  # seconds: how often the bridge looks at its child without I/O
 
 
@@ -102,14 +99,11 @@ class Console:
     def __init__(self, spawn: SpawnFn, link_path: str | os.PathLike | None = None, *,
                  reset_file: str | os.PathLike | None = None,
                  on_event: EventFn | None = None) -> None:
-        self._link_path = os.fspath(link_path) if link_path is not None else None
+        self._host = HostTty(os.fspath(link_path) if link_path is not None else None)
         self._board = BoardProcess(
             spawn, os.fspath(reset_file) if reset_file is not None else None)
         self.on_event = on_event
         self._lock = threading.Lock()
-        self._host_fd: int | None = None  # master side of the host tty
-        self._host_keep: int | None = None  # our own descriptor on its slave side
-        self._pty_path: str | None = None
         self._wake_r: int | None = None
         self._wake_w: int | None = None
         self._thread: threading.Thread | None = None
@@ -118,8 +112,6 @@ class Console:
         self._closed = False
         self._halted = False
         self._mode = "friendly"
-        self._to_host = bytearray()
-        self._dropped = 0
         self._tail = b""
         self._ready = threading.Event()
         self._next_check = 0.0
@@ -129,14 +121,14 @@ class Console:
     @property
     def pty_path(self) -> str:
         """The host side of the console, e.g. ``/dev/pts/7`` (fixed while started)."""
-        if self._pty_path is None:
+        if self._host.path is None:
             raise ConsoleError("the console is not started")
-        return self._pty_path
+        return self._host.path
 
     @property
     def link_path(self) -> str | None:
         """The stable symlink to `pty_path`, when one was asked for."""
-        return self._link_path
+        return self._host.link_path
 
     @property
     def child_pid(self) -> int | None:
@@ -157,7 +149,7 @@ class Console:
     @property
     def dropped(self) -> int:
         """Bytes of board output dropped because no host read them."""
-        return self._dropped
+        return self._host.dropped
 
     def start(self) -> None:
         """Open the host tty (and symlink), start the bridge, power the board on."""
@@ -167,7 +159,7 @@ class Console:
             if self._thread is not None:
                 raise ConsoleError("the console is already started")
             try:
-                self._open_host_tty()
+                self._host.open()
                 self._wake_r, self._wake_w = os.pipe()
                 os.set_blocking(self._wake_r, False)
                 os.set_blocking(self._wake_w, False)
@@ -244,34 +236,18 @@ class Console:
         self.stop()
 
     def __repr__(self) -> str:
-        return "<Console %s pid=%s mode=%s>" % (self._pty_path, self.child_pid, self._mode)
+        return "<Console %s pid=%s mode=%s>" % (self._host.path, self.child_pid, self._mode)
 
     # -- set-up and tear-down ---------------------------------------------------------
 
-    def _open_host_tty(self) -> None:
-        master, slave = os.openpty()
-        self._host_fd, self._host_keep = master, slave
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._pty_path = os.ttyname(slave)
-        if self._link_path:
-            tmp = "%s.%d.tmp" % (self._link_path, os.getpid())
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            os.symlink(self._pty_path, tmp)
-            os.replace(tmp, self._link_path)
-
     def _close_all(self) -> None:
-        for name in ("_host_fd", "_host_keep", "_wake_r", "_wake_w"):
+        self._host.close()
+        for name in ("_wake_r", "_wake_w"):
             fd = getattr(self, name)
             if fd is not None:
                 setattr(self, name, None)
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        if self._link_path and self._pty_path:
-            with contextlib.suppress(OSError):
-                if os.readlink(self._link_path) == self._pty_path:
-                    os.unlink(self._link_path)
         self._ready.clear()
 
     # -- requests to the bridge thread ------------------------------------------------
@@ -359,7 +335,7 @@ class Console:
         self._ready.clear()
         cause = self._board.reap(child, raw_mode=self._mode == "raw")
         if cause == "soft":
-            self._queue_host(SOFT_REBOOT)
+            self._host.queue(SOFT_REBOOT)
         self._emit("exited", cause)
 
     def _respawn_due(self) -> None:
@@ -372,15 +348,6 @@ class Console:
 
     # -- byte paths ----------------------------------------------------------------------
 
-    def _queue_host(self, data: bytes) -> None:
-        if not data:
-            return
-        self._to_host += data
-        extra = len(self._to_host) - BACKLOG
-        if extra > 0:
-            del self._to_host[:extra]
-            self._dropped += extra
-
     def _from_board(self, child: Child, data: bytes) -> None:
         if child.reentry is not None:
             data, reply = child.reentry.feed(data)
@@ -388,7 +355,7 @@ class Console:
                 child.to_board[:0] = reply
         if not data:
             return
-        self._queue_host(data)
+        self._host.queue(data)
         scan = self._tail + data
         raw_at, friendly_at = scan.rfind(RAW_BANNER), scan.rfind(FRIENDLY_BANNER)
         if raw_at >= 0 or friendly_at >= 0:
@@ -403,7 +370,7 @@ class Console:
     def _drain_child(self, child: Child) -> None:
         while True:
             try:
-                data = os.read(child.fd, _READ)
+                data = os.read(child.fd, CHUNK)
             except (BlockingIOError, OSError):
                 return
             if not data:
@@ -411,13 +378,8 @@ class Console:
             self._from_board(child, data)
 
     def _read_host(self) -> None:
-        try:
-            data = os.read(self._host_fd, _READ)
-        except BlockingIOError:
-            return
-        except OSError as e:  # EIO: no client has the tty open (we keep it open; defensive)
-            if e.errno != errno.EIO:
-                raise
+        data = self._host.read()
+        if not data:
             return
         child = self._board.child
         if child is None or self._halted:
@@ -425,19 +387,6 @@ class Console:
         if b"\x03" in data:
             data = send_interrupts(child, data)
         child.to_board += data
-
-    def _write(self, fd: int, buf: bytearray) -> bool:
-        """Write what the fd takes; False when the other side is gone."""
-        try:
-            n = os.write(fd, buf)
-        except BlockingIOError:
-            return True
-        except OSError as e:
-            if e.errno in (errno.EIO, errno.EBADF, errno.EPIPE):
-                return False
-            raise
-        del buf[:n]
-        return True
 
     # -- the bridge thread -----------------------------------------------------------------
 
@@ -466,10 +415,11 @@ class Console:
         if board.child is None and board.respawn is not None and now >= board.respawn_at:
             self._respawn_due()
         child = board.child
+        host = self._host
         readers = [self._wake_r]
         if child is None or len(child.to_board) < TO_BOARD_LIMIT:
-            readers.append(self._host_fd)  # else leave it unread: the host waits
-        writers = [self._host_fd] if self._to_host else []
+            readers.append(host.fd)  # else leave it unread: the host waits
+        writers = [host.fd] if host.backlog else []
         if child is not None:
             readers.append(child.fd)
             if child.to_board:
@@ -481,19 +431,17 @@ class Console:
         if self._wake_r in r:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 512)
-        if self._host_fd in r:
+        if host.fd in r:
             self._read_host()
         if child is not None and child is board.child:
             self._serve_child(child, r)
-        if self._to_host and not self._write(self._host_fd, self._to_host):
-            self._dropped += len(self._to_host)  # defensive: we hold the slave side open
-            self._to_host.clear()
+        host.flush()
 
     def _serve_child(self, child: Child, readable: list[int]) -> None:
         gone = False
         if child.fd in readable:
             try:
-                data = os.read(child.fd, _READ)
+                data = os.read(child.fd, CHUNK)
             except BlockingIOError:
                 data = None
             except OSError:  # EIO: every holder of the board's tty has closed it
@@ -504,7 +452,7 @@ class Console:
                     return
             elif data is not None:
                 gone = True
-        if child.to_board and not gone and not self._write(child.fd, child.to_board):
+        if child.to_board and not gone and not write_some(child.fd, child.to_board):
             child.to_board.clear()
         if not gone and time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + _TICK
@@ -513,7 +461,7 @@ class Console:
             self._child_gone(child)
 
     def _emit(self, kind: str, detail: str) -> None:
-        log.debug("console %s: %s %s", self._pty_path, kind, detail)
+        log.debug("console %s: %s %s", self._host.path, kind, detail)
         if self.on_event is None:
             return
         try:
