@@ -10,9 +10,7 @@ of outcomes and the HTML report. Every outcome is checked against what was expec
 """
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from .hub import registry as reg
 from .hub import report as hub_report
 from .hub import requests as rq
 from .hub.queue import RetryPolicy
+from .hub.runner import HubRunner
 from .vboard.board import VirtualBoard
 
 V1, V2, V3 = 0x00010000, 0x00020000, 0x00030000
@@ -46,29 +45,6 @@ class Row:
         return self.expected == self.got
 
 
-class _HubThread:
-    """The hub (hanota.hub.Hub) on its own event loop thread."""
-
-    def __init__(self, db_path: Path, options: HubOptions):
-        from .hub import Hub
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="demo-hub", daemon=True)
-        self.thread.start()
-        self.hub = Hub(db_path, udp=("127.0.0.1", 0), options=options)
-        self.call(self.hub.start())
-
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        try:
-            self.call(self.hub.stop(), timeout=20)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
-
-
 def _wait(db: HubDB, request_id: int, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -87,84 +63,124 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> tuple[list[Ro
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    rows: list[Row] = []
-    made: list[VirtualBoard] = []
-    hub = None
-    db = None
-
-    def expect(step: str, want: str, got: str) -> None:
-        rows.append(Row(step, want, got))
-        say("  %-4s %-58s %s" % ("ok" if want == got else "FAIL", step, got))
-
+    demo = _Demo(workdir, say)
     try:
-        say("1. keys and firmware")
-        keys = images.generate_keys(workdir / "keys")
-        key = images.load_private_key(keys.private)
-        fw = {}
-        for kind in ("vboard-esp32", "vboard-nrf52840"):
-            fw[kind, 1] = fwbuild.build(kind, "1.0.0", workdir / "fw" / kind / "v1")
-            fw[kind, 2] = fwbuild.build(kind, "2.0.0", workdir / "fw" / kind / "v2")
-        fw["broken"] = fwbuild.build("vboard-esp32", "3.0.0-broken", workdir / "fw" / "broken",
-                                     extra={"hanfw/fault.py": b"HEALTH = 'self-test fails (deliberately broken build)'\n"})
-        say("  signing key %s; firmware 1.0.0 and 2.0.0 for both boards, and a broken 3.0.0"
-            % images.p256.key_id(images.load_public_key(keys.public_bin)).hex())
+        for step in (demo.keys_and_firmware, demo.start_hub, demo.start_boards, demo.sign_images,
+                     demo.service_requests, demo.hcalcs_activation, demo.rollback,
+                     demo.read_versions, demo.swap_out):
+            step()
+        report_path = workdir / "report.html"
+        report_path.write_text(hub_report.render_html(hub_report.report_data(demo.db)))
+        return demo.rows, report_path
+    finally:
+        demo.close()
 
-        say("2. the hub (Communications Hub) and its registry")
-        db = HubDB.open(workdir / "hub.db")
+
+class _Demo:
+    """The story's steps, in the order run_demo takes them, and what each leaves for the next
+    (keys, firmware, the hub, the boards' EUI-64s, the images)."""
+
+    def __init__(self, workdir: Path, say: Callable[[str], None]):
+        self.workdir = workdir
+        self.say = say
+        self.rows: list[Row] = []
+        self.made: list[VirtualBoard] = []
+        self.hub: HubRunner | None = None
+        self.db: HubDB | None = None
+        self.keys = self.key = None  # images.generate_keys(): paths; the private key loaded
+        self.fw: dict = {}  # (board kind, 1 or 2) or "broken" -> fwbuild.build() output
+        self.devices: dict[str, str] = {}  # board name -> EUI-64
+        self.img: dict[str, Path] = {}
+        self.hc = None  # the HCALCS's distribution request (its image hash activates it)
+
+    def expect(self, step: str, want: str, got: str) -> None:
+        self.rows.append(Row(step, want, got))
+        self.say("  %-4s %-58s %s" % ("ok" if want == got else "FAIL", step, got))
+
+    def close(self) -> None:
+        if self.hub is not None:
+            self.hub.stop()
+        for b in self.made:
+            b.stop()
+        if self.db is not None:
+            self.db.close()
+
+    def keys_and_firmware(self) -> None:
+        self.say("1. keys and firmware")
+        w = self.workdir
+        self.keys = images.generate_keys(w / "keys")
+        self.key = images.load_private_key(self.keys.private)
+        fw = self.fw
+        for kind in ("vboard-esp32", "vboard-nrf52840"):
+            fw[kind, 1] = fwbuild.build(kind, "1.0.0", w / "fw" / kind / "v1")
+            fw[kind, 2] = fwbuild.build(kind, "2.0.0", w / "fw" / kind / "v2")
+        fw["broken"] = fwbuild.build("vboard-esp32", "3.0.0-broken", w / "fw" / "broken",
+                                     extra={"hanfw/fault.py": b"HEALTH = 'self-test fails (deliberately broken build)'\n"})
+        self.say("  signing key %s; firmware 1.0.0 and 2.0.0 for both boards, and a broken 3.0.0"
+                 % images.p256.key_id(images.load_public_key(self.keys.public_bin)).hex())
+
+    def start_hub(self) -> None:
+        self.say("2. the hub (Communications Hub) and its registry")
+        self.db = HubDB.open(self.workdir / "hub.db")
         options = HubOptions(max_in_flight=1, poll_interval=0.1, progress_interval=0.5, stall_timeout=20,
                              request_timeout=2.0, request_retries=2, hold_s=1.0,
                              priorities={"hcalcs": 1, "ppmid": 2, "althan": 3},
                              retry=RetryPolicy(base=1.0, cap=5.0, max_attempts=6, answer_timeout=30,
                                                stall_window=30, activation_timeout=60))
-        hub = _HubThread(db.path, options)
-        udp = hub.hub.udp_address
-        say("  serving on udp %s:%d; priorities hcalcs=1, ppmid=2, althan=3; one transfer at a time" % udp)
+        self.hub = HubRunner(self.db.path, options=options, name="demo-hub")
+        self.say("  serving on udp %s:%d; priorities hcalcs=1, ppmid=2, althan=3; one transfer at a time"
+                 % self.hub.address)
 
-        say("3. four boards: start, flash through the ROM loader, deploy through the console")
+    def start_boards(self) -> None:
+        self.say("3. four boards: start, flash through the ROM loader, deploy through the console")
+        db = self.db
         plan = [("ppmid-1", "vboard-esp32", "ppmid", "MPAN-1001"), ("ppmid-2", "vboard-esp32", "ppmid", "MPAN-1002"),
                 ("althan-1", "vboard-nrf52840", "althan", "MPAN-1003"), ("hcalcs-1", "vboard-nrf52840", "hcalcs", "MPAN-1004")]
         reg.set_suppliers(db, "MPAN-1001", [SUPPLIER_A, SUPPLIER_B])  # dual-Supplier premises
         for mpxn in ("MPAN-1002", "MPAN-1003", "MPAN-1004"):
             reg.set_suppliers(db, mpxn, [SUPPLIER_A])
-        devices = {}
         for name, kind, role, mpxn in plan:
-            b = VirtualBoard(workdir / "boards" / name, board=kind, name=name, role=role, hub=udp)
-            made.append(b)
+            b = VirtualBoard(self.workdir / "boards" / name, board=kind, name=name, role=role,
+                             hub=self.hub.address)
+            self.made.append(b)
             b.start()
             if kind == "vboard-esp32":
-                boards.flash_firmware(b.romloader.url, fw[kind, 1]["firmware"], board=kind)
+                boards.flash_firmware(b.romloader.url, self.fw[kind, 1]["firmware"], board=kind)
             else:
-                hub.call(hub.hub.server.attach_serial(b.info.link))
+                self.hub.attach_serial(b.info.link)
             b.console.wait_ready(20)
-            res = deploy.deploy(b.console.pty_path, kind, role, [keys.public_bin], version=V1,
+            res = deploy.deploy(b.console.pty_path, kind, role, [self.keys.public_bin], version=V1,
                                 settings=DEVICE_SETTINGS)
             reg.add_device(db, res.eui64, role, res.install_code, mpxn)
-            devices[name] = res.eui64
-            say("  %-9s %-16s %s  console %s" % (name, kind, res.eui64, b.console.pty_path))
+            self.devices[name] = res.eui64
+            self.say("  %-9s %-16s %s  console %s" % (name, kind, res.eui64, b.console.pty_path))
 
-        say("4. signed images")
+    def _image(self, role: str, version: int, payload: dict, name: str, tamper: bool = False) -> Path:
+        data = bytearray(images.build_image(payload["app"].read_bytes(), key=self.key, version=version, role=role))
+        if tamper:
+            data[len(data) // 2] ^= 0x20
+        p = self.workdir / "images" / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(bytes(data))
+        self.say("  %-24s %7d bytes, version 0x%08x%s" % (name, len(data), version, " (one bit flipped)" if tamper else ""))
+        return p
 
-        def image(kind, role, version, payload, name, tamper=False):
-            data = bytearray(images.build_image(payload["app"].read_bytes(), key=key, version=version, role=role))
-            if tamper:
-                data[len(data) // 2] ^= 0x20
-            p = workdir / "images" / name
-            p.parent.mkdir(exist_ok=True)
-            p.write_bytes(bytes(data))
-            say("  %-24s %7d bytes, version 0x%08x%s" % (name, len(data), version, " (one bit flipped)" if tamper else ""))
-            return p
-
-        img = {
-            "ppmid": image("vboard-esp32", "ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2.ota"),
-            "tampered": image("vboard-esp32", "ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered.ota", True),
-            "broken": image("vboard-esp32", "ppmid", V3, fw["broken"], "ppmid-v3-broken.ota"),
-            "althan": image("vboard-nrf52840", "althan", V2, fw["vboard-nrf52840", 2], "althan-v2.ota"),
-            "althan3": image("vboard-nrf52840", "althan", V3, fw["vboard-nrf52840", 2], "althan-v3.ota"),
-            "hcalcs": image("vboard-nrf52840", "hcalcs", V2, fw["vboard-nrf52840", 2], "hcalcs-v2.ota"),
+    def sign_images(self) -> None:
+        self.say("4. signed images")
+        fw, image = self.fw, self._image
+        self.img = {
+            "ppmid": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2.ota"),
+            "tampered": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered.ota", True),
+            "broken": image("ppmid", V3, fw["broken"], "ppmid-v3-broken.ota"),
+            "althan": image("althan", V2, fw["vboard-nrf52840", 2], "althan-v2.ota"),
+            "althan3": image("althan", V3, fw["vboard-nrf52840", 2], "althan-v3.ota"),
+            "hcalcs": image("hcalcs", V2, fw["vboard-nrf52840", 2], "hcalcs-v2.ota"),
         }
 
-        say("5. service requests (submitted together while the campaign is paused; delivered by priority)")
-        hub.loop.call_soon_threadsafe(hub.hub.pause)
+    def service_requests(self) -> None:
+        self.say("5. service requests (submitted together while the campaign is paused; delivered by priority)")
+        db, devices, img, expect = self.db, self.devices, self.img, self.expect
+        self.hub.pause()
         subs = {
             "althan": rq.update_firmware(db, devices["althan-1"], img["althan"], SUPPLIER_A),
             "ppmid-1": rq.update_firmware(db, devices["ppmid-1"], img["ppmid"], SUPPLIER_B),
@@ -172,7 +188,7 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> tuple[list[Ro
             "tampered": rq.update_firmware(db, devices["ppmid-2"], img["tampered"], SUPPLIER_A),
             "hcalcs": rq.update_firmware(db, devices["hcalcs-1"], img["hcalcs"], SUPPLIER_A),
         }
-        hub.loop.call_soon_threadsafe(hub.hub.resume)
+        self.hub.resume()
         expect("SR 11.4 ppmid-1 v2 from the second Responsible Supplier", "activated",
                _outcome(_wait(db, subs["ppmid-1"].id)))
         expect("SR 11.4 ppmid-1 from a supplier not responsible for it", "not_authorized",
@@ -182,46 +198,43 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print) -> tuple[list[Ro
         expect("  ... with the device's reason", "bad-signature",
                (tampered["reason"] or "-").rsplit(": ", 1)[-1])
         expect("SR 11.4 althan-1 v2", "activated", _outcome(_wait(db, subs["althan"].id)))
-        hc = _wait(db, subs["hcalcs"].id)
-        expect("SR 11.1 hcalcs-1 v2 distributed (not activated)", "distributed", _outcome(hc))
+        self.hc = _wait(db, subs["hcalcs"].id)
+        expect("SR 11.1 hcalcs-1 v2 distributed (not activated)", "distributed", _outcome(self.hc))
         order = _delivery_order(db, [subs[k].id for k in ("hcalcs", "ppmid-1", "tampered", "althan")])
         expect("deliveries in priority order", "hcalcs, ppmid, ppmid, althan", ", ".join(order))
 
-        say("6. HCALCS activation by Manufacturer Image Hash (SR 11.3)")
-        wrong = rq.activate(db, devices["hcalcs-1"], "00" * 32, SUPPLIER_A)
-        expect("SR 11.3 hcalcs-1 with a wrong hash", "hash_mismatch", _outcome(_wait(db, wrong.id)))
-        right = rq.activate(db, devices["hcalcs-1"], hc["image_hash"], SUPPLIER_A)
-        expect("SR 11.3 hcalcs-1 with the image's hash", "activated", _outcome(_wait(db, right.id)))
+    def hcalcs_activation(self) -> None:
+        self.say("6. HCALCS activation by Manufacturer Image Hash (SR 11.3)")
+        db, hcalcs = self.db, self.devices["hcalcs-1"]
+        wrong = rq.activate(db, hcalcs, "00" * 32, SUPPLIER_A)
+        self.expect("SR 11.3 hcalcs-1 with a wrong hash", "hash_mismatch", _outcome(_wait(db, wrong.id)))
+        right = rq.activate(db, hcalcs, self.hc["image_hash"], SUPPLIER_A)
+        self.expect("SR 11.3 hcalcs-1 with the image's hash", "activated", _outcome(_wait(db, right.id)))
 
-        say("7. a broken image is rolled back")
-        broken = rq.update_firmware(db, devices["ppmid-2"], img["broken"], SUPPLIER_A)
-        expect("SR 11.4 ppmid-2 v3 whose self-test fails", "rolled_back", _outcome(_wait(db, broken.id)))
+    def rollback(self) -> None:
+        self.say("7. a broken image is rolled back")
+        broken = rq.update_firmware(self.db, self.devices["ppmid-2"], self.img["broken"], SUPPLIER_A)
+        self.expect("SR 11.4 ppmid-2 v3 whose self-test fails", "rolled_back",
+                    _outcome(_wait(self.db, broken.id)))
 
-        say("8. read back the versions (SR 11.2)")
+    def read_versions(self) -> None:
+        self.say("8. read back the versions (SR 11.2)")
         for name, want in (("ppmid-1", V2), ("ppmid-2", V1), ("althan-1", V2), ("hcalcs-1", V2)):
-            r = _wait(db, rq.read_version(db, devices[name], SUPPLIER_A).id)
-            expect("SR 11.2 %s runs" % name, "0x%08x" % want,
-                   "0x%08x" % r["result"] if r["result"] is not None else _outcome(r))
+            r = _wait(self.db, rq.read_version(self.db, self.devices[name], SUPPLIER_A).id)
+            self.expect("SR 11.2 %s runs" % name, "0x%08x" % want,
+                        "0x%08x" % r["result"] if r["result"] is not None else _outcome(r))
 
-        say("9. Trust Centre Swap-Out: the hub is replaced")
+    def swap_out(self) -> None:
+        self.say("9. Trust Centre Swap-Out: the hub is replaced")
+        db = self.db
         info = reg.swap_out(db)
-        say("  new hub identity %s" % info.get("eui", info))
+        self.say("  new hub identity %s" % info.get("eui", info))
         time.sleep(1)
-        r = _wait(db, rq.read_version(db, devices["ppmid-1"], SUPPLIER_A).id, timeout=90)
-        expect("ppmid-1 rejoined the new hub (SR 11.2)", "version_read", _outcome(r))
-        late = rq.update_firmware(db, devices["althan-1"], img["althan3"], SUPPLIER_A)
-        expect("SR 11.4 althan-1 after the TCSO", "ota_unavailable_after_tcso", _outcome(_wait(db, late.id)))
-
-        report_path = workdir / "report.html"
-        report_path.write_text(hub_report.render_html(hub_report.report_data(db)))
-        return rows, report_path
-    finally:
-        if hub is not None:
-            hub.stop()
-        for b in made:
-            b.stop()
-        if db is not None:
-            db.close()
+        r = _wait(db, rq.read_version(db, self.devices["ppmid-1"], SUPPLIER_A).id, timeout=90)
+        self.expect("ppmid-1 rejoined the new hub (SR 11.2)", "version_read", _outcome(r))
+        late = rq.update_firmware(db, self.devices["althan-1"], self.img["althan3"], SUPPLIER_A)
+        self.expect("SR 11.4 althan-1 after the TCSO", "ota_unavailable_after_tcso",
+                    _outcome(_wait(db, late.id)))
 
 
 def _delivery_order(db: HubDB, ids: list[int]) -> list[str]:
