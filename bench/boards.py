@@ -11,12 +11,12 @@ import subprocess
 import time
 import tty
 
-from hanota import boards as hboards
+from hanota import boardspec, flasher
 from hanota.vboard.board import VirtualBoard
 
 from .common import BIN, summary
 
-KINDS = ("vboard-esp32", "vboard-nrf52840")
+KINDS = tuple(boardspec.board_names(virtual=True))
 
 
 def wait_prompt(pty_path: str, timeout: float = 10.0) -> None:
@@ -49,7 +49,7 @@ def prepare(ws, kind: str, name: str):
     b = VirtualBoard(d, board=kind, name=name).start()
     try:
         if kind == "vboard-esp32":
-            hboards.flash_firmware(b.romloader.url, ws.firmware(kind)["firmware"], board=kind)
+            flasher.flash_firmware(b.romloader.url, ws.firmware(kind)["firmware"], board=kind)
         b.console.wait_ready(20)
     finally:
         b.stop()

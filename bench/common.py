@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from hanfw import otafile
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from hanota.hub.runner import ServerRunner
 from hanota.server import UPGRADE_WAIT, Policy
 from hanota.vboard.board import VirtualBoard
@@ -176,7 +176,7 @@ class Board:
         ).start()
         try:
             if kind == "vboard-esp32":
-                boards.flash_firmware(
+                flasher.flash_firmware(
                     self.vb.romloader.url, ws.firmware(kind)["firmware"], board=kind
                 )
             else:

@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import images
+from .boardspec import BoardChoice
 from .errors import HanotaError
 
 
@@ -170,8 +171,7 @@ def _print_inspect(info: dict) -> None:
               default=None, help="A device configuration (its hanota.json): also check the "
               "device would take the file (manufacturer, image type, hardware range, "
               "destination, security version).")
-@click.option("--board", type=click.Choice(["esp32", "esp32s3", "nrf52840", "vboard-esp32",
-                                           "vboard-nrf52840"]), default=None,
+@click.option("--board", type=BoardChoice(), default=None,
               help="With --for-device: also check the payload kind and size against this "
               "board's banks.")
 @click.option("--running", type=Version(), default=None,
@@ -225,7 +225,7 @@ def _print_board(info: dict, as_json: bool) -> None:
 
 
 @vboard.command("start")
-@click.option("--board", "kind", type=click.Choice(["vboard-esp32", "vboard-nrf52840"]),
+@click.option("--board", "kind", type=BoardChoice(virtual=True),
               default="vboard-esp32", show_default=True)
 @click.option("--name", required=True, help="Board name (also its folder under $HANOTA_HOME/vboards).")
 @click.option("--role", type=click.Choice(sorted(images.ROLE_IMAGE_TYPES)), default=None,
@@ -308,7 +308,7 @@ def firmware():
 
 
 @firmware.command("build")
-@click.option("--board", "kind", type=click.Choice(["vboard-esp32", "vboard-nrf52840"]),
+@click.option("--board", "kind", type=BoardChoice(virtual=True),
               default="vboard-esp32", show_default=True)
 @click.option("--version", "version", required=True, help="Version string (esp_app_desc_t), e.g. 1.0.0.")
 @click.option("--secure-version", type=BasedInt(32), default=0, show_default=True)
@@ -331,8 +331,7 @@ def board():
 
 
 @board.command("flash")
-@click.option("--board", "kind", type=click.Choice(["esp32", "esp32s3", "vboard-esp32", "nrf52840"]),
-              required=True)
+@click.option("--board", "kind", type=BoardChoice(flasher=True), required=True)
 @click.option("--port", required=True,
               help="Serial port or pyserial URL (a virtual board's rom_loader); for nrf52840 the "
                    "UF2 drive folder, or a serial port for adafruit-nrfutil DFU.")
@@ -343,20 +342,20 @@ def board():
 def board_flash(kind, port, fw, offset, erase):
     """Flash MicroPython firmware: ESP32 through the ROM loader (esptool library, compressed,
     MD5-verified); nRF52840 by UF2 copy or adafruit-nrfutil serial DFU."""
-    from . import boards
+    from . import flasher
 
-    if kind == "nrf52840":
-        facts = boards.flash_nrf52840(port, fw, **({"address": offset} if offset is not None else {}))
+    if flasher.flash_method(kind) == "uf2":
+        facts = flasher.flash_nrf52840(port, fw, address=offset, board=kind)
         click.echo("flashed %d bytes to %s by %s" % (facts["size"], facts["target"], facts["method"]))
         return
-    facts = boards.flash_firmware(port, fw, board=kind, offset=offset, erase=erase)
+    facts = flasher.flash_firmware(port, fw, board=kind, offset=offset, erase=erase)
     click.echo("flashed %d bytes at 0x%x on %s (%s, MAC %s), verified"
                % (facts["size"], facts["offset"], port, facts["chip"], facts["mac"]))
 
 
 @board.command("deploy")
 @click.option("--board", "kind", required=True,
-              type=click.Choice(["esp32", "esp32s3", "nrf52840", "vboard-esp32", "vboard-nrf52840"]))
+              type=BoardChoice())
 @click.option("--port", required=True, help="The board's REPL serial port (a virtual board's console).")
 @click.option("--role", type=click.Choice(sorted(images.ROLE_IMAGE_TYPES)), required=True)
 @click.option("--key", "keys_", multiple=True, required=True, type=click.Path(dir_okay=False),

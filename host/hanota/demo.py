@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import boards, deploy, fwbuild, images
+from . import deploy, flasher, fwbuild, images
 from .hub import HubDB, HubOptions
 from .hub import registry as reg
 from .hub import report as hub_report
@@ -145,7 +145,7 @@ class _Demo:
             self.made.append(b)
             b.start()
             if kind == "vboard-esp32":
-                boards.flash_firmware(b.romloader.url, self.fw[kind, 1]["firmware"], board=kind)
+                flasher.flash_firmware(b.romloader.url, self.fw[kind, 1]["firmware"], board=kind)
             else:
                 self.hub.attach_serial(b.info.link)
             b.console.wait_ready(20)

@@ -19,9 +19,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import devcode, fwbuild, images
+from . import boardspec, devcode, fwbuild, images
 from .errors import HanotaError
-from .vboard import layout
 
 DEFAULT_HW_VERSION = 0x0100
 
@@ -161,7 +160,7 @@ def deploy(port: str, board: str, role: str, keys: list[str | os.PathLike], *,
     """Deploy role `role` onto the board at `port`; returns what was written (and the install code)."""
     if role not in images.ROLE_IMAGE_TYPES:
         raise DeployError("unknown role %r" % role)
-    spec = layout.load_board(board)
+    spec = boardspec.load_board(board)
     points = [images.load_public_key(k).hex() for k in keys]
     if not points:
         raise DeployError("give at least one public key to pin (--key)")

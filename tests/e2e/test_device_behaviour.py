@@ -9,7 +9,7 @@ import pytest
 
 from hanfw import link as hlink
 from hanfw import zcl
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from support.consolelog import ConsoleLog
 from support.hubkit import HubThread
 from test_ota_upgrade import MPREMOTE, V1, V2, bring_up, keys, ota_file, payloads, read_version  # noqa: F401
@@ -118,7 +118,7 @@ def test_configuration_missing_or_malformed_is_refused_with_a_message(vboards, h
 
 def test_althan_refuses_the_ordinary_join_service(vboards, hub, keys, payloads):
     b = vboards("vboard-esp32", hub=hub.udp)
-    boards.flash_firmware(b.romloader.url, payloads["vboard-esp32", 1]["firmware"], board="vboard-esp32")
+    flasher.flash_firmware(b.romloader.url, payloads["vboard-esp32", 1]["firmware"], board="vboard-esp32")
     b.console.wait_ready(15)
     res = deploy.deploy(b.console.pty_path, "vboard-esp32", "althan", [keys / "public.bin"], version=V1,
                         settings={"join_service": "ordinary"})

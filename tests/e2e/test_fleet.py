@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub import requests as rq
@@ -45,7 +45,7 @@ def test_twenty_boards_through_one_hub(vboards, keys, tmp_path):
         bs = [vboards(kind, name="b%02d" % i, hub=hub.hub.udp_address) for i in range(20)]
 
         def bring(b):
-            boards.flash_firmware(b.romloader.url, p1["firmware"], board=kind)
+            flasher.flash_firmware(b.romloader.url, p1["firmware"], board=kind)
             b.console.wait_ready(30)
             return deploy.deploy(b.console.pty_path, kind, "ppmid", [keys / "public.bin"], version=V1,
                                  settings=FAST)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub import requests as rq
@@ -46,7 +46,7 @@ def test_virtual_board_upgraded_through_the_hub(vboards, keys, tmp_path, kind, r
     try:
         if kind == "vboard-esp32":  # Wi-Fi/UDP to the hub
             b = vboards(kind, hub=hub.hub.udp_address)
-            boards.flash_firmware(b.romloader.url, p1["firmware"], board=kind)
+            flasher.flash_firmware(b.romloader.url, p1["firmware"], board=kind)
         else:  # a UART to the hub
             b = vboards(kind)
             hub.attach_serial(b.info.link)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hanfw import zcl
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from support.hubkit import HubThread
 
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -45,7 +45,7 @@ def bring_up(vboards, hub, keys, payloads, kind, role, settings=None):
     """A board of `kind` running v1 of `role`, deployed and registered with the hub."""
     b = vboards(kind, hub=hub.udp) if kind == "vboard-esp32" else vboards(kind)
     if kind == "vboard-esp32":
-        boards.flash_firmware(b.romloader.url, payloads[kind, 1]["firmware"], board=kind)
+        flasher.flash_firmware(b.romloader.url, payloads[kind, 1]["firmware"], board=kind)
     else:
         hub.attach_serial(b.info.link)
     b.console.wait_ready(15)

@@ -107,9 +107,9 @@ def test_flash_unreachable_port_is_a_clear_error(env, vfirmware):
 
 
 def test_esptool_erase_flash_leaves_a_fresh_chip(vboards, vfirmware):
-    from hanota import boards
+    from hanota import flasher
     b = vboards()
-    boards.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
+    flasher.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
     b.console.wait_ready(10)
     r = subprocess.run([ESPTOOL, "--chip", "esp32", "-p", b.romloader.url, "--before", "no-reset",
                         "erase-flash"], capture_output=True, text=True, timeout=60)
@@ -119,9 +119,9 @@ def test_esptool_erase_flash_leaves_a_fresh_chip(vboards, vfirmware):
 
 
 def test_mpremote_and_ampy_on_the_esp32_littlefs(vboards, vfirmware, tmp_path):
-    from hanota import boards
+    from hanota import flasher
     b = vboards()
-    boards.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
+    flasher.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
     b.console.wait_ready(10)
     port = b.console.pty_path
     src = tmp_path / "data.bin"
@@ -158,12 +158,12 @@ def test_nrf52840_board_console_and_filesystem(vboards, tmp_path):
 
 
 def test_udp_link_endpoint_reaches_the_hub_and_back(vboards, vfirmware):
-    from hanota import boards
+    from hanota import flasher
     hub = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     hub.bind(("127.0.0.1", 0))
     hub.settimeout(10)
     b = vboards(hub=hub.getsockname())
-    boards.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
+    flasher.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
     b.console.wait_ready(10)
     code = ("import os, socket\n"
             "k, h, p = os.getenv('HANOTA_VB_LINK').split(':')\n"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hanfw import zcl
 from hanfw.bootctl import CONFIRMED, STATE_NAMES, TRIAL, Record, RECORD_LEN
-from hanota import boards, deploy, fwbuild, images
+from hanota import deploy, flasher, fwbuild, images
 from hanota.server import Policy
 from hanota.vboard import layout
 from hanota.vboard.board import VirtualBoard
@@ -210,7 +210,7 @@ def make_snapshot(kit: Kit, kind: str, root: Path) -> Snapshot:
     try:
         b.start()
         if kind == "vboard-esp32":
-            boards.flash_firmware(b.romloader.url, kit.payloads[kind, 1]["firmware"], board=kind)
+            flasher.flash_firmware(b.romloader.url, kit.payloads[kind, 1]["firmware"], board=kind)
         else:
             hub.attach_serial(b.info.link)
         b.console.wait_ready(30)

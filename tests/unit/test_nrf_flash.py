@@ -5,14 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hanota import boards
+from hanota import flasher
 
 HANOTA = str(Path(sys.executable).with_name("hanota"))
 
 
 def test_uf2_blocks_follow_the_format():
     data = bytes(range(256)) * 2 + b"tail"
-    uf2 = boards.make_uf2(data, 0x27000)
+    uf2 = flasher.make_uf2(data, 0x27000)
     assert len(uf2) == 3 * 512
     for n in range(3):
         blk = uf2[n * 512:(n + 1) * 512]

@@ -7,8 +7,7 @@ import pytest
 
 from hanfw import config, link
 from hanfw.roles import load
-from hanota import devcode
-from hanota.vboard import layout
+from hanota import boardspec, devcode
 from support.otabuild import new_key, raw_pub
 
 
@@ -115,7 +114,7 @@ def test_althan_relays_between_p2p_and_han(tmp_path):
 
 @pytest.mark.parametrize("name", ["esp32", "esp32s3", "nrf52840", "vboard-esp32", "vboard-nrf52840"])
 def test_board_definitions_load_and_hal_compiles(name, tmp_path):
-    b = layout.load_board(name)
+    b = boardspec.load_board(name)
     assert b.bank_kind in ("firmware", "app") and len(b.banks) == 2
     assert all(r.size % 4096 == 0 and r.offset % 4096 == 0 for r in b.regions)
     if b.bank_kind == "app":
@@ -124,6 +123,6 @@ def test_board_definitions_load_and_hal_compiles(name, tmp_path):
 
 
 def test_real_and_virtual_nrf_layouts_agree():
-    real, virt = layout.load_board("nrf52840"), layout.load_board("vboard-nrf52840")
+    real, virt = boardspec.load_board("nrf52840"), boardspec.load_board("vboard-nrf52840")
     for n in ("bootctl", "app_a", "app_b", "fs"):
         assert (real.region(n).offset, real.region(n).size) == (virt.region(n).offset, virt.region(n).size)

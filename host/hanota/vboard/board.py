@@ -23,7 +23,6 @@ from .console import Console
 from .rt import vflash
 
 DEFAULT_HUB = ("127.0.0.1", 17719)
-BOARD_KINDS = ("vboard-esp32", "vboard-nrf52840")
 
 
 class BoardError(HanotaError):
@@ -79,8 +78,9 @@ class VirtualBoard:
                  role: str | None = None, eui64: str | None = None, power_cut_at: int | None = None,
                  torn: bool = False, link_rate: float | None = None, link_latency: float = 0.0,
                  hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None, drop_every: int = 0):
-        if board not in BOARD_KINDS:
-            raise BoardError("unknown board %r (choose from %s)" % (board, ", ".join(BOARD_KINDS)))
+        kinds = layout.board_names(virtual=True)  # the board folders with virtual = true
+        if board not in kinds:
+            raise BoardError("unknown board %r (choose from %s)" % (board, ", ".join(kinds)))
         self.dir = Path(dir).resolve()
         self.spec = layout.load_board(board)
         self.name = name or self.dir.name

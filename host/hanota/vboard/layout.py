@@ -1,166 +1,29 @@
-"""Virtual board layouts (boards/<name>/board.toml), blank chips, and how to start a board.
+"""What only the virtual board needs of a board: blank chips, flash writes, the partition
+table binary, and how to start the board's MicroPython process.
 
-A board.toml has a ``[board]`` table (name, chip, flash_size, sector_size, bank_kind
-"firmware" | "app", link "udp" | "serial", heap, boot_script) and ``[[regions]]``
-(name, offset, size; ESP32 partitions also carry type/subtype and go into the
-partition table at 0x8000).
+The board facts themselves (board.toml, `Board`, `load_board`, `board_names`, ...) live in
+`hanota.boardspec`; they are re-exported here for the virtual board's callers.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
-from hanota.errors import HanotaError
+from hanota.boardspec import (  # noqa: F401  (re-exported: the virtual board's callers use them)
+    BOARDS_ROOT, SECTOR, Board, LayoutError, Region, board_names, boards_root, load_board,
+    parse_size, partition_entries)
 from hanota.vboard.rt import espfmt, vflash
 
-BOARDS_ROOT = Path(__file__).resolve().parents[3] / "boards"
 RT_DIR = Path(__file__).resolve().parent / "rt"
 
 # Heap the emulation itself takes inside the board process (the rt modules and their
 # buffers), added to the board's heap so the device code sees what the board.toml says.
 RT_HEAP = 48 * 1024
 
-_TYPES = {"app": 0x00, "data": 0x01}
-_SUBTYPES = {
-    "app": {"factory": 0x00, "test": 0x20, **{"ota_%d" % i: 0x10 + i for i in range(16)}},
-    "data": {"ota": 0x00, "phy": 0x01, "nvs": 0x02, "coredump": 0x03, "nvs_keys": 0x04,
-             "efuse": 0x05, "undefined": 0x06, "esphttpd": 0x80, "fat": 0x81, "spiffs": 0x82,
-             "littlefs": 0x83, "romfs": 0x8F},
-}
-
-
-class LayoutError(HanotaError):
-    """A board description is missing or inconsistent."""
-
-    reason = "layout"
-
-
-@dataclass(frozen=True)
-class Region:
-    """A named range of the flash (an ESP32 partition when type is set)."""
-
-    name: str
-    offset: int
-    size: int
-    type: str | None = None
-    subtype: str | None = None
-    bank: bool = False
-    mount: str | None = None
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
-
-@dataclass(frozen=True)
-class Board:
-    """A virtual board's description, loaded from its board.toml."""
-
-    name: str
-    chip: str
-    flash_size: int
-    sector_size: int
-    bank_kind: str
-    link: str
-    heap: str
-    boot_script: str
-    regions: tuple[Region, ...]
-    write_offset: int = 0
-    path: Path | None = None
-    hal: str = ""  # the board folder whose hal.py this board runs (default: its own)
-
-    @property
-    def hal_path(self) -> Path:
-        """The board support module deployed with the device code."""
-        return BOARDS_ROOT / (self.hal or self.name) / "hal.py"
-
-    def region(self, name: str) -> Region:
-        """The region called name; LayoutError when there is none."""
-        for r in self.regions:
-            if r.name == name:
-                return r
-        raise LayoutError("board %s has no region %r" % (self.name, name))
-
-    @property
-    def banks(self) -> tuple[Region, ...]:
-        """The two bank regions (ota_0/ota_1, or app_a/app_b) in order."""
-        return tuple(r for r in self.regions if r.bank)
-
-    @property
-    def partitions(self) -> tuple[Region, ...]:
-        """Regions that are entries of the ESP32 partition table."""
-        return tuple(r for r in self.regions if r.type is not None)
-
-
-def board_names() -> list[str]:
-    """Names of the boards that have a board.toml."""
-    return sorted(p.parent.name for p in BOARDS_ROOT.glob("*/board.toml"))
-
-
-def load_board(board: str | os.PathLike) -> Board:
-    """Load a board by name (boards/<name>/board.toml) or by the path of a board.toml."""
-    p = Path(board)
-    if not p.suffix == ".toml":
-        p = BOARDS_ROOT / str(board) / "board.toml"
-    try:
-        with open(p, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise LayoutError("no board.toml for board %r (looked at %s)" % (str(board), p)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise LayoutError("%s: %s" % (p, e)) from None
-    try:
-        b = data["board"]
-        regions = tuple(Region(name=r["name"], offset=r["offset"], size=r["size"],
-                               type=r.get("type"), subtype=r.get("subtype"),
-                               bank=r.get("bank", False), mount=r.get("mount"))
-                        for r in data.get("regions", ()))
-        board_obj = Board(name=b["name"], chip=b["chip"], flash_size=b["flash_size"],
-                          sector_size=b.get("sector_size", vflash.SECTOR),
-                          bank_kind=b["bank_kind"], link=b["link"], heap=b["heap"],
-                          boot_script=b.get("boot_script", ""), regions=regions,
-                          write_offset=b.get("write_offset", 0), path=p,
-                          hal=b.get("hal", ""))
-    except KeyError as e:
-        raise LayoutError("%s: missing key %s" % (p, e)) from None
-    _check(board_obj)
-    return board_obj
-
-
-def _check(b: Board) -> None:
-    if b.sector_size != vflash.SECTOR or b.flash_size % b.sector_size:
-        raise LayoutError("%s: flash must be whole %d-byte sectors" % (b.name, vflash.SECTOR))
-    for r in b.regions:
-        if r.offset % b.sector_size or r.size % b.sector_size or r.end > b.flash_size:
-            raise LayoutError("%s: region %s is not sector aligned inside the flash"
-                              % (b.name, r.name))
-    if len(b.banks) != 2:
-        raise LayoutError("%s: needs exactly two bank regions" % b.name)
-    for r in b.partitions:
-        if r.type not in _TYPES or r.subtype not in _SUBTYPES[r.type]:
-            raise LayoutError("%s: partition %s has unknown type/subtype %s/%s"
-                              % (b.name, r.name, r.type, r.subtype))
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes of a size such as "128K", "1M", 65536."""
-    if isinstance(text, int):
-        return text
-    t = text.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(t[-1:], 1)
-    try:
-        return int(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise LayoutError("not a size: %r" % text) from None
-
-
-def partition_entries(board: Board) -> list[tuple[int, int, int, int, str, int]]:
-    """The partition table entries (type, subtype, offset, size, label, flags)."""
-    return [(_TYPES[r.type], _SUBTYPES[r.type][r.subtype], r.offset, r.size, r.name, 0)
-            for r in board.partitions]
+# The emulated chip erases in the sectors every board.toml is checked against.
+if vflash.SECTOR != SECTOR:
+    raise ImportError("vflash.SECTOR (%d) differs from boardspec.SECTOR (%d)" % (vflash.SECTOR, SECTOR))
 
 
 def partition_table(board: Board) -> bytes:

@@ -1,6 +1,8 @@
-"""Real and virtual boards: flash MicroPython firmware (esptool library).
+"""The flasher: write MicroPython firmware onto real and virtual boards (esptool library for
+the ESP32 family; UF2 copy or adafruit-nrfutil DFU for the nRF52840).
 
-Deploying the device code (mpremote library) lives in `deploy.py`.
+Which boards take which tool, the chip and the write offset come from each board.toml
+(`hanota.boardspec`). Deploying the device code (mpremote library) lives in `deploy.py`.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import boardspec
 from .errors import HanotaError
 
 
@@ -26,13 +29,26 @@ class ChipInfo:
     firmware_offset: int  # where MicroPython's .bin goes
 
 
-# MicroPython's ESP32 .bin starts with the second-stage bootloader: at 0x1000 on the
-# ESP32, at 0 on the S2/S3/C3 (reference host_fleet.md 2.4).
-CHIPS = {
-    "esp32": ChipInfo("esp32", 0x1000),
-    "esp32s3": ChipInfo("esp32s3", 0x0),
-    "vboard-esp32": ChipInfo("esp32", 0x1000),
-}
+def esptool_chip(board: str) -> ChipInfo:
+    """esptool's chip name and MicroPython's firmware offset for a board flashed by esptool
+    (its board.toml's chip and write_offset); FlashError naming the boards that are."""
+    names = boardspec.board_names(flasher="esptool")
+    if board not in names:
+        raise FlashError("no esptool support for board %r (choose from %s)" % (board, ", ".join(names)))
+    spec = boardspec.load_board(board)
+    return ChipInfo(spec.chip, spec.write_offset)
+
+
+def flash_method(board: str) -> str:
+    """How firmware reaches the board: "esptool" or "uf2" (FlashError when neither)."""
+    try:
+        spec = boardspec.load_board(board)
+    except boardspec.LayoutError as e:
+        raise FlashError(str(e)) from None
+    if not spec.flasher:
+        raise FlashError("board %r cannot be flashed from the host (choose from %s)"
+                         % (board, ", ".join(boardspec.board_names(flasher=True))))
+    return spec.flasher
 
 
 _ESPTOOL_LOCK = threading.Lock()
@@ -93,9 +109,7 @@ def flash_firmware(port: str, firmware: str | os.PathLike | bytes, board: str = 
     Erases the whole chip first when `erase`; writes compressed and verifies by MD5.
     Returns facts (chip, offset, size, mac).
     """
-    if board not in CHIPS:
-        raise FlashError("no esptool support for board %r (choose from %s)" % (board, ", ".join(CHIPS)))
-    chip = CHIPS[board]
+    chip = esptool_chip(board)
     if isinstance(firmware, (bytes, bytearray)):
         data = bytes(firmware)
     else:
@@ -140,14 +154,16 @@ def _flash(cmds, FatalError, port, board, chip, addr, data, erase, baud, progres
 
 # ---------------------------------------------------------------- nRF52840
 
-UF2_FAMILY_NRF52840 = 0xADA52840
 _UF2_MAGIC0, _UF2_MAGIC1, _UF2_END = 0x0A324655, 0x9E5D5157, 0x0AB16F30
 _UF2_FLAG_FAMILY = 0x00002000
 
 
-def make_uf2(data: bytes, address: int, family: int = UF2_FAMILY_NRF52840) -> bytes:
-    """A UF2 file (512-byte blocks of 256 payload bytes) placing `data` at `address`."""
+def make_uf2(data: bytes, address: int, family: int | None = None) -> bytes:
+    """A UF2 file (512-byte blocks of 256 payload bytes) placing `data` at `address`
+    (family: the UF2 family id; default the nrf52840 board's)."""
     import struct
+    if family is None:
+        family = boardspec.load_board("nrf52840").uf2_family
     blocks = [data[i:i + 256] for i in range(0, len(data), 256)]
     out = bytearray()
     for n, chunk in enumerate(blocks):
@@ -158,15 +174,23 @@ def make_uf2(data: bytes, address: int, family: int = UF2_FAMILY_NRF52840) -> by
     return bytes(out)
 
 
-def flash_nrf52840(port: str, firmware: str | os.PathLike, address: int = 0x27000) -> dict:
+def flash_nrf52840(port: str, firmware: str | os.PathLike, address: int | None = None,
+                   board: str = "nrf52840") -> dict:
     """Flash an nRF52840 with the Adafruit bootloader.
 
     `port` is either the bootloader's UF2 drive (a mounted folder with INFO_UF2.TXT: double-tap
-    reset to get it) — the firmware (.uf2, or a raw .bin converted for `address`) is copied
-    there — or a serial port, for which `adafruit-nrfutil` does a serial DFU of a .zip package.
+    reset to get it) — the firmware (.uf2, or a raw .bin converted for `address`, default the
+    board's write_offset) is copied there — or a serial port, for which `adafruit-nrfutil` does
+    a serial DFU of a .zip package.
     """
     import shutil
     import subprocess
+    if flash_method(board) != "uf2":
+        raise FlashError("board %r is not flashed by UF2 (choose from %s)"
+                         % (board, ", ".join(boardspec.board_names(flasher="uf2"))))
+    spec = boardspec.load_board(board)
+    if address is None:
+        address = spec.write_offset
     fw = Path(firmware)
     if not fw.is_file():
         raise FlashError("cannot read firmware %s" % fw)
@@ -178,7 +202,7 @@ def flash_nrf52840(port: str, firmware: str | os.PathLike, address: int = 0x2700
                              "to enter the bootloader, then give the drive's mount point" % drive)
         data = fw.read_bytes()
         if fw.suffix.lower() != ".uf2":
-            data = make_uf2(data, address)
+            data = make_uf2(data, address, spec.uf2_family)
         target = drive / (fw.stem + ".uf2")
         target.write_bytes(data)
         return {"method": "uf2", "target": str(target), "size": len(data),
