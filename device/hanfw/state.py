@@ -2,9 +2,36 @@
 # activation, anti-rollback floor on firmware banks, link counter reservation).
 # One JSON file, replaced atomically (write a new file, then rename), so a
 # power cut leaves either the old or the new state, never a mix.
+# load_json/save_json are the device's one way to keep a JSON file (the roles'
+# role.json uses them too).
 
 import json
 import os
+
+
+def load_json(path):
+    # a missing, unreadable or non-object file means "nothing kept": {}
+    try:
+        with open(path) as f:
+            d = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def save_json(path, data):
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data))
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # some filesystems refuse to rename over a file: remove, then rename
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.rename(tmp, path)
 
 
 class State:
@@ -14,13 +41,7 @@ class State:
         self.load()
 
     def load(self):
-        try:
-            with open(self.path) as f:
-                self.data = json.loads(f.read())
-        except (OSError, ValueError):
-            self.data = {}  # a missing or unreadable state means "nothing in progress"
-        if not isinstance(self.data, dict):
-            self.data = {}
+        self.data = load_json(self.path)  # nothing kept means "nothing in progress"
         return self.data
 
     def get(self, key, default=None):
@@ -40,15 +61,4 @@ class State:
             self.save()
 
     def save(self):
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.data))
-        try:
-            os.rename(tmp, self.path)
-        except OSError:
-            # some filesystems refuse to rename over a file: remove, then rename
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
-            os.rename(tmp, self.path)
+        save_json(self.path, self.data)

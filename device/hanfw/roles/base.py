@@ -3,8 +3,7 @@
 # the OTA identity it uses (image type, join service, activation style) and
 # the health check a new image must pass before it is confirmed.
 
-import json
-import os
+from hanfw.state import load_json, save_json
 
 try:
     from micropython import const
@@ -31,18 +30,11 @@ class BaseRole:
         self.fault = None  # a health problem planted by a deliberately broken test image
 
     def _load(self):
-        try:
-            with open(self.path) as f:
-                d = json.loads(f.read())
-            return d if isinstance(d, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return load_json(self.path)
 
     def save(self):
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(self.data))
-        os.rename(tmp, self.path)
+        # atomic, with the fallback for filesystems that refuse rename-over
+        save_json(self.path, self.data)
 
     # the application loop runs: called every turn of the main loop
     def tick(self):
