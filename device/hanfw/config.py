@@ -12,8 +12,6 @@ except ImportError:
         return x
 
 FILE_NAME = "hanota.json"
-ROLES = ("ppmid", "althan", "hcalcs")
-DEFAULT_IMAGE_TYPES = {"ppmid": 0x0084, "althan": 0x0085, "hcalcs": 0x0086}
 _REQUIRED = ("eui64", "role", "manufacturer", "hw_version", "keys", "install_code")
 
 
@@ -37,6 +35,7 @@ def _hex(value, what):
 # Check and convert a decoded JSON object; every problem is named.
 def from_dict(d):
     from hanfw import p256
+    from hanfw.roles import IMAGE_TYPES, ROLES  # the role table
     if not isinstance(d, dict):
         raise ConfigError("malformed", "configuration is not a JSON object")
     missing = [k for k in _REQUIRED if k not in d]
@@ -57,7 +56,7 @@ def from_dict(d):
             raise ConfigError("bad-" + k, "%s must be a 16-bit integer, got %r" % (k, v))
     c.manufacturer = d["manufacturer"]
     c.hw_version = d["hw_version"]
-    c.image_type = d.get("image_type", DEFAULT_IMAGE_TYPES[c.role])
+    c.image_type = d.get("image_type", IMAGE_TYPES[c.role])
     keys = d["keys"]
     if not isinstance(keys, list) or not keys:
         raise ConfigError("no-keys", "keys must list at least one pinned public key")

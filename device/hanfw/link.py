@@ -23,6 +23,8 @@ import struct
 import hashlib
 import binascii
 
+from hanfw import roles  # the role table: JOIN_REQ's role codes
+
 try:
     from micropython import const
 except ImportError:
@@ -207,12 +209,10 @@ _JOIN_RSP = "<B8sI8s"
 # HELLO_ACK: nonce (8), hub counter u32
 _HELLO = "<8sI"
 _HELLO_LEN = const(12)
-ROLE_CODES = {"ppmid": 1, "althan": 2, "hcalcs": 3}
-ROLE_NAMES = {1: "ppmid", 2: "althan", 3: "hcalcs"}
 
 
 def pack_join_req(service, role, manufacturer, image_type, hw_version, file_version, nonce):
-    return struct.pack(_JOIN_REQ, service, ROLE_CODES[role], manufacturer, image_type, hw_version,
+    return struct.pack(_JOIN_REQ, service, roles.CODES[role], manufacturer, image_type, hw_version,
                        file_version, nonce)
 
 
@@ -220,9 +220,9 @@ def parse_join_req(p):
     if len(p) != struct.calcsize(_JOIN_REQ):
         raise LinkError("malformed", "join request of %d bytes" % len(p))
     f = struct.unpack(_JOIN_REQ, p)
-    if f[1] not in ROLE_NAMES:
+    if f[1] not in roles.NAMES:
         raise LinkError("malformed", "join request with unknown role %d" % f[1])
-    return (f[0], ROLE_NAMES[f[1]]) + f[2:]
+    return (f[0], roles.NAMES[f[1]]) + f[2:]
 
 
 def pack_join_rsp(status, hub_eui, hub_counter, nonce):

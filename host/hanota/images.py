@@ -15,13 +15,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from hanfw import otafile, p256
+from hanfw import otafile, p256, roles
 from hanfw.otafile import OtaError
 
 from .errors import ImageFormatError, KeyFileError
 
-# Default image types per role (DESIGN.md "Activation styles").
-ROLE_IMAGE_TYPES = {"ppmid": 0x0084, "althan": 0x0085, "hcalcs": 0x0086}
+# Default image types per role, from the device's role table (hanfw.roles).
+ROLE_IMAGE_TYPES = roles.IMAGE_TYPES
 # Manufacturer code used for hanota's development images.
 DEFAULT_MANUFACTURER = 0x1234
 STACK_VERSION_PRO = 2

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hanfw import link as hlink
+from hanfw import roles as hroles
 
 from .. import images
 from ..errors import HanotaError
 
 SCHEMA_VERSION = 1
-ROLES = ("ppmid", "althan", "hcalcs")
+ROLES = hroles.ROLES  # the device's role table
 KINDS = ("update", "activate", "read_version")
 STATES = ("queued", "notifying", "downloading", "activating", "running", "done")
 IN_SLOT = ("notifying", "downloading")  # update requests that hold a transfer slot
@@ -126,7 +127,7 @@ CREATE TABLE IF NOT EXISTS premises (
 );
 CREATE TABLE IF NOT EXISTS devices (
     eui TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('ppmid', 'althan', 'hcalcs')),
+    role TEXT NOT NULL CHECK (role IN (%(roles)s)),
     manufacturer INTEGER NOT NULL,
     image_type INTEGER NOT NULL,
     hw_version INTEGER,
@@ -201,7 +202,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_request ON events (request_id);
 CREATE INDEX IF NOT EXISTS events_by_eui ON events (eui, at);
-""" % {"outcomes": ", ".join("'%s'" % o for o in OUTCOMES)}
+""" % {"outcomes": ", ".join("'%s'" % o for o in OUTCOMES),
+       "roles": ", ".join("'%s'" % r for r in ROLES)}
 
 
 class HubDB:

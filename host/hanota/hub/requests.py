@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hanfw.roles import ACTIVATION
+
 from .. import images
 from .db import OUTCOMES, HubDB, HubError, HubUsageError, eui_text, version_text
 from .registry import TCSO_REASON, device, responsible_suppliers, tcso_affected
@@ -202,7 +204,8 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
     None for on receipt) or SR 11.1 (hcalcs: distribute only)."""
     e = eui_text(eui)
     dev = device(db, e)
-    if dev is not None and dev["role"] == "hcalcs" and activate_at is not None:
+    by_command = dev is not None and ACTIVATION[dev["role"]] == "command"
+    if by_command and activate_at is not None:
         raise HubUsageError("HCALCS firmware is distributed by SR 11.1 and activated by a "
                             "separate SR 11.3 (hanota request activate); drop --activate-at",
                             reason="bad-argument")
@@ -210,7 +213,7 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
     refusal = _refusal(db, dev, e, supplier, "update")
     if refusal is None:
         refusal = _image_refusal(img, dev)
-    sr = "11.1" if dev is not None and dev["role"] == "hcalcs" else "11.4"
+    sr = "11.1" if by_command else "11.4"
     return _record(db, kind="update", sr=sr, eui=e, dev=dev, supplier=supplier,
                    refusal=refusal, image=img["sha256"], target_version=img["file_version"],
                    image_hash=img["image_hash"], activate_at=activate_at)
@@ -229,7 +232,7 @@ def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str
         raise HubUsageError("the Manufacturer Image Hash is 64 hex digits (SHA-256)",
                             reason="bad-hash")
     dev = device(db, e)
-    if dev is not None and dev["role"] != "hcalcs":
+    if dev is not None and ACTIVATION[dev["role"]] != "command":
         raise HubUsageError("SR 11.3 activates HCALCS firmware; a %s activates as part of SR "
                             "11.4 (hanota request update-firmware --activate-at)" % dev["role"],
                             reason="bad-argument")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from hanfw import link as hlink
+from hanfw.roles import ACTIVATION
 
 from .common import UPGRADE_NOW, UPGRADE_WAIT
 
@@ -144,7 +145,7 @@ class Policy:
         if eui in self.upgrade_times:
             return self.upgrade_times[eui]
         role = self.joined.get(eui, {}).get("role")
-        return UPGRADE_WAIT if role == "hcalcs" else UPGRADE_NOW
+        return UPGRADE_WAIT if ACTIVATION.get(role) == "command" else UPGRADE_NOW
 
     # -- events
     def on_progress(self, eui: bytes, image: ServedImage, offset: int, size: int) -> None:
