@@ -190,12 +190,18 @@ class Replay:
         self.last[src] = counter
 
 
+# EUI-64 text <-> bytes, written once (host and device): text is most significant byte
+# first ("00:11:22:33:44:55:66:77"), bytes are wire order (least significant first).
 def eui_str(eui):
     return ":".join("%02x" % b for b in reversed(bytes(eui)))
 
 
 def eui_from_str(text):
-    return bytes(reversed(binascii.unhexlify(text.replace(":", "").replace("-", ""))))
+    # separators ":" or "-" are optional; raises ValueError unless 16 hex digits remain
+    digits = text.replace(":", "").replace("-", "")
+    if len(digits) != 16:
+        raise ValueError("an EUI-64 has 16 hex digits: %r" % text)
+    return bytes(reversed(bytes.fromhex(digits)))
 
 
 # ---- join and hello payloads

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from hanfw import link as hlink
+
 from . import images
 from .boardspec import BoardChoice
 from .errors import HanotaError
@@ -53,7 +55,7 @@ class Eui64(click.ParamType):
 
     def convert(self, value, param, ctx):
         try:
-            return images.parse_eui64(value)
+            return hlink.eui_from_str(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from hanfw import otafile, p256, roles
+from hanfw import link, otafile, p256, roles
 from hanfw.otafile import OtaError
 
 from .errors import ImageFormatError, KeyFileError
@@ -123,18 +123,6 @@ def parse_version(text: str | int) -> int:
     return value
 
 
-def parse_eui64(text: str) -> bytes:
-    """An EUI-64 written most significant byte first (00:11:..:77 or 16 hex digits) → 8 bytes LE."""
-    digits = text.replace(":", "").replace("-", "")
-    if len(digits) != 16:
-        raise ValueError("an EUI-64 has 16 hex digits: %r" % text)
-    return bytes.fromhex(digits)[::-1]
-
-
-def format_eui64(le: bytes) -> str:
-    return ":".join("%02x" % b for b in le[::-1])
-
-
 def guess_payload_kind(payload: bytes) -> int:
     if payload[:3] == _ROMFS_MAGIC:
         return otafile.PAYLOAD_ROMFS
@@ -224,7 +212,7 @@ def inspect_image(path: str | os.PathLike) -> dict:
         "security_credential_version": h.security_credential,
         "min_hw_version": h.min_hw,
         "max_hw_version": h.max_hw,
-        "destination": format_eui64(h.destination) if h.destination is not None else None,
+        "destination": link.eui_str(h.destination) if h.destination is not None else None,
         "sub_elements": [{"tag": t, "length": n} for t, n, _ in s.elements],
         "upgrade_image_length": s.image_length,
         "upgrade_image_sha256": s.image_sha256.hex(),
@@ -340,5 +328,5 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
         want=kinds.get(imagecheck.BANK_PAYLOAD.get(bank_kind), "?"),
         family={v: k for k, v in otafile.BOARD_FAMILIES.items()}.get(d.board_family,
                                                                     d.board_family),
-        dest=":".join("%02x" % b for b in reversed(h.destination or b"")))
+        dest=link.eui_str(h.destination or b""))
     return VerifyResult(Verdict.REJECTED, why, "%s: %s" % (path, text))

@@ -38,7 +38,7 @@ def eui(n: int) -> bytes:
 
 
 def eui_str(n: int) -> str:
-    return images.format_eui64(eui(n))
+    return hlink.eui_str(eui(n))
 
 
 def fast_options(**kw) -> HubOptions:

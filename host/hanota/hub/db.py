@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator
 from hanfw import link as hlink
 from hanfw import roles as hroles
 
-from .. import images
 from ..errors import HanotaError
 
 SCHEMA_VERSION = 1
@@ -88,16 +87,11 @@ def eui_text(value: str | bytes) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         if len(value) != 8:
             raise HubUsageError("an EUI-64 is 8 bytes, not %d" % len(value))
-        return images.format_eui64(bytes(value))
+        return hlink.eui_str(value)
     try:
-        return images.format_eui64(images.parse_eui64(value.strip()))
+        return hlink.eui_str(hlink.eui_from_str(value.strip()))
     except ValueError as e:
         raise HubUsageError(str(e), reason="bad-eui") from None
-
-
-def eui_bytes(text: str) -> bytes:
-    """The wire-order bytes of a canonical EUI-64 text."""
-    return images.parse_eui64(text)
 
 
 def version_text(v: int | None) -> str:

@@ -32,12 +32,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from hanfw import link as hlink
 from hanfw import zcl
 
 from ..errors import HanotaError
 from ..server import OtaServer, ServerError, zigbee_time
 from . import queue
-from .db import HubDB, HubError, eui_bytes, eui_text, version_text
+from .db import HubDB, HubError, eui_text, version_text
 from .policy import HubPolicy
 from .queue import RetryPolicy
 
@@ -193,7 +194,7 @@ class Hub:
         o = self.options
         self.policy = HubPolicy(self.db, self)
         self.hub_eui = hub_eui
-        self.server = OtaServer(eui_bytes(hub_eui), self.policy, block_cap=o.block_cap,
+        self.server = OtaServer(hlink.eui_from_str(hub_eui), self.policy, block_cap=o.block_cap,
                                 response_spacing_ms=o.response_spacing_ms,
                                 stall_timeout=o.stall_timeout,
                                 activation_timeout=o.retry.activation_timeout,
@@ -332,13 +333,13 @@ class Hub:
 
     def hold(self, eui: str) -> None:
         """Tell a device with a queued request to wait if it asks for blocks."""
-        b = eui_bytes(eui)
+        b = hlink.eui_from_str(eui)
         left = self.server.throttle_left(b) if self.server is not None else None
         if left is not None and left < self.options.hold_s / 2:
             self.server.throttle(b, self.options.hold_s)
 
     def unhold(self, eui: str) -> None:
-        b = eui_bytes(eui)
+        b = hlink.eui_from_str(eui)
         if self.server is not None and self.server.is_known(b):
             self.server.throttle(b, 0)
 
@@ -370,7 +371,7 @@ class Hub:
 
     async def _notify_loop(self, request_id: int, eui: str) -> None:
         """Image Notify until the device queries (the request leaves 'notifying')."""
-        b = eui_bytes(eui)
+        b = hlink.eui_from_str(eui)
         pause = max(0.05, min(1.0, self.options.request_timeout))
         while not self._stopping:
             row = self.db.request(request_id)
@@ -388,7 +389,7 @@ class Hub:
 
     async def _command(self, row) -> None:
         """Run an activate (SR 11.3) or read-version (SR 11.2) request once."""
-        b = eui_bytes(row["eui"])
+        b = hlink.eui_from_str(row["eui"])
         o = self.options
         try:
             if row["kind"] == "read_version":
@@ -429,7 +430,7 @@ class Hub:
         r = self.options.retry
         try:
             recs = await self.server.read_attributes(
-                eui_bytes(row["eui"]), [zcl.ATTR_CURRENT_FILE_VERSION],
+                hlink.eui_from_str(row["eui"]), [zcl.ATTR_CURRENT_FILE_VERSION],
                 timeout=self.options.request_timeout, retries=self.options.request_retries)
             rec = recs[0]
             if rec.status != zcl.SUCCESS:

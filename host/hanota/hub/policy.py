@@ -38,7 +38,7 @@ from hanfw import zcl
 from ..server import (UPGRADE_NOW, UPGRADE_WAIT, OtaServer, Policy, ServedImage,
                       zigbee_time)
 from . import queue
-from .db import IN_SLOT, HubDB, eui_bytes, eui_text, version_text
+from .db import IN_SLOT, HubDB, eui_text, version_text
 from .queue import RetryPolicy
 from .registry import TCSO_REASON, tcso_affected
 from .requests import iso
@@ -106,7 +106,7 @@ class HubPolicy(Policy):
             img = ServedImage(r["path"], r["manufacturer"], r["image_type"], r["file_version"],
                               r["size"], bytes.fromhex(r["image_hash"]) if r["image_hash"]
                               else None, r["min_hw"], r["max_hw"],
-                              eui_bytes(r["destination"]) if r["destination"] else None)
+                              hlink.eui_from_str(r["destination"]) if r["destination"] else None)
             self._served[sha] = img
         return img
 
@@ -391,7 +391,7 @@ class HubPolicy(Policy):
         """Apply an Activate Image Response to its request (idempotent)."""
         row = self.db.request(request_id)
         with self.db.tx():
-            self._update_device(eui_bytes(eui), running_version=file_version)
+            self._update_device(hlink.eui_from_str(eui), running_version=file_version)
             if row is None or row["eui"] != eui or row["kind"] != "activate" \
                     or row["outcome"] is not None or row["state"] != "running":
                 return

@@ -23,7 +23,8 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from ..images import parse_eui64
+from hanfw import link as hlink
+
 from ..server import OtaServer, Policy, ServedImage
 from .hub import Hub, HubOptions
 
@@ -151,7 +152,7 @@ class ServerRunner(LoopThread):
 
     def add_device(self, eui64_text: str, install_code: str) -> bytes:
         """Let a device join (its install code); returns its EUI-64 in wire order."""
-        eui = parse_eui64(eui64_text)
+        eui = hlink.eui_from_str(eui64_text)
         self.policy.install_codes[eui] = install_code
         return eui
 
