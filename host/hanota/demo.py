@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import deploy, flasher, fwbuild, images
-from .hub import HubDB, HubOptions
+from .hub import HubDB, HubError, HubOptions
 from .hub import registry as reg
 from .hub import report as hub_report
 from .hub import requests as rq
@@ -46,12 +46,13 @@ class Row:
 
 
 def _wait(db: HubDB, request_id: int, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        row = db.request(request_id)
-        if row["outcome"] is not None or time.monotonic() > deadline:
-            return row
-        time.sleep(0.1)
+    # the story tells of a request that times out ("no outcome") and goes on
+    try:
+        return rq.wait_for_outcome(db, request_id, timeout, poll=0.1)
+    except HubError as e:
+        if e.reason != "timeout":
+            raise
+        return db.request(request_id)
 
 
 def _outcome(row) -> str:

@@ -41,6 +41,7 @@ from . import queue
 from .db import HubDB, HubError, eui_text, version_text
 from .policy import HubPolicy
 from .queue import RetryPolicy
+from .requests import await_outcome
 
 log = logging.getLogger(__name__)
 
@@ -464,18 +465,7 @@ class Hub:
 
     async def wait_outcome(self, request_id: int, timeout: float = 60.0):
         """Wait (polling the database) until a request has its outcome; returns its row."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            row = self.db.request(request_id)
-            if row is None:
-                raise HubError("no request #%d" % request_id, reason="unknown-request")
-            if row["outcome"] is not None:
-                return row
-            if loop.time() > deadline:
-                raise HubError("request #%d has no outcome after %g s (state %s)"
-                               % (request_id, timeout, row["state"]), reason="timeout")
-            await asyncio.sleep(0.05)
+        return await await_outcome(self.db, request_id, timeout)
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until every request has its outcome."""

@@ -19,6 +19,7 @@ An accepted request supersedes the device's pending request of the same kind.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -28,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator
 
 from hanfw.roles import ACTIVATION
 
@@ -271,9 +272,15 @@ def request_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def wait_for_outcome(db: HubDB, request_id: int, timeout: float,
-                     poll: float = 0.2) -> sqlite3.Row:
-    """Poll the database until the request has its outcome; HubError on timeout."""
+SERVE_HINT = "; is hanota serve running?"  # said when the serving hub is another process
+
+
+def outcome_polls(db: HubDB, request_id: int, timeout: float, poll: float,
+                  hint: str = "") -> Generator[float, None, sqlite3.Row]:
+    """The one wait-for-an-outcome loop, shared by the blocking and the asyncio waits: it
+    yields how long to sleep before looking again and returns the request's row once it has
+    its outcome. HubUsageError for an unknown request; HubError (reason "timeout") when
+    `timeout` seconds pass first (`hint` ends that message)."""
     deadline = time.monotonic() + timeout
     while True:
         row = db.request(request_id)
@@ -282,6 +289,30 @@ def wait_for_outcome(db: HubDB, request_id: int, timeout: float,
         if row["outcome"] is not None:
             return row
         if time.monotonic() >= deadline:
-            raise HubError("request #%d has no outcome after %.0f s (state %s); is hanota serve "
-                           "running?" % (request_id, timeout, row["state"]), reason="timeout")
-        time.sleep(poll)
+            raise HubError("request #%d has no outcome after %g s (state %s)%s"
+                           % (request_id, timeout, row["state"], hint), reason="timeout")
+        yield poll
+
+
+def wait_for_outcome(db: HubDB, request_id: int, timeout: float, poll: float = 0.2,
+                     hint: str = SERVE_HINT) -> sqlite3.Row:
+    """Block (polling the database) until the request has its outcome; see outcome_polls."""
+    polls = outcome_polls(db, request_id, timeout, poll, hint)
+    while True:
+        try:
+            pause = next(polls)
+        except StopIteration as done:
+            return done.value
+        time.sleep(pause)
+
+
+async def await_outcome(db: HubDB, request_id: int, timeout: float, poll: float = 0.05,
+                        hint: str = "") -> sqlite3.Row:
+    """wait_for_outcome for a caller on the event loop (the hub's own process)."""
+    polls = outcome_polls(db, request_id, timeout, poll, hint)
+    while True:
+        try:
+            pause = next(polls)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(pause)
