@@ -10,58 +10,10 @@ import sys
 
 import click
 
-from hanfw import link as hlink
-
 from . import images
 from .boardspec import BoardChoice
+from .clitypes import U16, U32, BasedInt, Eui64, Version, exit_code
 from .errors import HanotaError
-
-
-class BasedInt(click.ParamType):
-    """An integer in decimal or 0x hex (or 0b / 0o)."""
-
-    name = "integer"
-
-    def __init__(self, bits: int | None = None):
-        self.bits = bits
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            n = value
-        else:
-            try:
-                n = int(str(value), 0)
-            except ValueError:
-                self.fail("%r is not a number (use decimal or 0x hex)" % value, param, ctx)
-        if n < 0 or (self.bits and n >= 1 << self.bits):
-            self.fail("%s is out of range for a %d-bit field" % (value, self.bits), param, ctx)
-        return n
-
-
-class Version(click.ParamType):
-    """A file version: an integer (0x hex allowed) or a dotted quad a.b.c.d."""
-
-    name = "version"
-
-    def convert(self, value, param, ctx):
-        try:
-            return images.parse_version(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class Eui64(click.ParamType):
-    name = "eui64"
-
-    def convert(self, value, param, ctx):
-        try:
-            return hlink.eui_from_str(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-U16 = BasedInt(16)
-U32 = BasedInt(32)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -436,7 +388,7 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except HanotaError as e:
         click.echo("hanota: %s" % e, err=True)
-        sys.exit(2)
+        sys.exit(exit_code(e))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -9,7 +9,6 @@ listen, no outcome within --wait).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import signal
@@ -19,34 +18,13 @@ from datetime import datetime
 import click
 
 from .. import images
-from ..errors import HanotaError
+from ..clitypes import BasedInt, Eui64, domain_errors
 from . import registry as reg
 from . import report as rep
 from . import requests as rq
-from .db import ROLES, HubDB, HubUsageError, default_db_path, eui_text, version_text
+from .db import ROLES, HubDB, HubUsageError, default_db_path, version_text
 from .hub import DEFAULT_UDP, Hub, HubOptions
 from .queue import RetryPolicy
-
-
-class _Exit1(click.ClickException):
-    exit_code = 1
-
-
-class _Exit2(click.ClickException):
-    exit_code = 2
-
-
-def _errors(fn):
-    """Turn the library's domain errors into messages and exit codes (1 usage, 2 failure)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except HubUsageError as e:
-            raise _Exit1(str(e)) from None
-        except HanotaError as e:
-            raise _Exit2(str(e)) from None
-    return wrapper
 
 
 def _db_option(fn):
@@ -59,30 +37,8 @@ def _open(db_path: str | None, create: bool = True) -> HubDB:
     return HubDB.open(db_path or default_db_path(), create=create)
 
 
-class _Eui(click.ParamType):
-    name = "eui64"
-
-    def convert(self, value, param, ctx):
-        try:
-            return eui_text(value)
-        except HubUsageError as e:
-            self.fail(str(e), param, ctx)
-
-
-class _Int(click.ParamType):
-    name = "integer"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return int(str(value), 0)
-        except ValueError:
-            self.fail("%r is not a number (decimal or 0x hex)" % value, param, ctx)
-
-
-EUI = _Eui()
-INT = _Int()
+EUI = Eui64(text=True)  # the hub keeps devices by their canonical EUI-64 text
+INT = BasedInt()
 
 
 def _priorities(text: str | None) -> dict[str, int] | None:
@@ -166,7 +122,7 @@ def request():
 @_wait_option
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def request_update(eui, image, supplier, activate_at, wait, as_json, db_path):
     """Update a device's firmware: SR 11.4 (distribute + activate) for PPMIDs and Alt HAN
     devices, SR 11.1 (distribute only) for HCALCS."""
@@ -184,7 +140,7 @@ def request_update(eui, image, supplier, activate_at, wait, as_json, db_path):
 @_wait_option
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def request_activate(eui, image_hash, at, supplier, wait, as_json, db_path):
     """Activate the firmware an HCALCS holds (SR 11.3): it checks the hash first."""
     with _open(db_path) as db:
@@ -198,7 +154,7 @@ def request_activate(eui, image_hash, at, supplier, wait, as_json, db_path):
 @_wait_option
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def request_read_version(eui, supplier, wait, as_json, db_path):
     """Read the device's running firmware version (SR 11.2 / CS08)."""
     with _open(db_path) as db:
@@ -211,7 +167,7 @@ def request_read_version(eui, supplier, wait, as_json, db_path):
 @_wait_option
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def request_show(request_id, wait, as_json, db_path):
     """Show one request (and optionally wait for its outcome)."""
     with _open(db_path, create=False) as db:
@@ -247,7 +203,7 @@ def registry():
 @click.option("--image-type", type=INT, default=None, help="Image type (default: the role's).")
 @click.option("--no-ota", is_flag=True, help="Installed before OTA support: never updated.")
 @_db_option
-@_errors
+@domain_errors
 def registry_add(eui, role, install_code, premises, hw_version, manufacturer, image_type,
                  no_ota, db_path):
     """Register a device at premises."""
@@ -266,7 +222,7 @@ def registry_add(eui, role, install_code, premises, hw_version, manufacturer, im
 @click.option("--supplier", "suppliers", multiple=True, required=True,
               help="Responsible Supplier (give twice for dual-Supplier premises).")
 @_db_option
-@_errors
+@domain_errors
 def registry_suppliers(premises, suppliers, db_path):
     """Set the Responsible Supplier(s) of premises."""
     with _open(db_path) as db:
@@ -278,7 +234,7 @@ def registry_suppliers(premises, suppliers, db_path):
 @registry.command("list")
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def registry_list(as_json, db_path):
     """List devices and premises."""
     with _open(db_path) as db:
@@ -304,7 +260,7 @@ def registry_list(as_json, db_path):
 @registry.command("remove")
 @click.option("--device", "eui", type=EUI, required=True, help="Device EUI-64.")
 @_db_option
-@_errors
+@domain_errors
 def registry_remove(eui, db_path):
     """Remove a device (refused while it has pending requests)."""
     with _open(db_path) as db:
@@ -322,7 +278,7 @@ def hub_group():
 @hub_group.command("show")
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def hub_show(as_json, db_path):
     """Show the hub identity (and the ones it replaced)."""
     with _open(db_path) as db:
@@ -341,7 +297,7 @@ def hub_show(as_json, db_path):
               help="EUI-64 of the new hub (default: random).")
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def hub_swap_out(new_eui, as_json, db_path):
     """Trust Centre Swap-Out: replace the hub by one with a new identity.
 
@@ -366,7 +322,7 @@ def hub_swap_out(new_eui, as_json, db_path):
 @click.command()
 @_json_option
 @_db_option
-@_errors
+@domain_errors
 def status(as_json, db_path):
     """Devices, running versions, transfers in progress, queue and outcomes."""
     with _open(db_path, create=False) as db:
@@ -382,7 +338,7 @@ def status(as_json, db_path):
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page with per-device timelines to this file.")
 @_db_option
-@_errors
+@domain_errors
 def report(as_json, html_file, db_path):
     """The outcome of every request."""
     with _open(db_path, create=False) as db:
@@ -498,7 +454,7 @@ async def _serve_main(hub: Hub, live: bool) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @_db_option
-@_errors
+@domain_errors
 def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
           retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
           request_timeout, log_level, db_path):
