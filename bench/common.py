@@ -17,6 +17,7 @@ from pathlib import Path
 from hanfw import otafile
 from hanota import deploy, flasher, fwbuild, images
 from hanota.hub.runner import ServerRunner
+from hanota.keys import generate_keys, load_private_key
 from hanota.server import UPGRADE_WAIT, Policy
 from hanota.vboard.board import VirtualBoard
 
@@ -81,8 +82,8 @@ class Workspace:
         self.dir = Path(tempfile.mkdtemp(prefix="hanota-bench-"))
         os.environ["HANOTA_HOME"] = str(self.dir / "home")  # `hanota vboard` registry
         self.keys = self.dir / "keys"
-        images.generate_keys(self.keys)
-        self.key = images.load_private_key(self.keys / "private.pem")
+        generate_keys(self.keys)
+        self.key = load_private_key(self.keys / "private.pem")
         self.pubkey = self.keys / "public.bin"
         self._fw: dict = {}
         self._version = V1

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from hanota import devcode, images
+from hanota.keys import load_public_key
 from hanota.vboard import layout
 
 from .common import BIN, KiB, MiB, V1, board, download, hub, summary
@@ -50,7 +51,7 @@ def heap_figures(ws, size: int, limits: list[int]) -> dict:
     at every frame), and whether it completes when only `limit` bytes of heap are left free
     once the device code is loaded (a board keeps its code in flash)."""
     path, _ = ws.image(size, "vboard-nrf52840")
-    pub = images.load_public_key(ws.pubkey).hex()
+    pub = load_public_key(ws.pubkey).hex()
     work = ws.dir / "devcost"
     work.mkdir(exist_ok=True)
     out = {"size": size, "limits": limits}
@@ -96,7 +97,7 @@ def resume_figures(ws, size: int, cut: int = 100) -> dict:
     """A download cut after `cut` frames (a power cut), then resumed by a new client over the
     same flash and state: does it complete?"""
     path, _ = ws.image(size, "vboard-nrf52840")
-    pub = images.load_public_key(ws.pubkey).hex()
+    pub = load_public_key(ws.pubkey).hex()
     work = ws.dir / "devcost"
     work.mkdir(exist_ok=True)
     out = {"cut": cut}

@@ -14,6 +14,7 @@ from . import images
 from .boardspec import BoardChoice
 from .clitypes import U16, U32, BasedInt, Eui64, Version, exit_code
 from .errors import HanotaError
+from .keys import generate_keys, load_private_key, load_public_key
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,8 +37,8 @@ def keys_generate(out_dir):
 
     public.bin is the raw 65-byte point that devices pin. Existing keys are never overwritten.
     """
-    paths = images.generate_keys(out_dir)
-    point = images.load_public_key(paths.public_bin)
+    paths = generate_keys(out_dir)
+    point = load_public_key(paths.public_bin)
     click.echo("wrote %s, %s, %s" % (paths.private, paths.public, paths.public_bin))
     click.echo("key id %s" % images.p256.key_id(point).hex())
 
@@ -78,7 +79,7 @@ def image_build(payload, role, version, key_path, manufacturer, image_type, min_
         raise click.UsageError("give both --min-hw and --max-hw, or neither")
     if header_string is not None and len(header_string.encode()) > 32:
         raise click.UsageError("--header-string is %d bytes; at most 32" % len(header_string.encode()))
-    key = images.load_private_key(key_path)
+    key = load_private_key(key_path)
     data = images.build_image(
         payload.read(), key=key, version=version, role=role, manufacturer=manufacturer,
         image_type=image_type, min_hw=min_hw, max_hw=max_hw, destination=dest,
@@ -140,7 +141,7 @@ def image_verify(file, pubkeys, for_device, board, running, floor):
     """
     if for_device is None and (board or running is not None or floor):
         raise click.UsageError("--board, --running and --floor go with --for-device")
-    keys_ = [images.load_public_key(p) for p in pubkeys]
+    keys_ = [load_public_key(p) for p in pubkeys]
     result = images.verify_image(file, keys_)
     if result.verdict is images.Verdict.VALID and for_device is not None:
         try:

@@ -23,6 +23,7 @@ from .hub import report as hub_report
 from .hub import requests as rq
 from .hub.queue import RetryPolicy
 from .hub.runner import HubRunner
+from .keys import generate_keys, load_private_key, load_public_key
 from .vboard.board import VirtualBoard
 
 V1, V2, V3 = 0x00010000, 0x00020000, 0x00030000
@@ -88,7 +89,7 @@ class _Demo:
         self.made: list[VirtualBoard] = []
         self.hub: HubRunner | None = None
         self.db: HubDB | None = None
-        self.keys = self.key = None  # images.generate_keys(): paths; the private key loaded
+        self.keys = self.key = None  # generate_keys(): paths; the private key loaded
         self.fw: dict = {}  # (board kind, 1 or 2) or "broken" -> fwbuild.build() output
         self.devices: dict[str, str] = {}  # board name -> EUI-64
         self.img: dict[str, Path] = {}
@@ -109,8 +110,8 @@ class _Demo:
     def keys_and_firmware(self) -> None:
         self.say("1. keys and firmware")
         w = self.workdir
-        self.keys = images.generate_keys(w / "keys")
-        self.key = images.load_private_key(self.keys.private)
+        self.keys = generate_keys(w / "keys")
+        self.key = load_private_key(self.keys.private)
         fw = self.fw
         for kind in ("vboard-esp32", "vboard-nrf52840"):
             fw[kind, 1] = fwbuild.build(kind, "1.0.0", w / "fw" / kind / "v1")
@@ -118,7 +119,7 @@ class _Demo:
         fw["broken"] = fwbuild.build("vboard-esp32", "3.0.0-broken", w / "fw" / "broken",
                                      extra={"hanfw/fault.py": b"HEALTH = 'self-test fails (deliberately broken build)'\n"})
         self.say("  signing key %s; firmware 1.0.0 and 2.0.0 for both boards, and a broken 3.0.0"
-                 % images.p256.key_id(images.load_public_key(self.keys.public_bin)).hex())
+                 % images.p256.key_id(load_public_key(self.keys.public_bin)).hex())
 
     def start_hub(self) -> None:
         self.say("2. the hub (Communications Hub) and its registry")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import boardspec, devcode, fwbuild, images
 from .errors import HanotaError
+from .keys import load_public_key
 
 DEFAULT_HW_VERSION = 0x0100
 
@@ -161,7 +162,7 @@ def deploy(port: str, board: str, role: str, keys: list[str | os.PathLike], *,
     if role not in images.ROLE_IMAGE_TYPES:
         raise DeployError("unknown role %r" % role)
     spec = boardspec.load_board(board)
-    points = [images.load_public_key(k).hex() for k in keys]
+    points = [load_public_key(k).hex() for k in keys]
     if not points:
         raise DeployError("give at least one public key to pin (--key)")
     sess = (_AmpySession if via == "ampy" else _Session)(port)

@@ -12,6 +12,7 @@ from hanota import deploy, flasher, fwbuild, images
 from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub import requests as rq
+from hanota.keys import generate_keys, load_private_key
 from support.hubfixtures import HubInThread, fast_options
 
 BIN = Path(sys.executable).parent
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    images.generate_keys(d)
+    generate_keys(d)
     return d
 
 
@@ -55,7 +56,7 @@ def test_twenty_boards_through_one_hub(vboards, keys, tmp_path):
             reg.add_device(db, res.eui64, "ppmid", res.install_code, "MPAN-FLEET")
         f = tmp_path / "v2.ota"
         f.write_bytes(images.build_image(p2["app"].read_bytes(), version=V2, role="ppmid",
-                                         key=images.load_private_key(keys / "private.pem")))
+                                         key=load_private_key(keys / "private.pem")))
         subs = [rq.update_firmware(db, res.eui64, f, "Fleet Energy") for res in deployed]
         deadline = time.monotonic() + 400
         while any(db.request(s.id)["outcome"] is None for s in subs):

@@ -11,6 +11,7 @@ from hanota import deploy, flasher, fwbuild, images
 from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub import requests as rq
+from hanota.keys import generate_keys, load_private_key
 from support.hubfixtures import HubInThread, fast_options
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,7 +23,7 @@ FAST = {"query_interval": 1, "health_timeout": 20, "block_timeout_ms": 800}
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    images.generate_keys(d)
+    generate_keys(d)
     return d
 
 
@@ -57,7 +58,7 @@ def test_virtual_board_upgraded_through_the_hub(vboards, keys, tmp_path, kind, r
         reg.add_device(db, res.eui64, role, res.install_code, "MPAN-VB")
         f = tmp_path / "v2.ota"
         f.write_bytes(images.build_image(p2["app"].read_bytes(), version=V2, role=role,
-                                         key=images.load_private_key(keys / "private.pem")))
+                                         key=load_private_key(keys / "private.pem")))
         sub = rq.update_firmware(db, res.eui64, f, "Gas Co")
         row = wait(db, sub.id)
         if role == "hcalcs":  # SR 11.1 then SR 11.3 with the Manufacturer Image Hash

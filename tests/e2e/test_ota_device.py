@@ -7,6 +7,7 @@ import pytest
 
 from hanfw import reasons, zcl
 from hanota import images
+from hanota.keys import load_private_key
 from support.consolelog import ConsoleLog
 from support.hubkit import HubThread
 from test_ota_upgrade import V1, V2, bring_up, keys, ota_file, payloads, read_version  # noqa: F401
@@ -79,7 +80,7 @@ BODY_LEVEL = ["unsigned", "unknown-key", "bad-signature", "security-version", "t
 
 
 def bad_body_image(tmp_path, keys, payloads, kind, why):
-    key = images.load_private_key(keys / "private.pem")
+    key = load_private_key(keys / "private.pem")
     payload = payloads[kind, 2]["app"].read_bytes()
     p = tmp_path / (why + ".ota")
     if why == "unsigned":
@@ -112,7 +113,7 @@ def test_rejected_image_leaves_the_running_image(vboards, hub, keys, payloads, t
     expect_version = V1
     if why == "security-version":
         # first a real upgrade that raises the floor to 3, then an older-counter image
-        key = images.load_private_key(keys / "private.pem")
+        key = load_private_key(keys / "private.pem")
         p = tmp_path / "v2s3.ota"
         p.write_bytes(images.build_image(payloads[kind, 2]["app"].read_bytes(), key=key, version=V2,
                                          role="ppmid", security_version=3))
@@ -145,7 +146,7 @@ def test_rejected_image_leaves_the_running_image(vboards, hub, keys, payloads, t
 def broken_image(tmp_path, keys, payloads, kind, fault_src, name):
     from hanota import fwbuild
     out = fwbuild.build(kind, "2.0.0-broken", tmp_path / name, extra={"hanfw/fault.py": fault_src})
-    key = images.load_private_key(keys / "private.pem")
+    key = load_private_key(keys / "private.pem")
     p = tmp_path / (name + ".ota")
     p.write_bytes(images.build_image(out["app"].read_bytes(), key=key, version=V2, role="ppmid"))
     return p

@@ -8,6 +8,7 @@ import pytest
 
 from hanfw import zcl
 from hanota import deploy, flasher, fwbuild, images
+from hanota.keys import generate_keys, load_private_key
 from support.hubkit import HubThread
 
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -19,7 +20,7 @@ FAST = {"query_interval": 1, "health_timeout": 20, "block_timeout_ms": 800}
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    images.generate_keys(d)
+    generate_keys(d)
     return d
 
 
@@ -56,7 +57,7 @@ def bring_up(vboards, hub, keys, payloads, kind, role, settings=None):
 
 
 def ota_file(tmp_path, keys, payloads, kind, role, version=V2, **kw):
-    key = images.load_private_key(keys / "private.pem")
+    key = load_private_key(keys / "private.pem")
     data = payloads[kind, 2]["app"].read_bytes()
     p = tmp_path / ("%s-%08x.ota" % (role, version))
     p.write_bytes(images.build_image(data, key=key, version=version, role=role, **kw))

@@ -30,6 +30,7 @@ from pathlib import Path
 from hanfw import zcl
 from hanfw.bootctl import CONFIRMED, STATE_NAMES, TRIAL, Record, RECORD_LEN
 from hanota import deploy, flasher, fwbuild, images
+from hanota.keys import generate_keys, load_private_key
 from hanota.server import Policy
 from hanota.vboard import layout
 from hanota.vboard.board import VirtualBoard
@@ -76,8 +77,8 @@ class Kit:
         done = root / "built"
         if not done.exists():
             shutil.rmtree(keys, ignore_errors=True)
-            images.generate_keys(keys)
-        key = images.load_private_key(keys / "private.pem")
+            generate_keys(keys)
+        key = load_private_key(keys / "private.pem")
         payloads, files = {}, {}
         for kind in KINDS:
             for n, text, extra in ((1, "1.0.0", None), (2, "2.0.0", None),

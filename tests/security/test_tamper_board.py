@@ -19,6 +19,7 @@ import pytest
 
 from hanfw import otafile, reasons, zcl
 from hanota import images
+from hanota.keys import load_private_key
 from hanota.server import Policy, ServedImage
 from hanota.vboard import layout
 from hanota.vboard.board import VirtualBoard
@@ -109,7 +110,7 @@ class Bench:
             self.hub.attach_serial(self.board.info.link)
         self.eui = snap.eui
         self.hub.wait_event("hello", self.eui, timeout=60)
-        self.key = images.load_private_key(kit.keys / "private.pem")
+        self.key = load_private_key(kit.keys / "private.pem")
         self.n = 0
 
     def close(self):

@@ -17,6 +17,7 @@ import pytest
 
 from hanfw import otafile, zcl
 from hanota import images
+from hanota.keys import load_private_key, load_public_key
 from support.otabuild import new_key, raw_pub
 
 import hostdev
@@ -35,12 +36,12 @@ HEAD_BYTES = 192  # header + descriptor + image element header, in whole 64-byte
 
 @pytest.fixture(scope="module")
 def key(kit):
-    return images.load_private_key(kit.keys / "private.pem")
+    return load_private_key(kit.keys / "private.pem")
 
 
 @pytest.fixture(scope="module")
 def pub(kit):
-    return images.load_public_key(kit.keys / "public.bin")
+    return load_public_key(kit.keys / "public.bin")
 
 
 def make(kind, key, payload=bytes(range(256)) * 2, version=V2, **kw):

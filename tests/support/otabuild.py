@@ -5,7 +5,7 @@ import struct
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hanota import images
+from hanota.keys import raw_point
 from hanfw import otafile
 
 
@@ -14,7 +14,7 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def raw_pub(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return images._raw_point(key.public_key())
+    return raw_point(key.public_key())
 
 
 def element(tag: int, value: bytes) -> bytes:

@@ -8,6 +8,8 @@ import pytest
 
 from hanota import images
 from hanota.cli import cli, main
+from hanota.errors import KeyFileError
+from hanota.keys import generate_keys, load_public_key
 from support.otabuild import new_key, raw_pub
 
 
@@ -22,7 +24,7 @@ def run(capsys, *args):
 @pytest.fixture(scope="module")
 def keydir(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    images.generate_keys(d)
+    generate_keys(d)
     return d
 
 
@@ -48,7 +50,7 @@ def test_keys_generate_writes_a_pair_and_refuses_to_overwrite(tmp_path, capsys):
     assert code == 0
     pub = (d / "public.bin").read_bytes()
     assert len(pub) == 65 and pub[0] == 4
-    assert images.load_public_key(d / "public.pem") == pub
+    assert load_public_key(d / "public.pem") == pub
     assert stat.S_IMODE(os.stat(d / "private.pem").st_mode) == 0o600
     assert images.p256.key_id(pub).hex() in out
     before = {p.name: p.read_bytes() for p in d.iterdir()}
@@ -60,11 +62,11 @@ def test_keys_generate_writes_a_pair_and_refuses_to_overwrite(tmp_path, capsys):
 def test_public_key_loader_rejects_garbage(tmp_path):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x04" + bytes(64))  # right length, not on the curve
-    with pytest.raises(images.KeyFileError) as ei:
-        images.load_public_key(bad)
+    with pytest.raises(KeyFileError) as ei:
+        load_public_key(bad)
     assert ei.value.reason == "key-format"
-    with pytest.raises(images.KeyFileError):
-        images.load_public_key(tmp_path / "missing.pem")
+    with pytest.raises(KeyFileError):
+        load_public_key(tmp_path / "missing.pem")
 
 
 # ------------------------------------------------------------------ build + inspect
@@ -160,7 +162,7 @@ def test_verify_valid(tmp_path, capsys, keydir, payload):
 
 def test_verify_with_rotated_keys(tmp_path, capsys, keydir, payload):
     other = tmp_path / "other"
-    images.generate_keys(other)
+    generate_keys(other)
     out = build(capsys, keydir, payload, tmp_path / "a.ota")
     code, _, _ = run(capsys, "image", "verify", str(out), "--pubkey", str(other / "public.bin"),
                      "--pubkey", str(keydir / "public.pem"))
@@ -169,7 +171,7 @@ def test_verify_with_rotated_keys(tmp_path, capsys, keydir, payload):
 
 def test_verify_wrong_key(tmp_path, capsys, keydir, payload):
     other = tmp_path / "other"
-    images.generate_keys(other)
+    generate_keys(other)
     out = build(capsys, keydir, payload, tmp_path / "a.ota")
     code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(other / "public.bin"))
     assert code == 1 and "wrong key" in err and "unknown-key" in err
@@ -324,7 +326,7 @@ def test_verify_for_device_too_big_for_the_bank(tmp_path, capsys, keydir):
 def test_verify_for_device_checks_the_signature_first_and_refuses_a_bad_config(
         tmp_path, capsys, keydir, payload):
     other = tmp_path / "other"
-    images.generate_keys(other)
+    generate_keys(other)
     out = build(capsys, keydir, payload, tmp_path / "a.ota", "--manufacturer", "0x5678")
     cfg = device_config(tmp_path, keydir)
     code, _, err = run(capsys, "image", "verify", str(out), "--pubkey", str(other / "public.bin"),

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hanfw import otafile
 from hanfw.otafile import Header, OtaError, OtaStream, parse_stream
 from hanota import images
+from hanota.keys import raw_point
 from support.otabuild import element, header, new_key, unsigned_file
 
 # A header with every optional field, written out byte by byte.
@@ -117,7 +118,7 @@ def test_header_is_known_before_the_body(signed):
 def test_check_signed_accepts_the_signing_key(signed):
     key, _, data = signed
     s = parse_stream(data)
-    pub = images._raw_point(key.public_key())
+    pub = raw_point(key.public_key())
     assert otafile.check_signed(s, [b"\x04" + bytes(64), pub]) == pub
 
 
