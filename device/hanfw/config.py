@@ -35,7 +35,7 @@ def _hex(value, what):
 # Check and convert a decoded JSON object; every problem is named.
 def from_dict(d):
     from hanfw import p256
-    from hanfw.roles import IMAGE_TYPES, ROLES  # the role table
+    from hanfw.roles import ROLES, row  # the role table
     if not isinstance(d, dict):
         raise ConfigError("malformed", "configuration is not a JSON object")
     missing = [k for k in _REQUIRED if k not in d]
@@ -56,7 +56,7 @@ def from_dict(d):
             raise ConfigError("bad-" + k, "%s must be a 16-bit integer, got %r" % (k, v))
     c.manufacturer = d["manufacturer"]
     c.hw_version = d["hw_version"]
-    c.image_type = d.get("image_type", IMAGE_TYPES[c.role])
+    c.image_type = d.get("image_type", row(c.role)[2])
     keys = d["keys"]
     if not isinstance(keys, list) or not keys:
         raise ConfigError("no-keys", "keys must list at least one pinned public key")

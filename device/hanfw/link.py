@@ -218,7 +218,7 @@ _HELLO_LEN = const(12)
 
 
 def pack_join_req(service, role, manufacturer, image_type, hw_version, file_version, nonce):
-    return struct.pack(_JOIN_REQ, service, roles.CODES[role], manufacturer, image_type, hw_version,
+    return struct.pack(_JOIN_REQ, service, roles.row(role)[1], manufacturer, image_type, hw_version,
                        file_version, nonce)
 
 
@@ -226,9 +226,11 @@ def parse_join_req(p):
     if len(p) != struct.calcsize(_JOIN_REQ):
         raise LinkError("malformed", "join request of %d bytes" % len(p))
     f = struct.unpack(_JOIN_REQ, p)
-    if f[1] not in roles.NAMES:
+    try:
+        role = roles.row(f[1])[0]
+    except ValueError:
         raise LinkError("malformed", "join request with unknown role %d" % f[1])
-    return (f[0], roles.NAMES[f[1]]) + f[2:]
+    return (f[0], role) + f[2:]
 
 
 def pack_join_rsp(status, hub_eui, hub_counter, nonce):

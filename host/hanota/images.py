@@ -20,7 +20,7 @@ from .errors import ImageFormatError
 from .keys import raw_point
 
 # Default image types per role, from the device's role table (hanfw.roles).
-ROLE_IMAGE_TYPES = roles.IMAGE_TYPES
+ROLE_IMAGE_TYPES = {r[0]: r[2] for r in roles.TABLE}
 # Manufacturer code used for hanota's development images.
 DEFAULT_MANUFACTURER = 0x1234
 STACK_VERSION_PRO = 2

@@ -4,7 +4,7 @@
 # clear code, so after a TCSO (a new hub without the pairing) it cannot rejoin.
 
 from hanfw import link
-from hanfw.roles import ACTIVATION
+from hanfw.roles import row
 from hanfw.roles.base import BaseRole
 
 CLUSTER_P2P = 0xFC01  # frames relayed to and from the point-to-point side
@@ -12,7 +12,7 @@ CLUSTER_P2P = 0xFC01  # frames relayed to and from the point-to-point side
 
 class Role(BaseRole):
     name = "althan"
-    activation = ACTIVATION[name]  # from the role table
+    activation = row(name)[3]  # from the role table
     join_service = link.SERVICE_ALT_HAN_P2P
 
     def __init__(self, cfg, state_path, log=print):

@@ -3,7 +3,7 @@
 # image is distributed first and activated later by a command carrying the
 # Manufacturer Image Hash.
 
-from hanfw.roles import ACTIVATION
+from hanfw.roles import row
 from hanfw.roles.base import BaseRole, CLUSTER_ROLE
 
 CMD_SET_LOAD = 0x01  # payload: on (u8)
@@ -11,7 +11,7 @@ CMD_SET_LOAD = 0x01  # payload: on (u8)
 
 class Role(BaseRole):
     name = "hcalcs"
-    activation = ACTIVATION[name]  # from the role table
+    activation = row(name)[3]  # from the role table
 
     def __init__(self, cfg, state_path, log=print):
         BaseRole.__init__(self, cfg, state_path, log)

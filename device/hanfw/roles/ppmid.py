@@ -4,7 +4,7 @@
 
 import struct
 
-from hanfw.roles import ACTIVATION
+from hanfw.roles import row
 from hanfw.roles.base import BaseRole, CLUSTER_ROLE
 
 CMD_SET_BALANCE = 0x00  # payload: balance (i32, pence), emergency credit active (u8)
@@ -12,7 +12,7 @@ CMD_SET_BALANCE = 0x00  # payload: balance (i32, pence), emergency credit active
 
 class Role(BaseRole):
     name = "ppmid"
-    activation = ACTIVATION[name]  # from the role table
+    activation = row(name)[3]  # from the role table
 
     def on_frame(self, cluster, payload, client):
         if cluster != CLUSTER_ROLE or len(payload) != 6 or payload[0] != CMD_SET_BALANCE:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generator
 
-from hanfw.roles import ACTIVATION
+from hanfw.roles import row as role_row
 
 from .. import images
 from .db import OUTCOMES, HubDB, HubError, HubUsageError, eui_text, version_text
@@ -205,7 +205,7 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
     None for on receipt) or SR 11.1 (hcalcs: distribute only)."""
     e = eui_text(eui)
     dev = device(db, e)
-    by_command = dev is not None and ACTIVATION[dev["role"]] == "command"
+    by_command = dev is not None and role_row(dev["role"])[3] == "command"
     if by_command and activate_at is not None:
         raise HubUsageError("HCALCS firmware is distributed by SR 11.1 and activated by a "
                             "separate SR 11.3 (hanota request activate); drop --activate-at",
@@ -233,7 +233,7 @@ def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str
         raise HubUsageError("the Manufacturer Image Hash is 64 hex digits (SHA-256)",
                             reason="bad-hash")
     dev = device(db, e)
-    if dev is not None and ACTIVATION[dev["role"]] != "command":
+    if dev is not None and role_row(dev["role"])[3] != "command":
         raise HubUsageError("SR 11.3 activates HCALCS firmware; a %s activates as part of SR "
                             "11.4 (hanota request update-firmware --activate-at)" % dev["role"],
                             reason="bad-argument")

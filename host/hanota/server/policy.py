@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from hanfw import link as hlink
-from hanfw.roles import ACTIVATION
+from hanfw.roles import row as role_row
 
 from .common import UPGRADE_NOW, UPGRADE_WAIT
 
@@ -145,7 +145,8 @@ class Policy:
         if eui in self.upgrade_times:
             return self.upgrade_times[eui]
         role = self.joined.get(eui, {}).get("role")
-        return UPGRADE_WAIT if ACTIVATION.get(role) == "command" else UPGRADE_NOW
+        by_command = role is not None and role_row(role)[3] == "command"
+        return UPGRADE_WAIT if by_command else UPGRADE_NOW
 
     # -- events
     def on_progress(self, eui: bytes, image: ServedImage, offset: int, size: int) -> None:
