@@ -11,6 +11,7 @@ import time
 import struct
 
 from hanfw import link, zcl, otafile, reasons, imagecheck
+from hanfw.download import Download, resumable, qualify, fail_reason
 
 try:
     from micropython import const
@@ -18,11 +19,9 @@ except ImportError:
     def const(x):
         return x
 
-_S2C_MASK = const(0x08)
 _C2S = const(0x01)  # cluster-specific, client to server
 _C2S_NODR = const(0x11)  # ... default response disabled
 _GLOBAL_NODR = const(0x10)
-_HEAD_MAX = const(69 + 6 + 40 + 6)  # header + descriptor element + image element header
 _UNIX_2000 = const(946684800)
 _NO_VERSION = const(0xFFFFFFFF)
 
@@ -72,9 +71,10 @@ class OtaClient:
         self.status = zcl.UPGRADE_NORMAL
         self.rejection = 0
         self.min_period = 0
-        self.dl = None
+        self._download = Download()  # made once, reused by every transfer (see download.py)
+        self.dl = None  # self._download while a transfer is in progress, else None
         self.pending = None  # (manufacturer, image type, version) waiting for activation
-        self.timers = {}
+        self.timers = {}  # timer name -> due tick (ms); _fire runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
         self.blocks = 0
@@ -105,7 +105,23 @@ class OtaClient:
         due = [n for n, t in self.timers.items() if _diff(t, now) <= 0]
         for n in due:
             self.timers.pop(n, None)
-            getattr(self, "_on_" + n)()
+            self._fire(n)
+
+    # Which handler a timer runs. Direct calls rather than a table of bound methods:
+    # no heap held for it (a 64 KiB board has none to spare while a page arrives).
+    def _fire(self, name):
+        if name == "block":
+            self._on_block()
+        elif name == "next":
+            self._on_next()
+        elif name == "query":
+            self._on_query()
+        elif name == "end":
+            self._on_end()
+        elif name == "link":
+            self._on_link()
+        elif name == "activate":
+            self._on_activate()
 
     def poll(self, timeout_ms):
         frame = self.t.recv(min(timeout_ms, self.next_timeout()))
@@ -284,13 +300,13 @@ class OtaClient:
             if a == zcl.ATTR_UPGRADE_SERVER_ID:
                 v = (zcl.TYPE_EUI64, self.hub or b"\xff" * 8)
             elif a == zcl.ATTR_FILE_OFFSET:
-                v = (zcl.TYPE_UINT32, d["offset"] if d else 0xFFFFFFFF)
+                v = (zcl.TYPE_UINT32, d.offset if d else 0xFFFFFFFF)
             elif a == zcl.ATTR_CURRENT_FILE_VERSION:
                 v = (zcl.TYPE_UINT32, self.running_version())
             elif a == zcl.ATTR_CURRENT_STACK_VERSION:
                 v = (zcl.TYPE_UINT16, 2)
             elif a == zcl.ATTR_DOWNLOADED_FILE_VERSION:
-                v = (zcl.TYPE_UINT32, d["v"] if d else (self.pending[2] if self.pending else _NO_VERSION))
+                v = (zcl.TYPE_UINT32, d.v if d else (self.pending[2] if self.pending else _NO_VERSION))
             elif a == zcl.ATTR_IMAGE_UPGRADE_STATUS:
                 v = (zcl.TYPE_ENUM8, self.status)
             elif a == zcl.ATTR_MANUFACTURER_ID:
@@ -336,22 +352,11 @@ class OtaClient:
         ident = (r.manufacturer, r.image_type, r.file_version)
         if self.pending == ident:
             return  # already held: waiting for activation
-        why = self._qualify(r.manufacturer, r.image_type, r.file_version, r.image_size)
+        why = qualify(self.cfg, self.banks, r.manufacturer, r.image_type, r.file_version, r.image_size)
         if why:
             self._reject(ident, why)
             return
         self._begin(ident, r.image_size)
-
-    def _qualify(self, mfr, itype, version, size):
-        if mfr != self.cfg.manufacturer:
-            return "wrong-manufacturer"
-        if itype != self.cfg.image_type:
-            return "wrong-image-type"
-        if version <= self.running_version():
-            return "version-not-newer"
-        if size > self.banks.bank_size() + _HEAD_MAX + otafile.SIGNATURE_ELEMENT_LEN:
-            return "too-big"
-        return None
 
     # ------------------------------------------------------------ download
     def _begin(self, ident, size):
@@ -360,72 +365,32 @@ class OtaClient:
             # esp_ota_begin's rule: no new update while the running image is unconfirmed
             self._reject(ident, "unconfirmed")
             return
-        self.dl = {"id": ident, "v": ident[2], "size": size, "offset": 0, "tries": 0, "head": bytearray(),
-                   "body": False, "poff": 0, "stream": otafile.OtaStream(integrity=False, max_total=size),
-                   "writer": None, "last_ckpt": 0}
+        d = self._download
+        d.start(ident, size)
+        self.dl = d
         self.status = zcl.UPGRADE_DOWNLOAD_IN_PROGRESS
-        if self._resumable(saved, ident, size):
-            self._resume(saved)
-        self.log("ota: downloading version 0x%08x (%d bytes) from offset %d" % (ident[2], size, self.dl["offset"]))
+        if resumable(saved, ident, size):
+            d.resume(saved, self.banks)
+        self.log("ota: downloading version 0x%08x (%d bytes) from offset %d" % (ident[2], size, d.offset))
         self._request()
-
-    def _resumable(self, saved, ident, size):
-        return bool(saved) and saved.get("id") == list(ident) and saved.get("size") == size
-
-    def _resume(self, saved):
-        d = self.dl
-        head = bytes.fromhex(saved["head"])
-        s = d["stream"]
-        s.feed(head)
-        durable = saved["dur"]
-        self.banks.feed_target(durable, s.feed)  # rebuild the hashes from the bank
-        d["head"] = bytearray(head)
-        d["body"] = True
-        d["poff"] = saved["poff"]
-        d["writer"] = self.banks.writer(durable)
-        s.sink = d["writer"].write
-        d["offset"] = saved["poff"] + durable
-        d["last_ckpt"] = durable
 
     def _request(self):
         d = self.dl
         if d is None:
             return
-        off = d["offset"]
-        if not d["body"]:
-            want = min(self._head_need(), self.cfg.max_data)
-            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
-                d["id"][0], d["id"][1], d["id"][2], off, want))
-        elif self.cfg.page_size:
-            page = min(self.cfg.page_size, d["size"] - off)
-            d["page_end"] = off + page  # more blocks are awaited only below this offset
-            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(
-                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data, page, 0))
-        else:
-            self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
-                d["id"][0], d["id"][1], d["id"][2], off, self.cfg.max_data,
-                min_block_period=self.min_period if self.min_period else None))
+        cmd, payload = d.request(self.cfg, self.min_period)
+        self._zsend(_C2S_NODR, cmd, payload)
         self.blocks += 1
-        self._at("block", self.cfg.block_timeout_ms * (1 + min(d["tries"], 4)))
-
-    # bytes still needed before the body: to the end of the image element's header
-    def _head_need(self):
-        d = self.dl
-        got = len(d["head"])
-        s = d["stream"]
-        if s.header is None:
-            return max(10, otafile.MAX_HEADER_LEN) - got if got < 10 else s._need - got
-        hl = s.header.header_length
-        return max(1, hl + 6 + otafile.DESCRIPTOR_LEN + 6 - got)
+        self._at("block", self.cfg.block_timeout_ms * (1 + min(d.tries, 4)))
 
     def _on_block(self):
         # no answer: the same offset again, with bounded backoff
         d = self.dl
         if d is None:
             return
-        d["tries"] += 1
-        if d["tries"] > self.cfg.retry_limit:
-            self.log("ota: no answer at offset %d after %d tries; will resume later" % (d["offset"], d["tries"] - 1))
+        d.tries += 1
+        if d.tries > self.cfg.retry_limit:
+            self.log("ota: no answer at offset %d after %d tries; will resume later" % (d.offset, d.tries - 1))
             self._suspend()
             return
         self._request()
@@ -434,13 +399,21 @@ class OtaClient:
     # try again later (the next query resumes from the last persisted sector).
     def _out_of_memory(self):
         import gc
-        self.dl = None
+        self._end_download()
         gc.collect()
         self.log("ota: out of memory while downloading; will resume from the last resume point")
         self._suspend()
 
-    def _suspend(self):
+    def _end_download(self):
+        # the transfer is over (done, failed or put off): its buffers go, its id stays
+        d = self.dl
         self.dl = None
+        if d is not None:
+            d.release()
+        return d
+
+    def _suspend(self):
+        self._end_download()
         self.status = zcl.UPGRADE_NORMAL
         self._cancel("block")
         self._at("query", 5000)
@@ -459,12 +432,12 @@ class OtaClient:
             self.log("ota: server aborted the transfer (%s)" % zcl.status_name(r.status))
             self._fail("server-abort", send_end=False)
             return
-        if (r.manufacturer, r.image_type, r.file_version) != d["id"] or r.file_offset != d["offset"]:
+        if (r.manufacturer, r.image_type, r.file_version) != d.id or r.file_offset != d.offset:
             return  # a stale or out-of-order block: wait for the one we asked for
         try:
             self._take(r.data)
         except otafile.OtaError as e:
-            self._fail(_map(e.reason))
+            self._fail(fail_reason(e.reason))
             return
         except MemoryError:
             self._out_of_memory()
@@ -472,49 +445,37 @@ class OtaClient:
         except Exception as e:  # BankError (full bank, flash error)
             self._fail(getattr(e, "reason", "malformed"))
             return
-        d["tries"] = 0
+        d.tries = 0
         if self.dl is None:
             return
-        if d["stream"].done:
+        if d.stream.done:
             self._cancel("block")
             self._complete()
-        elif self.cfg.page_size and d["body"] and d["offset"] < d.get("page_end", 0):
+        elif self.cfg.page_size and d.body and d.offset < d.page_end:
             self._at("block", self.cfg.block_timeout_ms)  # more of this page is coming
         else:
             if self.min_period:
                 self._cancel("block")
                 self._at("next", self.min_period)
             else:
-                self._next_request()
+                self._request()
 
     def _on_next(self):
-        self._next_request()
-
-    def _next_request(self):
         self._request()
 
     def _take(self, data):
         d = self.dl
-        s = d["stream"]
-        n = len(data)
-        if not d["body"]:
-            d["head"] += data
-            s.feed(data)
-            d["offset"] += n
+        if not d.body:
+            d.take(data, 0)
             self._check_head()
-            return
-        s.feed(data)
-        d["offset"] += n
-        w = d["writer"]
-        if w.durable - d["last_ckpt"] >= self.cfg.checkpoint:
-            d["last_ckpt"] = w.durable
+        elif d.take(data, self.cfg.checkpoint):
             self._checkpoint()
 
     # Once the header, the descriptor and the image element header are in:
     # reject on the header alone, before any of the body is fetched.
     def _check_head(self):
         d = self.dl
-        s = d["stream"]
+        s = d.stream
         h = s.header
         if h is None:
             return
@@ -527,7 +488,7 @@ class OtaClient:
         if len(els) < 2 or s.descriptor is None:
             return
         why = imagecheck.reason(h, s.descriptor, els[1][0], els[1][1], self.cfg, self.banks.floor(),
-                                self.banks.bank_size(), self.banks.kind, d["v"])
+                                self.banks.bank_size(), self.banks.kind, d.v)
         if why:
             self._fail(why)
             return
@@ -538,28 +499,19 @@ class OtaClient:
         except Exception as e:  # BankError
             self._fail(getattr(e, "reason", "unconfirmed"))
             return
-        d["body"] = True
-        d["poff"] = s.received
-        d["writer"] = self.banks.writer(0)
-        s.sink = d["writer"].write
+        d.open_body(self.banks)
         self._checkpoint()
 
     def _checkpoint(self):
-        d = self.dl
-        self.state.update(dl={"id": list(d["id"]), "size": d["size"], "head": bytes(d["head"]).hex(),
-                              "poff": d["poff"], "dur": d["writer"].durable})
+        self.state.update(dl=self.dl.record())
 
     def _complete(self):
         d = self.dl
-        s = d["stream"]
+        s = d.stream
         try:
-            d["writer"].flush()
-            s.finish()
-            otafile.check_signed(s, self.cfg.keys)
-            if self.banks.target_sha256(s.image_length) != s.descriptor.image_hash:
-                raise otafile.OtaError("readback", "bank contents differ from the image after writing")
+            d.verify(self.cfg.keys, self.banks)
         except otafile.OtaError as e:
-            self._fail(_map(e.reason))
+            self._fail(fail_reason(e.reason))
             return
         except MemoryError:
             self._out_of_memory()
@@ -567,10 +519,10 @@ class OtaClient:
         except Exception as e:
             self._fail(getattr(e, "reason", "malformed"))
             return
-        self.banks.stage(d["v"], s.image_length, s.descriptor.security_version, s.descriptor.image_hash)
+        self.banks.stage(d.v, s.image_length, s.descriptor.security_version, s.descriptor.image_hash)
         self.state.update(dl=None)
-        self.pending = d["id"]
-        self.dl = None
+        self.pending = d.id
+        self._end_download()
         self.status = zcl.UPGRADE_DOWNLOAD_COMPLETE
         self.log("ota: version 0x%08x downloaded and verified" % self.pending[2])
         self._send_end()
@@ -597,13 +549,12 @@ class OtaClient:
             zcl.ABORT if why in ("unconfirmed", "too-big") else zcl.INVALID_IMAGE, ident[0], ident[1], ident[2]))
 
     def _fail(self, why, send_end=True):
-        d = self.dl
-        self.dl = None
+        d = self._end_download()
         self._cancel("block")
         self.state.update(dl=None)
         self.status = zcl.UPGRADE_NORMAL
         if d is not None and send_end:
-            self._reject(d["id"], why)
+            self._reject(d.id, why)
         else:
             self.rejection = reasons.code(why)
 
@@ -666,13 +617,3 @@ class OtaClient:
         self._zsend(_C2S | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATION_ALERT,
                     zcl.pack_activation_alert(running, previous, 1 if rolled_back else 0, reason, utc2000()),
                     mfr=self.cfg.manufacturer)
-
-
-def _map(reason):
-    if reason in reasons.REASONS:
-        return reason
-    if reason in ("truncated", "truncated-header"):
-        return "truncated"
-    if reason in ("bad-descriptor",):
-        return "bad-descriptor"
-    return "malformed"

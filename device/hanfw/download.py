@@ -1,0 +1,151 @@
+# hanota device: one download in progress, and its resume point on flash.
+# The OTA client (client.py) owns the protocol; this holds where the transfer
+# stands (offset, header bytes, the hashing stream, the bank writer), builds the
+# next request, and writes/reads the resume record kept in the state file
+# under "dl": {"id": [m, t, v], "size", "head": hex, "poff", "dur"}.
+# That record's format is read back after a power cut: keep it as it is.
+
+from hanfw import zcl, otafile, reasons
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_HEAD_MAX = const(69 + 6 + 40 + 6)  # header + descriptor element + image element header
+
+
+def qualify(cfg, banks, mfr, itype, version, size):
+    # Query Next Image Response: why this offer is refused before any byte is asked for, or None
+    if mfr != cfg.manufacturer:
+        return "wrong-manufacturer"
+    if itype != cfg.image_type:
+        return "wrong-image-type"
+    if version <= banks.running_version():
+        return "version-not-newer"
+    if size > banks.bank_size() + _HEAD_MAX + otafile.SIGNATURE_ELEMENT_LEN:
+        return "too-big"
+    return None
+
+
+def fail_reason(reason):
+    # an OtaError's reason as a rejection reason the hub knows (reasons.py)
+    if reason in reasons.REASONS:
+        return reason
+    if reason in ("truncated", "truncated-header"):
+        return "truncated"
+    if reason in ("bad-descriptor",):
+        return "bad-descriptor"
+    return "malformed"
+
+
+def resumable(saved, ident, size):
+    # a resume record from an earlier boot fits only the same file (id and size)
+    return bool(saved) and saved.get("id") == list(ident) and saved.get("size") == size
+
+
+class Download:
+    # Plain attributes (MicroPython ignores __slots__). The client makes one at boot and
+    # reuses it for every transfer: MicroPython grows an instance's attribute table one
+    # rehash at a time, each leaving a hole, and holes made while a download starts
+    # cost a 64 KiB board the 4.4 KiB it needs for each bundled page.
+    def __init__(self):
+        self.start(None, 0)
+
+    def start(self, ident, size):
+        # a new transfer (ident None: idle); every attribute is set here, always all of them
+        self.id = ident  # (manufacturer, image type, file version)
+        self.v = ident[2] if ident else 0
+        self.size = size
+        self.offset = 0  # the next file offset to ask for
+        self.tries = 0  # unanswered requests at this offset
+        self.head = bytearray()  # the file's bytes before the body (kept for the resume record)
+        self.body = False  # True once the header qualified and the bank is being written
+        self.poff = 0  # file offset of the first byte written to the bank
+        self.stream = otafile.OtaStream(integrity=False, max_total=size) if ident else None
+        self.writer = None
+        self.last_ckpt = 0  # bank bytes durable at the last resume record
+        self.page_end = 0  # with Image Page Requests: blocks are awaited below this offset
+
+    def release(self):
+        # the transfer is over: its buffers go (id stays: the client may still report it)
+        self.head = None
+        self.stream = None
+        self.writer = None
+
+    def resume(self, saved, banks):
+        # continue from a resume record: rebuild the hashes from what the bank holds
+        head = bytes.fromhex(saved["head"])
+        s = self.stream
+        s.feed(head)
+        durable = saved["dur"]
+        banks.feed_target(durable, s.feed)
+        self.head = bytearray(head)
+        self.body = True
+        self.poff = saved["poff"]
+        self.writer = banks.writer(durable)
+        s.sink = self.writer.write
+        self.offset = saved["poff"] + durable
+        self.last_ckpt = durable
+
+    def open_body(self, banks):
+        # the header qualified and the bank was begun: the body goes to the bank from here
+        self.body = True
+        self.poff = self.stream.received
+        self.writer = banks.writer(0)
+        self.stream.sink = self.writer.write
+
+    def record(self):
+        # the resume record for the state file (format fixed: see the top of this file)
+        return {"id": list(self.id), "size": self.size, "head": bytes(self.head).hex(),
+                "poff": self.poff, "dur": self.writer.durable}
+
+    def request(self, cfg, min_period):
+        # the next request as (command, payload): header bytes first, then blocks or pages
+        m, t, v = self.id
+        off = self.offset
+        if not self.body:
+            want = min(self.head_need(), cfg.max_data)
+            return zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(m, t, v, off, want)
+        if cfg.page_size:
+            page = min(cfg.page_size, self.size - off)
+            self.page_end = off + page
+            return zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(m, t, v, off, cfg.max_data, page, 0)
+        return zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
+            m, t, v, off, cfg.max_data, min_block_period=min_period if min_period else None)
+
+    def head_need(self):
+        # bytes still needed before the body: to the end of the image element's header
+        got = len(self.head)
+        s = self.stream
+        if s.header is None:
+            return max(10, otafile.MAX_HEADER_LEN) - got if got < 10 else s._need - got
+        hl = s.header.header_length
+        return max(1, hl + 6 + otafile.DESCRIPTOR_LEN + 6 - got)
+
+    def take(self, data, checkpoint):
+        # one block in; True when a new resume record is due (every `checkpoint` bytes)
+        s = self.stream
+        n = len(data)
+        if not self.body:
+            self.head += data
+            s.feed(data)
+            self.offset += n
+            return False
+        s.feed(data)
+        self.offset += n
+        w = self.writer
+        if w.durable - self.last_ckpt >= checkpoint:
+            self.last_ckpt = w.durable
+            return True
+        return False
+
+    def verify(self, keys, banks):
+        # all of the file is in: flush, check the signature, and read the bank back
+        s = self.stream
+        self.writer.flush()
+        s.finish()
+        otafile.check_signed(s, keys)
+        if banks.target_sha256(s.image_length) != s.descriptor.image_hash:
+            raise otafile.OtaError("readback", "bank contents differ from the image after writing")
