@@ -74,7 +74,7 @@ class OtaClient:
         self._download = Download()  # made once, reused by every transfer (see download.py)
         self.dl = None  # self._download while a transfer is in progress, else None
         self.pending = None  # (manufacturer, image type, version) waiting for activation
-        self.timers = {}  # timer name -> due tick (ms); _fire runs the timer's handler
+        self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
         self.blocks = 0
@@ -105,23 +105,20 @@ class OtaClient:
         due = [n for n, t in self.timers.items() if _diff(t, now) <= 0]
         for n in due:
             self.timers.pop(n, None)
-            self._fire(n)
-
-    # Which handler a timer runs. Direct calls rather than a table of bound methods:
-    # no heap held for it (a 64 KiB board has none to spare while a page arrives).
-    def _fire(self, name):
-        if name == "block":
-            self._on_block()
-        elif name == "next":
-            self._on_next()
-        elif name == "query":
-            self._on_query()
-        elif name == "end":
-            self._on_end()
-        elif name == "link":
-            self._on_link()
-        elif name == "activate":
-            self._on_activate()
+            # what each timer runs: direct calls, not a table of bound methods, so no
+            # heap is held for it (a 64 KiB board has none to spare while a page arrives)
+            if n == "block":
+                self._on_block()
+            elif n == "next":  # MinimumBlockPeriod waited out
+                self._request()
+            elif n == "query":
+                self._on_query()
+            elif n == "end":
+                self._on_end()
+            elif n == "link":
+                self._on_link()
+            elif n == "activate":  # the upgrade time the hub gave has come
+                self.activate_now()
 
     def poll(self, timeout_ms):
         frame = self.t.recv(min(timeout_ms, self.next_timeout()))
@@ -409,7 +406,7 @@ class OtaClient:
         d = self.dl
         self.dl = None
         if d is not None:
-            d.release()
+            d.head = d.stream = d.writer = None
         return d
 
     def _suspend(self):
@@ -459,9 +456,6 @@ class OtaClient:
                 self._at("next", self.min_period)
             else:
                 self._request()
-
-    def _on_next(self):
-        self._request()
 
     def _take(self, data):
         d = self.dl
@@ -575,9 +569,6 @@ class OtaClient:
         delay = r.upgrade_time if r.current_time == 0 else max(0, r.upgrade_time - r.current_time)
         self.status = zcl.UPGRADE_COUNT_DOWN
         self._at("activate", delay * 1000)
-
-    def _on_activate(self):
-        self.activate_now()
 
     def activate_now(self):
         try:

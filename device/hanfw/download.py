@@ -68,12 +68,6 @@ class Download:
         self.last_ckpt = 0  # bank bytes durable at the last resume record
         self.page_end = 0  # with Image Page Requests: blocks are awaited below this offset
 
-    def release(self):
-        # the transfer is over: its buffers go (id stays: the client may still report it)
-        self.head = None
-        self.stream = None
-        self.writer = None
-
     def resume(self, saved, banks):
         # continue from a resume record: rebuild the hashes from what the bank holds
         head = bytes.fromhex(saved["head"])
