@@ -6,6 +6,10 @@
 import sys
 
 
+# Records the failure in ota.json. This file keeps its own copy of
+# hanfw.state.save_json (write, then rename; remove first where the filesystem
+# refuses to rename over a file) because it must not import hanfw: the image
+# on trial may be exactly what is broken.
 def _failed(kind):
     import json
     import os
@@ -18,7 +22,14 @@ def _failed(kind):
     st["failed_starts"] = st.get("failed_starts", 0) + 1
     with open("ota.json.new", "w") as f:
         f.write(json.dumps(st))
-    os.rename("ota.json.new", "ota.json")
+    try:
+        os.rename("ota.json.new", "ota.json")
+    except OSError:
+        try:
+            os.remove("ota.json")
+        except OSError:
+            pass
+        os.rename("ota.json.new", "ota.json")
     return st["failed_starts"]
 
 
