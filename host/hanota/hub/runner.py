@@ -5,7 +5,7 @@ through their consoles are not. These runners give them the hub on its own event
 thread, serving UDP on a loopback port chosen when it starts:
 
 - `HubRunner(db_path, options=...)`: the Communications Hub (`hanota.hub.Hub`: registry,
-  service requests, scheduler) over a database, as `hanota hub serve` runs it;
+  service requests, scheduler) over a database, as `hanota serve` runs it;
 - `ServerRunner(hub_eui, policy)`: the bare OTA server (`hanota.server.OtaServer`) with
   an in-memory `Policy`, for measuring or exercising the link and the transfers alone.
 
