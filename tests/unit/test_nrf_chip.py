@@ -29,17 +29,22 @@ def chip(tmp_path, monkeypatch):
 
 def test_layout_is_the_documented_one():
     assert BOARD.flash_size == 0x100000 and BOARD.bank_kind == "app" and BOARD.link == "serial"
-    assert (APP_A.offset, APP_A.size, APP_B.offset, APP_B.size) == (0xA4000, 0x20000, 0xC4000, 0x20000)
-    assert (FS.offset, FS.size, FS.mount) == (0xE4000, 0x10000, "/flash")
+    # stock SEEED_XIAO_NRF52 v1.29: app 0x27000..0x74000, ROMFS 0x74000..0xB4000 (the two
+    # banks), LittleFS 0xB4000..0xF4000 (FS_SIZE 256k), bootloader from 0xF4000 (docs/ports.md)
+    assert (APP_A.offset, APP_A.size, APP_B.offset, APP_B.size) == (0x74000, 0x20000, 0x94000, 0x20000)
+    assert (FS.offset, FS.size, FS.mount) == (0xB4000, 0x40000, "/flash")
     ctl = BOARD.region("bootctl")
-    assert (ctl.offset, ctl.size) == (0xA2000, 0x2000)
+    assert (ctl.offset, ctl.size) == (0x72000, 0x2000)
+    # the virtual board has the real board's layout (plus its "unused" marker)
+    real = {(r.name, r.offset, r.size) for r in layout.load_board("nrf52840").regions}
+    assert real <= {(r.name, r.offset, r.size) for r in BOARD.regions}
     assert [r.name for r in BOARD.banks] == ["app_a", "app_b"]
 
 
 def test_default_flash_is_the_filesystem_region(chip):
     f = nrf.Flash()
-    assert (f.start, len(f), f.ioctl(4, 0), f.ioctl(5, 0)) == (FS.offset, FS.size, 16, 4096)
-    assert (nrf.unused_flash_start(), nrf.unused_flash_length()) == (0xA2000, 0x2000)
+    assert (f.start, len(f), f.ioctl(4, 0), f.ioctl(5, 0)) == (FS.offset, FS.size, 64, 4096)
+    assert (nrf.unused_flash_start(), nrf.unused_flash_length()) == (0x72000, 0x2000)
 
 
 @pytest.mark.parametrize("start,length", [(0xA4001, 4096), (0xA4000, 100), (0xA4000, 0),
