@@ -5,7 +5,12 @@ from support.mpy import VECTORS
 
 def pytest_addoption(parser):
     parser.addoption("--board", default=None, metavar="PORT",
-                     help="run the device and e2e tiers on a real board at PORT instead of a virtual board")
+                     help="run the device and e2e tiers on a real board at PORT instead of a virtual board; "
+                          "tests/board runs its checks on it")
+    parser.addoption("--board-kind", default=None, choices=["esp32", "nrf52840"],
+                     help="what the --board is (default: asked from the board's modules)")
+    parser.addoption("--link", default=None, metavar="PORT2",
+                     help="tests/board: the serial port of the board's link UART (nRF52840), for the OTA path")
 
 
 @pytest.fixture

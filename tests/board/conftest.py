@@ -1,0 +1,91 @@
+"""The on-board tier: `pytest --board PORT [--board-kind esp32|nrf52840] [--link PORT2] tests/board`.
+
+Every test here executes code on the board through its serial REPL (boardkit.OnBoard). A
+test that runs code on the board and passes counts itself; the session ends by printing
+`N tests ran on the board`. Without --board the whole tier skips.
+"""
+from __future__ import annotations
+
+import pytest
+
+from boardkit import BoardFailure, OnBoard
+
+KINDS = {"esp32": "esp32", "nrf52840": "nrf"}  # --board-kind -> the port's own module
+_RAN = pytest.StashKey[set]()
+_PASSED = pytest.StashKey[set]()
+
+
+def pytest_configure(config):
+    config.stash[_RAN] = set()
+    config.stash[_PASSED] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.passed and item.nodeid in item.config.stash[_RAN]:
+        item.config.stash[_PASSED].add(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not config.getoption("--board"):
+        return
+    ran, passed = config.stash[_RAN], config.stash[_PASSED]
+    line = "%d tests ran on the board" % len(passed)
+    if len(ran) > len(passed):
+        line += " (%d more executed code there and failed)" % (len(ran) - len(passed))
+    terminalreporter.write_line(line)
+
+
+def _kind(board: OnBoard, asked: str | None) -> str:
+    have = [k for k, mod in KINDS.items() if mod in board.facts["modules"]]
+    if asked:
+        if asked not in have:
+            raise pytest.UsageError("--board-kind %s: the board on %s has no `%s` module (it has %s)"
+                                    % (asked, board.port, KINDS[asked], board.facts["modules"] or "neither"))
+        return asked
+    if len(have) == 1:
+        return have[0]
+    for k in have:  # both importable (an emulator): the platform decides
+        if board.facts["platform"] == KINDS[k]:
+            return k
+    raise pytest.UsageError("cannot tell what board is on %s (modules %s, sys.platform %r): give --board-kind"
+                            % (board.port, board.facts["modules"], board.facts["platform"]))
+
+
+@pytest.fixture(scope="session")
+def board(request):
+    """The board at --board PORT, opened once: an OnBoard with `.kind` and `.spec` (board.toml)."""
+    port = request.config.getoption("--board")
+    if not port:
+        pytest.skip("the on-board tier needs --board PORT (a board's MicroPython REPL)")
+    try:
+        b = OnBoard(port)
+    except ConnectionError as e:
+        pytest.fail(str(e), pytrace=False)
+    from hanota import boardspec
+    b.kind = _kind(b, request.config.getoption("--board-kind"))
+    b.spec = boardspec.load_board(b.kind)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def on_board(board, request):
+    """on_board(code, timeout=60) -> the JSON result of a check run on the board; counts the test."""
+    ran = request.config.stash[_RAN]
+
+    def run(code: str, timeout: float = 60):
+        ran.add(request.node.nodeid)
+        return board.call(code, timeout)
+    return run
+
+
+@pytest.fixture
+def need(board):
+    """need('hanfw.zcl', 'bchk_zcl'): import modules on the board (pushed when first needed)."""
+    return board.need
+
+
+__all__ = ["BoardFailure"]
