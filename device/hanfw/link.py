@@ -81,7 +81,7 @@ def link_key(install_code):
         raise LinkError("install-code", "install code must be 6, 8, 12 or 16 bytes plus a CRC-16")
     if _crc16_x25(install_code[:-2]) != struct.unpack("<H", install_code[-2:])[0]:
         raise LinkError("install-code", "install code CRC-16 does not match")
-    m = Mmo(LinkError)
+    m = Mmo()
     m.update(install_code)
     return m.digest()
 

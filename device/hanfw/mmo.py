@@ -4,32 +4,40 @@
 import struct
 
 
-# Zigbee AES-128-MMO hash, fed incrementally (integrity code, tag 0x0003).
+# The AES-128 block encryption MMO needs, fastest first: cryptolib (C, on the ESP32 and
+# unix ports), cryptography (CPython on the host), else hanfw.aes in plain Python (the
+# nRF port has no cryptolib). enc(key, block, out) encrypts one 16-byte block into out.
 def _aes_encryptor():
     try:
-        import cryptolib
+        from cryptolib import aes
 
         def enc(key, block, out):
-            cryptolib.aes(key, 1).encrypt(block, out)
+            aes(key, 1).encrypt(block, out)
         return enc
     except ImportError:
         pass
     try:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        def enc(key, block, out):
+            e = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+            out[:] = e.update(bytes(block))
+        return enc
     except ImportError:
-        return None
+        pass
+    from hanfw.aes import Aes128
+    a = Aes128()
 
     def enc(key, block, out):
-        e = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
-        out[:] = e.update(bytes(block))
+        a.set_key(key)
+        a.encrypt(block, out)
     return enc
 
 
+# Zigbee AES-128-MMO hash, fed incrementally (integrity code, tag 0x0003).
 class Mmo:
-    def __init__(self, error=RuntimeError):
+    def __init__(self):
         self._enc = _aes_encryptor()
-        if self._enc is None:
-            raise error("no-aes", "no AES available to check the integrity code")
         self._h = bytearray(16)
         self._blk = bytearray(16)
         self._out = bytearray(16)

@@ -249,7 +249,7 @@ class OtaStream:
         self._use = _USE_SKIP
         self._sha = hashlib.sha256()
         self._img = hashlib.sha256()
-        self._mmo = Mmo(OtaError) if integrity else None
+        self._mmo = Mmo() if integrity else None
         self._images = 0
 
     # total bytes this file should have (known once the header is in)
