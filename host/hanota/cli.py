@@ -74,18 +74,27 @@ def image():
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output file.")
 def image_build(payload, role, version, key_path, manufacturer, image_type, min_hw, max_hw, dest,
                 security_version, header_string, payload_kind, board_family, output):
-    """Wrap PAYLOAD (the manufacturer image) in a signed Zigbee OTA upgrade file."""
+    """Wrap PAYLOAD (the manufacturer image) in a signed Zigbee OTA upgrade file.
+
+    An esp-app payload (given, or detected by its 0xE9 first byte) must be a valid ESP-IDF
+    app image: header, segments, checksum, SHA-256 and app descriptor are checked, and a
+    merged full-flash image is refused with the command that takes the app out of it.
+    """
     if (min_hw is None) != (max_hw is None):
         raise click.UsageError("give both --min-hw and --max-hw, or neither")
     if header_string is not None and len(header_string.encode()) > 32:
         raise click.UsageError("--header-string is %d bytes; at most 32" % len(header_string.encode()))
     key = load_private_key(key_path)
+    body = payload.read()
+    family = images.otafile.BOARD_FAMILIES[board_family]
+    kind = images.check_payload(
+        body, images.otafile.PAYLOAD_KINDS[payload_kind] if payload_kind else None, family,
+        path=payload.name)
     data = images.build_image(
-        payload.read(), key=key, version=version, role=role, manufacturer=manufacturer,
+        body, key=key, version=version, role=role, manufacturer=manufacturer,
         image_type=image_type, min_hw=min_hw, max_hw=max_hw, destination=dest,
         security_version=security_version, header_string=header_string,
-        payload_kind=images.otafile.PAYLOAD_KINDS[payload_kind] if payload_kind else None,
-        board_family=images.otafile.BOARD_FAMILIES[board_family])
+        payload_kind=kind, board_family=family)
     with open(output, "wb") as f:
         f.write(data)
     click.echo("wrote %s (%d bytes, version 0x%08x, image type 0x%04x)"
@@ -112,6 +121,10 @@ def _print_inspect(info: dict) -> None:
             click.echo("sub_elements:")
             for el in v:
                 click.echo("  tag 0x%04x  %d bytes" % (el["tag"], el["length"]))
+        elif isinstance(v, dict):
+            click.echo("%s:" % k)
+            for sub, text in v.items():
+                click.echo("  %s: %s" % (sub, text))
         elif k in hexed and isinstance(v, int):
             click.echo("%s: 0x%0*x" % (k, hexed[k], v))
         else:

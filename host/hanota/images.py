@@ -55,6 +55,25 @@ def guess_payload_kind(payload: bytes) -> int:
     return otafile.PAYLOAD_RAW
 
 
+def check_payload(payload: bytes, payload_kind: int | None = None,
+                  board_family: int = otafile.BOARD_ANY, *, path: str = "PAYLOAD") -> int:
+    """The payload's kind (`payload_kind`, or guessed from its first bytes) once the payload
+    passes what the device will check after writing it: an esp-app payload must be a
+    valid ESP-IDF app image for the board family (hanota.espimage: header, segments,
+    checksum, SHA-256, app descriptor; a merged flash image is refused with a command that
+    takes the app out). `build_image` itself wraps any bytes, as tests of bad files need."""
+    from . import espimage
+
+    kind = guess_payload_kind(payload) if payload_kind is None else payload_kind
+    if kind == otafile.PAYLOAD_ESP_APP:
+        family = {v: k for k, v in otafile.BOARD_FAMILIES.items()}.get(board_family, "any")
+        try:
+            espimage.check_app(payload, family, path=path)
+        except espimage.EspImageError as e:
+            raise espimage.EspImageError("%s: %s" % (path, e), reason=e.reason) from None
+    return kind
+
+
 def build_image(payload: bytes, *, key: ec.EllipticCurvePrivateKey, version: int,
                 role: str | None = None, manufacturer: int = DEFAULT_MANUFACTURER,
                 image_type: int | None = None, min_hw: int | None = None,
@@ -147,7 +166,25 @@ def inspect_image(path: str | os.PathLike) -> dict:
         "payload_kind": kinds.get(d.payload_kind, d.payload_kind) if d else None,
         "board_family": families.get(d.board_family, d.board_family) if d else None,
         "manufacturer_image_hash": d.image_hash.hex() if d else None,
+        "esp_app": _esp_app_summary(path, s) if d and d.payload_kind == otafile.PAYLOAD_ESP_APP
+        else None,
     }
+
+
+def _esp_app_summary(path, s: otafile.OtaStream) -> dict:
+    """The app descriptor and chip of an esp-app payload, or the reason it is not valid."""
+    from . import espimage
+
+    start = next((off for tag, _, off in s.elements if tag == otafile.TAG_UPGRADE_IMAGE), None)
+    if start is None:
+        return {"invalid": "no-image"}
+    with open(path, "rb") as f:
+        f.seek(start + otafile.ELEMENT_HEADER_LEN)
+        data = f.read(s.image_length)
+    try:
+        return espimage.check_app(data).summary()
+    except espimage.EspImageError as e:
+        return {"invalid": e.reason}
 
 
 class Verdict(Enum):
