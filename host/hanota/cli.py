@@ -359,6 +359,30 @@ def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer
     click.echo("deployed %s as %s, EUI-64 %s, install code %s" % (port, role, res.eui64, res.install_code))
 
 
+@board.command("doctor")
+@click.argument("port")
+@click.option("--board", "kind", type=BoardChoice(), default=None,
+              help="Check against this board.toml (default: the real board of the port it reports).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def board_doctor(port, kind, as_json):
+    """Check the board at PORT: MicroPython version, port and board, free heap, the modules
+    the device code imports, the flash layout against board.toml, and what is deployed.
+
+    Exit 0 when everything hanota needs is there, 1 when something is missing or different
+    (each one named), 2 when nothing answers at PORT.
+    """
+    from . import doctor
+
+    rep = doctor.doctor(port, kind)
+    if as_json:
+        click.echo(json.dumps(rep.as_dict()))
+    else:
+        for line in doctor.render(rep):
+            click.echo(line)
+    if not rep.ok:
+        sys.exit(1)
+
+
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
               help="Where the demo writes its keys, images and reports (recreated).")
