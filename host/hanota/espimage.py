@@ -97,6 +97,17 @@ def find_partition_table(data: bytes) -> tuple[int, list] | None:
     return None
 
 
+def _first_image_end(data: bytes) -> int:
+    """Where the image at offset 0 ends (0 if none parses): a merged image's bootloader
+    ends before the partition table; an app that merely carries table-like bytes does not."""
+    try:
+        with redirect_stdout(io.StringIO()):
+            img = LoadFirmwareImage("esp32", data)
+        return img.data_length + 32 * img.append_digest
+    except Exception:  # esptool raises several kinds on what is not an image
+        return 0
+
+
 def boot_app_partition(parts: list) -> tuple | None:
     """The app partition a fresh chip boots: factory if there is one, else ota_0."""
     apps = espfmt.find(parts, espfmt.TYPE_APP, espfmt.SUBTYPE_FACTORY) or espfmt.ota_apps(parts)
@@ -266,7 +277,7 @@ def check_app(data: bytes, family: str | None = "any", *, path: str = "app.bin",
     names). Raises EspImageError naming the field at fault; `path` is the name the
     merged-image message's command uses."""
     table = find_partition_table(data)
-    if table is not None:
+    if table is not None and _first_image_end(data) <= espfmt.TABLE_OFFSET - table[0]:
         raise _merged_error(data, path, table[0], table[1], family)
     rom = _check_header(data, family)
     img = _load(data, rom)

@@ -64,6 +64,8 @@ def test_real_micropython_apps_validate(real_firmware, release):
     assert app.desc["idf_ver"] == IDF[release] and app.desc["date"].endswith("2021")
     assert app.segments[0][3] == "DROM" and 0x40080000 <= app.entry < 0x400A0000
     assert espimage.check_app(data, "any").chip == "ESP32"
+    # the virtual board's bootloader (hanota.vboard.rt.espfmt) agrees
+    assert vfirmware.check_app_image(data)["size"] == len(data)
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -226,3 +228,11 @@ def test_no_app_descriptor_is_refused(app16):
     data[0x20:0x24] = bytes(4)  # esp_app_desc_t.magic_word, the first bytes of segment 0
     why, text = reason(_reseal(data))
     assert why == "no-app-descriptor" and "0xabcd5432" in text
+
+
+def test_an_app_that_carries_partition_table_bytes_is_not_taken_for_merged(real_firmware, app16):
+    table = real_firmware["v1.16"].merged.read_bytes()[0x7000:0x7C00]
+    data = bytearray(app16)
+    data[0x7000:0x7C00] = table  # inside segment 0 (rodata), where the merged file has it
+    assert espimage.find_partition_table(bytes(data)) is not None
+    assert espimage.check_app(_reseal(data), "esp32").size == len(app16)
