@@ -5,13 +5,13 @@
 # frame it takes (the client announces it to the hub, which then bundles blocks).
 
 import select
-import socket
 
 from hanfw import link
 
 
 class UdpTransport:
     def __init__(self, host, port, rx_frame=link.RX_FRAME):
+        import socket  # here, not at the top: the nRF port has no socket module (UART link only)
         self.rx_frame = rx_frame
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
