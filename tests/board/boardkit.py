@@ -84,8 +84,22 @@ except OSError:
     pass
 if '/hbt' not in sys.path:
     sys.path.insert(0, '/hbt')
+_hbt_keep = set(globals())
+_hbt_keep.add('_hbt_keep')
 gc.collect()
 print('HBT-READY', sys.platform)
+"""
+
+# Between test modules: forget the modules and globals the checks made, so that the next
+# module's checks get the heap back (the device code does not fit a small heap all at once).
+_UNLOAD = """for _k in list(sys.modules):
+    if _k == 'hanfw' or _k.startswith('hanfw.') or _k.startswith('bchk'):
+        del sys.modules[_k]
+for _k in list(globals()):
+    if _k not in _hbt_keep:
+        del globals()[_k]
+gc.collect()
+print('HBT', gc.mem_free())
 """
 
 _DETECT = """\
@@ -152,11 +166,16 @@ class OnBoard:
 
     def call(self, code: str, timeout: float = 60):
         """Execute a check that prints one `HBT <json>` line; return the parsed JSON."""
-        out = self.run(code, timeout)
+        out = self.run("gc.collect()\n" + code, timeout)
         lines = [ln[len(MARK):] for ln in out.splitlines() if ln.startswith(MARK)]
         if not lines:
             raise BoardFailure("the check printed no result line; the board said:\n%s" % out[-2000:])
         return json.loads(lines[-1])
+
+    def unload(self) -> int:
+        """Drop every module and global the checks loaded; the free heap after."""
+        self.loaded = set()
+        return int(self.run(_UNLOAD).split("HBT", 1)[1])
 
     def close(self) -> None:
         try:

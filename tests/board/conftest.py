@@ -13,6 +13,8 @@ from boardkit import BoardFailure, OnBoard
 KINDS = {"esp32": "esp32", "nrf52840": "nrf"}  # --board-kind -> the port's own module
 _RAN = pytest.StashKey[set]()
 _PASSED = pytest.StashKey[set]()
+_BOARD = pytest.StashKey[OnBoard]()
+NOTES = pytest.StashKey[list]()  # lines a test wants printed at the end (e.g. the free heap)
 
 
 def pytest_configure(config):
@@ -35,6 +37,8 @@ def pytest_terminal_summary(terminalreporter, config):
     line = "%d tests ran on the board" % len(passed)
     if len(ran) > len(passed):
         line += " (%d more executed code there and failed)" % (len(ran) - len(passed))
+    for note in config.stash.get(NOTES, []):
+        terminalreporter.write_line(note)
     terminalreporter.write_line(line)
 
 
@@ -67,8 +71,20 @@ def board(request):
     from hanota import boardspec
     b.kind = _kind(b, request.config.getoption("--board-kind"))
     b.spec = boardspec.load_board(b.kind)
+    request.config.stash[_BOARD] = b
     yield b
+    del request.config.stash[_BOARD]
     b.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_heap(request):
+    """Each test module starts with the heap the board had at connect (modules unloaded after)."""
+    yield
+    b = request.config.stash.get(_BOARD, None)
+    if b is not None:
+        free = b.unload()
+        print("[board: modules unloaded after %s, %d bytes of heap free]" % (request.node.name, free))
 
 
 @pytest.fixture

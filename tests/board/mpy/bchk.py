@@ -15,7 +15,14 @@ def hx(b):
 
 
 def uh(s):
-    return unhexlify(s)
+    # hex text from the host, or a buffer it already put on the board (large inputs)
+    return unhexlify(s) if isinstance(s, str) else s
+
+
+def sha(b):
+    # large results go back as their SHA-256: the board's heap need not hold them twice as hex
+    import hashlib
+    return hexlify(hashlib.sha256(bytes(b)).digest()).decode()
 
 
 def plain(v):

@@ -50,8 +50,8 @@ def frame_rt(frame_hex, key_hex, max_frame):
         bchk.out({"error": e.reason})
         return
     again = link.pack(keys.mac, kind, src, dst, ctr, cl, payload)
-    bchk.out({"fields": [kind, bchk.hx(src), bchk.hx(dst), ctr, cl, bchk.hx(payload)],
-              "repacked": bchk.hx(again)})
+    bchk.out({"fields": [kind, bchk.hx(src), bchk.hx(dst), ctr, cl, bchk.sha(payload)],
+              "repacked": bchk.sha(again)})
 
 
 def bundle_rt(payload_hex):
@@ -60,7 +60,7 @@ def bundle_rt(payload_hex):
     except link.LinkError as e:
         bchk.out({"error": e.reason})
         return
-    bchk.out({"items": [bchk.hx(x) for x in items], "repacked": bchk.hx(link.pack_bundle(items))})
+    bchk.out({"items": [bchk.sha(x) for x in items], "repacked": bchk.sha(link.pack_bundle(items))})
 
 
 def slip_rt(wire_hex):
