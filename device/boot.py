@@ -20,6 +20,15 @@ def _select():
     from bootctl import BootControl, decide
     ctl = BootControl(nrf.Flash(start=bc["bootctl"][0], len=bc["bootctl"][1]))
     banks = [nrf.Flash(start=a, len=n) for a, n in bc["banks"]]
+    # Stock nRF firmware mounts its ROMFS region -- where bank A lies -- at /rom and appends
+    # /rom and /rom/lib to sys.path; bank A is rewritten by updates, so take it away.
+    try:
+        vfs.umount("/rom")
+    except OSError:
+        pass
+    for p in ("/rom", "/rom/lib"):
+        while p in sys.path:
+            sys.path.remove(p)
     rec = ctl.load()
     if rec is None:
         print("boot: no valid boot-control record")

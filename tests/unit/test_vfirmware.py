@@ -208,7 +208,7 @@ def test_device_command(tmp_path, app, romfs):
     layout.create_flash(NRF, tmp_path / "n.bin")
     argv, env = layout.device_command(NRF, tmp_path / "n.bin", env={}, heap="64K")
     assert argv[-1].endswith("nrfboot.py") and argv[2] == "heapsize=%d" % (64 * 1024 + layout.RT_HEAP)
-    assert env["HANOTA_VB_NRF_FS"] == "%d,%d" % (0xE4000, 0x10000)
+    assert env["HANOTA_VB_NRF_FS"] == "%d,%d" % (0xB4000, 0x40000)  # stock XIAO layout (docs/ports.md)
 
 
 def test_bad_boards(tmp_path):
