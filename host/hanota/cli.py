@@ -336,9 +336,11 @@ def board_flash(kind, port, fw, offset, erase):
 @click.option("--version", "version", type=Version(), default="1", show_default=True,
               help="OTA file version of the firmware/app now on the board.")
 @click.option("--hub", default=None, help="Hub link (udp:HOST:PORT); virtual boards use their own link.")
+@click.option("--wifi", default=None, metavar="SSID", help="Wi-Fi network the board joins (ESP32).")
+@click.option("--wifi-key", default="", metavar="KEY", help="Its passphrase (with --wifi).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer, hw_version, version, hub,
-                 as_json):
+                 wifi, wifi_key, as_json):
     """Copy the device code and configuration to a board, verify by hashing on the device, reset it.
 
     Prints the board's EUI-64 and install code: register them with the hub
@@ -346,8 +348,11 @@ def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer
     """
     from . import deploy
 
+    if wifi_key and not wifi:
+        raise click.UsageError("--wifi-key goes with --wifi SSID")
     res = deploy.deploy(port, kind, role, list(keys_), via=via, eui64=eui64, install_code=install_code,
-                        manufacturer=manufacturer, hw_version=hw_version, version=version, hub=hub)
+                        manufacturer=manufacturer, hw_version=hw_version, version=version, hub=hub,
+                        settings={"wifi": {"ssid": wifi, "key": wifi_key}} if wifi else None)
     if as_json:
         click.echo(json.dumps(res.as_dict()))
         return

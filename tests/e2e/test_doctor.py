@@ -119,3 +119,22 @@ def test_a_port_with_nothing_on_it_exits_2_naming_it(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_deploy_wifi_credentials_reach_hanota_json(vboards, vfirmware, keys):
+    # what the ESP32's hal.link reads (cfg.wifi ssid/key); the doctor shows the file as deployed
+    b = vboards("vboard-esp32")
+    flasher.flash_firmware(b.romloader.url, vfirmware["firmware"], board="vboard-esp32")
+    b.console.wait_ready(15)
+    r = subprocess.run([HANOTA, "board", "deploy", "--board", "vboard-esp32", "--port", b.console.pty_path,
+                        "--role", "ppmid", "--key", str(keys / "public.bin"), "--wifi", "HanLab",
+                        "--wifi-key", "s3cret pass"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the board runs the app after deploy's reset; the doctor's raw REPL interrupts it
+    _rc, rep, _by = doctor_json(b.console.pty_path, "--board", "vboard-esp32")
+    cfg = rep["facts"]["files"]["json"][rep["facts"]["cwd"].rstrip("/") + "/hanota.json"]
+    assert cfg["wifi"] == {"ssid": "HanLab", "key": "s3cret pass"}
+    r = subprocess.run([HANOTA, "board", "deploy", "--board", "vboard-esp32", "--port", b.console.pty_path,
+                        "--role", "ppmid", "--key", str(keys / "public.bin"), "--wifi-key", "x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--wifi-key goes with --wifi" in r.stderr
