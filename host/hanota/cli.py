@@ -295,7 +295,7 @@ def firmware_build(kind, version, secure_version, output):
 
 @cli.group()
 def board():
-    """Real boards (and virtual ones through the same paths): flash and deploy."""
+    """Real boards (and virtual ones through the same paths): flash, deploy, doctor."""
 
 
 @board.command("flash")
