@@ -13,6 +13,7 @@ from pathlib import Path
 from hanota.boardspec import (  # noqa: F401  (re-exported: the virtual board's callers use them)
     BOARDS_ROOT, SECTOR, Board, LayoutError, Region, board_names, boards_root, load_board,
     parse_size, partition_entries)
+from hanota.vboard.portspec import runtime_env
 from hanota.vboard.rt import espfmt, vflash
 
 RT_DIR = Path(__file__).resolve().parent / "rt"
@@ -154,6 +155,7 @@ def device_command(board: Board, flash_path: os.PathLike, *, run_main: bool = Tr
     })
     if eui64:
         e["HANOTA_VB_EUI64"] = eui64
+    e["HANOTA_VB_PORT"] = runtime_env(board)  # the real port's modules and identity (rt/vport.py)
     if board.bank_kind == "app":
         fs = next(r for r in board.regions if r.mount == "/flash")
         unused = board.region("unused")

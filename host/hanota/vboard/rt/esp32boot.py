@@ -22,7 +22,8 @@ HANOTA_VB_RESET_FILE (see machine), HANOTA_VB_EUI64.
    ROMFS magic) is read into a bytearray (heap: the launcher adds its size) and mounted
    at /rom; the host filesystem is unmounted; the "vfs" partition is mounted at / with
    LittleFS2 (made on first boot, like inisetup, with the default boot.py); sys.path
-   is the ESP32 port's with ROMFS; boot.py and (HANOTA_VB_MAIN=1) main.py run; then
+   is the ESP32 port's with ROMFS; the port's modules and identity are applied (env
+   HANOTA_VB_PORT, see vport); boot.py and (HANOTA_VB_MAIN=1) main.py run; then
    the REPL starts.
 """
 import os
@@ -34,8 +35,9 @@ try:
     import machine
     import vbrun
     import vflash
+    import vport
 except ImportError:
-    from . import espfmt, esp32, machine, vbrun, vflash  # noqa: F401 (CPython: logic only)
+    from . import espfmt, esp32, machine, vbrun, vflash, vport  # noqa: F401 (CPython: logic only)
 
 try:
     from micropython import const
@@ -310,6 +312,10 @@ def main():
     os.chdir("/")
     sys.path.clear()
     sys.path.extend(SYS_PATH)
+    port = os.getenv("HANOTA_VB_PORT")
+    if port:  # from here on, the real port's modules and identity
+        import json
+        vport.apply(json.loads(port))
     import gc
     gc.collect()
 

@@ -14,6 +14,8 @@ after the bootloader unmounted the host filesystem. Under CPython the resets rai
 """
 import binascii
 import os
+import select
+import socket  # imported now: boot code hides it from the device code on the nRF (vport)
 import sys
 import time
 
@@ -109,7 +111,6 @@ class UART:
     """
 
     def __init__(self, id=1, baudrate=115200, **kw):
-        import socket
         spec = os.getenv("HANOTA_VB_LINK") or ""
         kind, _, rest = spec.partition(":")
         if kind != "uart":
@@ -155,7 +156,6 @@ class UART:
         return len(data)
 
     def any(self):
-        import select
         p = select.poll()
         p.register(self._s, select.POLLIN)
         return 1 if p.poll(0) else 0

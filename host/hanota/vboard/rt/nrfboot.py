@@ -8,8 +8,9 @@ There is no second-stage bootloader to emulate: the MicroPython firmware is take
 present, and app banks are chosen later by the project's own boot.py. The host
 filesystem is unmounted; `nrf.Flash()` is mounted at /flash with LittleFS2 (made when
 the region holds no filesystem, like the port's _mkfs.py; a damaged filesystem is
-reported and left alone); cwd /flash; sys.path as the port's; boot.py and
-(HANOTA_VB_MAIN=1) main.py run; then the REPL starts.
+reported and left alone); cwd /flash; sys.path as the port's; the nrf port's modules
+and identity (env HANOTA_VB_PORT, see vport); boot.py and (HANOTA_VB_MAIN=1) main.py run;
+then the REPL starts.
 """
 import os
 import sys
@@ -19,8 +20,9 @@ try:
     import nrf
     import vbrun
     import vflash
+    import vport
 except ImportError:
-    from . import machine, nrf, vbrun, vflash  # noqa: F401
+    from . import machine, nrf, vbrun, vflash, vport  # noqa: F401
 
 SYS_PATH = ["", ".frozen", "/flash", "/flash/lib"]
 
@@ -55,6 +57,10 @@ def main():
     mount_flash()
     sys.path.clear()
     sys.path.extend(SYS_PATH)
+    port = os.getenv("HANOTA_VB_PORT")
+    if port:  # from here on, the real port's modules and identity
+        import json
+        vport.apply(json.loads(port))
     import gc
     gc.collect()
 
