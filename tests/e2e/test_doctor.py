@@ -29,14 +29,10 @@ def doctor_json(port, *args):
 
 
 def assert_healthy(rc, rep, by, platform):
-    """Everything is there. A virtual board that does not yet identify as its real port
-    (sys.platform 'linux': issue 11 item 2) must be named for exactly that, and nothing else."""
+    """Everything is there, and the board identifies as its real port."""
     bad = [f for f in rep["findings"] if not f["ok"]]
-    if rep["facts"]["platform"] == "linux":
-        assert rc == 1 and [f["check"] for f in bad] == ["port"], bad
-        assert "needs %r" % platform in by["port"]["detail"]
-    else:
-        assert rc == 0 and rep["ok"] and not bad, bad
+    assert rc == 0 and rep["ok"] and not bad, bad
+    assert by["port"]["ok"] and rep["facts"]["platform"] == platform
 
 
 @pytest.fixture
@@ -70,7 +66,7 @@ def test_healthy_vboard_esp32_is_ok(vboards, vfirmware, keys):
     assert by["deployed files"]["ok"] and by["hanota.json"]["detail"].startswith("role ppmid")
     text = doctor(b.console.pty_path, "--board", "vboard-esp32")
     assert text.returncode == rc and "ok   partition table" in text.stdout
-    assert ("OK: everything hanota needs is there" if rc == 0 else "1 problem(s): port") in text.stdout
+    assert "OK: everything hanota needs is there" in text.stdout
 
 
 def test_healthy_vboard_nrf52840_is_ok(vboards, keys):
@@ -103,8 +99,7 @@ def test_a_wrong_partition_table_is_named(vboards, vfirmware, keys):
     assert rc == 1 and not by["partition ota_1"]["ok"]
     assert "0x190000..0x290000" in by["partition ota_1"]["detail"]  # what the board has
     assert "0x190000..0x310000" in by["partition ota_1"]["detail"]  # what board.toml says
-    bad = {f["check"] for f in rep["findings"] if not f["ok"]}
-    assert "partition ota_1" in bad and bad <= {"partition ota_1", "port"}  # nothing else is wrong
+    assert [f["check"] for f in rep["findings"] if not f["ok"]] == ["partition ota_1"]  # nothing else
 
 
 def test_a_port_with_nothing_on_it_exits_2_naming_it(tmp_path):
@@ -138,3 +133,12 @@ def test_deploy_wifi_credentials_reach_hanota_json(vboards, vfirmware, keys):
                         "--role", "ppmid", "--key", str(keys / "public.bin"), "--wifi-key", "x"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "--wifi-key goes with --wifi" in r.stderr
+
+
+def test_without_board_the_real_board_of_the_port_is_used(vboards, keys):
+    # the virtual nRF52840 identifies as the real port ("nrf") and has the real board's layout
+    b = vboards("vboard-nrf52840")
+    b.console.wait_ready(15)
+    deploy.deploy(b.console.pty_path, "nrf52840", "ppmid", [keys / "public.bin"], version=1)
+    rc, rep, _by = doctor_json(b.console.pty_path)
+    assert rep["board"] == "nrf52840" and rc == 0, [f for f in rep["findings"] if not f["ok"]]
