@@ -159,6 +159,7 @@ class OnBoard:
 
     def run(self, code: str, timeout: float = 60) -> str:
         """Execute `code` in the board's raw REPL; its output, or BoardFailure with its traceback."""
+        self.reacquire()
         out, err = self.t.exec_raw(code, timeout=timeout)
         if err:
             raise BoardFailure("the board raised:\n%s" % err.decode(errors="replace").strip()[-3000:])
@@ -172,12 +173,38 @@ class OnBoard:
             raise BoardFailure("the check printed no result line; the board said:\n%s" % out[-2000:])
         return json.loads(lines[-1])
 
+    def release(self, reset: bool = False) -> None:
+        """Let go of the port (for a deploy, or to leave the board's app running); `reset` first."""
+        if self.t is None:
+            return
+        if reset:
+            try:
+                self.t.exec_raw_no_follow("import machine\nmachine.reset()")
+            except Exception:  # the board goes away while answering: that is the reset
+                pass
+        self.close()
+        self.t = None
+
+    def reacquire(self) -> None:
+        """Open the port again after release() (interrupts the board's app, soft reset)."""
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+        if self.t is not None:
+            return
+        try:
+            self.t = SerialTransport(self.port, timeout=self._timeout)
+        except (TransportError, OSError) as e:
+            raise ConnectionError("cannot open the board's serial port %s again: %s" % (self.port, e)) from None
+        self.reconnect()
+
     def unload(self) -> int:
         """Drop every module and global the checks loaded; the free heap after."""
         self.loaded = set()
         return int(self.run(_UNLOAD).split("HBT", 1)[1])
 
     def close(self) -> None:
+        if self.t is None:
+            return
         try:
             self.t.exit_raw_repl()
         except Exception:  # the board may be gone: closing must not hide the test result
@@ -188,6 +215,7 @@ class OnBoard:
 
     def need(self, *modules: str) -> None:
         """Import device modules (hanfw.x) or checks (bchk_x) on the board, with their hanfw deps."""
+        self.reacquire()  # first: reconnecting forgets what was loaded
         for m in modules:
             self._load(m)
 
