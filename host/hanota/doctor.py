@@ -254,13 +254,29 @@ def _flash_repr(text: str | None) -> tuple[int, int] | None:
     return (int(m.group(1), 0), int(m.group(2), 0)) if m else None
 
 
+def _port_facts(spec: boardspec.Board) -> dict:
+    """The [port] table of the board (platform, machine...), or {} when it has none."""
+    from .vboard.portspec import port_facts  # reads board.toml only (no virtual-board code)
+    try:
+        return port_facts(spec)
+    except boardspec.LayoutError:
+        return {}
+
+
 def check_identity(rep: Report, spec: boardspec.Board, f: dict) -> None:
-    want = PLATFORMS.get(spec.chip)
+    port = _port_facts(spec)
+    want = port.get("platform") or PLATFORMS.get(spec.chip)
     rep.add("port", f["platform"] == want,
             "sys.platform %r%s" % (f["platform"], "" if f["platform"] == want else
                                    ", but board %s (chip %s) needs %r" % (spec.name, spec.chip, want)))
+    machine = f.get("machine")
+    if port.get("machine"):
+        # the firmware names the board it was built for: another board's build has another layout
+        rep.add("board", machine == port["machine"], "os.uname().machine %r%s" % (
+            machine, "" if machine == port["machine"] else
+            "; the firmware %s needs is built for %r" % (spec.name, port["machine"])))
     rep.add("micropython", True, "MicroPython %s, board %s, %d bytes of heap free"
-            % (f["version"], f.get("machine", "(os.uname not available)"), f["mem_free"]))
+            % (f["version"], machine or "(os.uname not available)", f["mem_free"]))
 
 
 def check_modules(rep: Report, need: dict[str, list[str]], have: dict[str, bool]) -> None:

@@ -51,8 +51,9 @@ def esp32_board(vboards, vfirmware, keys, table=None):
         layout.flash_write(b.flash_path, 0x8000, table)
         b.power_cycle()
         b.console.wait_ready(15)
+    # after deploy's reset the board runs the app (its REPL is not idle); the doctor's raw
+    # REPL interrupts it, as mpremote does on a USB board
     deploy.deploy(b.console.pty_path, "vboard-esp32", "ppmid", [keys / "public.bin"], version=1)
-    b.console.wait_ready(15)
     return b
 
 
@@ -73,7 +74,6 @@ def test_healthy_vboard_nrf52840_is_ok(vboards, keys):
     b = vboards("vboard-nrf52840")
     b.console.wait_ready(15)
     deploy.deploy(b.console.pty_path, "vboard-nrf52840", "althan", [keys / "public.bin"], version=1)
-    b.console.wait_ready(15)
     rc, rep, by = doctor_json(b.console.pty_path, "--board", "vboard-nrf52840")
     assert_healthy(rc, rep, by, "nrf")
     assert by["region fs"]["ok"] and "0xb4000" in by["region fs"]["detail"]
@@ -88,6 +88,8 @@ def test_a_missing_module_is_named(vboards, vfirmware, keys):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL module nrf" in r.stdout and "boards/nrf52840/hal.py" in r.stdout
     assert "no 'nrf' module" in r.stdout  # and so the flash layout cannot be read
+    assert "FAIL port" in r.stdout and "needs 'nrf'" in r.stdout
+    assert "FAIL board" in r.stdout and "'XIAO nRF52840 Sense with NRF52840'" in r.stdout
 
 
 def test_a_wrong_partition_table_is_named(vboards, vfirmware, keys):
