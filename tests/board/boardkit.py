@@ -19,11 +19,14 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from hanota import devcode
 
 HERE = Path(__file__).resolve().parent
 CHECKS = HERE / "mpy"
 MARK = "HBT "
+NOTES = pytest.StashKey[list]()  # lines a test wants printed at the session's end (the free heap)
 CHUNK = 3072  # bytes of module per exec: the base64 literal is compiled in the board's heap
 
 # Run once per (re)connection. A Python object with the VFS methods can be mounted; import

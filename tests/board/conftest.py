@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from boardkit import BoardFailure, OnBoard
+from boardkit import NOTES, OnBoard
 
 KINDS = {"esp32": "esp32", "nrf52840": "nrf"}  # --board-kind -> the port's own module
 _RAN = pytest.StashKey[set]()
 _PASSED = pytest.StashKey[set]()
 _BOARD = pytest.StashKey[OnBoard]()
-NOTES = pytest.StashKey[list]()  # lines a test wants printed at the end (e.g. the free heap)
 
 
 def pytest_configure(config):
@@ -103,5 +102,3 @@ def need(board):
     """need('hanfw.zcl', 'bchk_zcl'): import modules on the board (pushed when first needed)."""
     return board.need
 
-
-__all__ = ["BoardFailure"]

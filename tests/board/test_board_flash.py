@@ -5,6 +5,8 @@ import random
 
 import pytest
 
+from boardkit import NOTES
+
 SECTOR = 4096
 ESP_SCRATCH = "scratch"  # the data partition label the ESP32 boot-control checks use
 
@@ -75,9 +77,6 @@ def test_free_heap_is_reported(board, on_board, need, request):
     request.config.stash.setdefault(NOTES, []).append(
         "free heap on the board with the checks loaded: %d bytes (at connect: %d)" % (free, board.facts["free"]))
     assert free > 16 * 1024, "only %d bytes of heap left on the board" % free
-
-
-from conftest import NOTES  # noqa: E402  (the summary lines the session prints at its end)
 
 
 # ---------------------------------------------------------------- boot control on scratch
