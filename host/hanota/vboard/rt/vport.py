@@ -5,14 +5,16 @@ The board process is MicroPython's unix port, which has modules the real ports l
 runs at the end of the boot script, before boot.py, with the port facts of the board's
 board.toml ``[port]`` table (env ``HANOTA_VB_PORT``, JSON from `hanota.vboard.portspec`):
 
-* ``absent``: modules that do not import on the real port. The import statement looks
-  up ``builtins.__import__`` when it has been overridden (the unix port enables
-  MICROPY_CAN_OVERRIDE_BUILTINS), so a wrapper raises ImportError for those names, as
-  the real port does ("no module named ..."), whatever file or built-in module exists.
+* ``absent``: modules that do not import on the real port. The import statement calls
+  ``builtins.__import__`` when it has been overridden (py/runtime.c, mp_import_name; the
+  unix port enables MICROPY_CAN_OVERRIDE_BUILTINS), so a wrapper raises ImportError for
+  those names, as the real port does, whatever file or built-in module exists.
 * ``absent_attrs`` ("module.name", e.g. "machine.WDT", "time.gmtime") and the identity
   (``platform``; os.uname()'s ``sysname``, ``release``, ``machine``): the import machinery
-  looks a name up in sys.modules before the built-in modules (py/builtinimport.c), so
-  a copy of the module with those attributes removed or replaced is put in sys.modules.
+  looks a name up in sys.modules before the built-in modules (py/builtinimport.c,
+  process_import_at_level; checked on the unix port), so a copy of the module with those
+  attributes removed or replaced is put there. A copy, not a proxy with __getattr__: a
+  missing name must make `from time import gmtime` an ImportError, as on the port.
 
 The runtime modules (machine, nrf, esp32, vflash, vbrun) imported what they need before
 this runs and keep the unix port's own modules; only code run after it (boot.py,
