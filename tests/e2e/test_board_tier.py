@@ -75,3 +75,39 @@ def test_on_board_tier_passes_on_the_virtual_board(env, tmp_path, kind):
     assert m, tail
     assert int(m.group(1)) >= MIN_ON_BOARD, tail
     assert " failed" not in r.stdout and " error" not in r.stdout, tail
+
+
+def run_tier(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_without_board_the_tier_skips_saying_what_it_needs(request):
+    if request.config.getoption("--board"):
+        pytest.skip("checks the tier without --board")
+    r = run_tier("tests/board/test_board_p256.py")
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "needs --board PORT" in r.stdout and " passed" not in r.stdout
+
+
+def test_a_port_that_is_not_there_is_named(request):
+    if request.config.getoption("--board"):
+        pytest.skip("checks the tier against a missing port")
+    r = run_tier("--board", "/dev/ttyNOSUCH", "tests/board/test_board_p256.py")
+    assert r.returncode != 0
+    assert "cannot open the board's serial port /dev/ttyNOSUCH" in r.stdout, r.stdout[-3000:]
+
+
+def test_a_board_that_does_not_answer_is_named(request):
+    if request.config.getoption("--board"):
+        pytest.skip("checks the tier against a silent port")
+    import pty
+    master, slave = pty.openpty()
+    try:
+        path = os.ttyname(slave)
+        r = run_tier("--board", path, "tests/board/test_board_p256.py::test_known_answer_verifies")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode != 0
+    assert "no MicroPython REPL answers on %s" % path in r.stdout, r.stdout[-3000:]
