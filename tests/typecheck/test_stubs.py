@@ -110,8 +110,9 @@ def test_device_code_and_hal_type_check_against_the_port_stubs(reports, port):
 
 
 def test_every_allow_entry_still_excuses_something(reports):
-    unused = [e for e in load_allow()
-              if not any(matches(e, port, d) for port in PINS for d in reports[port]["generalDiagnostics"])]
+    # (an entry for a file that is not in the tree is left alone: parallel work lands file by file)
+    unused = [e for e in load_allow() if list(ROOT.glob(e["file"]))
+              and not any(matches(e, port, d) for port in PINS for d in reports[port]["generalDiagnostics"])]
     assert not unused, "allow.toml entries that match no pyright error any more (remove them): %s" % [
         (e["port"], e["file"], e["message"]) for e in unused]
 
