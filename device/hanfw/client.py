@@ -7,10 +7,9 @@
 # and activates when the hub says (or on Activate Image for hcalcs).
 
 import os
-import time
-import struct
 
 from hanfw import link, zcl, otafile, reasons, imagecheck
+from hanfw.clock import Clock, ticks as _ticks, diff as _diff
 from hanfw.download import Download, resumable, qualify, fail_reason
 
 try:
@@ -22,26 +21,7 @@ except ImportError:
 _C2S = const(0x01)  # cluster-specific, client to server
 _C2S_NODR = const(0x11)  # ... default response disabled
 _GLOBAL_NODR = const(0x10)
-_UNIX_2000 = const(946684800)
 _NO_VERSION = const(0xFFFFFFFF)
-
-# UTC seconds since 2000-01-01, whatever the port's epoch
-_EPOCH_OFFSET = _UNIX_2000 if time.gmtime(0)[0] == 1970 else 0
-
-
-def utc2000():
-    return int(time.time()) - _EPOCH_OFFSET
-
-
-try:
-    _ticks = time.ticks_ms
-    _diff = time.ticks_diff
-except AttributeError:  # CPython
-    def _ticks():
-        return int(time.monotonic() * 1000)
-
-    def _diff(a, b):
-        return a - b
 
 
 class OtaClient:
@@ -74,6 +54,10 @@ class OtaClient:
         self._download = Download()  # made once, reused by every transfer (see download.py)
         self.dl = None  # self._download while a transfer is in progress, else None
         self.pending = None  # (manufacturer, image type, version) waiting for activation
+        # UTC from the hub (Time cluster), for every future-dated decision; and the
+        # hub's UTC at which the pending image activates (None: when the timer fires)
+        self.clock = Clock()
+        self.act_at = None
         self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
@@ -118,7 +102,7 @@ class OtaClient:
             elif n == "link":
                 self._on_link()
             elif n == "activate":  # the upgrade time the hub gave has come
-                self.activate_now()
+                self._on_activate()
 
     def poll(self, timeout_ms):
         frame = self.t.recv(min(timeout_ms, self.next_timeout()))
@@ -202,6 +186,7 @@ class OtaClient:
                 self.session = True
                 self.link_tries = 0
                 self._cancel("link")
+                self._read_time()  # every new session: the hub's UTC again
                 self.role.on_link_up()
             return
         if self.hub_floor is None or ctr <= self.hub_floor:
@@ -224,6 +209,8 @@ class OtaClient:
     def _data(self, cluster, payload):
         if cluster == zcl.CLUSTER_OTA:
             self._zcl(payload)
+        elif cluster == zcl.CLUSTER_TIME:
+            self._time(payload)
         else:
             self.role.on_frame(cluster, payload, self)
 
@@ -320,9 +307,37 @@ class OtaClient:
     def running_version(self):
         return self.banks.running_version()
 
+    # ------------------------------------------------------------ time (Time cluster 0x000A)
+    def _read_time(self):
+        if self.session:
+            self._send(link.KIND_DATA, self.hub, zcl.CLUSTER_TIME,
+                       zcl.pack_header(_GLOBAL_NODR, self._next_tsn(), zcl.GLOBAL_READ_ATTRIBUTES)
+                       + zcl.pack_read_attributes((zcl.ATTR_TIME, zcl.ATTR_TIME_STATUS)))
+
+    def _time(self, buf):
+        # the hub's Read Attributes Response; its time counts only from a master or
+        # synchronised clock (TimeStatus), as a Zigbee device syncs to a time server
+        try:
+            fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
+            if cmd != zcl.GLOBAL_READ_ATTRIBUTES_RESPONSE or fc & zcl.FC_FRAME_TYPE_MASK:
+                return
+            utc = status = None
+            for r in zcl.parse_read_attributes_response(buf, off):
+                if r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME:
+                    utc = r.value
+                elif r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME_STATUS:
+                    status = r.value
+        except zcl.ZclError:
+            self.stats["bad-frames"] += 1
+            return
+        if utc is not None and utc != zcl.UTC_INVALID and status is not None \
+                and status & (zcl.TIME_STATUS_MASTER | zcl.TIME_STATUS_SYNCHRONIZED):
+            self.clock.set(utc)
+
     # ------------------------------------------------------------ query
     def _on_query(self):
         self._at("query", self.cfg.query_interval * 1000)
+        self.clock.now()  # re-anchors the clock's ticks while they are in ticks_diff's range
         if self.dl is None and self.status == zcl.UPGRADE_NORMAL:
             self._query()
 
@@ -566,9 +581,30 @@ class OtaClient:
                 self.status = zcl.UPGRADE_WAITING_TO_UPGRADE
                 self._at("end", 60000)
             return
-        delay = r.upgrade_time if r.current_time == 0 else max(0, r.upgrade_time - r.current_time)
         self.status = zcl.UPGRADE_COUNT_DOWN
-        self._at("activate", delay * 1000)
+        if r.current_time == 0:  # no UTC: upgrade_time is an offset in seconds
+            self.act_at = None
+            self._at("activate", r.upgrade_time * 1000)
+            return
+        # UTC times: activate at the hub's upgrade_time by the hub's clock. The
+        # response's CurrentTime is the hub's clock too, so an unset clock takes it.
+        if not self.clock.is_set():
+            self.clock.set(r.current_time)
+        self.act_at = r.upgrade_time
+        self._on_activate()
+
+    def _on_activate(self):
+        # a future-dated activation fires when the clock the hub set says so; with no
+        # clock yet it waits (asking the hub again) rather than guess
+        at = self.act_at
+        now = self.clock.now()
+        if at is not None and (now is None or now < at):
+            if now is None:
+                self._read_time()
+            self._at("activate", 1000 if now is None else min((at - now) * 1000, 60000))
+            return
+        self.act_at = None
+        self.activate_now()
 
     def activate_now(self):
         try:
@@ -598,13 +634,14 @@ class OtaClient:
         self._zsend(_C2S_NODR | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATE_IMAGE_RESPONSE,
                     zcl.pack_activate_image_response(code, self.running_version(), a.counter), tsn, mfr)
         if code == zcl.ACTIVATE_SUCCESS:
-            delay = max(0, a.execution_time - utc2000()) if a.execution_time else 0
+            self.act_at = a.execution_time or None  # UTC, by the clock the hub set
             self.status = zcl.UPGRADE_COUNT_DOWN
             self._cancel("end")
-            self._at("activate", max(delay * 1000, 200))  # let the response leave first
+            self._at("activate", 200)  # let the response leave first
 
     # ------------------------------------------------------------ after boot
     def send_alert(self, running, previous, rolled_back, reason):
         self._zsend(_C2S | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATION_ALERT,
-                    zcl.pack_activation_alert(running, previous, 1 if rolled_back else 0, reason, utc2000()),
+                    zcl.pack_activation_alert(running, previous, 1 if rolled_back else 0, reason,
+                                              self.clock.now() or 0),
                     mfr=self.cfg.manufacturer)

@@ -1,5 +1,6 @@
 # hanfw.zcl: ZCL frames of the Zigbee OTA Upgrade cluster (0x0019), the ZCL global
-# commands the OTA client needs (Read Attributes, its Response, Default Response) and
+# commands the OTA client needs (Read Attributes, its Response, Default Response; also
+# used on the Time cluster 0x000A for the hub's UTC time) and
 # hanota's manufacturer-specific activation commands. Runs under MicroPython and CPython.
 #
 # All integers are little-endian. A frame is a header (pack_header / parse_header) then one
@@ -35,6 +36,14 @@ import struct
 from collections import namedtuple
 
 CLUSTER_OTA = const(0x0019)
+# The Time cluster (ZCL 3.12): the device reads the hub's Time (UTCTime, seconds since
+# 2000-01-01 UTC) and TimeStatus with Read Attributes on this cluster (hanfw/clock.py)
+CLUSTER_TIME = const(0x000A)
+ATTR_TIME = const(0x0000)
+ATTR_TIME_STATUS = const(0x0001)
+TIME_STATUS_MASTER = const(0x01)  # the hub's clock is a master clock
+TIME_STATUS_SYNCHRONIZED = const(0x02)  # ... or was set over the network from one
+UTC_INVALID = const(0xFFFFFFFF)  # UTCTime's "invalid" value
 
 # Frame control bits
 FC_GLOBAL = const(0x00)
@@ -127,8 +136,11 @@ TYPE_UINT8 = const(0x20)
 TYPE_UINT16 = const(0x21)
 TYPE_UINT32 = const(0x23)
 TYPE_ENUM8 = const(0x30)
+TYPE_BITMAP8 = const(0x18)
+TYPE_UTC = const(0xE2)
 TYPE_EUI64 = const(0xF0)
-_TYPE_FORMATS = {0x20: ("<B", 1), 0x21: ("<H", 2), 0x23: ("<I", 4), 0x30: ("<B", 1)}
+_TYPE_FORMATS = {0x20: ("<B", 1), 0x21: ("<H", 2), 0x23: ("<I", 4), 0x30: ("<B", 1),
+                 0x18: ("<B", 1), 0xE2: ("<I", 4)}
 
 # Image Notify payload types and optional-field control bits
 NOTIFY_JITTER = const(0)

@@ -2,7 +2,8 @@
 
 A link frame goes to `Sessions` (authenticated, JOIN, HELLO); an OTA ZCL frame is queued per
 device and handled in that device's worker task, in order: client commands go to `Serving`
-(query, blocks, pages, Upgrade End), answers to hub commands to `Commands`.
+(query, blocks, pages, Upgrade End), answers to hub commands to `Commands`. A read of the
+Time cluster is answered at once from the hub's clock (`timesrv`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hanfw import zcl
 from hanfw.zcl import ZclError
 
 from ..linkio import Link, SerialLink, UdpLink
+from . import timesrv
 from .commands import Commands
 from .common import GLOBAL_S2C, QUEUE_LIMIT, S2C_RESPONSE, Guard, ServerError, log
 from .policy import Policy, ServedImage
@@ -240,6 +242,8 @@ class OtaServer:
             self.sessions.drop(link, addr, "kind")
         elif not self.sessions.is_joined(dev):
             self.sessions.drop(link, addr, "not-joined")
+        elif cluster == zcl.CLUSTER_TIME:
+            timesrv.answer(self.sessions, dev, bytes(payload), self.clock, self.stats)
         elif cluster != zcl.CLUSTER_OTA:
             self.sessions.drop(link, addr, "cluster")
         else:

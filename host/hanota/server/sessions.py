@@ -212,9 +212,9 @@ class Sessions:
                       dev.addr)
 
     def send_zcl(self, dev: DeviceState, fc: int, tsn: int, cmd: int, payload: bytes,
-                 manufacturer: int | None = None) -> None:
+                 manufacturer: int | None = None, cluster: int = zcl.CLUSTER_OTA) -> None:
         frame = zcl.pack_header(fc, tsn, cmd, manufacturer) + payload
-        self.send(dev, hlink.KIND_DATA, frame, zcl.CLUSTER_OTA)
+        self.send(dev, hlink.KIND_DATA, frame, cluster)
 
     def default_response(self, dev: DeviceState, tsn: int, cmd: int, status: int,
                          manufacturer: int | None = None) -> None:
