@@ -45,16 +45,16 @@ def _kind(board: OnBoard, asked: str | None) -> str:
     have = [k for k, mod in KINDS.items() if mod in board.facts["modules"]]
     if asked:
         if asked not in have:
-            raise pytest.UsageError("--board-kind %s: the board on %s has no `%s` module (it has %s)"
-                                    % (asked, board.port, KINDS[asked], board.facts["modules"] or "neither"))
+            pytest.fail("--board-kind %s: the board on %s has no `%s` module (it has %s)"
+                        % (asked, board.port, KINDS[asked], board.facts["modules"] or "neither"), pytrace=False)
         return asked
     if len(have) == 1:
         return have[0]
     for k in have:  # both importable (an emulator): the platform decides
         if board.facts["platform"] == KINDS[k]:
             return k
-    raise pytest.UsageError("cannot tell what board is on %s (modules %s, sys.platform %r): give --board-kind"
-                            % (board.port, board.facts["modules"], board.facts["platform"]))
+    pytest.fail("cannot tell what board is on %s (modules %s, sys.platform %r): give --board-kind"
+                % (board.port, board.facts["modules"], board.facts["platform"]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,11 @@ def board(request):
     except ConnectionError as e:
         pytest.fail(str(e), pytrace=False)
     from hanota import boardspec
-    b.kind = _kind(b, request.config.getoption("--board-kind"))
+    try:
+        b.kind = _kind(b, request.config.getoption("--board-kind"))
+    except BaseException:
+        b.close()
+        raise
     b.spec = boardspec.load_board(b.kind)
     request.config.stash[_BOARD] = b
     yield b

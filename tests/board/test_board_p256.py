@@ -85,7 +85,7 @@ def test_fresh_keys_agree_with_cryptography(on_board, need):
     rng = random.Random(0xB0A4D)
     need("hanfw.p256", "bchk")
     cases, want = [], []
-    for i in range(3):
+    for _ in range(3):
         key = ec.derive_private_key(rng.randrange(1, N), ec.SECP256R1())
         pub = key.public_key().public_bytes(serialization.Encoding.X962,
                                             serialization.PublicFormat.UncompressedPoint)

@@ -1,7 +1,6 @@
 """ZCL and link frames: the host packs (hanfw under CPython), the board parses and re-packs."""
 import hashlib
 import random
-import struct
 
 import pytest
 

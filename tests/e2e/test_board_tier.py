@@ -75,6 +75,14 @@ def test_on_board_tier_passes_on_the_virtual_board(env, tmp_path, kind):
     assert m, tail
     assert int(m.group(1)) >= MIN_ON_BOARD, tail
     assert " failed" not in r.stdout and " error" not in r.stdout, tail
+    # the board is asked what it is: the wrong --board-kind is named, not run
+    wrong = "nrf52840" if kind == "esp32" else "esp32"
+    r = run_tier("--board", console, "--board-kind", wrong,
+                 "tests/board/test_board_p256.py::test_key_id_is_the_sha256_prefix")
+    module = "esp32" if wrong == "esp32" else "nrf"
+    assert r.returncode != 0
+    assert "--board-kind %s: the board on %s has no `%s` module" % (wrong, console, module) in r.stdout, \
+        r.stdout[-3000:]
 
 
 def run_tier(*args, timeout=120):
