@@ -10,7 +10,14 @@ def pytest_addoption(parser):
     parser.addoption("--board-kind", default=None, choices=["esp32", "nrf52840"],
                      help="what the --board is (default: asked from the board's modules)")
     parser.addoption("--link", default=None, metavar="PORT2",
-                     help="tests/board: the serial port of the board's link UART (nRF52840), for the OTA path")
+                     help="tests/board, the OTA path: the serial port wired to the board's link UART "
+                          "(nRF52840), or udp:HOST:PORT where the hub listens (ESP32)")
+    parser.addoption("--wifi", default=None, metavar="SSID",
+                     help="tests/board, the OTA path on a real ESP32: the Wi-Fi network the board joins")
+    parser.addoption("--wifi-key", default="", metavar="KEY", help="tests/board: its passphrase (with --wifi)")
+    parser.addoption("--ota-payload", default=None, metavar="FILE",
+                     help="tests/board, the OTA path on a real ESP32: the MicroPython app image to send "
+                          "(ESP32_GENERIC-OTA-<date>-v1.29.0.app-bin)")
 
 
 @pytest.fixture
