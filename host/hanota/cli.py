@@ -205,8 +205,11 @@ def _print_board(info: dict, as_json: bool) -> None:
 @click.option("--torn", is_flag=True, help="With --power-cut-at: the cut write lands only half its bytes.")
 @click.option("--link-rate", type=BasedInt(), default=None, help="Link rate limit in bytes per second.")
 @click.option("--hub", default=None, help="Hub UDP address HOST:PORT for the link (default 127.0.0.1:17719).")
+@click.option("--clock-offset", type=float, default=None, metavar="SECONDS",
+              help="Start the board's wall clock (time.time/gmtime/localtime, where the port has "
+                   "them) this many seconds off the host's, e.g. -10800; devices take UTC from the hub.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def vboard_start(kind, name, role, dir_, power_cut_at, torn, link_rate, hub, as_json):
+def vboard_start(kind, name, role, dir_, power_cut_at, torn, link_rate, hub, clock_offset, as_json):
     """Start a virtual board in the background and print where to reach it.
 
     A new board is a fresh chip: nothing to boot until firmware is flashed (ESP32, through
@@ -217,7 +220,7 @@ def vboard_start(kind, name, role, dir_, power_cut_at, torn, link_rate, hub, as_
     if torn and power_cut_at is None:
         raise click.UsageError("--torn needs --power-cut-at")
     info = vb.start_background(name, kind, dir_, role=role, power_cut_at=power_cut_at, torn=torn,
-                               link_rate=link_rate, hub=hub)
+                               link_rate=link_rate, hub=hub, clock_offset=clock_offset)
     _print_board(info.public(), as_json)
 
 

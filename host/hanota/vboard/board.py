@@ -77,7 +77,8 @@ class VirtualBoard:
     def __init__(self, dir: str | os.PathLike, board: str = "vboard-esp32", name: str | None = None,
                  role: str | None = None, eui64: str | None = None, power_cut_at: int | None = None,
                  torn: bool = False, link_rate: float | None = None, link_latency: float = 0.0,
-                 hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None, drop_every: int = 0):
+                 hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None, drop_every: int = 0,
+                 clock_offset: float = 0.0):
         kinds = layout.board_names(virtual=True)  # the board folders with virtual = true
         if board not in kinds:
             raise BoardError("unknown board %r (choose from %s)" % (board, ", ".join(kinds)))
@@ -96,6 +97,9 @@ class VirtualBoard:
         self.hub = hub
         self.heap = heap
         self.drop_every = drop_every
+        # seconds the board's wall clock (time.time/gmtime/localtime, where the port has
+        # them) is off from the host's: boards have no RTC set at boot (rt/vclock.py)
+        self.clock_offset = float(clock_offset)
         self.console: Console | None = None
         self.link = None
         self.romloader = None
@@ -172,6 +176,8 @@ class VirtualBoard:
                                           eui64=self.info.eui64, heap=self.heap)
         env["HANOTA_VB_LINK"] = self._device_link
         env["HANOTA_VB_NAME"] = self.name
+        if self.clock_offset:
+            env["HANOTA_VB_CLOCK_OFFSET"] = repr(self.clock_offset)
         return argv, env
 
     def _event(self, kind: str, detail: str) -> None:
@@ -256,7 +262,7 @@ def _alive(pid: int | None) -> bool:
 def start_background(name: str, board: str = "vboard-esp32", dir: str | os.PathLike | None = None,
                      role: str | None = None, power_cut_at: int | None = None, torn: bool = False,
                      link_rate: float | None = None, hub: str | None = None,
-                     timeout: float = 30.0) -> BoardInfo:
+                     timeout: float = 30.0, clock_offset: float | None = None) -> BoardInfo:
     """Start a board in its own background process and wait until it is reachable."""
     path = board_dir(name, dir)
     reg = registry() / name
@@ -275,7 +281,7 @@ def start_background(name: str, board: str = "vboard-esp32", dir: str | os.PathL
     argv = [sys.executable, "-m", "hanota.vboard.daemon", "--dir", str(path), "--board", board,
             "--name", name]
     for opt, val in (("--role", role), ("--power-cut-at", power_cut_at), ("--link-rate", link_rate),
-                     ("--hub", hub)):
+                     ("--hub", hub), ("--clock-offset", clock_offset)):
         if val is not None:
             argv += [opt, str(val)]
     if torn:

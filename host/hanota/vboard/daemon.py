@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     ap.add_argument("--torn", action="store_true")
     ap.add_argument("--link-rate", type=float)
     ap.add_argument("--hub")
+    ap.add_argument("--clock-offset", type=float, default=0.0)
     args = ap.parse_args(argv)
     hub = None
     if args.hub:
@@ -28,7 +29,8 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda *_: done.set())
     kw = {"hub": hub} if hub else {}
     board = VirtualBoard(args.dir, board=args.board, name=args.name, role=args.role,
-                         power_cut_at=args.power_cut_at, torn=args.torn, link_rate=args.link_rate, **kw)
+                         power_cut_at=args.power_cut_at, torn=args.torn, link_rate=args.link_rate,
+                         clock_offset=args.clock_offset, **kw)
     board.start()
     try:
         while not done.wait(0.5):

@@ -13,8 +13,9 @@ import sys
 
 try:
     import machine
+    import vclock
 except ImportError:
-    from . import machine
+    from . import machine, vclock
 
 
 def _exists(name):
@@ -40,6 +41,7 @@ def start(g):
     for k in list(g):
         if k != "__name__":
             del g[k]
+    vclock.apply()  # a wrong wall clock, if the board was started with one
     if _exists("boot.py"):
         pyexec_file("boot.py", g)
     if os.getenv("HANOTA_VB_MAIN") == "1" and _exists("main.py"):
