@@ -10,9 +10,11 @@ it must pass with at least 25 tests that ran on the board.
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,9 @@ def start_and_flash(env, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["esp32", "nrf52840"])
 def test_on_board_tier_passes_on_the_virtual_board(env, tmp_path, kind):
     console, link = start_and_flash(env, tmp_path, kind)
+    # its own --basetemp: the inner run must not prune the outer run's temporary folders
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                        "--basetemp", str(tmp_path / "inner"),
                         "--board", console, "--board-kind", kind, "--link", link, "tests/board"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     tail = r.stdout[-6000:] + r.stderr[-2000:]
@@ -86,8 +90,13 @@ def test_on_board_tier_passes_on_the_virtual_board(env, tmp_path, kind):
 
 
 def run_tier(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    base = tempfile.mkdtemp(prefix="hbt-inner-")  # not pytest's numbered folders (see above)
+    try:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rs",
+                               "--basetemp", base, *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_without_board_the_tier_skips_saying_what_it_needs(request):
