@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -115,9 +116,10 @@ for m in ('esp32', 'nrf'):
         pass
 import sys, gc, os
 gc.collect()
+import json
 u = os.uname() if hasattr(os, 'uname') else None
-print('HBT', repr({'modules': k, 'platform': sys.platform, 'machine': u.machine if u else '',
-       'release': u.release if u else '', 'free': gc.mem_free()}).replace("'", '"'))
+print('HBT', json.dumps({'modules': k, 'platform': sys.platform, 'machine': u.machine if u else '',
+                         'release': u.release if u else '', 'free': gc.mem_free()}))
 """
 
 _IMPORTS = re.compile(r"^\s*(?:from\s+(hanfw(?:\.\w+)*)\s+import\s+([\w ,]+)|import\s+(hanfw(?:\.\w+)*))",
@@ -162,8 +164,15 @@ class OnBoard:
 
     def run(self, code: str, timeout: float = 60) -> str:
         """Execute `code` in the board's raw REPL; its output, or BoardFailure with its traceback."""
+        from mpremote.transport import TransportError
         self.reacquire()
-        out, err = self.t.exec_raw(code, timeout=timeout)
+        try:
+            out, err = self.t.exec_raw(code, timeout=timeout)
+        except TransportError as e:
+            # a check that hangs, or a board that went away: the next call starts afresh
+            self.release()
+            raise BoardFailure("the board on %s did not finish a check within %.0f s: %s"
+                               % (self.port, timeout, e)) from None
         if err:
             raise BoardFailure("the board raised:\n%s" % err.decode(errors="replace").strip()[-3000:])
         return out.decode(errors="replace")
@@ -206,6 +215,7 @@ class OnBoard:
         return int(self.run(_UNLOAD).split("HBT", 1)[1])
 
     def close(self) -> None:
+        shutil.rmtree(self._checks_dir, ignore_errors=True)
         if self.t is None:
             return
         try:
