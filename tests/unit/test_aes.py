@@ -86,3 +86,25 @@ def test_link_key_of_the_zigbee_example_with_plain_python_aes(monkeypatch):
 def test_module_keeps_its_tables_as_bytes():
     # MicroPython keeps bytes constants compact; a list of ints would cost 4-8 bytes an entry.
     assert all(isinstance(t, bytes) and len(t) == 256 for t in (aes._SBOX, aes._X2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=40))
+def test_mmo_with_plain_python_aes_matches_mmo_with_cryptography(data, chunk):
+    import builtins
+    real = builtins.__import__
+
+    def no_fast_aes(name, *args, **kw):
+        if name == "cryptolib" or name.startswith("cryptography"):
+            raise ImportError("no module named %r" % name)
+        return real(name, *args, **kw)
+    builtins.__import__ = no_fast_aes
+    try:
+        plain = mmo.Mmo()
+    finally:
+        builtins.__import__ = real
+    fast = mmo.Mmo()
+    for i in range(0, len(data), chunk):
+        plain.update(data[i:i + chunk])
+    fast.update(data)
+    assert plain.digest() == fast.digest()
