@@ -21,6 +21,8 @@ except ImportError:
 _C2S = const(0x01)  # cluster-specific, client to server
 _C2S_NODR = const(0x11)  # ... default response disabled
 _GLOBAL_NODR = const(0x10)
+_TIME_TRUSTED = const(0x03)  # TimeStatus Master or Synchronized: a clock to sync to
+_UTC_INVALID = const(0xFFFFFFFF)
 _NO_VERSION = const(0xFFFFFFFF)
 
 
@@ -101,8 +103,17 @@ class OtaClient:
                 self._on_end()
             elif n == "link":
                 self._on_link()
-            elif n == "activate":  # the upgrade time the hub gave has come
-                self._on_activate()
+            elif n == "activate":  # the upgrade time the hub gave has come, by the hub's clock
+                at = self.act_at
+                now = self.clock.now()
+                if at is not None and (now is None or now < at):
+                    # not yet, or no clock yet: wait (asking the hub again) rather than guess
+                    if now is None:
+                        self._read_time()
+                    self._at("activate", 1000 if now is None else min((at - now) * 1000, 60000))
+                else:
+                    self.act_at = None
+                    self.activate_now()
 
     def poll(self, timeout_ms):
         frame = self.t.recv(min(timeout_ms, self.next_timeout()))
@@ -210,7 +221,23 @@ class OtaClient:
         if cluster == zcl.CLUSTER_OTA:
             self._zcl(payload)
         elif cluster == zcl.CLUSTER_TIME:
-            self._time(payload)
+            # the hub's Read Attributes Response; its time counts only from a master or
+            # synchronised clock (TimeStatus), as a Zigbee device syncs to a time server
+            try:
+                fc, mfr, tsn, cmd, off = zcl.parse_header(payload)
+                if cmd != zcl.GLOBAL_READ_ATTRIBUTES_RESPONSE or fc & zcl.FC_FRAME_TYPE_MASK:
+                    return
+                utc = status = None
+                for r in zcl.parse_read_attributes_response(payload, off):
+                    if r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME:
+                        utc = r.value
+                    elif r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME_STATUS:
+                        status = r.value
+            except zcl.ZclError:
+                self.stats["bad-frames"] += 1
+                return
+            if utc is not None and utc != _UTC_INVALID and status is not None and status & _TIME_TRUSTED:
+                self.clock.set(utc)
         else:
             self.role.on_frame(cluster, payload, self)
 
@@ -313,26 +340,6 @@ class OtaClient:
             self._send(link.KIND_DATA, self.hub, zcl.CLUSTER_TIME,
                        zcl.pack_header(_GLOBAL_NODR, self._next_tsn(), zcl.GLOBAL_READ_ATTRIBUTES)
                        + zcl.pack_read_attributes((zcl.ATTR_TIME, zcl.ATTR_TIME_STATUS)))
-
-    def _time(self, buf):
-        # the hub's Read Attributes Response; its time counts only from a master or
-        # synchronised clock (TimeStatus), as a Zigbee device syncs to a time server
-        try:
-            fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
-            if cmd != zcl.GLOBAL_READ_ATTRIBUTES_RESPONSE or fc & zcl.FC_FRAME_TYPE_MASK:
-                return
-            utc = status = None
-            for r in zcl.parse_read_attributes_response(buf, off):
-                if r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME:
-                    utc = r.value
-                elif r.status == zcl.SUCCESS and r.attr_id == zcl.ATTR_TIME_STATUS:
-                    status = r.value
-        except zcl.ZclError:
-            self.stats["bad-frames"] += 1
-            return
-        if utc is not None and utc != zcl.UTC_INVALID and status is not None \
-                and status & (zcl.TIME_STATUS_MASTER | zcl.TIME_STATUS_SYNCHRONIZED):
-            self.clock.set(utc)
 
     # ------------------------------------------------------------ query
     def _on_query(self):
@@ -588,23 +595,10 @@ class OtaClient:
             return
         # UTC times: activate at the hub's upgrade_time by the hub's clock. The
         # response's CurrentTime is the hub's clock too, so an unset clock takes it.
-        if not self.clock.is_set():
+        if self.clock.base is None:
             self.clock.set(r.current_time)
         self.act_at = r.upgrade_time
-        self._on_activate()
-
-    def _on_activate(self):
-        # a future-dated activation fires when the clock the hub set says so; with no
-        # clock yet it waits (asking the hub again) rather than guess
-        at = self.act_at
-        now = self.clock.now()
-        if at is not None and (now is None or now < at):
-            if now is None:
-                self._read_time()
-            self._at("activate", 1000 if now is None else min((at - now) * 1000, 60000))
-            return
-        self.act_at = None
-        self.activate_now()
+        self._at("activate", 0)  # the timer compares it with the clock
 
     def activate_now(self):
         try:

@@ -6,8 +6,8 @@
 # The port's wall clock (time.time / gmtime, where the port has them) is not used,
 # not even before the hub has set the time: after power-on an ESP32 says
 # 2000-01-01, a virtual board says whatever its host says, and a wrong time that
-# looks right would fire a future-dated activation early. Unset, now() is None and
-# future-dated decisions wait for the hub.
+# looks right would fire a future-dated activation early. Unset, now() is None: the
+# clock says it is not set, and future-dated decisions wait for the hub.
 
 import time
 
@@ -27,33 +27,27 @@ except AttributeError:  # CPython: a monotonic clock that never wraps
 
 
 class Clock:
-    """UTC seconds since 2000; `ticks`, `diff`, `add` replace the ticks_ms functions
-    (tests inject a source that wraps)."""
+    """UTC seconds since 2000: now() is None until the hub has set the time. The ticks
+    come from this module's ticks/diff/add (tests put a source that wraps there). No
+    __init__ and class defaults: an unset clock costs the heap an empty instance."""
 
-    def __init__(self, ticks_fn=None, diff_fn=None, add_fn=None):
-        self._ticks = ticks_fn or ticks
-        self._diff = diff_fn or diff
-        self._add = add_fn or add
-        self.base = None  # UTC (s) at tick self.at; None until the hub sets the time
-        self.at = 0
+    base = None  # UTC (s) at tick self.at; None until the hub sets the time
+    at = 0
 
     def set(self, utc):
         self.base = int(utc)
-        self.at = self._ticks()
-
-    def is_set(self):
-        return self.base is not None
+        self.at = ticks()
 
     def now(self):
         """UTC seconds since 2000-01-01, or None when the hub has not set the time."""
         if self.base is None:
             return None
-        ms = self._diff(self._ticks(), self.at)
+        ms = diff(ticks(), self.at)
         # re-anchor after an hour: ticks_diff is only right for spans under half the ticks
         # period (2**30 ms on the boards: about 6.2 days), and a board runs for months
         if ms >= 3600000:
             s = ms // 1000
             self.base += s
-            self.at = self._add(self.at, s * 1000)
+            self.at = add(self.at, s * 1000)
             ms -= s * 1000
         return self.base + ms // 1000

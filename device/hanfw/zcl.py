@@ -40,10 +40,7 @@ CLUSTER_OTA = const(0x0019)
 # 2000-01-01 UTC) and TimeStatus with Read Attributes on this cluster (hanfw/clock.py)
 CLUSTER_TIME = const(0x000A)
 ATTR_TIME = const(0x0000)
-ATTR_TIME_STATUS = const(0x0001)
-TIME_STATUS_MASTER = const(0x01)  # the hub's clock is a master clock
-TIME_STATUS_SYNCHRONIZED = const(0x02)  # ... or was set over the network from one
-UTC_INVALID = const(0xFFFFFFFF)  # UTCTime's "invalid" value
+ATTR_TIME_STATUS = const(0x0001)  # bitmap8: 0x01 Master, 0x02 Synchronized
 
 # Frame control bits
 FC_GLOBAL = const(0x00)

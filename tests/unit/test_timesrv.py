@@ -39,7 +39,7 @@ def test_read_time_and_status_answers_utc_since_2000_from_the_hub_clock():
     assert fc & zcl.FC_SERVER_TO_CLIENT and fc & zcl.FC_FRAME_TYPE_MASK == zcl.FC_GLOBAL
     recs = zcl.parse_read_attributes_response(payload)
     assert recs[0] == (zcl.ATTR_TIME, zcl.SUCCESS, zcl.TYPE_UTC, 850_000_000)
-    assert recs[1] == (zcl.ATTR_TIME_STATUS, zcl.SUCCESS, zcl.TYPE_BITMAP8, zcl.TIME_STATUS_MASTER)
+    assert recs[1] == (zcl.ATTR_TIME_STATUS, zcl.SUCCESS, zcl.TYPE_BITMAP8, 0x01)  # Master
     assert recs[2] == (0x0007, zcl.UNSUPPORTED_ATTRIBUTE, None, None)
     assert stats["time-reads"] == 1
 

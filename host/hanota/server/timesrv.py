@@ -14,8 +14,8 @@ from hanfw.zcl import ZclError
 from .common import GLOBAL_S2C, zigbee_time
 from .sessions import DeviceState, Sessions
 
-# TimeStatus: the hub's clock is the network's master clock (ZCL 3.12.2.2.2)
-TIME_STATUS = zcl.TIME_STATUS_MASTER
+# TimeStatus: the hub's clock is the network's master clock (bit 0, Master; ZCL 3.12.2.2.2)
+TIME_STATUS = 0x01
 
 
 def records(attr_ids, unix_now: float) -> list[tuple]:

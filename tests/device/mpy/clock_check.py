@@ -41,9 +41,10 @@ def check(name, cond):
 
 
 class Ticks:
-    # an injected ticks source: wraps at PERIOD like ticks_ms
+    # an injected ticks source: wraps at PERIOD like ticks_ms on the boards
     def __init__(self, start):
         self.t = start
+        clock.ticks, clock.diff, clock.add = self, ticks_diff, ticks_add
 
     def __call__(self):
         return self.t
@@ -58,7 +59,7 @@ check("port's ticks_diff agrees without a wrap", ticks_diff(5000, 3000) == real_
 
 # unset: no time, not even the host's
 c = clock.Clock()
-check("unset clock says so", not c.is_set() and c.now() is None)
+check("unset clock says so", c.now() is None)
 
 # the real ticks_ms: set, then time passes
 c.set(800000000)
@@ -67,9 +68,9 @@ check("real ticks: one second later", c.now() == 800000001)
 
 # a wrap just after set: ticks go from PERIOD-500 to 1500
 t = Ticks(PERIOD - 500)
-c = clock.Clock(t, ticks_diff, ticks_add)
+c = clock.Clock()
 c.set(700000000)
-check("just set", c.is_set() and c.now() == 700000000)
+check("just set", c.now() == 700000000)
 t.advance(2000)
 check("ticks wrapped", t.t == 1500)
 check("2 s later across the wrap", c.now() == 700000002)
@@ -80,7 +81,7 @@ check("3 s", c.now() == 700000003)
 
 # 40 days (3+ periods of ticks_ms), read once an hour: re-anchoring keeps ticks_diff in range
 t = Ticks(PERIOD - 12345)
-c = clock.Clock(t, ticks_diff, ticks_add)
+c = clock.Clock()
 c.set(1000)
 hour = 3600 * 1000
 for h in range(40 * 24):
@@ -95,7 +96,7 @@ check("40 days and 1.5 s", c.now() == 1000 + 40 * 86400 + 1)
 # without re-anchoring, ticks_diff would go wrong after half a period (6.2 days): one
 # read after 5 days, then one after 5 more (10 days since set) is still right
 t = Ticks(3)
-c = clock.Clock(t, ticks_diff, ticks_add)
+c = clock.Clock()
 c.set(2000)
 t.advance(5 * 86400 * 1000)
 check("5 days", c.now() == 2000 + 5 * 86400)
