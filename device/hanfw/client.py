@@ -24,6 +24,17 @@ _GLOBAL_NODR = const(0x10)
 _TIME_TRUSTED = const(0x03)  # TimeStatus Master or Synchronized: a clock to sync to
 _UTC_INVALID = const(0xFFFFFFFF)
 _NO_VERSION = const(0xFFFFFFFF)
+# Silence from the hub this long after a query (or after running out of heap) means ask
+# again: every state that waits for the hub has a timer (see _watchdog)
+_RETRY_MS = const(5000)
+_OOM_RESET = const(10)  # MemoryErrors in a row with no frame handled between: reset the board
+
+
+# UTC from the hub (Time cluster), for every future-dated decision; clock.due is the hub's
+# UTC at which the pending image activates (None: when the timer fires). One per device,
+# here and not on the client: one more client attribute regrows its instance dict (29
+# slots, full) to 53, and a 64 KiB heap has not those bytes to spare in one piece.
+clock = Clock()
 
 
 class OtaClient:
@@ -38,7 +49,11 @@ class OtaClient:
         self.mac = link.Mac(link.link_key(cfg.install_code))
         # the longest frame taken: above MAX_FRAME, HELLO asks the hub for bundles
         limit = getattr(transport, "rx_frame", link.MAX_FRAME)
+        if not cfg.page_size:
+            limit = link.MAX_FRAME  # block requests: one block per frame, no bundles to ask for
         self.rx_frame = max(link.MAX_FRAME, min(cfg.link_frame or limit, limit))
+        if hasattr(transport, "rx_frame"):
+            transport.rx_frame = self.rx_frame  # its receive buffer holds what the hub sends
         self.eui = cfg.eui64
         hub = state.get("hub")
         self.hub = bytes(reversed(bytes.fromhex(hub))) if hub else None
@@ -56,13 +71,10 @@ class OtaClient:
         self._download = Download()  # made once, reused by every transfer (see download.py)
         self.dl = None  # self._download while a transfer is in progress, else None
         self.pending = None  # (manufacturer, image type, version) waiting for activation
-        # UTC from the hub (Time cluster), for every future-dated decision; and the
-        # hub's UTC at which the pending image activates (None: when the timer fires)
-        self.clock = Clock()
-        self.act_at = None
         self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
+        self.ooms = 0  # MemoryErrors since the last frame handled (see _starved)
         self.blocks = 0
         self.stats = {"rejected": 0, "bad-frames": 0}
         if state.get("held"):
@@ -99,27 +111,65 @@ class OtaClient:
                 self._request()
             elif n == "query":
                 self._on_query()
+            elif n == "answer":  # no Query Next Image Response: ask again
+                self._query()
             elif n == "end":
                 self._on_end()
             elif n == "link":
                 self._on_link()
             elif n == "activate":  # the upgrade time the hub gave has come, by the hub's clock
-                at = self.act_at
-                now = self.clock.now()
+                at = clock.due
+                now = clock.now()
                 if at is not None and (now is None or now < at):
                     # not yet, or no clock yet: wait (asking the hub again) rather than guess
                     if now is None:
                         self._read_time()
                     self._at("activate", 1000 if now is None else min((at - now) * 1000, 60000))
                 else:
-                    self.act_at = None
+                    clock.due = None
                     self.activate_now()
 
     def poll(self, timeout_ms):
-        frame = self.t.recv(min(timeout_ms, self.next_timeout()))
-        if frame is not None:
-            self.on_frame(frame)
-        self.tick()
+        # Out of heap anywhere in here (a fragmented heap on a 64 KiB board) must not stop
+        # the client: it lets go of the download, keeps its resume point and carries on
+        try:
+            frame = self.t.recv(min(timeout_ms, self.next_timeout()))
+            if frame is not None:
+                self.on_frame(frame)
+                self.ooms = 0
+            self.tick()
+        except MemoryError:
+            self._starved()
+        self._watchdog()
+
+    def _starved(self):
+        import gc
+        gc.collect()
+        self.ooms += 1
+        if self.ooms >= _OOM_RESET:
+            # the heap is in pieces too small for anything: a reset gives it back whole
+            # (the resume point and a held image survive it); better than a silent board
+            self.log("ota: out of memory again and again; resetting")
+            self.ooms = 0
+            self.reset()
+            return
+        if self.dl is not None:
+            self._out_of_memory()  # suspended: the query timer resumes it
+        else:
+            self.log("ota: out of memory; carrying on")
+
+    def _watchdog(self):
+        # Every state that waits for the hub has a timer, whatever cut a handler short
+        # between a timer firing and its re-arming (MemoryError): a board never goes quiet
+        t = self.timers
+        if "query" not in t:
+            self._at("query", _RETRY_MS)
+        if not self.session and "link" not in t:
+            self._at("link", _RETRY_MS)
+        if self.dl is not None and "block" not in t and "next" not in t:
+            self._at("block", self.cfg.block_timeout_ms)
+        if self.pending is not None and self.status == zcl.UPGRADE_DOWNLOAD_COMPLETE and "end" not in t:
+            self._at("end", _RETRY_MS)
 
     # ------------------------------------------------------------ link layer
     def _reserve(self, upto):
@@ -237,7 +287,7 @@ class OtaClient:
                 self.stats["bad-frames"] += 1
                 return
             if utc is not None and utc != _UTC_INVALID and status is not None and status & _TIME_TRUSTED:
-                self.clock.set(utc)
+                clock.set(utc)
         else:
             self.role.on_frame(cluster, payload, self)
 
@@ -344,13 +394,18 @@ class OtaClient:
     # ------------------------------------------------------------ query
     def _on_query(self):
         self._at("query", self.cfg.query_interval * 1000)
-        self.clock.now()  # re-anchors the clock's ticks while they are in ticks_diff's range
+        clock.now()  # re-anchors the clock's ticks while they are in ticks_diff's range
         if self.dl is None and self.status == zcl.UPGRADE_NORMAL:
             self._query()
 
     def _query(self):
-        if not self.session or self.dl is not None:
+        if self.dl is not None:
             return
+        # asked and not answered (the query or its answer lost, or no session yet): the
+        # "answer" timer asks again, whatever the regular poll interval is
+        self._at("answer", _RETRY_MS)
+        if not self.session:
+            return  # the link timer brings the session back; the answer timer then asks
         self.queries += 1
         self.unanswered += 1
         if self.unanswered > 3:
@@ -366,6 +421,7 @@ class OtaClient:
                                               self.running_version(), self.cfg.hw_version))
 
     def _query_response(self, r):
+        self._cancel("answer")
         if r.status != zcl.SUCCESS or self.dl is not None:
             return
         ident = (r.manufacturer, r.image_type, r.file_version)
@@ -590,14 +646,14 @@ class OtaClient:
             return
         self.status = zcl.UPGRADE_COUNT_DOWN
         if r.current_time == 0:  # no UTC: upgrade_time is an offset in seconds
-            self.act_at = None
+            clock.due = None
             self._at("activate", r.upgrade_time * 1000)
             return
         # UTC times: activate at the hub's upgrade_time by the hub's clock. The
         # response's CurrentTime is the hub's clock too, so an unset clock takes it.
-        if self.clock.base is None:
-            self.clock.set(r.current_time)
-        self.act_at = r.upgrade_time
+        if clock.base is None:
+            clock.set(r.current_time)
+        clock.due = r.upgrade_time
         self._at("activate", 0)  # the timer compares it with the clock
 
     def activate_now(self):
@@ -628,7 +684,7 @@ class OtaClient:
         self._zsend(_C2S_NODR | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATE_IMAGE_RESPONSE,
                     zcl.pack_activate_image_response(code, self.running_version(), a.counter), tsn, mfr)
         if code == zcl.ACTIVATE_SUCCESS:
-            self.act_at = a.execution_time or None  # UTC, by the clock the hub set
+            clock.due = a.execution_time or None  # UTC, by the clock the hub set
             self.status = zcl.UPGRADE_COUNT_DOWN
             self._cancel("end")
             self._at("activate", 200)  # let the response leave first
@@ -637,5 +693,5 @@ class OtaClient:
     def send_alert(self, running, previous, rolled_back, reason):
         self._zsend(_C2S | zcl.FC_MANUFACTURER, zcl.CMD_ACTIVATION_ALERT,
                     zcl.pack_activation_alert(running, previous, 1 if rolled_back else 0, reason,
-                                              self.clock.now() or 0),
+                                              clock.now() or 0),
                     mfr=self.cfg.manufacturer)

@@ -16,18 +16,26 @@ class UdpTransport:
         self.addr = socket.getaddrinfo(host, port)[0][-1]
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(socket.getaddrinfo("0.0.0.0", 0)[0][-1])
+        # never a blocking read: poll can report a datagram that is then not there (Linux
+        # drops one with a bad checksum only when it is read), and a read that blocks is a
+        # board that never answers again
+        self.sock.setblocking(False)
         self.poll = select.poll()
         self.poll.register(self.sock, select.POLLIN)
 
     def send(self, frame):
         self.sock.sendto(frame, self.addr)
 
+    # recvfrom, not readinto: MicroPython's readinto is a stream read that goes on into the
+    # next datagram until the buffer is full (two frames run together, both refused). Its
+    # buffer is rx_frame long, which the client lowers when it asks for no bundles: a
+    # 64 KiB heap in pieces may not have 4.5 KiB in one piece for every datagram.
     def recv(self, timeout_ms):
         if not self.poll.poll(max(0, int(timeout_ms))):
             return None
         try:
             data, _ = self.sock.recvfrom(self.rx_frame + 64)
-        except OSError:
+        except OSError:  # EAGAIN (nothing there after all), or an ICMP error from the last send
             return None
         return data
 
