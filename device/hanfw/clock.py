@@ -26,28 +26,30 @@ except AttributeError:  # CPython: a monotonic clock that never wraps
         return a + b
 
 
-class Clock:
-    """UTC seconds since 2000: now() is None until the hub has set the time. The ticks
-    come from this module's ticks/diff/add (tests put a source that wraps there). No
-    __init__ and class defaults: an unset clock costs the heap an empty instance."""
+# The device's one clock, as module globals and functions (no class, no instance: a
+# 64 KiB heap has few bytes to spare). Tests put a ticks source that wraps in ticks/diff/add.
+base = None  # UTC (s) at tick `at`; None until the hub sets the time
+at = 0
+due = None  # the UTC a future-dated activation waits for (kept here by the OTA client)
 
-    base = None  # UTC (s) at tick self.at; None until the hub sets the time
-    at = 0
 
-    def set(self, utc):
-        self.base = int(utc)
-        self.at = ticks()
+def set(utc):  # noqa: A001 (the clock's own set; the built-in is not used here)
+    global base, at
+    base = int(utc)
+    at = ticks()
 
-    def now(self):
-        """UTC seconds since 2000-01-01, or None when the hub has not set the time."""
-        if self.base is None:
-            return None
-        ms = diff(ticks(), self.at)
-        # re-anchor after an hour: ticks_diff is only right for spans under half the ticks
-        # period (2**30 ms on the boards: about 6.2 days), and a board runs for months
-        if ms >= 3600000:
-            s = ms // 1000
-            self.base += s
-            self.at = add(self.at, s * 1000)
-            ms -= s * 1000
-        return self.base + ms // 1000
+
+def now():
+    """UTC seconds since 2000-01-01, or None when the hub has not set the time."""
+    global base, at
+    if base is None:
+        return None
+    ms = diff(ticks(), at)
+    # re-anchor after an hour: ticks_diff is only right for spans under half the ticks
+    # period (2**30 ms on the boards: about 6.2 days), and a board runs for months
+    if ms >= 3600000:
+        s = ms // 1000
+        base += s
+        at = add(at, s * 1000)
+        ms -= s * 1000
+    return base + ms // 1000

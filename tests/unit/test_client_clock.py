@@ -53,6 +53,8 @@ def dev(monkeypatch):
     ticks = Ticks()
     monkeypatch.setattr(clock, "ticks", ticks)
     monkeypatch.setattr(client_mod, "_ticks", ticks)
+    monkeypatch.setattr(clock, "base", None)  # the device's one clock, unset
+    monkeypatch.setattr(clock, "due", None)
     cfg = config.from_dict({"eui64": "02:68:61:00:00:00:00:01", "role": "hcalcs",
                             "manufacturer": MFR, "hw_version": 1, "keys": [KEY.hex()],
                             "install_code": install_code(1), "query_interval": 3600})
@@ -106,11 +108,11 @@ def test_activate_image_at_t_waits_for_the_hubs_time_then_fires_at_t(dev):
 
 def test_a_time_from_an_unsynchronised_hub_clock_is_not_taken(dev):
     hub_time(dev, 800_000_000, status=0x00)  # neither Master nor Synchronized
-    assert dev.c.clock.now() is None
+    assert clock.now() is None
     hub_time(dev, 0xFFFFFFFF)  # UTCTime "invalid"
-    assert dev.c.clock.now() is None
+    assert clock.now() is None
     hub_time(dev, 800_000_000, status=0x02)  # Synchronized
-    assert dev.c.clock.now() == 800_000_000
+    assert clock.now() == 800_000_000
 
 
 def test_each_new_session_reads_the_time_again(dev):
@@ -127,7 +129,7 @@ def test_upgrade_end_response_utc_times_without_a_clock_take_the_hubs_current_ti
     dev.c.pending = (MFR, 0x84, 0x00020000)
     dev.c._zcl(zcl.pack_header(S2C, 3, zcl.CMD_UPGRADE_END_RESPONSE)
                + zcl.pack_upgrade_end_response(MFR, 0x84, 0x00020000, 800_000_000, 800_000_005))
-    assert dev.c.clock.now() == 800_000_000
+    assert clock.now() == 800_000_000
     run_for(dev, 4_800)
     assert dev.resets == []
     run_for(dev, 400)
