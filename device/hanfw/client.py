@@ -24,6 +24,10 @@ _GLOBAL_NODR = const(0x10)
 _TIME_TRUSTED = const(0x03)  # TimeStatus Master or Synchronized: a clock to sync to
 _UTC_INVALID = const(0xFFFFFFFF)
 _NO_VERSION = const(0xFFFFFFFF)
+# Silence from the hub this long after a query (or after running out of heap) means ask
+# again: every state that waits for the hub has a timer (see _watchdog)
+_RETRY_MS = const(5000)
+_OOM_RESET = const(10)  # MemoryErrors in a row with no frame handled between: reset the board
 
 
 # UTC from the hub (Time cluster) is hanfw.clock, for every future-dated decision; clock.due
@@ -42,7 +46,11 @@ class OtaClient:
         self.mac = link.Mac(link.link_key(cfg.install_code))
         # the longest frame taken: above MAX_FRAME, HELLO asks the hub for bundles
         limit = getattr(transport, "rx_frame", link.MAX_FRAME)
+        if not cfg.page_size:
+            limit = link.MAX_FRAME  # block requests: one block per frame, no bundles to ask for
         self.rx_frame = max(link.MAX_FRAME, min(cfg.link_frame or limit, limit))
+        if hasattr(transport, "rx_frame"):
+            transport.rx_frame = self.rx_frame  # its receive buffer holds what the hub sends
         self.eui = cfg.eui64
         hub = state.get("hub")
         self.hub = bytes(reversed(bytes.fromhex(hub))) if hub else None
@@ -63,6 +71,7 @@ class OtaClient:
         self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
+        self.ooms = 0  # MemoryErrors since the last frame handled (see _starved)
         self.blocks = 0
         self.stats = {"rejected": 0, "bad-frames": 0}
         if state.get("held"):
@@ -99,6 +108,8 @@ class OtaClient:
                 self._request()
             elif n == "query":
                 self._on_query()
+            elif n == "answer":  # no Query Next Image Response: ask again
+                self._query()
             elif n == "end":
                 self._on_end()
             elif n == "link":
@@ -116,10 +127,46 @@ class OtaClient:
                     self.activate_now()
 
     def poll(self, timeout_ms):
-        frame = self.t.recv(min(timeout_ms, self.next_timeout()))
-        if frame is not None:
-            self.on_frame(frame)
-        self.tick()
+        # Out of heap anywhere in here (a fragmented heap on a 64 KiB board) must not stop
+        # the client: it lets go of the download, keeps its resume point and carries on
+        try:
+            frame = self.t.recv(min(timeout_ms, self.next_timeout()))
+            if frame is not None:
+                self.on_frame(frame)
+                self.ooms = 0
+            self.tick()
+        except MemoryError:
+            self._starved()
+        self._watchdog()
+
+    def _starved(self):
+        import gc
+        gc.collect()
+        self.ooms += 1
+        if self.ooms >= _OOM_RESET:
+            # the heap is in pieces too small for anything: a reset gives it back whole
+            # (the resume point and a held image survive it); better than a silent board
+            self.log("ota: out of memory again and again; resetting")
+            self.ooms = 0
+            self.reset()
+            return
+        if self.dl is not None:
+            self._out_of_memory()  # suspended: the query timer resumes it
+        else:
+            self.log("ota: out of memory; carrying on")
+
+    def _watchdog(self):
+        # Every state that waits for the hub has a timer, whatever cut a handler short
+        # between a timer firing and its re-arming (MemoryError): a board never goes quiet
+        t = self.timers
+        if "query" not in t:
+            self._at("query", _RETRY_MS)
+        if not self.session and "link" not in t:
+            self._at("link", _RETRY_MS)
+        if self.dl is not None and "block" not in t and "next" not in t:
+            self._at("block", self.cfg.block_timeout_ms)
+        if self.pending is not None and self.status == zcl.UPGRADE_DOWNLOAD_COMPLETE and "end" not in t:
+            self._at("end", _RETRY_MS)
 
     # ------------------------------------------------------------ link layer
     def _reserve(self, upto):
@@ -349,8 +396,13 @@ class OtaClient:
             self._query()
 
     def _query(self):
-        if not self.session or self.dl is not None:
+        if self.dl is not None:
             return
+        # asked and not answered (the query or its answer lost, or no session yet): the
+        # "answer" timer asks again, whatever the regular poll interval is
+        self._at("answer", _RETRY_MS)
+        if not self.session:
+            return  # the link timer brings the session back; the answer timer then asks
         self.queries += 1
         self.unanswered += 1
         if self.unanswered > 3:
@@ -366,6 +418,7 @@ class OtaClient:
                                               self.running_version(), self.cfg.hw_version))
 
     def _query_response(self, r):
+        self._cancel("answer")
         if r.status != zcl.SUCCESS or self.dl is not None:
             return
         ident = (r.manufacturer, r.image_type, r.file_version)
