@@ -143,6 +143,19 @@ class OtaClient:
         import gc
         gc.collect()
         self.ooms += 1
+        if self.ooms >= 3 and self.rx_frame > link.MAX_FRAME:
+            # no room for a whole bundle (the transport takes rx_frame bytes per datagram):
+            # ask the hub for frames half as long, by a new HELLO
+            self.rx_frame = max(link.MAX_FRAME, self.rx_frame // 2)
+            if hasattr(self.t, "rx_frame"):
+                self.t.rx_frame = self.rx_frame
+            self.ooms = 0
+            self.log("ota: out of memory for a frame; asking for shorter frames")
+            if self.session:
+                self.session = False
+                self.link_tries = 0
+                self._hello()
+            return
         if self.ooms >= _OOM_RESET:
             # the heap is in pieces too small for anything: a reset gives it back whole
             # (the resume point and a held image survive it); better than a silent board
