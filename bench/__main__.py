@@ -2,8 +2,13 @@
 
 python -m bench                       everything (about 10 minutes)
 python -m bench --quick               one run of each, smaller images (a minute or two)
-python -m bench --only link,hub       some sections: boards, device, link (with mpremote), hub
+python -m bench --only link,hub       some sections: boards, device, heap, link (with mpremote), hub
+python -m bench --only heap --repeat 20   the 64 KiB-heap boards alone, 20 times in a row
 python -m bench --out FILE            write the results elsewhere
+
+The results file is rewritten as each section finishes, so a section that fails (its error
+recorded in the file) leaves the others' figures; the run then exits 1. A board that hangs
+has its console log kept (--logs, by default bench-logs/ next to the results file).
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import boards, common, device, hub, link, report, vs_mpremote
 
-SECTIONS = ("boards", "device", "link", "hub")
+SECTIONS = ("boards", "device", "heap", "link", "hub")
+DEFAULT = ("boards", "device", "link", "hub")  # "device" runs the 64 KiB-heap boards too
 HERE = Path(__file__).resolve().parent
 
 
-def main(argv=None) -> int:
+def _args(argv):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     g = ap.add_mutually_exclusive_group()
     g.add_argument(
@@ -40,61 +47,105 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help="comma-separated sections (%s)" % ", ".join(SECTIONS),
+        default=",".join(DEFAULT),
+        help="comma-separated sections (%s; default %s)" % (", ".join(SECTIONS), ",".join(DEFAULT)),
     )
+    ap.add_argument("--repeat", type=int, default=1, help="run each chosen section N times in a row")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="where to write the results")
     ap.add_argument("--json", help="also write every figure as JSON here")
+    ap.add_argument("--logs", help="where a hung board's console log is kept (default: "
+                    "bench-logs/ next to --out)")
     args = ap.parse_args(argv)
     scale = args.scale or "full"
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
     if bad:
         ap.error("unknown section %s (choose from %s)" % (", ".join(bad), ", ".join(SECTIONS)))
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1, not %d" % args.repeat)
+    common.LOG_DIR = Path(args.logs or Path(args.out).resolve().parent / "bench-logs")
+    return args, scale, only
+
+
+def main(argv=None) -> int:
+    args, scale, only = _args(argv)
 
     def log(msg):
         print(msg, flush=True)
 
     started, t0 = time.time(), time.monotonic()
-    results = {"machine": common.machine(), "scale": scale}
+    results = {"machine": common.machine(), "scale": scale, "failed": []}
+
+    def write():
+        # after every section: what finished is on disk whatever happens next
+        results["load_end"] = os.getloadavg()
+        results["bring_up_retries"] = common.BRING_UP_RETRIES
+        report.write(args.out, results, started, time.monotonic() - t0, scale)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
     ws = common.Workspace()
     try:
         for name in SECTIONS:
             if name not in only:
                 continue
-            log("%s (%.0f s in)" % (name, time.monotonic() - t0))
-            if name == "boards":
-                results["boards"] = boards.run(ws, scale, log)
-            elif name == "device":
-                results["device"] = device.run(ws, scale, log)
-            elif name == "hub":
-                results["hub"] = hub.run(ws, scale, log)
-            else:
-                out = link.run(ws, scale, log)
-                keep = out.pop("keep")
+            for i in range(args.repeat):
+                run = " run %d of %d" % (i + 1, args.repeat) if args.repeat > 1 else ""
+                log("%s%s (%.0f s in)" % (name, run, time.monotonic() - t0))
+                out, error = None, None
                 try:
-                    sizes = {"smoke": {16 * common.KiB: 1}, "quick": {64 * common.KiB: 1}}.get(
-                        scale, {64 * common.KiB: 3, 256 * common.KiB: 3}
-                    )
-                    sizes = {s: min(n, len(keep["boards"])) for s, n in sizes.items()}
-                    rate = 200_000 if scale == "smoke" else link.SERIAL_RATE
-                    out["mpremote"] = vs_mpremote.run(ws, keep["boards"], sizes, rate, log)
-                finally:
-                    for b in keep.get("boards", []):
-                        b.stop()
-                    if keep:
-                        keep["hub"].stop()
-                results["link"] = out
+                    out = _section(name, ws, scale, log, "-r%d" % (i + 1) if run else "")
+                except common.SectionFailed as e:
+                    out, error = e.results, str(e)
+                except Exception as e:
+                    error = common.short(e)
+                    traceback.print_exc()
+                if error:
+                    log("  FAILED: %s" % error)
+                    results["failed"].append({"section": name, "run": i + 1, "error": error})
+                if name == "heap":
+                    results.setdefault("heap", []).append({"run": i + 1, "configs": out or [],
+                                                           "error": error})
+                elif out is not None:
+                    results[name] = out
+                write()
     finally:
         ws.close()
+    write()
     elapsed = time.monotonic() - t0
-    results["load_end"] = os.getloadavg()
-    results["bring_up_retries"] = common.BRING_UP_RETRIES
-    report.write(args.out, results, started, elapsed, scale)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if results["failed"]:
+        log("wrote %s (%.0f s); %d section run(s) FAILED: %s" % (
+            args.out, elapsed, len(results["failed"]),
+            "; ".join("%s: %s" % (f["section"], f["error"]) for f in results["failed"])))
+        return 1
     log("wrote %s (%.0f s)" % (args.out, elapsed))
     return 0
+
+
+def _section(name: str, ws, scale: str, log, tag: str):
+    if name == "boards":
+        return boards.run(ws, scale, log)
+    if name == "device":
+        return device.run(ws, scale, log)
+    if name == "heap":
+        return device.heap_section(ws, scale, log, tag)
+    if name == "hub":
+        return hub.run(ws, scale, log)
+    out = link.run(ws, scale, log)
+    keep = out.pop("keep")
+    try:
+        sizes = {"smoke": {16 * common.KiB: 1}, "quick": {64 * common.KiB: 1}}.get(
+            scale, {64 * common.KiB: 3, 256 * common.KiB: 3}
+        )
+        sizes = {s: min(n, len(keep["boards"])) for s, n in sizes.items()}
+        rate = 200_000 if scale == "smoke" else link.SERIAL_RATE
+        out["mpremote"] = vs_mpremote.run(ws, keep["boards"], sizes, rate, log)
+    finally:
+        for b in keep.get("boards", []):
+            b.stop()
+        if keep:
+            keep["hub"].stop()
+    return out
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ import os
 import platform
 import random
 import shutil
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,64 @@ KiB = 1024
 MiB = 1024 * 1024
 V1 = 0x00010000
 BIN = Path(sys.executable).parent
+LOG_DIR: Path | None = None  # where a failed section's board logs are kept (python -m bench sets it)
+
+
+class SectionFailed(Exception):
+    """A section that ran but failed (a board hung): what it measured is kept in `results`."""
+
+    def __init__(self, message: str, results):
+        super().__init__(message)
+        self.results = results
+
+
+class ConsoleTap:
+    """Everything a board prints on its console, appended to a file by a thread (the
+    bench's boards are otherwise unread: a hung board's last words would be lost)."""
+
+    def __init__(self, pty_path: str, path: Path):
+        self.path = path
+        self.fd = os.open(pty_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        self.out = open(path, "ab")
+        self._stop = False
+        self.t = threading.Thread(target=self._run, name="console-tap", daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            r, _, _ = select.select([self.fd], [], [], 0.1)
+            if r:
+                try:
+                    self.out.write(os.read(self.fd, 65536))
+                    self.out.flush()
+                except (BlockingIOError, OSError):
+                    time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop = True
+        self.t.join(timeout=2)
+        os.close(self.fd)
+        self.out.close()
+
+
+def short(e: BaseException, n: int = 240) -> str:
+    """An error as one short line: its type and the start of its message."""
+    text = "%s: %s" % (type(e).__name__, e)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def keep_logs(b: "Board", why: str) -> Path | None:
+    """Copy a board's console log and reset events to LOG_DIR (it outlives the workspace);
+    the folder they went to, or None."""
+    if LOG_DIR is None:
+        return None
+    dest = LOG_DIR / b.vb.name
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "why.txt").write_text(why + "\n")
+    for src in (b.console_log, b.vb.dir / "events.log"):
+        if src is not None and src.exists():
+            shutil.copy(src, dest / src.name)
+    return dest
 
 
 def summary(values) -> dict:
@@ -164,8 +224,11 @@ class Board:
         rate: float | None = None,
         latency: float = 0.0,
         heap: str | None = None,
+        tap: bool = False,
     ):
         self.kind, self.rate, self.hub = kind, rate, hubt
+        self.tap: ConsoleTap | None = None
+        self.console_log: Path | None = None
         self.vb = VirtualBoard(
             ws.dir / "boards" / name,
             board=kind,
@@ -186,10 +249,15 @@ class Board:
             res = deploy.deploy(
                 self.vb.console.pty_path, kind, "ppmid", [ws.pubkey], version=V1, settings=settings
             )
+            if tap:  # after the deploy: mpremote needs the console to itself
+                self.console_log = self.vb.dir / "console.log"
+                self.tap = ConsoleTap(self.vb.console.pty_path, self.console_log)
             self.eui = hubt.add_device(res.eui64, res.install_code)
             hubt.wait_event("hello", self.eui, timeout=30)
-        except BaseException:
-            self.vb.stop()
+        except BaseException as e:
+            self.stop()
+            if self.console_log is not None:
+                keep_logs(self, "bring-up failed: %s" % short(e))
             raise
         self.log: list[tuple[float, int]] = []
         relay, log = self.vb.link, self.log
@@ -208,6 +276,9 @@ class Board:
         relay._schedule = timed_schedule
 
     def stop(self) -> None:
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
         self.vb.stop()
 
 

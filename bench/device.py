@@ -13,7 +13,8 @@ from hanota import devcode, images
 from hanota.keys import load_public_key
 from hanota.vboard import layout
 
-from .common import BIN, KiB, MiB, V1, board, download, hub, summary
+from .common import (BIN, KiB, MiB, V1, SectionFailed, board, download, hub, keep_logs, short,
+                     summary)
 
 SCRIPT = Path(__file__).resolve().parent / "mpy" / "devcost.py"
 
@@ -167,10 +168,12 @@ def _diff(before: dict, after: dict) -> dict:
     }
 
 
-def vboard_heap(ws, size: int, heap: str, config: tuple, reps: int) -> dict:
+def vboard_heap(ws, size: int, heap: str, config: tuple, reps: int, timeout: float = 300,
+                tag: str = "") -> dict:
     """reps downloads + verifies of a size-byte image on a vboard-esp32 whose heap is limited
     to `heap` (the board's accounting: the code in its ROMFS does not count), and the flash
-    one of them cost."""
+    one of them cost. A board that never sends its Upgrade End within `timeout` is a hang:
+    counted, its console log kept (common.LOG_DIR), and the board's other runs dropped."""
     hubt = hub()
     b = None
     name, max_data, page = config
@@ -179,15 +182,21 @@ def vboard_heap(ws, size: int, heap: str, config: tuple, reps: int) -> dict:
             ws,
             hubt,
             "vboard-esp32",
-            "heap-" + name,
+            "heap-" + name + tag,
             {"query_interval": 3600, "max_data": max_data, "page_size": page},
             heap=heap,
+            tap=True,
         )
-        runs, wear = [], None
+        runs, wear, hangs = [], None, []
         for _ in range(reps):
             path, version = ws.image(size, "vboard-esp32")
             before = b.vb.counters()
-            r = download(hubt, [b], path, version, size, timeout=300)[0]
+            try:
+                r = download(hubt, [b], path, version, size, timeout=timeout)[0]
+            except TimeoutError as e:
+                kept = keep_logs(b, str(e))
+                hangs.append("%s%s" % (e, "; board logs in %s" % kept if kept else ""))
+                break
             runs.append(r)
             if r["status"] == 0:
                 wear = _diff(before, b.vb.counters())
@@ -198,6 +207,7 @@ def vboard_heap(ws, size: int, heap: str, config: tuple, reps: int) -> dict:
             "ok": sum(r["status"] == 0 for r in runs),
             "of": reps,
             "seconds": summary(r["to_verified"] for r in runs if r["status"] == 0),
+            "hangs": hangs,
         }
         if wear:
             out.update(
@@ -211,6 +221,42 @@ def vboard_heap(ws, size: int, heap: str, config: tuple, reps: int) -> dict:
         if b is not None:
             b.stop()
         hubt.stop()
+
+
+def heap_section(ws, scale: str, log=print, tag: str = "") -> list[dict]:
+    """The 64 KiB-heap boards alone (`python -m bench --only heap`): each client
+    configuration's downloads + verifies on a vboard-esp32 with heap="64K". Raises
+    SectionFailed (the figures kept) when a board hung."""
+    size = {"smoke": 64 * KiB, "quick": 256 * KiB}.get(scale, MiB)
+    reps = 1 if scale == "smoke" else 3
+    out, hung = [], []
+    for c in CONFIGS:
+        try:
+            out.append(vboard_heap(ws, size, "64K", c, reps, tag=tag))
+        except Exception as e:  # the board never came up: the other configuration still runs
+            hung.append("%s: %s" % (c[0], short(e)))
+    _log_heap(out, log)
+    hung += [h for v in out for h in v["hangs"]]
+    if hung:
+        raise SectionFailed("a 64 KiB-heap board failed: " + "; ".join(hung), out)
+    return out
+
+
+def _log_heap(runs: list[dict], log) -> None:
+    for v in runs:
+        log(
+            "  vboard-esp32, 64 KiB heap, %s: %d-byte download + verify succeeded %d of %d times%s%s"
+            % (
+                v["config"],
+                v["size"],
+                v["ok"],
+                v["of"],
+                "; %d erases, at most %d per sector" % (v["erases"], v["max_per_sector"])
+                if v.get("erases")
+                else "",
+                "; HUNG: " + "; ".join(v["hangs"]) if v["hangs"] else "",
+            )
+        )
 
 
 def wear_upgrade(ws, kind: str) -> dict:
@@ -295,19 +341,7 @@ def run(ws, scale: str, log=print) -> dict:
         )
     # the virtual boards (slower) are left out of the smoke run
     out["vboard_64k"] = [] if smoke else [vboard_heap(ws, size, "64K", c, 3) for c in CONFIGS]
-    for v in out["vboard_64k"]:
-        log(
-            "  vboard-esp32, 64 KiB heap, %s: %d-byte download + verify succeeded %d of %d times%s"
-            % (
-                v["config"],
-                size,
-                v["ok"],
-                v["of"],
-                "; %d erases, at most %d per sector" % (v["erases"], v["max_per_sector"])
-                if v["ok"]
-                else "",
-            )
-        )
+    _log_heap(out["vboard_64k"], log)
     out["upgrades"] = (
         [] if smoke else [wear_upgrade(ws, kind) for kind in ("vboard-esp32", "vboard-nrf52840")]
     )
@@ -316,4 +350,7 @@ def run(ws, scale: str, log=print) -> dict:
             "  upgrade on %s: %d erases, %d writes, at most %d erases per sector"
             % (u["board"], u["erases"], u["writes"], u["max_per_sector"])
         )
+    hung = [h for v in out["vboard_64k"] for h in v["hangs"]]
+    if hung:
+        raise SectionFailed("a 64 KiB-heap board failed: " + "; ".join(hung), out)
     return out

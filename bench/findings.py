@@ -31,8 +31,9 @@ def findings(r: dict) -> list[str]:
     _number(L)
     L.append(
         "How to run: `make bench` (everything, about 10 minutes), `python -m bench --quick`, "
-        "`python -m bench --only link,hub`; the smoke test `tests/unit/test_bench_smoke.py` runs "
-        "`--smoke` in seconds."
+        "`python -m bench --only link,hub`, `python -m bench --only heap --repeat 20` (the 64 KiB-heap "
+        "boards alone, again and again); a failed section is recorded and the others kept (exit "
+        "1); the smoke test `tests/unit/test_bench_smoke.py` runs `--smoke` in seconds."
     )
     return L
 

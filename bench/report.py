@@ -82,21 +82,61 @@ def write(path, results: dict, started: float, elapsed: float, scale: str) -> No
         ],
     )
     L += _headline(results)
+    L += _failures(results.get("failed") or [])
+
+    def failed(name):
+        return [f["error"] for f in results.get("failed") or [] if f["section"] == name]
+
     link = results.get("link")
-    L += _section("1. Link efficiency", link, _link)
+    L += _section("1. Link efficiency", link, _link, failed("link"))
     L += _section("2. Against mpremote", (link or {}).get("mpremote"),
                   lambda mps: _mpremote(mps, link["runs"]))
-    L += _section("3. Device cost (MicroPython unix port)", results.get("device"), _device)
-    L += _section("4. Hub scale", results.get("hub"), _hub)
-    L += _section("5. Board start-up", results.get("boards"), _boards)
+    L += _section("3. Device cost (MicroPython unix port)", results.get("device"), _device,
+                  failed("device"))
+    L += _section("4. Hub scale", results.get("hub"), _hub, failed("hub"))
+    L += _section("5. Board start-up", results.get("boards"), _boards, failed("boards"))
+    if results.get("heap"):
+        L += _section("6. The 64 KiB-heap boards alone (`--only heap`)", results["heap"],
+                      _heap_runs)
     L += _findings(results)
     with open(path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
 
 
-def _section(title: str, data, body) -> list[str]:
-    """A numbered section: its title, then body(data), or "Not run." if that part did not run."""
-    return ["## " + title, ""] + (body(data) if data else ["Not run.", ""])
+def _section(title: str, data, body, failed: list[str] | None = None) -> list[str]:
+    """A numbered section: its title, what failed in it, then body(data), or "Not run." if
+    that part did not run."""
+    L = ["## " + title, ""]
+    L += ["**Failed:** %s" % e for e in failed or []] + ([""] if failed else [])
+    return L + (body(data) if data else ["Not run.", ""] if not failed else [])
+
+
+def _failures(failed: list[dict]) -> list[str]:
+    """The section runs that failed, with their errors (the run exited 1)."""
+    if not failed:
+        return []
+    L = ["## Failed", "", "These section runs failed (`python -m bench` exited 1); the figures of "
+         "the others stand:", ""]
+    L += ["- %s (run %d): %s" % (f["section"], f["run"], f["error"]) for f in failed]
+    return L + [""]
+
+
+def _heap_runs(runs: list[dict]) -> list[str]:
+    """Section 6: each run of the 64 KiB-heap boards, and whether any board hung."""
+    rows, hung = [], 0
+    for r in runs:
+        hung += bool(r["error"])
+        for v in r["configs"]:
+            rows.append([str(r["run"]), v["config"], size_name(v["size"]),
+                         "%d of %d" % (v["ok"], v["of"]), stat(v["seconds"]),
+                         "; ".join(v["hangs"]) or "no"])
+        if r["error"] and not any(v["hangs"] for v in r["configs"]):
+            rows.append([str(r["run"]), "–", "–", "–", "–", r["error"]])
+    L = ["%d run(s) in a row of the 64 KiB-heap boards (vboard-esp32, `heap=\"64K\"`, a "
+         "board per client configuration, downloads + verifies over an unlimited link); "
+         "%d with a hang or an error." % (len(runs), hung), ""]
+    return L + table(["Run", "Client configuration", "Image", "Completed", "To verified (s)",
+                      "Hung"], rows)
 
 
 def _headline(r: dict) -> list[str]:
