@@ -71,9 +71,10 @@ class OtaClient:
         self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
         self.queries = 0
         self.unanswered = 0  # queries sent since the hub last said anything
-        self.ooms = 0  # MemoryErrors since the last frame handled (see _starved)
         self.blocks = 0
-        self.stats = {"rejected": 0, "bad-frames": 0}
+        # "oom": MemoryErrors since the last frame handled (see _starved); a stats entry, not
+        # an attribute: a 30th attribute would regrow the instance's 29-slot table to 53
+        self.stats = {"rejected": 0, "bad-frames": 0, "oom": 0}
         if state.get("held"):
             h = state.get("held")
             self.pending = (cfg.manufacturer, cfg.image_type, h["version"])
@@ -133,7 +134,7 @@ class OtaClient:
             frame = self.t.recv(min(timeout_ms, self.next_timeout()))
             if frame is not None:
                 self.on_frame(frame)
-                self.ooms = 0
+                self.stats["oom"] = 0
             self.tick()
         except MemoryError:
             self._starved()
@@ -142,25 +143,26 @@ class OtaClient:
     def _starved(self):
         import gc
         gc.collect()
-        self.ooms += 1
-        if self.ooms >= 3 and self.rx_frame > link.MAX_FRAME:
+        st = self.stats
+        st["oom"] += 1
+        if st["oom"] >= 3 and self.rx_frame > link.MAX_FRAME:
             # no room for a whole bundle (the transport takes rx_frame bytes per datagram):
             # ask the hub for frames half as long, by a new HELLO
             self.rx_frame = max(link.MAX_FRAME, self.rx_frame // 2)
             if hasattr(self.t, "rx_frame"):
                 self.t.rx_frame = self.rx_frame
-            self.ooms = 0
+            st["oom"] = 0
             self.log("ota: out of memory for a frame; asking for shorter frames")
             if self.session:
                 self.session = False
                 self.link_tries = 0
                 self._hello()
             return
-        if self.ooms >= _OOM_RESET:
+        if st["oom"] >= _OOM_RESET:
             # the heap is in pieces too small for anything: a reset gives it back whole
             # (the resume point and a held image survive it); better than a silent board
             self.log("ota: out of memory again and again; resetting")
-            self.ooms = 0
+            st["oom"] = 0
             self.reset()
             return
         if self.dl is not None:
