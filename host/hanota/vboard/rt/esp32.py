@@ -32,6 +32,10 @@ except ImportError:
         return x
 
 _SECTOR = const(4096)
+# esp_ota_set_boot_partition validates the image in C, on no heap of the application's:
+# the emulation's scratch buffer is taken once, at boot, from the runtime's share (RT_HEAP)
+# rather than from the device code's heap at the moment it activates an image.
+_CHECK_BUF = bytearray(_SECTOR)
 _ESP_FAIL = const(-1)
 _ESP_ERR_INVALID_ARG = const(0x102)
 _ESP_ERR_INVALID_SIZE = const(0x104)
@@ -241,7 +245,7 @@ class Partition:
         if e[0] != espfmt.TYPE_APP:
             raise _esp_err(_ESP_ERR_INVALID_ARG)
         try:
-            espfmt.check_image(_flash.readinto, e[2], e[3], bytearray(_SECTOR))
+            espfmt.check_image(_flash.readinto, e[2], e[3], _CHECK_BUF)
         except espfmt.FormatError:
             raise _esp_err(_ESP_ERR_OTA_VALIDATE_FAILED)
         base, es = _otadata()
