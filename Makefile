@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fault fuzz venv clean
+.PHONY: demo test bench fault fuzz venv clean gpl
 
 venv: $(STAMP)
 
@@ -33,6 +33,19 @@ fault: $(STAMP)
 
 fuzz: $(STAMP)
 	HANOTA_FAULT_FULL=1 HANOTA_FUZZ_SECONDS=$${HANOTA_FUZZ_SECONDS:-600} $(BIN)/python -m pytest -n 2 -q tests/fault/test_fuzz.py
+
+# GPL reference data (DUIS templates, DCC Boxed key store, GBCS parser with the RTDS files) to
+# check hanota against locally; never committed. Pinned in tests/support/gpl.py.
+GPL_DIR ?= $(abspath ..)/gpl
+gpl:
+	@for spec in duis-templates:SmartDCCInnovation/duis-templates:5de709e35f85d18f5d4cc7cf2704cd93bdb9046f \
+	             dccboxed-keystore:SmartDCCInnovation/dccboxed-keystore:cf55916abd1651d3acb43afc8108142686d6dc1f \
+	             gbcs-parser:SmartDCCInnovation/gbcs-parser:3d104aa16e30535edc88f6a976779bf906324540; do \
+	  name=$${spec%%:*}; rest=$${spec#*:}; repo=$${rest%%:*}; commit=$${rest#*:}; \
+	  if [ ! -d $(GPL_DIR)/$$name ]; then \
+	    git clone --quiet https://github.com/$$repo $(GPL_DIR)/$$name && \
+	    git -C $(GPL_DIR)/$$name checkout --quiet $$commit; fi; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis images/build
