@@ -418,6 +418,10 @@ from .hub import cli as hub_cli  # noqa: E402  (serve, status, report, request, 
 for _cmd in hub_cli.COMMANDS:
     cli.add_command(_cmd)
 
+from .dcc import cli as dcc_cli  # noqa: E402  (dcc, pki, duis)
+
+dcc_cli.register(cli)
+
 
 def main(argv=None):
     """Console entry point: maps domain errors to messages and exit codes."""

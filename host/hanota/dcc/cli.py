@@ -1,0 +1,32 @@
+"""The `hanota dcc`, `hanota pki` and `hanota duis` command groups.
+
+Each group's commands live beside their code (`cli_*.py` modules in this package), which add
+themselves to the groups below when imported at the end of this file.
+"""
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def dcc() -> None:
+    """The DCC: DUIS endpoint, registration data, Central Products List."""
+
+
+@click.group()
+def pki() -> None:
+    """An SMKI-like test PKI: root and Organisation certificates, and importing outside ones."""
+
+
+@click.group()
+def duis() -> None:
+    """DUIS requests: build, sign, verify."""
+
+
+def register(main: click.Group) -> None:
+    """Add the three groups to the top-level `hanota` command."""
+    for group in (dcc, pki, duis):
+        main.add_command(group)
+
+
+# Command modules (each imports the groups above and decorates its commands onto them):
