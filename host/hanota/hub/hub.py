@@ -19,7 +19,9 @@ resumes: requests that held a slot are notified again (without counting an attem
 devices resume their downloads from their own offsets (the server is stateless per block
 and `HubPolicy.lookup` finds the image), requests already ended are never offered again,
 hub frame counters continue above the last reserved one, device counters from the last
-saved ones. Only one hub may serve a database at a time (a lock file beside it).
+accepted ones (each is journaled before its frame is acted on: `hub/counters.py`, so a
+replay of a frame accepted just before a SIGKILL is refused). Only one hub may serve a
+database at a time (a lock file beside it).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from hanfw import zcl
 from ..errors import HanotaError
 from ..server import OtaServer, ServerError, zigbee_time
 from . import queue
+from .counters import CounterJournal
 from .db import HubDB, HubError, eui_text, version_text
 from .policy import HubPolicy
 from .queue import RetryPolicy
@@ -100,6 +103,7 @@ class Hub:
         self.udp_address: tuple[str, int] | None = None
         self.serial_names: list[str] = []
         self._lock_fd: int | None = None
+        self.counters: CounterJournal | None = None  # device counters, durable before use
         self._loop_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._tasks: dict[tuple[str, int], asyncio.Task] = {}
@@ -116,6 +120,8 @@ class Hub:
         self.db = HubDB.open(self.db_path, clock=self.clock)
         try:
             self._lock()
+            self.counters = CounterJournal(str(self.db.path) + ".counters")
+            self._persist_devices()  # a crashed run's journal into the database
             if self.on_event is not None:
                 self.db.listeners.append(self.on_event)
             if self.options.priorities:
@@ -123,6 +129,8 @@ class Hub:
             self._recover()
             await self._start_server(self.db.current_hub()["eui"])
         except BaseException:
+            if self.counters is not None:
+                self.counters.close()
             self._unlock()
             self.db.close()
             raise
@@ -150,6 +158,8 @@ class Hub:
             log.error("saving state at stop: %s", e)
         if self.server is not None:
             await self.server.close()
+        if self.counters is not None:
+            self.counters.close()
         self._unlock()
         self.db.close()
         self.started = False
@@ -308,18 +318,23 @@ class Hub:
                 "serial": self.serial_names, "max_in_flight": self.options.max_in_flight}))
 
     def _persist_devices(self) -> None:
-        if self.server is None:
-            return
-        changes = []
-        for eui, key in self.server.device_counters().items():
-            last_counter, last_seen = key
-            if last_counter is not None and self._seen.get(eui) != key:
-                self._seen[eui] = key
-                changes.append((last_counter, last_seen, eui_text(eui)))
+        """Fold the counter journal and what the server heard into the devices table, then
+        empty the journal (everything in it is now in the database)."""
+        journal = self.counters.load() if self.counters is not None else {}
+        changes = {eui: (counter, None) for eui, counter in journal.items()}
+        if self.server is not None:
+            for eui, key in self.server.device_counters().items():
+                last_counter, last_seen = key
+                if last_counter is not None and self._seen.get(eui) != key:
+                    self._seen[eui] = key
+                    changes[eui] = (max(last_counter, journal.get(eui, 0)), last_seen)
         if changes:
             with self.db.tx() as c:
                 c.executemany("UPDATE devices SET last_counter = max(coalesce(last_counter, 0), "
-                              "?), last_seen = coalesce(?, last_seen) WHERE eui = ?", changes)
+                              "?), last_seen = coalesce(?, last_seen) WHERE eui = ?",
+                              [(n, seen, eui_text(eui)) for eui, (n, seen) in changes.items()])
+        if journal:
+            self.counters.clear()
 
     def _drop_stale_transfers(self) -> None:
         """Forget transfers of images no pending request wants (e.g. superseded), so that

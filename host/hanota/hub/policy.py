@@ -139,6 +139,10 @@ class HubPolicy(Policy):
         r = self._device(eui)
         return r is not None and r["joined_hub"] == self.hub_eui
 
+    def counter_accepted(self, eui: bytes, counter: int) -> bool:
+        journal = getattr(self.hub, "counters", None)  # the hub's CounterJournal
+        return journal.record(eui, counter) if journal is not None else True
+
     def last_device_counter(self, eui: bytes) -> int | None:
         r = self.db.one("SELECT last_counter FROM devices WHERE eui = ?", (eui_text(eui),))
         return r[0] if r is not None else None

@@ -86,6 +86,12 @@ class Policy:
         """The last frame counter accepted from eui before this run (seeds replay checks)."""
         return None
 
+    def counter_accepted(self, eui: bytes, counter: int) -> bool:
+        """Persist, before the frame is acted on, that `counter` is the last one accepted
+        from eui (a restarted server must refuse it replayed). False: it could not be saved,
+        and the frame is dropped. The default keeps nothing beyond this run."""
+        return True
+
     def next_counter(self) -> int:
         """The first hub frame counter this run may use (never one used before)."""
         return self.counter

@@ -2,9 +2,9 @@
 
 `Sessions` holds one `DeviceState` per device heard from (or commanded) in this run: its
 link key (from the install code the policy knows), the last frame counter accepted from it
-(replays are dropped), where it was last heard, and what its JOIN and HELLO said. It also
-owns the hub's own frame counter, reserved ahead in the policy so that a restarted hub never
-reuses one.
+(replays are dropped; `Policy.counter_accepted` persists it before the frame is acted on),
+where it was last heard, and what its JOIN and HELLO said. It also owns the hub's own frame
+counter, reserved ahead in the policy so that a restarted hub never reuses one.
 """
 from __future__ import annotations
 
@@ -149,6 +149,11 @@ class Sessions:
             return None
         if dev.last_counter is not None and counter <= dev.last_counter:
             self.drop(link, addr, "replay")
+            return None
+        # durable before anything the frame asks for happens: a server killed after this
+        # point and restarted refuses the frame replayed
+        if not self._guard(self.policy.counter_accepted, src, counter, default=False):
+            self.drop(link, addr, "counter-unsaved")
             return None
         dev.last_counter = counter
         dev.link, dev.addr, dev.last_seen = link, addr, self.clock()
