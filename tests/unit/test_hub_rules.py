@@ -3,6 +3,7 @@ supersede, Trust Centre Swap-Out, join decisions, and one outcome per request.""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -117,6 +118,53 @@ def test_image_header_checked_against_the_registry(db, image):
     assert mine.accepted
     # refused requests never touched the pending one; the accepted one superseded it
     assert mine.superseded == [ok.id] and pending(db, e) == [mine.id]
+
+
+def test_a_tampered_image_never_replaces_a_pending_request(db, image, tmp_path, key):
+    """The measured bug: a bit-flipped file that `image verify` calls tampered was accepted
+    and superseded a valid pending request. Now the file is checked before anything."""
+    from hanota.errors import ImageFormatError
+
+    e = register(db, 13)
+    good = rq.update_firmware(db, e, image(), SUPPLIER)
+    data = image(version=3).read_bytes()
+    n_requests = db.one("SELECT count(*) FROM requests")[0]
+    n_images = db.one("SELECT count(*) FROM images")[0]
+
+    def flipped(pos: int) -> Path:
+        b = bytearray(data)
+        b[pos] ^= 0x01
+        p = tmp_path / ("flip-%d.ota" % pos)
+        p.write_bytes(bytes(b))
+        return p
+
+    # a flip inside the manufacturer image: its hash no longer matches the descriptor
+    with pytest.raises(ImageFormatError, match="tampered") as err:
+        rq.update_firmware(db, e, flipped(len(data) // 2), SUPPLIER)
+    assert err.value.reason == "payload-hash"
+    # a flip in the header string or the signature: only the signature tells, with the key
+    # the device pins (per submission, or trusted by the hub)
+    pub = otabuild.raw_pub(key)
+    for pos in (30, len(data) - 10):
+        with pytest.raises(ImageFormatError) as err:
+            rq.update_firmware(db, e, flipped(pos), SUPPLIER, pubkeys=[pub])
+        assert err.value.reason == "bad-signature"
+    rq.set_image_keys(db, [pub])
+    with pytest.raises(ImageFormatError, match="does not verify"):
+        rq.update_firmware(db, e, flipped(30), SUPPLIER)
+    # an image signed by a key nobody trusts
+    (tmp_path / "s").mkdir()
+    stranger = build_image(tmp_path / "s", otabuild.new_key(), "ppmid", 4, size=400)
+    with pytest.raises(ImageFormatError) as err:
+        rq.update_firmware(db, e, stranger, SUPPLIER)
+    assert err.value.reason == "unknown-key"
+    # nothing was recorded, stored or superseded: the valid request is still pending
+    assert db.one("SELECT count(*) FROM requests")[0] == n_requests
+    assert db.one("SELECT count(*) FROM images")[0] == n_images
+    assert pending(db, e) == [good.id] and db.request(good.id)["state"] == "queued"
+    # and the untampered file, signed by the trusted key, is accepted and supersedes it
+    ok = rq.update_firmware(db, e, image(version=3), SUPPLIER)
+    assert ok.accepted and ok.superseded == [good.id]
 
 
 def test_service_request_kinds(db, image):

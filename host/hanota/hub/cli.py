@@ -119,15 +119,22 @@ def request():
 @click.option("--activate-at", default=None, metavar="T",
               help="PPMID / Alt HAN: activation time: now (default), +SECONDS, or an ISO UTC "
                    "time. HCALCS get SR 11.1 (distribution only; activate with SR 11.3).")
+@click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Public key the device pins (public.bin or PEM; repeatable): the image's "
+                   "signature must verify with it before the request is accepted.")
 @_wait_option
 @_json_option
 @_db_option
 @domain_errors
-def request_update(eui, image, supplier, activate_at, wait, as_json, db_path):
+def request_update(eui, image, supplier, activate_at, pubkeys, wait, as_json, db_path):
     """Update a device's firmware: SR 11.4 (distribute + activate) for PPMIDs and Alt HAN
-    devices, SR 11.1 (distribute only) for HCALCS."""
+    devices, SR 11.1 (distribute only) for HCALCS. A malformed or tampered image is refused
+    before anything is recorded (a pending request stays)."""
+    from ..keys import load_public_key
+
     with _open(db_path) as db:
-        sub = rq.update_firmware(db, eui, image, supplier, _when(activate_at))
+        sub = rq.update_firmware(db, eui, image, supplier, _when(activate_at),
+                                 pubkeys=[load_public_key(k) for k in pubkeys])
         _print_submission(db, sub, wait, as_json)
 
 

@@ -16,6 +16,12 @@ a device installed before OTA support -> ota_unsupported (update and activate); 
 device after a Trust Centre Swap-Out -> ota_unavailable_after_tcso; an image whose header
 does not fit the device -> image_mismatch or hw_version_mismatch, without any transfer.
 An accepted request supersedes the device's pending request of the same kind.
+
+Before any of that, the image file itself is checked (`check_image_file`): well formed, its
+integrity code and its manufacturer image matching the descriptor's hash, and its signature
+against the image keys the hub trusts (`set_image_keys`; the keys the devices pin) when it
+has any. A file failing these raises ImageFormatError: nothing is stored, recorded or
+superseded, so a tampered file can never replace a valid pending request.
 """
 from __future__ import annotations
 
@@ -31,9 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generator
 
+from hanfw import otafile
 from hanfw.roles import row as role_row
 
 from .. import images
+from ..errors import ImageFormatError
 from .db import OUTCOMES, HubDB, HubError, HubUsageError, eui_text, version_text
 from .registry import TCSO_REASON, device, responsible_suppliers, tcso_affected
 
@@ -94,6 +102,40 @@ def iso(t: float | None) -> str | None:
 
 
 # ---------------------------------------------------------------- image store
+
+def image_keys(db: HubDB) -> list[bytes]:
+    """The image signing keys (65-byte P-256 points) the hub checks submitted files against."""
+    text = db.get_meta("image_keys") or ""
+    return [bytes.fromhex(k) for k in text.split(",") if k]
+
+
+def set_image_keys(db: HubDB, keys: list[bytes]) -> None:
+    """Trust these image signing keys (the ones the devices pin); [] trusts none, and then
+    a file's signature is not checked at submission (the device still checks it)."""
+    for k in keys:
+        if len(k) != 65 or k[0] != 4:
+            raise HubUsageError("an image key is an uncompressed P-256 point (65 bytes, 04...)",
+                                reason="bad-key")
+    db.set_meta("image_keys", ",".join(bytes(k).hex() for k in keys) or None)
+
+
+def check_image_file(db: HubDB, path: str | os.PathLike, pubkeys: list[bytes] = ()) -> None:
+    """What a device would find wrong with the file itself, checked before the hub stores
+    it or lets it supersede anything: ImageFormatError (reason: the parser's, or
+    "payload-hash", "bad-signature", "unknown-key") names the problem. The signature is
+    checked against `pubkeys` and the hub's trusted image keys, when there are any."""
+    s = images.parse_file(path)
+    try:
+        s.check_integrity()
+        if s.descriptor is not None and s.descriptor.image_hash != s.image_sha256:
+            raise otafile.OtaError("payload-hash", "the manufacturer image does not have the "
+                                   "SHA-256 its descriptor gives: the file is tampered")
+        keys = list(pubkeys) + image_keys(db)
+        if keys:
+            otafile.check_signed(s, keys)
+    except otafile.OtaError as e:
+        raise ImageFormatError("%s: %s" % (path, e.message), reason=e.reason) from None
+
 
 def store_image(db: HubDB, path: str | os.PathLike, images_dir: str | os.PathLike | None = None
                 ) -> sqlite3.Row:
@@ -200,9 +242,12 @@ def _record(db: HubDB, *, kind: str, sr: str, eui: str, dev: sqlite3.Row | None,
 
 def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, supplier: str,
                     activate_at: float | None = None, *,
-                    images_dir: str | os.PathLike | None = None) -> Submission:
+                    images_dir: str | os.PathLike | None = None,
+                    pubkeys: list[bytes] = ()) -> Submission:
     """Submit SR 11.4 (ppmid, althan: distribute and activate at activate_at, a Unix time or
-    None for on receipt) or SR 11.1 (hcalcs: distribute only)."""
+    None for on receipt) or SR 11.1 (hcalcs: distribute only). The file is checked first
+    (`check_image_file`, with `pubkeys`: the keys the device pins): a tampered file raises
+    ImageFormatError and changes nothing."""
     e = eui_text(eui)
     dev = device(db, e)
     by_command = dev is not None and role_row(dev["role"])[3] == "command"
@@ -210,6 +255,7 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
         raise HubUsageError("HCALCS firmware is distributed by SR 11.1 and activated by a "
                             "separate SR 11.3 (hanota request activate); drop --activate-at",
                             reason="bad-argument")
+    check_image_file(db, image_path, pubkeys)  # before anything is stored or superseded
     img = store_image(db, image_path, images_dir)
     refusal = _refusal(db, dev, e, supplier, "update")
     if refusal is None:
