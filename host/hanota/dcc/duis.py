@@ -1,0 +1,795 @@
+"""DUIS documents: the service requests Users send the DCC, and the acknowledgements, responses
+and alerts the DCC sends back, as XML shaped exactly as the public DUIS templates have them.
+
+A request is untrusted input from the network. `parse_request` reads it with a parser that
+refuses DTDs and entities and fetches nothing, walks it element by element in the template's
+order, and turns every way it can be wrong into a `DuisError` carrying the DUIS response code a
+User would get and a reason naming the element. It does not verify the XML signature (that is
+`xmlsig`) nor apply rules that need state (the RequestID counter, Responsible Supplier, CPL:
+that is `service`); it applies the header rules that need none:
+
+- RequestID is `originator:target:counter`, each EUI-64 eight hyphen-separated hex pairs and
+  the counter decimal (0 .. 2**64-1, GBCS carries it in 8 bytes);
+- the ServiceReferenceVariant is one hanota's DCC serves (`SERVICES`) and the
+  ServiceReference is the one it belongs to;
+- the CommandVariant is valid for the SRV: 8 (non-device service) for 11.1, 11.4, 8.2, 8.4
+  and 12.2; 4 (critical: transform into a pre-command) for 11.3, 8.7.1 and 8.8.1; 1 (send
+  over the SM WAN) for 11.2, 8.7.2 and 8.8.2. The local-delivery variants 2, 3, 6 and 7 are
+  valid DUIS but not offered (E17), and 5 (a Signed Pre-Command) has a different body that
+  hanota does not read yet;
+- a non-device service is addressed to the DCC (`DCC_EUI`), a device service to a device
+  (never the DCC).
+
+The request fields (`DuisRequest.fields`), per SRV, snake_case:
+
+| SRV | body | fields |
+|---|---|---|
+| 11.1, 11.4 | UpdateFirmware, UpdatePPMIDFirmware | firmware_image (bytes: the whole OTA file), firmware_version (str, 8 hex digits), device_ids (list[bytes]) |
+| 11.2 | ReadFirmwareVersion (empty) | none: the device is `request_id.target` |
+| 11.3 | ActivateFirmware | firmware_hash (bytes, 32), execution_datetime (datetime, UTC, or None: now), cancel (bool: the DUIS cancellation value 3000-12-31T00:00:00Z) |
+| 8.2 | ReadInventory | device_id (bytes) |
+| 8.4 | UpdateInventory | device_id (bytes), delete (bool: DeleteDevice), and/or device_type, manufacturer, model, firmware_version (str; a hanota reading of the update choice, the template shows only DeleteDevice) |
+| 8.7.1, 8.7.2, 8.8.1, 8.8.2 | JoinServiceCritical, JoinServiceNonCritical, UnjoinServiceCritical, UnjoinServiceNonCritical | other_device_id (bytes); the device joined to is `request_id.target` |
+| 12.2 | DevicePrenotification | device_id (bytes), manufacturer (str, 4 hex), model (str, 8 hex), device_type (str, one of store.DEVICE_TYPES), smets_chts_version (str), firmware_version (str, 8 hex), esme_variant (str or None), install_code (bytes or None: a hanota extension, last, absent from the template) |
+
+EUI-64s are bytes, most significant first (as the RequestID writes them). Hex text is kept
+upper case. `build_request` writes exactly these fields back, in the template's element order,
+so that `parse_request(build_request(...))` gives them again.
+
+Responses (`response`, `acknowledgement`) and alerts (`alert`, `future_dated_alert`) follow the
+DCC Boxed samples (duis-templates `test/data/ECS52_11.2_SUCCESS_RESPONSE_DUIS.XML`, duis-parser
+`test/resources/acknowledgement-error.xml`, and duis-parser's DeviceAlertMessage /
+DCCAlertMessage / FutureDatedDeviceAlertMessage body types): root `sr:Response`, a Header with
+RequestID, ResponseID (target and originator swapped, same counter), ResponseCode and
+ResponseDateTime (UTC, milliseconds), then the Body. A refusal's reason, which DUIS has no
+element for, travels as `h:Reason` (namespace `HANOTA_NS`) at the end of the Header, where
+DUIS readers that pick the header fields they know skip it. They are unsigned here; the DCC
+signs them (`xmlsig.sign`).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from lxml import etree
+
+from ..errors import HanotaError
+
+SR_NS = "http://www.dccinterface.co.uk/ServiceUserGateway"
+RA_NS = "http://www.dccinterface.co.uk/ResponseAndAlert"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+HANOTA_NS = "urn:hanota:duis"
+SCHEMA_VERSION = "5.4"   # what the public templates carry
+
+DCC_EUI = bytes.fromhex("90B3D51F30000002")   # the DCC (Access Control Broker) in DCC Boxed
+
+# The DUIS cancellation value of a future-dated Activate Firmware (the 11.3 CANCELLATION
+# template); the DCC maps it onto GBCS's 9999-12-31T23:59:59Z (gbcs_duis.md section 8).
+CANCEL_DATETIME = datetime(3000, 12, 31, tzinfo=timezone.utc)
+
+# Largest request parse_request reads (a base64 OTA file of a few MB plus the envelope). lxml
+# without huge_tree also caps one text node at 10 MB, so a FirmwareImage over about 7.5 MB of
+# binary is refused either way.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+# --- response codes ------------------------------------------------------------------------
+
+# code -> meaning. Source of the DUIS codes: the DUIS "DCC Systems Response Codes" table
+# (SEC Appendix AD, DCC User Interface Specification) as reproduced at
+# https://iananthony3000.wixsite.com/smets2reference-1/copy-of-esme-sr-list (read through the
+# pages search on 2026-12-04; the specification's own text was not reachable from here, and
+# the reproduction was readable up to E30 only). E65 is seen on an unsigned acknowledgement
+# in duis-parser's test/resources/acknowledgement-error.xml; its meaning is not in any source
+# reachable here. The I0/I99 pattern (acknowledgement first, then the response) is DCC Boxed's
+# (dccboxed-nodered-nodes README).
+DUIS_RESPONSE_CODES: dict[str, str] = {
+    "I0": "Success: the request has had a successful outcome",
+    "I99": "Acknowledgement: the request was accepted and passed access control (or a "
+           "non-device request succeeded with no data to return)",
+    "E1": "Failed authorisation: invalid User / User Role (not a valid SEC party and role)",
+    "E2": "Failed authorisation: User Role not permitted to send this Service Reference",
+    "E3": "Failed authorisation: User status not permitted to send this Service Reference",
+    "E4": "Failed authorisation: User Role not authorised for the Device (at the required "
+          "date and time)",
+    "E5": "Failed authorisation: Device status incompatible with the Service Reference",
+    "E11": "Failed validation: Service Reference not compatible with the Device's type",
+    "E12": "Failed validation: Command Variant not applicable to the request type",
+    "E13": "Failed validation: request type not valid for the URL",
+    "E17": "Failed authorisation: not available for local command services (local delivery)",
+    "E19": "Failed authorisation: Device does not exist (Device ID invalid)",
+    "E20": "Communications failure: unable to communicate with the Device",
+    "E21": "Communications failure: no response received from the Device",
+    "E30": "Time-out: future-dated command",
+    "E65": "(seen on a DCC Boxed acknowledgement; meaning not found in the sources)",
+}
+
+# hanota's own codes, for refusals whose DUIS code no reachable source gives. They start with
+# "EH" (E: an error, as DUIS's I/W/E prefixes go; H: hanota) so that nobody takes them for
+# DUIS codes; a User's tooling that treats any E... as an error does the right thing.
+E_MALFORMED = "EH1"
+E_REQUEST_ID = "EH2"
+E_REPLAY = "EH3"
+E_UNKNOWN_SERVICE = "EH4"
+E_TARGET = "EH5"
+E_SIGNATURE = "EH6"
+E_ORIGINATOR = "EH7"
+E_IMAGE = "EH8"
+E_ALTHAN_JOIN = "EH9"
+E_OTA_UNAVAILABLE = "EH10"
+E_UNSUPPORTED = "EH11"
+HANOTA_RESPONSE_CODES: dict[str, str] = {
+    E_MALFORMED: "(hanota) malformed request: not well-formed XML, a DTD or entity, the wrong "
+                 "root or namespace, or a missing, unexpected or ill-formed element",
+    E_REQUEST_ID: "(hanota) RequestID is not originator:target:counter",
+    E_REPLAY: "(hanota) RequestID counter not greater than the User's last one (a replay)",
+    E_UNKNOWN_SERVICE: "(hanota) unknown Service Reference or Service Reference Variant, or "
+                       "the two disagree",
+    E_TARGET: "(hanota) wrong target: a non-device service must be addressed to the DCC, a "
+              "device service to a device",
+    E_SIGNATURE: "(hanota) XML signature missing or invalid (placeholder, digest or signature "
+                 "mismatch, unknown signer)",
+    E_ORIGINATOR: "(hanota) RequestID originator is not the signer's entity ID",
+    E_IMAGE: "(hanota) firmware image refused: not a well-formed OTA file, not on the Central "
+             "Products List for the device's model, or outside its hardware range",
+    E_ALTHAN_JOIN: "(hanota, for MP170's code) an Alt HAN device cannot be joined with the "
+                   "Join Service (8.7.1 / 8.7.2); MP170's own code was not found",
+    E_OTA_UNAVAILABLE: "(hanota) OTA unavailable for the device (Alt HAN device after a Trust "
+                       "Centre Swap-Out)",
+    E_UNSUPPORTED: "(hanota) valid DUIS that hanota's DCC does not serve",
+}
+RESPONSE_CODES: dict[str, str] = {**DUIS_RESPONSE_CODES, **HANOTA_RESPONSE_CODES}
+
+# GBCS alert codes carried by DeviceAlertMessage / FutureDatedDeviceAlertMessage (gbcs_duis.md
+# section 6, read in gbcs-parser src/util.ts).
+ALERT_CODES: dict[int, str] = {
+    0x8F66: "Future-dated HAN command actioned",
+    0x8F67: "Future-dated HAN command not actioned",
+    0x8F89: "Firmware transfer failed (CCS08)",
+    0x8F8A: "Firmware transfer succeeded (CCS08)",
+    0x8F8B: "Read firmware version alert (CS09)",
+    0x8F72: "Firmware verification successful",
+    0x8F1B: "Firmware verification failed at power-on",
+    0x8F1C: "Firmware verification failed",
+    0x8F43: "Change in the executing firmware version",
+}
+
+# DCC alert codes (DCCAlertMessage/DCCAlertCode). N24 is seen in duis-parser's tests carrying
+# an UpdateHANDeviceLogResult; the DUIS list itself was not reachable. hanota's own DCC alerts
+# start with "NH".
+DCC_ALERT_CODES: dict[str, str] = {
+    "N24": "Update HAN Device Log result",
+    "NH1": "(hanota) firmware distribution outcome from the Comms Hub, no GBCS payload",
+    "NH2": "(hanota) OTA unavailable after a Trust Centre Swap-Out: pending request ended",
+}
+
+
+class DuisError(HanotaError):
+    """A request the DCC refuses: `code` is the DUIS response code the User gets, `reason`
+    the human-readable cause naming the element. `request_id` and `srv` are set when the
+    header got that far, so the acknowledgement can carry them."""
+
+    reason = "duis"
+
+    def __init__(self, code: str, reason: str, *, request_id: str | None = None,
+                 srv: str | None = None):
+        meaning = RESPONSE_CODES.get(code, "")
+        super().__init__("%s%s: %s" % (code, " (%s)" % meaning if meaning else "", reason),
+                         reason=reason)
+        self.code = code
+        self.request_id = request_id
+        self.srv = srv
+
+
+# --- identities -------------------------------------------------------------------------
+
+_EUI_RE = re.compile(r"^[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){7}$")
+_COUNTER_MAX = (1 << 64) - 1
+
+
+def eui_text(eui: bytes) -> str:
+    """An EUI-64 as DUIS writes it: eight upper-case hex pairs joined by hyphens."""
+    if len(eui) != 8:
+        raise ValueError("an EUI-64 is 8 bytes, not %d" % len(eui))
+    return "-".join("%02X" % b for b in eui)
+
+
+def parse_eui(text: str, what: str = "EUI-64") -> bytes:
+    """A DUIS EUI-64 (`00-DB-12-34-56-78-90-A0`, either case) as bytes; ValueError naming
+    `what` otherwise."""
+    t = (text or "").strip()
+    if not _EUI_RE.match(t):
+        raise ValueError("%s %r is not an EUI-64 (eight hex pairs joined by hyphens, such as "
+                         "00-DB-12-34-56-78-90-A0)" % (what, text))
+    return bytes.fromhex(t.replace("-", ""))
+
+
+def eui_arg(text: str) -> bytes:
+    """An EUI-64 typed by a person: DUIS hyphens, colons, or 16 hex digits."""
+    t = text.strip().replace(":", "-")
+    if re.fullmatch(r"[0-9A-Fa-f]{16}", t):
+        return bytes.fromhex(t)
+    return parse_eui(t)
+
+
+@dataclass(frozen=True)
+class RequestID:
+    """A DUIS RequestID: who sent it, to whom (a device, or the DCC for non-device services),
+    and the User's counter, which the DCC requires to rise strictly per User."""
+
+    originator: bytes
+    target: bytes
+    counter: int
+
+    def __str__(self) -> str:
+        return "%s:%s:%d" % (eui_text(self.originator), eui_text(self.target), self.counter)
+
+    @classmethod
+    def parse(cls, text: str) -> RequestID:
+        """`originator:target:counter`; DuisError (E_REQUEST_ID) naming what is wrong."""
+        t = (text or "").strip()
+        parts = t.split(":")
+        if len(parts) != 3:
+            raise DuisError(E_REQUEST_ID, "RequestID %r is not originator:target:counter" % text)
+        try:
+            originator = parse_eui(parts[0], "RequestID originator")
+            target = parse_eui(parts[1], "RequestID target")
+        except ValueError as e:
+            raise DuisError(E_REQUEST_ID, str(e)) from None
+        if not re.fullmatch(r"[0-9]{1,20}", parts[2]):
+            raise DuisError(E_REQUEST_ID, "RequestID counter %r is not a decimal number"
+                            % parts[2])
+        counter = int(parts[2])
+        if counter > _COUNTER_MAX:
+            raise DuisError(E_REQUEST_ID, "RequestID counter %d does not fit in 64 bits"
+                            % counter)
+        return cls(originator, target, counter)
+
+    def response_id(self) -> RequestID:
+        """The ResponseID of a response to this request: ends swapped, same counter."""
+        return RequestID(self.target, self.originator, self.counter)
+
+
+# --- the services hanota's DCC serves ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Service:
+    """One Service Reference Variant: its body element and how it travels. `critical` and
+    `non_device` are from duis-parser's src/duis-request-matrix.json (the DUIS request
+    matrix); `cv` is the CommandVariant of the request the DCC accepts (the templates')."""
+
+    srv: str
+    sr: str
+    name: str
+    body: str
+    critical: bool
+    non_device: bool
+
+    @property
+    def cv(self) -> int:
+        return 8 if self.non_device else 4 if self.critical else 1
+
+
+SERVICES: dict[str, Service] = {s.srv: s for s in (
+    Service("11.1", "11.1", "Update Firmware", "UpdateFirmware", False, True),
+    Service("11.2", "11.2", "Read Firmware Version", "ReadFirmwareVersion", False, False),
+    Service("11.3", "11.3", "Activate Firmware", "ActivateFirmware", True, False),
+    Service("11.4", "11.4", "Update PPMID Firmware", "UpdatePPMIDFirmware", False, True),
+    Service("8.2", "8.2", "Read Inventory", "ReadInventory", False, True),
+    Service("8.4", "8.4", "Update Inventory", "UpdateInventory", False, True),
+    Service("8.7.1", "8.7", "Join Service (Critical)", "JoinServiceCritical", True, False),
+    Service("8.7.2", "8.7", "Join Service (Non-Critical)", "JoinServiceNonCritical", False,
+            False),
+    Service("8.8.1", "8.8", "Unjoin Service (Critical)", "UnjoinServiceCritical", True, False),
+    Service("8.8.2", "8.8", "Unjoin Service (Non-Critical)", "UnjoinServiceNonCritical", False,
+            False),
+    Service("12.2", "12.2", "Device Pre-notification", "DevicePrenotification", False, True),
+)}
+
+
+def service(srv: str) -> Service:
+    """The Service for an SRV, or DuisError (E_UNKNOWN_SERVICE)."""
+    s = SERVICES.get(srv)
+    if s is None:
+        raise DuisError(E_UNKNOWN_SERVICE, "Service Reference Variant %r is not one hanota's "
+                        "DCC serves (%s)" % (srv, ", ".join(SERVICES)), srv=srv)
+    return s
+
+
+def check_command_variant(svc: Service, cv: int, request_id: str | None = None) -> None:
+    """The CommandVariant rule for one SRV (see the module docstring)."""
+    if cv == svc.cv:
+        return
+    rid = {"request_id": request_id, "srv": svc.srv}
+    if svc.non_device:
+        raise DuisError("E12", "CommandVariant %d is not valid for SR %s (%s), a non-device "
+                        "service: it takes 8" % (cv, svc.srv, svc.name), **rid)
+    valid = (4, 5, 6, 7) if svc.critical else (1, 2, 3)
+    if cv not in valid:
+        raise DuisError("E12", "CommandVariant %d is not valid for SR %s (%s), a %s service: "
+                        "it takes %s" % (cv, svc.srv, svc.name,
+                                         "critical" if svc.critical else "non-critical",
+                                         ", ".join(map(str, valid))), **rid)
+    if cv in (2, 3, 6, 7):
+        raise DuisError("E17", "CommandVariant %d asks for local delivery, which hanota's DCC "
+                        "does not offer; use %d" % (cv, svc.cv), **rid)
+    raise DuisError(E_UNSUPPORTED, "CommandVariant %d (a Signed Pre-Command) is not read by "
+                    "hanota's DCC yet; submit the request with CommandVariant 4" % cv, **rid)
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+@dataclass
+class DuisRequest:
+    """A parsed DUIS request (see the module docstring for `fields` per SRV)."""
+
+    request_id: RequestID
+    command_variant: int
+    service_reference: str
+    service_reference_variant: str
+    body: str
+    fields: dict[str, Any]
+    xml: bytes = field(repr=False)
+
+    @property
+    def service(self) -> Service:
+        return SERVICES[self.service_reference_variant]
+
+
+def _parser() -> etree.XMLParser:
+    # A request is untrusted: no DTD loading or validation, no entity expansion, no network,
+    # no huge-tree mode (lxml's limits on depth and text size stay on).
+    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
+                           load_dtd=False, dtd_validation=False, remove_pis=True)
+
+
+def parse_xml(xml: bytes) -> etree._Element:
+    """The root element of an untrusted DUIS document, or DuisError (E_MALFORMED)."""
+    if not isinstance(xml, (bytes, bytearray)):
+        raise DuisError(E_MALFORMED, "a DUIS document is bytes, not %s" % type(xml).__name__)
+    if len(xml) > MAX_REQUEST_BYTES:
+        raise DuisError(E_MALFORMED, "document is %d bytes, over the %d-byte limit"
+                        % (len(xml), MAX_REQUEST_BYTES))
+    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+        raise DuisError(E_MALFORMED, "document has a DTD or entity declaration, which a DUIS "
+                        "request never has")
+    try:
+        root = etree.fromstring(bytes(xml), _parser())
+    except etree.XMLSyntaxError as e:
+        raise DuisError(E_MALFORMED, "not well-formed XML: %s" % e) from None
+    doc = root.getroottree().docinfo
+    if doc.internalDTD is not None or doc.doctype:
+        raise DuisError(E_MALFORMED, "document has a DTD, which a DUIS request never has")
+    return root
+
+
+def _q(local: str, ns: str = SR_NS) -> str:
+    return "{%s}%s" % (ns, local)
+
+
+def _local(el: etree._Element) -> str:
+    return etree.QName(el).localname
+
+
+def _name(el: etree._Element) -> str:
+    """sr:Header, ds:Signature ... for messages; the full {ns}tag for other namespaces."""
+    q = etree.QName(el)
+    prefix = {SR_NS: "sr:", DS_NS: "ds:", RA_NS: "ra:"}.get(q.namespace or "")
+    return prefix + q.localname if prefix else el.tag
+
+
+def _elements(parent: etree._Element) -> list[etree._Element]:
+    """Child elements (comments and processing instructions skipped: the templates have
+    comments inside Header and Signature)."""
+    return [c for c in parent if isinstance(c.tag, str)]
+
+
+class _Reader:
+    """Reads a parent's children in order, as the templates lay them out, raising DuisError
+    naming the element for a missing, unexpected or ill-formed one."""
+
+    def __init__(self, parent: etree._Element, path: str, rid: str | None = None,
+                 srv: str | None = None):
+        self.children = _elements(parent)
+        self.i = 0
+        self.path = path
+        self.rid = rid
+        self.srv = srv
+        for c in self.children:
+            if etree.QName(c).namespace != SR_NS:
+                self.fail("element %s inside %s is not in the DUIS namespace %s"
+                          % (c.tag, path, SR_NS))
+
+    def fail(self, msg: str, code: str = E_MALFORMED):
+        raise DuisError(code, msg, request_id=self.rid, srv=self.srv)
+
+    def peek(self) -> str | None:
+        return _local(self.children[self.i]) if self.i < len(self.children) else None
+
+    def element(self, local: str, optional: bool = False) -> etree._Element | None:
+        if self.peek() == local:
+            el = self.children[self.i]
+            self.i += 1
+            return el
+        if optional:
+            return None
+        found = self.peek()
+        self.fail("%s/%s is missing%s" % (self.path, local,
+                                          " (found %s)" % found if found else ""))
+
+    def text(self, local: str, optional: bool = False, empty_ok: bool = False) -> str | None:
+        el = self.element(local, optional)
+        if el is None:
+            return None
+        if _elements(el):
+            self.fail("%s/%s must hold text, not elements" % (self.path, local))
+        t = (el.text or "").strip()
+        if not t and not empty_ok:
+            self.fail("%s/%s is empty" % (self.path, local))
+        return t
+
+    def empty(self, local: str, optional: bool = False) -> bool:
+        el = self.element(local, optional)
+        if el is None:
+            return False
+        if _elements(el) or (el.text or "").strip():
+            self.fail("%s/%s must be empty" % (self.path, local))
+        return True
+
+    def end(self) -> None:
+        if self.i < len(self.children):
+            self.fail("unexpected element %s/%s" % (self.path, _local(self.children[self.i])))
+
+    # typed values
+    def eui(self, local: str) -> bytes:
+        t = self.text(local)
+        try:
+            return parse_eui(t, "%s/%s" % (self.path, local))
+        except ValueError as e:
+            self.fail(str(e))
+
+    def hexstr(self, local: str, digits: int, optional: bool = False) -> str | None:
+        t = self.text(local, optional)
+        if t is None:
+            return None
+        if not re.fullmatch(r"[0-9A-Fa-f]{%d}" % digits, t):
+            self.fail("%s/%s %r is not %d hex digits" % (self.path, local, t, digits))
+        return t.upper()
+
+
+_DT_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,9})?"
+                    r"(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_datetime(text: str, what: str = "ExecutionDateTime") -> datetime:
+    """An xs:dateTime with a time zone (`2030-01-15T09:00:00.00Z`) as an aware UTC datetime;
+    ValueError naming `what`. A time without a zone is refused: the DCC cannot know whose
+    local time it is."""
+    m = _DT_RE.match((text or "").strip())
+    if not m:
+        raise ValueError("%s %r is not a date-time with a time zone, such as "
+                         "2030-01-15T09:00:00.00Z" % (what, text))
+    y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
+    frac = m.group(7) or ""
+    us = int((frac[1:] + "000000")[:6]) if frac else 0
+    zone = m.group(8)
+    try:
+        if zone == "Z":
+            tz = timezone.utc
+        else:
+            sign = 1 if zone[0] == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        return datetime(y, mo, d, h, mi, s, us, tzinfo=tz).astimezone(timezone.utc)
+    except ValueError as e:
+        raise ValueError("%s %r is not a valid date-time: %s" % (what, text, e)) from None
+
+
+def format_datetime(dt: datetime) -> str:
+    """A UTC xs:dateTime with hundredths, as the templates write ExecutionDateTime."""
+    if dt.tzinfo is None:
+        raise ValueError("a date-time for DUIS needs a time zone")
+    u = dt.astimezone(timezone.utc)
+    return u.strftime("%Y-%m-%dT%H:%M:%S") + ".%02dZ" % (u.microsecond // 10000)
+
+
+def _device_types() -> tuple[str, ...]:
+    from .store import DEVICE_TYPES
+    return tuple(DEVICE_TYPES)
+
+
+def _read_firmware(r: _Reader) -> dict[str, Any]:
+    text = r.text("FirmwareImage")
+    try:
+        image = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        r.fail("%s/FirmwareImage is not base64" % r.path)
+    if not image:
+        r.fail("%s/FirmwareImage is empty" % r.path)
+    version = r.hexstr("FirmwareVersion", 8)
+    ids_text = r.text("DeviceIDList")
+    ids = []
+    for t in ids_text.split():
+        try:
+            ids.append(parse_eui(t, "%s/DeviceIDList entry" % r.path))
+        except ValueError as e:
+            r.fail(str(e))
+    return {"firmware_image": image, "firmware_version": version, "device_ids": ids}
+
+
+def _read_activate(r: _Reader) -> dict[str, Any]:
+    t = r.text("ExecutionDateTime", optional=True)
+    at = None
+    if t is not None:
+        try:
+            at = parse_datetime(t, "%s/ExecutionDateTime" % r.path)
+        except ValueError as e:
+            r.fail(str(e))
+    h = r.hexstr("FirmwareHash", 64)
+    return {"firmware_hash": bytes.fromhex(h), "execution_datetime": at,
+            "cancel": at == CANCEL_DATETIME}
+
+
+def _read_device_type(r: _Reader, local: str, optional: bool = False) -> str | None:
+    t = r.text(local, optional)
+    if t is None:
+        return None
+    types = _device_types()
+    if t.upper() not in types:
+        r.fail("%s/%s %r is not a device type of the inventory's table (%s)"
+               % (r.path, local, t, ", ".join(types)))
+    return t.upper()
+
+
+def _read_prenotification(r: _Reader) -> dict[str, Any]:
+    f: dict[str, Any] = {"device_id": r.eui("DeviceID"),
+                         "manufacturer": r.hexstr("DeviceManufacturer", 4),
+                         "model": r.hexstr("DeviceModel", 8),
+                         "device_type": _read_device_type(r, "DeviceType"),
+                         "smets_chts_version": r.text("SMETSCHTSVersion"),
+                         "firmware_version": r.hexstr("FirmwareVersion", 8),
+                         "esme_variant": r.text("ESMEVariant", optional=True)}
+    ic = r.text("InstallCode", optional=True)
+    if ic is not None and not re.fullmatch(r"(?:[0-9A-Fa-f]{2}){6,18}", ic):
+        r.fail("%s/InstallCode %r is not 6 to 18 bytes of hex" % (r.path, ic))
+    f["install_code"] = bytes.fromhex(ic) if ic is not None else None
+    return f
+
+
+def _read_update_inventory(r: _Reader) -> dict[str, Any]:
+    f: dict[str, Any] = {"device_id": r.eui("DeviceID")}
+    f["delete"] = r.empty("DeleteDevice", optional=True)
+    if not f["delete"]:
+        upd = {"device_type": _read_device_type(r, "DeviceType", optional=True),
+               "manufacturer": r.hexstr("DeviceManufacturer", 4, optional=True),
+               "model": r.hexstr("DeviceModel", 8, optional=True),
+               "firmware_version": r.hexstr("FirmwareVersion", 8, optional=True)}
+        upd = {k: v for k, v in upd.items() if v is not None}
+        if not upd:
+            r.fail("%s has neither DeleteDevice nor anything to update" % r.path)
+        f.update(upd)
+    return f
+
+
+_BODY_READERS = {
+    "11.1": _read_firmware,
+    "11.4": _read_firmware,
+    "11.2": lambda r: {},
+    "11.3": _read_activate,
+    "8.2": lambda r: {"device_id": r.eui("DeviceID")},
+    "8.4": _read_update_inventory,
+    "8.7.1": lambda r: {"other_device_id": r.eui("OtherDeviceID")},
+    "8.7.2": lambda r: {"other_device_id": r.eui("OtherDeviceID")},
+    "8.8.1": lambda r: {"other_device_id": r.eui("OtherDeviceID")},
+    "8.8.2": lambda r: {"other_device_id": r.eui("OtherDeviceID")},
+    "12.2": _read_prenotification,
+}
+
+
+def parse_request(xml: bytes) -> DuisRequest:
+    """A DUIS request, checked as the module docstring says; DuisError otherwise.
+
+    The signature is not verified here, only allowed as the root's last child."""
+    root = parse_xml(xml)
+    if root.tag != _q("Request"):
+        raise DuisError(E_MALFORMED, "root element is %s, not sr:Request in %s"
+                        % (root.tag, SR_NS))
+    top = _elements(root)
+    names = [c.tag for c in top]
+    if names[-1:] == [_q("Signature", DS_NS)]:
+        top = top[:-1]
+    if [c.tag for c in top] != [_q("Header"), _q("Body")]:
+        raise DuisError(E_MALFORMED, "sr:Request must hold sr:Header, sr:Body and an optional "
+                        "ds:Signature, in that order; it holds %s"
+                        % (", ".join(_name(c) for c in _elements(root)) or "nothing"))
+    header, body = top
+    h = _Reader(header, "Header")
+    rid_text = h.text("RequestID")
+    request_id = RequestID.parse(rid_text)
+    rid = str(request_id)
+    h.rid = rid
+    cv_text = h.text("CommandVariant")
+    if not re.fullmatch(r"[0-9]{1,3}", cv_text):
+        h.fail("Header/CommandVariant %r is not a number" % cv_text)
+    cv = int(cv_text)
+    sr = h.text("ServiceReference")
+    srv = h.text("ServiceReferenceVariant")
+    h.end()
+    svc = SERVICES.get(srv)
+    if svc is None:
+        raise DuisError(E_UNKNOWN_SERVICE, "Header/ServiceReferenceVariant %r is not one "
+                        "hanota's DCC serves (%s)" % (srv, ", ".join(SERVICES)),
+                        request_id=rid, srv=srv)
+    if sr != svc.sr:
+        raise DuisError(E_UNKNOWN_SERVICE, "Header/ServiceReference %r does not match "
+                        "ServiceReferenceVariant %s (whose reference is %s)" % (sr, srv, svc.sr),
+                        request_id=rid, srv=srv)
+    if not 1 <= cv <= 8:
+        raise DuisError("E12", "Header/CommandVariant %d is not a DUIS CommandVariant (1 to 8)"
+                        % cv, request_id=rid, srv=srv)
+    check_command_variant(svc, cv, rid)
+    if svc.non_device and request_id.target != DCC_EUI:
+        raise DuisError(E_TARGET, "SR %s (%s) is a non-device service: the RequestID target "
+                        "must be the DCC, %s, not %s" % (srv, svc.name, eui_text(DCC_EUI),
+                                                         eui_text(request_id.target)),
+                        request_id=rid, srv=srv)
+    if not svc.non_device and request_id.target == DCC_EUI:
+        raise DuisError(E_TARGET, "SR %s (%s) is a device service: the RequestID target must "
+                        "be the device, not the DCC" % (srv, svc.name), request_id=rid, srv=srv)
+    b = _Reader(body, "Body", rid, srv)
+    el = b.element(svc.body)
+    b.end()
+    r = _Reader(el, "Body/%s" % svc.body, rid, srv)
+    if srv == "11.2":
+        if _elements(el) or (el.text or "").strip():
+            r.fail("Body/ReadFirmwareVersion must be empty")
+    fields = _BODY_READERS[srv](r)
+    r.end()
+    return DuisRequest(request_id, cv, sr, srv, svc.body, fields, bytes(xml))
+
+
+# --- building requests -----------------------------------------------------------------------
+
+_NSMAP_REQUEST = {"ds": DS_NS, "sr": SR_NS, "xsi": XSI_NS}
+
+
+def _sub(parent: etree._Element, local: str, text: str | None = None) -> etree._Element:
+    el = etree.SubElement(parent, _q(local))
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _serialize(root: etree._Element) -> bytes:
+    etree.indent(root, space="  ")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8") + b"\n"
+
+
+def _need(fields: dict, name: str, srv: str):
+    if fields.get(name) is None:
+        raise ValueError("SR %s needs %s" % (srv, name))
+    return fields[name]
+
+
+def _hex_field(fields: dict, name: str, digits: int, srv: str, optional: bool = False):
+    v = fields.get(name)
+    if v is None:
+        if optional:
+            return None
+        raise ValueError("SR %s needs %s" % (srv, name))
+    if isinstance(v, int):
+        v = "%0*X" % (digits, v)
+    if isinstance(v, (bytes, bytearray)):
+        v = bytes(v).hex()
+    v = str(v).upper()
+    if not re.fullmatch(r"[0-9A-F]{%d}" % digits, v):
+        raise ValueError("%s %r is not %d hex digits" % (name, v, digits))
+    return v
+
+
+def _eui_field(v, name: str) -> str:
+    if isinstance(v, str):
+        v = eui_arg(v)
+    if not isinstance(v, (bytes, bytearray)) or len(v) != 8:
+        raise ValueError("%s must be an 8-byte EUI-64" % name)
+    return eui_text(bytes(v))
+
+
+def build_request(srv: str, originator: bytes, target: bytes, counter: int, *,
+                  command_variant: int | None = None, **fields: Any) -> bytes:
+    """An unsigned DUIS request shaped as the public template for `srv` (element order,
+    namespaces, schemaVersion), with the fields `parse_request` gives back (module
+    docstring). `command_variant` defaults to the one the DCC accepts for the SRV (and may
+    be set to test refusals). ValueError for a missing or ill-formed field, naming it."""
+    svc = SERVICES.get(srv)
+    if svc is None:
+        raise ValueError("unknown Service Reference Variant %r (known: %s)"
+                         % (srv, ", ".join(SERVICES)))
+    if not 0 <= int(counter) <= _COUNTER_MAX:
+        raise ValueError("counter %d is outside 0 .. 2**64-1" % counter)
+    rid = RequestID(bytes(eui_arg(originator) if isinstance(originator, str) else originator),
+                    bytes(eui_arg(target) if isinstance(target, str) else target), int(counter))
+    root = etree.Element(_q("Request"), nsmap=_NSMAP_REQUEST)
+    root.set("schemaVersion", SCHEMA_VERSION)
+    header = _sub(root, "Header")
+    _sub(header, "RequestID", str(rid))
+    _sub(header, "CommandVariant", str(svc.cv if command_variant is None else command_variant))
+    _sub(header, "ServiceReference", svc.sr)
+    _sub(header, "ServiceReferenceVariant", svc.srv)
+    body = _sub(_sub(root, "Body"), svc.body)
+    known: set[str] = set()
+    if srv in ("11.1", "11.4"):
+        known = {"firmware_image", "firmware_version", "device_ids"}
+        image = _need(fields, "firmware_image", srv)
+        if not isinstance(image, (bytes, bytearray)) or not image:
+            raise ValueError("firmware_image must be the OTA file's bytes")
+        _sub(body, "FirmwareImage", base64.b64encode(bytes(image)).decode("ascii"))
+        _sub(body, "FirmwareVersion", _hex_field(fields, "firmware_version", 8, srv))
+        ids = _need(fields, "device_ids", srv)
+        if isinstance(ids, (bytes, bytearray, str)):
+            ids = [ids]
+        if not ids:
+            raise ValueError("device_ids is empty")
+        _sub(body, "DeviceIDList", " ".join(_eui_field(d, "device_ids entry") for d in ids))
+    elif srv == "11.3":
+        known = {"firmware_hash", "execution_datetime", "cancel"}
+        at = fields.get("execution_datetime")
+        if fields.get("cancel"):
+            at = CANCEL_DATETIME
+        if at is not None:
+            _sub(body, "ExecutionDateTime", format_datetime(at))
+        h = _need(fields, "firmware_hash", srv)
+        if isinstance(h, str):
+            h = bytes.fromhex(h)
+        if len(h) != 32:
+            raise ValueError("firmware_hash must be 32 bytes (SHA-256), not %d" % len(h))
+        _sub(body, "FirmwareHash", bytes(h).hex().upper())
+    elif srv == "8.2":
+        known = {"device_id"}
+        _sub(body, "DeviceID", _eui_field(_need(fields, "device_id", srv), "device_id"))
+    elif srv == "8.4":
+        known = {"device_id", "delete", "device_type", "manufacturer", "model",
+                 "firmware_version"}
+        _sub(body, "DeviceID", _eui_field(_need(fields, "device_id", srv), "device_id"))
+        if fields.get("delete"):
+            _sub(body, "DeleteDevice")
+        else:
+            n = 0
+            if fields.get("device_type") is not None:
+                _sub(body, "DeviceType", str(fields["device_type"]).upper())
+                n += 1
+            for name, local, digits in (("manufacturer", "DeviceManufacturer", 4),
+                                        ("model", "DeviceModel", 8),
+                                        ("firmware_version", "FirmwareVersion", 8)):
+                v = _hex_field(fields, name, digits, srv, optional=True)
+                if v is not None:
+                    _sub(body, local, v)
+                    n += 1
+            if not n:
+                raise ValueError("SR 8.4 needs delete=True or something to update")
+    elif srv in ("8.7.1", "8.7.2", "8.8.1", "8.8.2"):
+        known = {"other_device_id"}
+        _sub(body, "OtherDeviceID", _eui_field(_need(fields, "other_device_id", srv),
+                                               "other_device_id"))
+    elif srv == "12.2":
+        known = {"device_id", "manufacturer", "model", "device_type", "smets_chts_version",
+                 "firmware_version", "esme_variant", "install_code"}
+        _sub(body, "DeviceID", _eui_field(_need(fields, "device_id", srv), "device_id"))
+        _sub(body, "DeviceManufacturer", _hex_field(fields, "manufacturer", 4, srv))
+        _sub(body, "DeviceModel", _hex_field(fields, "model", 8, srv))
+        _sub(body, "DeviceType", str(_need(fields, "device_type", srv)).upper())
+        _sub(body, "SMETSCHTSVersion", str(_need(fields, "smets_chts_version", srv)))
+        _sub(body, "FirmwareVersion", _hex_field(fields, "firmware_version", 8, srv))
+        if fields.get("esme_variant") is not None:
+            _sub(body, "ESMEVariant", str(fields["esme_variant"]))
+        ic = fields.get("install_code")
+        if ic is not None:
+            _sub(body, "InstallCode", (bytes.fromhex(ic) if isinstance(ic, str) else
+                                       bytes(ic)).hex().upper())
+    extra = set(k for k, v in fields.items() if v is not None) - known
+    if extra:
+        raise ValueError("SR %s does not take %s" % (srv, ", ".join(sorted(extra))))
+    return _serialize(root)
