@@ -219,3 +219,57 @@ def test_import_dccboxed_keystore(tmp_path):
     assert [o.name for o in xml_sign] == ["xml-sign-90B3D51F30010000-ds"]
     again, _ = pki.KeyStore(tmp_path).import_dccboxed(data)       # idempotent
     assert len(pki.KeyStore(tmp_path)) == len(imported) == len(again)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def _run(*args: str):
+    from click.testing import CliRunner
+
+    from hanota.cli import cli
+    r = CliRunner().invoke(cli, list(args))
+    return r.exit_code, r.output + (r.stderr if r.stderr_bytes is not None else "")
+
+
+def test_cli_init_import_list_sign_verify(tmp_path):
+    d, other = str(tmp_path / "pki"), str(tmp_path / "other")
+    code, out = _run("pki", "init", d)
+    assert code == 0 and "supplier-a.xml" in out and "90-B3-D5-1F-30-01-A0-01" in out
+    assert _run("pki", "init", d)[0] == 2                      # refuses to overwrite
+    ca_key, ca = pki.make_root("OUTSIDE-CA")
+    key, cert = pki.make_org_cert(ca_key, ca, role=2, entity_id=bytes.fromhex("0011223344556677"),
+                                  usage="ds")
+    (tmp_path / "o.cert.pem").write_bytes(_pem(cert))
+    (tmp_path / "o.key.pem").write_bytes(_pem(key))
+    code, out = _run("pki", "import", str(tmp_path / "o.cert.pem"), "--key",
+                     str(tmp_path / "o.key.pem"), "--name", "outside", "--store", other)
+    assert code == 0 and "00-11-22-33-44-55-66-77" in out
+    code, out = _run("pki", "list", "--store", other, "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows == [dict(pki.describe(cert, name="outside").as_dict(), key=True)]
+    req = tmp_path / "req.xml"
+    req.write_bytes(b'<?xml version="1.0"?>\n<sr:Request xmlns:sr="http://www.dccinterface.co.uk/'
+                    b'ServiceUserGateway"><sr:Header/><sr:Body/></sr:Request>\n')
+    signed = str(tmp_path / "signed.xml")
+    code, out = _run("duis", "sign", str(req), "--key", d + "/supplier-a.xml.key.pem",
+                     "--cert", d + "/supplier-a.xml.cert.pem", "-o", signed)
+    assert code == 0
+    code, out = _run("duis", "verify", signed, "--cert", d + "/supplier-a.xml.cert.pem")
+    assert code == 0 and "valid" in out and "90-B3-D5-1F-30-01-A0-01" in out and "role 87" in out
+    assert _run("duis", "verify", signed, "--store", d)[0] == 0
+    code, out = _run("duis", "verify", signed, "--cert", d + "/supplier-b.xml.cert.pem")
+    assert code == 1 and "wrong-cert" in out
+    code, out = _run("duis", "verify", signed, "--store", other)
+    assert code == 1 and "unknown signer" in out
+    code, out = _run("duis", "verify", str(req), "--store", d)
+    assert code == 1 and "not signed" in out
+    assert _run("duis", "sign", str(req), "--key", d + "/supplier-b.xml.key.pem",
+                "--cert", d + "/supplier-a.xml.cert.pem", "-o", signed)[0] == 2
+
+
+def test_cli_imports_dcc_boxed_keystore(tmp_path):
+    ks = gpl_path("dccboxed-keystore", "keystore.json")
+    code, out = _run("pki", "import", str(ks), "--store", str(tmp_path))
+    assert code == 0 and "Z1-supplier-ds" in out and "imported" in out
+    assert len(pki.KeyStore(tmp_path)) >= 30

@@ -30,3 +30,4 @@ def register(main: click.Group) -> None:
 
 
 # Command modules (each imports the groups above and decorates its commands onto them):
+from . import cli_pki  # noqa: E402,F401
