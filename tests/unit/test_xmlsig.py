@@ -214,6 +214,16 @@ def test_profile_departures_are_named(store, signed):
     assert _reason(nested, store)[0] == "unsupported"
 
 
+def test_comment_that_would_cut_a_value_is_refused(store, signed):
+    """C14N without comments digests `1001` for `10<!---->01`, but a parser reads "10"."""
+    cut = signed.replace(b":1001<", b":10<!---->01<")
+    assert etree.fromstring(cut).find(".//{%s}RequestID" % SR).text.endswith(":10")
+    reason, msg = _reason(cut, store)
+    assert reason == "malformed" and "comment inside <RequestID>" in msg
+    pi = signed.replace(b"<sr:Body>", b"<sr:Body><?x y?>")
+    assert _reason(pi, store)[0] == "malformed"
+
+
 def test_crlf_wrapped_signature_value_verifies(store, signed):
     """DCC Boxed wraps SignatureValue with CR LF (`&#13;` + newline)."""
     root = etree.fromstring(signed)

@@ -257,6 +257,21 @@ def _check_shape(sig: etree._Element) -> None:
                              "(r||s)" % len(raw), "bad-value")
 
 
+def _no_comments(root: etree._Element, sig: etree._Element) -> None:
+    """Refuse comments and processing instructions in the signed part. The digest leaves
+    them out (C14N without comments), yet a parser reading `<a>10<!---->00</a>` sees "10":
+    text could be cut after signing without breaking the signature (the SAML comment attack,
+    CVE-2017-11427). DUIS documents carry none outside the signature."""
+    for node in root.iter(etree.Comment, etree.ProcessingInstruction):
+        if sig not in node.iterancestors():
+            raise SignatureError("the document has a %s inside <%s>; a signed DUIS document "
+                                 "carries none (the digest leaves them out, so they could "
+                                 "change what is read after signing)"
+                                 % ("comment" if isinstance(node, etree._Comment)
+                                    else "processing instruction",
+                                    etree.QName(node.getparent()).localname), "malformed")
+
+
 Trust = Union["pki.KeyStore", x509.Certificate, "pki.OrgCert", bytes]
 
 
@@ -268,6 +283,7 @@ def verify(xml: bytes, keystore_or_cert: Trust) -> pki.OrgCert:
     tree = _parse(xml)
     sig = _the_signature(tree.getroot())
     _check_shape(sig)
+    _no_comments(tree.getroot(), sig)
     issuer, serial = signer_of(xml)
     if isinstance(keystore_or_cert, pki.KeyStore):
         org = keystore_or_cert.by_issuer_serial(issuer, serial)
