@@ -140,6 +140,20 @@ def test_add_checks_key_and_never_replaces(tmp_path):
                            cert)
 
 
+def test_a_running_store_sees_certificates_imported_beside_it(tmp_path):
+    """`hanota pki import` while `hanota dcc serve` runs: the DCC's KeyStore object picks the
+    new certificate up (the index is re-read when it changed), and two writers lose nothing."""
+    ca_key, ca = pki.make_root("SIDE-CA")
+    running, importer = pki.KeyStore(tmp_path), pki.KeyStore(tmp_path)
+    _, c1 = pki.make_org_cert(ca_key, ca, role=2, entity_id=bytes(8), usage="ds")
+    _, c2 = pki.make_org_cert(ca_key, ca, role=3, entity_id=bytes(range(8)), usage="ds")
+    importer.add(_pem(c1))
+    assert running.by_issuer_serial("CN=SIDE-CA,OU=07", c1.serial_number) is not None
+    running.add(_pem(c2))            # written from the store's fresh state, c1 kept
+    assert {o.cert for o in pki.KeyStore(tmp_path)} == {c1, c2}
+    assert len(importer) == 2
+
+
 def _custom_cert(subject, ku=None):
     ca_key, ca = pki.make_root("X")
     key = ec.generate_private_key(ec.SECP256R1())

@@ -313,3 +313,16 @@ def test_templates_placeholder_refused_and_our_signature_accepted(name, store, s
     signed = xmlsig.sign(doc, *supplier)
     assert xmlsig.verify(signed, store).name == "supplier-a.xml"
     assert _reason(signed.replace(b"<sr:ServiceReference>", b"<sr:ServiceReference> "), store)[0] == "digest"
+
+
+def test_template_signed_with_dcc_boxed_user_key(tmp_path):
+    """The templates' originator is DCC Boxed's Supplier 90-B3-D5-1F-30-01-00-00: signed with
+    its xml-sign key from keystore.json (imported), the signer's entity ID is the originator."""
+    ks = pki.KeyStore(tmp_path)
+    ks.import_dccboxed(gpl_path("dccboxed-keystore", "keystore.json").read_bytes())
+    org = ks.by_name("xml-sign-90B3D51F30010000-ds")
+    doc = gpl_path("duis-templates", "templates", "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML").read_bytes()
+    signer = xmlsig.verify(xmlsig.sign(doc, ks.key_for(org), org.cert), ks)
+    assert signer.entity_id == bytes.fromhex("90B3D51F30010000") and signer.role == 0x87
+    rid = etree.fromstring(doc).find(".//{%s}RequestID" % SR).text
+    assert rid.startswith(pki.entity_text(signer.entity_id) + ":")

@@ -33,6 +33,8 @@ certificates do). Keys are stored unencrypted (a test PKI) with file mode 0600.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +43,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -394,14 +396,42 @@ class KeyStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._load()
+
+    def _index_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.path / INDEX).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def _fresh(self) -> None:
+        """Reload when another process (e.g. `hanota pki import` beside a running DCC)
+        replaced the index since we read it."""
+        if self._index_stamp() != self._stamp:
+            self._load()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise writers across processes (flock on `.lock`), starting from the index on
+        disk so that no writer's entries are lost."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._load()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> None:
         self._certs: list[OrgCert] = []
         self._keys: dict[tuple[str, int], str] = {}
         self._files: dict[tuple[str, int], str] = {}
-        self._load()
-
-    def _load(self) -> None:
         index = self.path / INDEX
-        if not index.exists():
+        self._stamp = self._index_stamp()
+        if self._stamp is None:
             return
         try:
             entries = json.loads(index.read_text())["certs"]
@@ -428,6 +458,7 @@ class KeyStore:
             entries.append(dict(org.as_dict(), file=self._files[k], key=self._keys.get(k)))
         self._atomic(self.path / INDEX, json.dumps({"version": 1, "certs": entries},
                                                    indent=1).encode() + b"\n")
+        self._stamp = self._index_stamp()
 
     def _atomic(self, path: Path, data: bytes, mode: int = 0o644) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -451,10 +482,12 @@ class KeyStore:
             self._atomic(k, key_pem, 0o600)
         return c, k
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[OrgCert]:
+        self._fresh()
         return iter(list(self._certs))
 
     def __len__(self) -> int:
+        self._fresh()
         return len(self._certs)
 
     def add(self, cert_pem: bytes, key_pem: bytes | None = None, *, name: str | None = None
@@ -472,8 +505,13 @@ class KeyStore:
             if not key_matches(key, cert):
                 raise PkiError("the key is not the key of certificate %s (%s)"
                                % (org.name, _label(cert)))
+        with self._locked():
+            return self._add(cert, org, key)
+
+    def _add(self, cert: x509.Certificate, org: OrgCert,
+             key: ec.EllipticCurvePrivateKey | None) -> OrgCert:
         k = (normalise_name(org.issuer_name), org.serial)
-        old = self.by_issuer_serial(org.issuer_name, org.serial)
+        old = self._find(org.issuer_name, org.serial)
         if old is not None:
             if old.cert != cert:
                 raise PkiError("the store already holds a different certificate with issuer %s "
@@ -534,6 +572,10 @@ class KeyStore:
 
     def by_issuer_serial(self, issuer: str, serial: int) -> OrgCert | None:
         """The certificate a DUIS KeyInfo X509IssuerSerial names, if held."""
+        self._fresh()
+        return self._find(issuer, serial)
+
+    def _find(self, issuer: str, serial: int) -> OrgCert | None:
         want = (normalise_name(issuer), int(serial))
         for org in self._certs:
             if (normalise_name(org.issuer_name), org.serial) == want:
@@ -541,6 +583,7 @@ class KeyStore:
         return None
 
     def by_name(self, name: str) -> OrgCert | None:
+        self._fresh()
         for org in self._certs:
             if org.name == name:
                 return org
@@ -549,6 +592,7 @@ class KeyStore:
     def for_entity(self, entity_id: bytes, usage: str = "ds", role: int | None = None
                    ) -> list[OrgCert]:
         """The certificates of one party (entity ID) for a use, optionally of one role."""
+        self._fresh()
         return [o for o in self._certs if o.entity_id == entity_id and o.usage == usage
                 and (role is None or o.role == role)]
 
@@ -573,18 +617,3 @@ def _safe(name: str) -> str:
 def entity_text(entity_id: bytes) -> str:
     """An entity ID as DUIS RequestIDs write it: 90-B3-D5-1F-30-01-00-00."""
     return "-".join("%02X" % b for b in entity_id)
-
-
-def read_certs(paths: Iterable[str | os.PathLike]) -> list[x509.Certificate]:
-    """Certificates from files (PEM may hold several)."""
-    out = []
-    for p in paths:
-        data = Path(p).read_bytes()
-        if b"-----BEGIN" in data:
-            try:
-                out.extend(x509.load_pem_x509_certificates(data))
-            except ValueError as e:
-                raise PkiError("%s: not a PEM certificate: %s" % (p, e)) from None
-        else:
-            out.append(load_cert(data))
-    return out
