@@ -401,16 +401,23 @@ def _live_table(hub: Hub):
     return t
 
 
-async def _serve_main(hub: Hub, live: bool) -> None:
+async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
+                      premises: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
+    wan = None
+    if dcc_url is not None:  # the Comms Hub service: the WAN to the DCC as well
+        from ..dcc.wan import CommsHubWan
+        wan = CommsHubWan(hub, dcc_url, premises=premises)
+        await wan.start()
     where = ["udp %s:%d" % hub.udp_address] if hub.udp_address else []
     where += ["serial %s" % n for n in hub.serial_names]
-    click.echo("hanota hub %s serving on %s (database %s, at most %d in flight)"
-               % (hub.hub_eui, ", ".join(where), hub.db.path, hub.options.max_in_flight))
+    click.echo("hanota hub %s serving on %s (database %s, at most %d in flight)%s"
+               % (hub.hub_eui, ", ".join(where), hub.db.path, hub.options.max_in_flight,
+                  "; WAN to %s" % dcc_url if dcc_url else ""))
     try:
         if live:
             from rich.live import Live
@@ -424,42 +431,56 @@ async def _serve_main(hub: Hub, live: bool) -> None:
         else:
             await stop.wait()
     finally:
+        if wan is not None:
+            await wan.stop()
         await hub.stop()
         click.echo("hanota hub stopped")
 
 
+def _serve_options(fn):
+    """The options of `hanota serve`, shared with `hanota hub serve`."""
+    for opt in reversed(_SERVE_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+_SERVE_OPTIONS = [
+    click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
+                 help="The hub's image store (content-addressed copies; default beside the "
+                      "database). Requests submitted later store their images here."),
+    click.option("--udp", default="%s:%d" % DEFAULT_UDP, show_default=True,
+                 help="UDP address to serve devices on (HOST:PORT, or off)."),
+    click.option("--serial", "serial", multiple=True, help="Serial line to serve (repeatable)."),
+    click.option("--max-in-flight", type=click.IntRange(1, 64), default=1, show_default=True,
+                 help="Transfers at once."),
+    click.option("--block-cap", type=click.IntRange(1, 255), default=64, show_default=True,
+                 help="Largest image block served (bytes)."),
+    click.option("--priority", default=None, metavar="ROLE=N,...",
+                 help="Class priority per role, lower first (stored; default hcalcs=1,ppmid=2,"
+                      "althan=2)."),
+    click.option("--poll", type=float, default=0.25, show_default=True,
+                 help="Seconds between database polls for new requests."),
+    click.option("--retry-base", type=float, default=5.0, show_default=True,
+                 help="First retry backoff (s), doubled each attempt."),
+    click.option("--retry-max", type=float, default=300.0, show_default=True,
+                 help="Largest backoff (s)."),
+    click.option("--max-attempts", type=click.IntRange(1, 100), default=5, show_default=True,
+                 help="Attempts before transfer_failed / device_unreachable."),
+    click.option("--answer-timeout", type=float, default=60.0, show_default=True,
+                 help="Seconds for a notified device to start downloading."),
+    click.option("--stall-timeout", type=float, default=30.0, show_default=True,
+                 help="Seconds without block requests before a transfer is stalled."),
+    click.option("--activation-timeout", type=float, default=600.0, show_default=True,
+                 help="Seconds after activation to wait for the Activation Alert."),
+    click.option("--request-timeout", type=float, default=5.0, show_default=True,
+                 help="Seconds to wait for a device's answer to a hub command."),
+    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                 default="warning", show_default=True),
+]
+
+
 @click.command()
-@click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
-              help="The hub's image store (content-addressed copies; default beside the "
-                   "database). Requests submitted later store their images here.")
-@click.option("--udp", default="%s:%d" % DEFAULT_UDP, show_default=True,
-              help="UDP address to serve devices on (HOST:PORT, or off).")
-@click.option("--serial", "serial", multiple=True, help="Serial line to serve (repeatable).")
-@click.option("--max-in-flight", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Transfers at once.")
-@click.option("--block-cap", type=click.IntRange(1, 255), default=64, show_default=True,
-              help="Largest image block served (bytes).")
-@click.option("--priority", default=None, metavar="ROLE=N,...",
-              help="Class priority per role, lower first (stored; default hcalcs=1,ppmid=2,"
-                   "althan=2).")
-@click.option("--poll", type=float, default=0.25, show_default=True,
-              help="Seconds between database polls for new requests.")
-@click.option("--retry-base", type=float, default=5.0, show_default=True,
-              help="First retry backoff (s), doubled each attempt.")
-@click.option("--retry-max", type=float, default=300.0, show_default=True,
-              help="Largest backoff (s).")
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=5, show_default=True,
-              help="Attempts before transfer_failed / device_unreachable.")
-@click.option("--answer-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds for a notified device to start downloading.")
-@click.option("--stall-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds without block requests before a transfer is stalled.")
-@click.option("--activation-timeout", type=float, default=600.0, show_default=True,
-              help="Seconds after activation to wait for the Activation Alert.")
-@click.option("--request-timeout", type=float, default=5.0, show_default=True,
-              help="Seconds to wait for a device's answer to a hub command.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="warning", show_default=True)
+@_serve_options
 @_db_option
 @domain_errors
 def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
@@ -470,6 +491,39 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
     On a terminal it shows a live table per device; otherwise it prints one line per event.
     SIGINT / SIGTERM stop it cleanly; a killed hub resumes from its database.
     """
+    _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
+           retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
+           request_timeout, log_level, db_path)
+
+
+@hub_group.command("serve")
+@click.option("--dcc", "dcc_url", required=True, metavar="URL",
+              help="The DCC's HTTP server (hanota dcc serve), e.g. http://127.0.0.1:8080; "
+                   "the hub dials its WAN websocket /wan/<hub EUI>.")
+@click.option("--premises", default=None, metavar="MPXN",
+              help="The premises this Comms Hub serves (devices the DCC pre-notifies are "
+                   "registered there; default CH-<hub EUI>).")
+@_serve_options
+@_db_option
+@domain_errors
+def hub_serve(dcc_url, premises, images_dir, udp, serial, max_in_flight, block_cap, priority,
+              poll, retry_base, retry_max, max_attempts, answer_timeout, stall_timeout,
+              activation_timeout, request_timeout, log_level, db_path):
+    """Run the Comms Hub of one premises: `hanota serve` plus the WAN to the DCC.
+
+    DCC messages (pre-notification, join, unjoin, firmware update, activation, version read)
+    are stored, acknowledged and carried out on this hub; its outcomes and activation alerts
+    go back to the DCC. The WAN reconnects by itself; nothing is lost while it is down.
+    """
+    _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
+           retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
+           request_timeout, log_level, db_path, dcc_url=dcc_url, premises=premises)
+
+
+def _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
+           retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
+           request_timeout, log_level, db_path, *, dcc_url: str | None = None,
+           premises: str | None = None) -> None:
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     addr = _hostport(udp)
@@ -496,7 +550,7 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
             pass
 
     hub = Hub(path, udp=addr, serial=serial, options=opts, on_event=None if live else log_line)
-    asyncio.run(_serve_main(hub, live))
+    asyncio.run(_serve_main(hub, live, dcc_url, premises))
 
 
 COMMANDS = [serve, status, report, request, registry, hub_group]

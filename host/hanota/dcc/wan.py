@@ -1,0 +1,691 @@
+"""The WAN between the DCC and a Comms Hub: the message protocol and both of its ends.
+
+The Comms Hub dials out (as a real CH does over its cellular or mesh WAN): a websocket to the
+DCC's HTTP server at `/wan/<hub EUI>` (16 upper-case hex digits, most significant first).
+Every message is one JSON object in one text frame.
+
+DCC -> CH: `{"id": n, "type": T, "request": "<RequestID text>", "device": "<EUI hex>", ...}`
+with T one of `DCC_TYPES` and per type: update_firmware: `image_b64`, `kind` ("11.1" |
+"11.4"), `at` (ISO-8601 UTC or null); activate: `hash` (64 hex digits), `at`;
+cancel_activation: (`hash`); read_version; prenotify: `install_code`, `role`, optional
+`manufacturer`, `image_type`, `hw_version`, `premises`, `ota_supported`; join: `role`,
+`install_code`; unjoin; set_suppliers: `suppliers` (entity IDs as hex), optional `premises`.
+
+CH -> DCC: `{"ack": n}` once the CH has stored DCC message n durably (in its database, before
+acting on it); `{"id": m, "type": "outcome", "request": ..., "device": ..., "outcome": O,
+"detail": {...}}` with O one of `hanota.hub.db.OUTCOMES` for the hub's requests (SR 11.1,
+11.3, 11.4, 11.2), or `CH_OUTCOMES` for what the CH does at once (prenotified, joined,
+join_failed, unjoined, unjoin_failed, cancelled, not_cancelled, applied, refused); and
+`{"id": m, "type": "alert", "alert": A, "device": ..., "request": ... | null, "detail":
+{...}}` (A: "activation" for a device's Activation Alert, "trust_centre_swap_out"). The DCC
+acknowledges each with `{"ack": m}` after it has stored it.
+
+The first frame on a connection is the CH's `{"hello": "<hub EUI hex>", "replaces":
+[EUIs of the hub identities before a Trust Centre Swap-Out]}`.
+
+Both ends are idempotent on ids: an id received again is acknowledged and not acted on again
+(the DCC's store records inbound ids per hub; the CH's `ch_wan_in` table has the id as its
+key). Either side resends everything not acknowledged when a connection (re)opens, so a lost
+acknowledgement costs a duplicate, never a lost message. The CH reconnects with exponential
+backoff (0.2 s doubling to 5 s).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import HanotaError
+
+log = logging.getLogger(__name__)
+
+DCC_TYPES = ("update_firmware", "activate", "cancel_activation", "read_version", "prenotify",
+             "join", "unjoin", "set_suppliers")
+CH_TYPES = ("outcome", "alert")
+CH_OUTCOMES = ("prenotified", "joined", "join_failed", "unjoined", "unjoin_failed",
+               "cancelled", "not_cancelled", "applied", "refused")
+MAX_MESSAGE = 64 << 20  # an update_firmware carries the whole image, base64
+HEARTBEAT = 10.0  # websocket pings, seconds
+
+
+class WanError(HanotaError):
+    """A WAN message is malformed or names something the receiving end cannot act on."""
+
+    reason = "wan"
+
+
+def eui_hex(value: str | bytes) -> str:
+    """An EUI-64 as the WAN writes it: 16 upper-case hex digits, most significant first
+    (bytes are taken most significant first, as DUIS carries them)."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) != 8:
+            raise WanError("an EUI-64 is 8 bytes, not %d" % len(value), reason="bad-eui")
+        return bytes(value).hex().upper()
+    t = str(value).strip().replace(":", "").replace("-", "").upper()
+    if len(t) != 16 or any(c not in "0123456789ABCDEF" for c in t):
+        raise WanError("EUI-64 %r: 16 hex digits" % (value,), reason="bad-eui")
+    return t
+
+
+def encode(msg: dict) -> str:
+    return json.dumps(msg, sort_keys=True, separators=(",", ":"))
+
+
+def decode(text: str | bytes) -> dict:
+    """One WAN frame as a dict; WanError naming what is wrong."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WanError("a WAN frame is not JSON: %s" % e, reason="bad-wan-message") from None
+    if not isinstance(msg, dict):
+        raise WanError("a WAN frame is a JSON object, not %s" % type(msg).__name__,
+                       reason="bad-wan-message")
+    if "ack" in msg and not _is_id(msg["ack"]):
+        raise WanError("ack %r is not a message id" % (msg["ack"],), reason="bad-wan-message")
+    if "id" in msg and not _is_id(msg["id"]):
+        raise WanError("id %r is not a message id" % (msg["id"],), reason="bad-wan-message")
+    return msg
+
+
+def _is_id(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# ==================================================================== the DCC's end
+
+class WanEndpoint:
+    """The DCC's end: one websocket per Comms Hub, over the DCC service (`Dcc`: its
+    `wan_outbox`, `wan_acked`, `wan_received`, all keyed by the hub's EUI as 8 bytes).
+
+    `handle` is the aiohttp handler of `/wan/{eui}`. `notify(hub)` (or `notify()` for all)
+    makes the connections look for new outbox messages now (after a submission); they also
+    look every `poll` seconds (a submission by another process)."""
+
+    def __init__(self, dcc: Any, *, poll: float = 0.5):
+        self.dcc = dcc
+        self.poll = poll
+        self._wake: dict[str, asyncio.Event] = {}
+        self._conns: dict[str, Any] = {}
+        self.connected: set[str] = set()
+        self.on_received: Any = None  # called after a CH message is taken (push responses)
+
+    def notify(self, hub: str | None = None) -> None:
+        for h, ev in list(self._wake.items()):
+            if hub is None or h == hub:
+                ev.set()
+
+    async def handle(self, request):
+        from aiohttp import WSMsgType, web
+
+        try:
+            hub = eui_hex(request.match_info["eui"])
+        except WanError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
+        await ws.prepare(request)
+        old = self._conns.get(hub)
+        if old is not None:  # the hub reconnected: its old connection is dead
+            await old.close(message=b"replaced by a new connection")
+        self._conns[hub] = ws
+        wake = self._wake[hub] = asyncio.Event()
+        key = bytes.fromhex(hub)
+        self.connected.add(hub)
+        log.info("Comms Hub %s connected", hub)
+        sender = asyncio.get_running_loop().create_task(self._send(ws, hub, key, wake))
+        try:
+            async for m in ws:
+                if m.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    msg = decode(m.data)
+                except WanError as e:
+                    log.warning("Comms Hub %s: %s", hub, e)
+                    continue
+                if "hello" in msg:
+                    self._hello(hub, msg)
+                elif "ack" in msg:
+                    self.dcc.wan_acked(key, msg["ack"])
+                    wake.set()
+                elif "id" in msg:
+                    try:
+                        self.dcc.wan_received(key, msg)
+                    except HanotaError as e:
+                        # not stored: no ack, so the CH sends it again after reconnecting
+                        log.error("Comms Hub %s message %s not taken: %s", hub, msg["id"], e)
+                        continue
+                    await ws.send_str(encode({"ack": msg["id"]}))
+                    if self.on_received is not None:
+                        self.on_received()
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            if self._conns.get(hub) is ws:
+                del self._conns[hub]
+                self._wake.pop(hub, None)
+                self.connected.discard(hub)
+            log.info("Comms Hub %s disconnected", hub)
+        return ws
+
+    def _hello(self, hub: str, msg: dict) -> None:
+        replaces = [h for h in (msg.get("replaces") or []) if isinstance(h, str)]
+        hook = getattr(self.dcc, "wan_hub_replaced", None)
+        for old in replaces:
+            if hook is not None:
+                try:
+                    hook(bytes.fromhex(eui_hex(old)), bytes.fromhex(hub))
+                except (HanotaError, ValueError) as e:
+                    log.error("Comms Hub %s replacing %s: %s", hub, old, e)
+            else:
+                log.warning("Comms Hub %s replaces %s (Trust Centre Swap-Out); this DCC does "
+                            "not move registrations by itself", hub, old)
+
+    async def _send(self, ws, hub: str, key: bytes, wake: asyncio.Event) -> None:
+        sent = 0  # on a new connection every unacknowledged message goes again
+        try:
+            while not ws.closed:
+                wake.clear()
+                for msg in self.dcc.wan_outbox(key, after=sent):
+                    await ws.send_str(encode(msg))
+                    sent = max(sent, int(msg["id"]))
+                try:
+                    await asyncio.wait_for(wake.wait(), self.poll)
+                except asyncio.TimeoutError:
+                    pass
+        except (ConnectionError, RuntimeError) as e:  # closing under us
+            log.info("Comms Hub %s: sending stopped: %s", hub, e)
+
+
+# ==================================================================== the Comms Hub's end
+
+_CH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ch_wan_in (
+    id INTEGER PRIMARY KEY,             -- the DCC's message id
+    body TEXT NOT NULL,
+    received REAL NOT NULL,
+    done REAL,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS ch_wan_requests (
+    hub_request INTEGER PRIMARY KEY REFERENCES requests (id),
+    dcc_request TEXT NOT NULL,
+    reported REAL
+);
+CREATE TABLE IF NOT EXISTS ch_wan_out (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    acked REAL
+);
+"""
+
+
+class ChStore:
+    """The Comms Hub's WAN records, in the hub's own database (so that what it acts on and
+    what it reports commit together): messages received (stored before acknowledged), the
+    DCC request behind each hub request, and the outbox of outcomes and alerts."""
+
+    def __init__(self, db):
+        self.db = db
+        with db.tx() as c:
+            for stmt in _CH_SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+
+    def store_in(self, msg: dict) -> bool:
+        """Keep a DCC message; False if its id was received before."""
+        with self.db.tx() as c:
+            return c.execute("INSERT OR IGNORE INTO ch_wan_in (id, body, received) "
+                             "VALUES (?, ?, ?)", (msg["id"], encode(msg), self.db.now())
+                             ).rowcount == 1
+
+    def pending_in(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.all(
+            "SELECT body FROM ch_wan_in WHERE done IS NULL ORDER BY id")]
+
+    def queue(self, msg: dict) -> int:
+        """Append a CH -> DCC message (inside the caller's transaction, if any)."""
+        with self.db.tx() as c:
+            cur = c.execute("INSERT INTO ch_wan_out (body, created) VALUES ('{}', ?)",
+                            (self.db.now(),))
+            mid = int(cur.lastrowid)
+            body = dict(msg, id=mid)
+            c.execute("UPDATE ch_wan_out SET body = ? WHERE id = ?", (encode(body), mid))
+        return mid
+
+    def outbox(self, after: int = 0) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.all(
+            "SELECT body FROM ch_wan_out WHERE acked IS NULL AND id > ? ORDER BY id", (after,))]
+
+    def acked(self, mid: int) -> None:
+        with self.db.tx() as c:
+            c.execute("UPDATE ch_wan_out SET acked = ? WHERE id = ? AND acked IS NULL",
+                      (self.db.now(), mid))
+
+    def last_in(self) -> int:
+        return int(self.db.one("SELECT coalesce(max(id), 0) FROM ch_wan_in")[0])
+
+
+class CommsHubWan:
+    """The Comms Hub's end over a running `hanota.hub.Hub` (on the hub's event loop):
+
+    - `run()` connects to `dcc_url` + `/wan/<hub EUI>`, stores each DCC message then
+      acknowledges it, sends its outbox, and reconnects with backoff when the link drops or
+      the hub's identity changes (a Trust Centre Swap-Out);
+    - `work()` applies stored DCC messages to the hub, in id order, each in one transaction
+      with its bookkeeping (`apply`), and turns the hub's outcomes and activation alerts into
+      outbox messages (`collect`). It runs whether or not the WAN is up.
+    """
+
+    def __init__(self, hub, dcc_url: str, *, premises: str | None = None,
+                 poll: float = 0.2, backoff: tuple[float, float] = (0.2, 5.0)):
+        self.hub = hub
+        self.url = dcc_url.rstrip("/")
+        self.premises = premises
+        self.poll = poll
+        self.backoff = backoff
+        self.store: ChStore | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    # -- lifetime
+
+    async def start(self) -> None:
+        """Start after the hub has started (its database is open)."""
+        self.store = ChStore(self.hub.db)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.run()), loop.create_task(self.work())]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the connection
+
+    def _identity(self) -> tuple[str, list[str]]:
+        rows = self.hub.db.all("SELECT eui, retired FROM hubs ORDER BY id")
+        cur = [eui_hex(r[0]) for r in rows if r[1] is None][0]
+        return cur, [eui_hex(r[0]) for r in rows if r[1] is not None]
+
+    async def run(self) -> None:
+        import aiohttp
+
+        delay = self.backoff[0]
+        async with aiohttp.ClientSession() as session:
+            while not self._stopping:
+                hub, previous = self._identity()
+                try:
+                    async with session.ws_connect("%s/wan/%s" % (self.url, hub),
+                                                  heartbeat=HEARTBEAT,
+                                                  max_msg_size=MAX_MESSAGE) as ws:
+                        delay = self.backoff[0]
+                        self.connections += 1
+                        self.connected.set()
+                        log.info("WAN up: %s/wan/%s", self.url, hub)
+                        await ws.send_str(encode({"hello": hub, "replaces": previous}))
+                        await self._session(ws, hub)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+                    log.info("WAN to %s: %s", self.url, e)
+                finally:
+                    self.connected.clear()
+                if not self._stopping:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff[1])
+
+    async def _session(self, ws, hub: str) -> None:
+        from aiohttp import WSMsgType
+
+        sender = asyncio.get_running_loop().create_task(self._send(ws, hub))
+        try:
+            async for m in ws:
+                if m.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    msg = decode(m.data)
+                except WanError as e:
+                    log.warning("DCC: %s", e)
+                    continue
+                if "ack" in msg:
+                    self.store.acked(msg["ack"])
+                elif "id" in msg:
+                    try:
+                        self.store.store_in(msg)
+                    except HanotaError as e:
+                        log.error("DCC message %s not stored: %s", msg["id"], e)
+                        await ws.close()  # unacknowledged: the DCC sends it again
+                        return
+                    await ws.send_str(encode({"ack": msg["id"]}))
+                    self.wake()
+                if sender.done():
+                    break
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def _send(self, ws, hub: str) -> None:
+        sent = 0
+        while not ws.closed:
+            if self._identity()[0] != hub:  # a Trust Centre Swap-Out: reconnect as the new hub
+                await ws.close()
+                return
+            for msg in self.store.outbox(after=sent):
+                await ws.send_str(encode(msg))
+                sent = max(sent, msg["id"])
+            await asyncio.sleep(self.poll)
+
+    # -- acting on the DCC's messages
+
+    async def work(self) -> None:
+        while not self._stopping:
+            try:
+                self.step()
+            except Exception:  # a bug must not stop the WAN; it is logged
+                log.exception("WAN work")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def step(self) -> None:
+        """Apply every stored DCC message not yet done, then collect outcomes and alerts."""
+        for msg in self.store.pending_in():
+            self.apply(msg)
+        self.collect()
+
+    def apply(self, msg: dict) -> None:
+        """Act on one DCC message, exactly once: the action, its record and any immediate
+        outcome commit together. A refusal (bad message, a rule of the hub) is an outcome."""
+        from ..hub.db import HubError
+
+        db = self.hub.db
+        try:
+            with db.tx() as c:
+                result = _Actions(self, msg).run()
+                c.execute("UPDATE ch_wan_in SET done = ?, result = ? WHERE id = ?",
+                          (db.now(), result, msg["id"]))
+        except (HanotaError, ValueError, KeyError, TypeError) as e:
+            if isinstance(e, HubError) and e.reason == "db":
+                raise  # the database itself: try again on the next pass
+            why = str(e) if isinstance(e, HanotaError) else "malformed %s message: %r" % (
+                msg.get("type"), e)
+            with db.tx() as c:
+                self._immediate(msg, _FAILED.get(msg.get("type"), "refused"), reason=why)
+                c.execute("UPDATE ch_wan_in SET done = ?, result = ? WHERE id = ?",
+                          (db.now(), "refused", msg["id"]))
+        self.hub.wake()
+
+    def _immediate(self, msg: dict, outcome: str, **detail: Any) -> None:
+        self.store.queue({"type": "outcome", "request": msg.get("request"),
+                          "device": msg.get("device"), "outcome": outcome,
+                          "detail": detail})
+
+    def collect(self) -> None:
+        """Outcomes of the hub's requests that came from the DCC, and activation alerts, into
+        the outbox (each reported once: marked in the same transaction)."""
+        db = self.hub.db
+        from ..hub.db import version_text
+
+        rows = db.all("SELECT w.dcc_request, r.* FROM ch_wan_requests w JOIN requests r "
+                      "ON r.id = w.hub_request WHERE w.reported IS NULL "
+                      "AND r.outcome IS NOT NULL ORDER BY r.finished, r.id")
+        last = int(db.get_meta("wan.events", "0") or 0)
+        events = db.all("SELECT e.*, w.dcc_request FROM events e LEFT JOIN ch_wan_requests w "
+                        "ON w.hub_request = e.request_id WHERE e.id > ? "
+                        "AND e.kind IN ('alert', 'swap_out') ORDER BY e.id", (last,))
+        top = db.one("SELECT coalesce(max(id), 0) FROM events")[0]
+        if not rows and top == last:
+            return
+        with db.tx() as c:
+            for r in rows:
+                detail = {"reason": r["reason"], "sr": r["sr"], "hub_request": r["id"]}
+                if r["result"] is not None:
+                    detail["version"] = "%08X" % r["result"]
+                    detail["version_text"] = version_text(r["result"])
+                self.store.queue({"type": "outcome", "request": r["dcc_request"],
+                                  "device": eui_hex(r["eui"]), "outcome": r["outcome"],
+                                  "detail": detail})
+                c.execute("UPDATE ch_wan_requests SET reported = ? WHERE hub_request = ?",
+                          (db.now(), r["id"]))
+            for e in events:
+                d = json.loads(e["detail"])
+                if e["kind"] == "alert":
+                    self.store.queue({"type": "alert", "alert": "activation",
+                                      "device": eui_hex(e["eui"]) if e["eui"] else None,
+                                      "request": e["dcc_request"], "detail": d})
+                else:
+                    self.store.queue({"type": "alert", "alert": "trust_centre_swap_out",
+                                      "device": None, "request": None,
+                                      "detail": {"old": eui_hex(d["old"]),
+                                                 "new": eui_hex(d["new"])}})
+            db.set_meta("wan.events", str(top))
+
+
+_FAILED = {"prenotify": "refused", "join": "join_failed", "unjoin": "unjoin_failed",
+           "cancel_activation": "not_cancelled"}
+
+
+class _Actions:
+    """One DCC message applied to the hub's registry and requests (inside a transaction)."""
+
+    def __init__(self, wan: CommsHubWan, msg: dict):
+        self.wan = wan
+        self.msg = msg
+        self.db = wan.hub.db
+
+    def run(self) -> str:
+        kind = self.msg.get("type")
+        if kind not in DCC_TYPES:
+            raise WanError("unknown message type %r (the CH takes %s)"
+                           % (kind, ", ".join(DCC_TYPES)), reason="bad-wan-message")
+        return getattr(self, "do_" + kind)()
+
+    # -- helpers
+
+    def _eui(self) -> str:
+        from ..hub.db import eui_text
+
+        return eui_text(eui_hex(self.msg["device"]))
+
+    def _supplier(self) -> str:
+        """The requesting User's entity ID (the RequestID's originator)."""
+        text = str(self.msg.get("request") or "")
+        return eui_hex(text.split(":")[0]) if text.count(":") == 2 else "DCC"
+
+    def _premises(self) -> str:
+        return str(self.msg.get("premises") or self.wan.premises
+                   or "CH-" + eui_hex(self.db.current_hub()["eui"]))
+
+    def _mirror_supplier(self, eui: str) -> str:
+        """The DCC checked the Responsible Supplier by entity ID; the CH's registry mirrors
+        the DCC's word so its own rules (which the CLI's requests use) agree."""
+        from ..hub import registry as reg
+
+        who = self._supplier()
+        dev = reg.device(self.db, eui)
+        if dev is not None:
+            have = reg.responsible_suppliers(self.db, eui)
+            if who not in have:
+                reg.set_suppliers(self.db, dev["mpxn"], [who] + [s for s in have
+                                                                 if s != who][:1])
+        return who
+
+    def _track(self, sub) -> str:
+        with self.db.tx() as c:
+            c.execute("INSERT INTO ch_wan_requests (hub_request, dcc_request) VALUES (?, ?)",
+                      (sub.id, str(self.msg.get("request"))))
+        return "request #%d" % sub.id
+
+    def _at(self, value: Any) -> float | None:
+        from ..hub import requests as rq
+
+        return rq.parse_when(value) if value else None
+
+    # -- the message types
+
+    def do_prenotify(self) -> str:
+        """The device goes into the CH's device log with its install code (SR 12.2)."""
+        from ..hub import registry as reg
+
+        eui = self._eui()
+        if reg.device(self.db, eui) is not None:
+            self.wan._immediate(self.msg, "prenotified", already=True)
+            return "prenotified"
+        self._add_device(eui)
+        self.wan._immediate(self.msg, "prenotified")
+        return "prenotified"
+
+    def do_update_firmware(self) -> str:
+        from ..hub import registry as reg
+        from ..hub import requests as rq
+        from ..hub.db import HubUsageError
+
+        eui = self._eui()
+        dev = reg.device(self.db, eui)
+        kind = self.msg.get("kind")
+        if dev is not None and kind in ("11.1", "11.4"):
+            want = "11.1" if dev["role"] == "hcalcs" else "11.4"
+            if kind != want:
+                raise HubUsageError("SR %s does not apply to %s %s (SR %s does)"
+                                    % (kind, dev["role"], eui, want))
+        who = self._mirror_supplier(eui) if dev is not None else self._supplier()
+        data = base64.b64decode(self.msg["image_b64"], validate=True)
+        store = self.db.images_dir()
+        store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=store, prefix=".wan-", suffix=".ota")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            sub = rq.update_firmware(self.db, eui, tmp, who, self._at(self.msg.get("at")))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return self._track(sub)
+
+    def do_activate(self) -> str:
+        from ..hub import registry as reg
+        from ..hub import requests as rq
+
+        eui = self._eui()
+        who = self._mirror_supplier(eui) if reg.device(self.db, eui) else self._supplier()
+        sub = rq.activate(self.db, eui, str(self.msg["hash"]), who,
+                          self._at(self.msg.get("at")))
+        return self._track(sub)
+
+    def do_read_version(self) -> str:
+        from ..hub import registry as reg
+        from ..hub import requests as rq
+
+        eui = self._eui()
+        who = self._mirror_supplier(eui) if reg.device(self.db, eui) else self._supplier()
+        return self._track(rq.read_version(self.db, eui, who))
+
+    def do_cancel_activation(self) -> str:
+        eui = self._eui()
+        want = str(self.msg.get("hash") or "").lower()
+        rows = [r for r in self.db.all(
+            "SELECT * FROM requests WHERE eui = ? AND kind = 'activate' AND outcome IS NULL",
+            (eui,)) if not want or r["image_hash"] == want]
+        if not rows:
+            self.wan._immediate(self.msg, "not_cancelled",
+                                reason="device %s has no pending activation%s" % (
+                                    eui, " with that hash" if want else ""))
+            return "not_cancelled"
+        r = rows[0]
+        if r["state"] != "queued":
+            self.wan._immediate(self.msg, "not_cancelled",
+                                reason="the activation (hub request #%d) was already sent to "
+                                "the device (state %s)" % (r["id"], r["state"]))
+            return "not_cancelled"
+        self.db.finish(r["id"], "superseded", "cancelled by %s" % self.msg.get("request"))
+        self.wan._immediate(self.msg, "cancelled", hub_request=r["id"])
+        return "cancelled"
+
+    def do_join(self) -> str:
+        from ..hub import registry as reg
+        from ..hub.db import check_install_code
+
+        eui = self._eui()
+        dev = reg.device(self.db, eui)
+        if dev is None:
+            self._add_device(eui)
+            dev = reg.device(self.db, eui)
+        elif self.msg.get("install_code") and \
+                check_install_code(self.msg["install_code"]) != dev["install_code"]:
+            with self.db.tx() as c:
+                c.execute("UPDATE devices SET install_code = ? WHERE eui = ?",
+                          (check_install_code(self.msg["install_code"]), eui))
+        if dev["role"] == "althan":
+            self.wan._immediate(self.msg, "join_failed", reason="device %s is an Alt HAN "
+                                "device: it joins through the Alt HAN equipment, not the "
+                                "Join Service" % eui)
+            return "join_failed"
+        hub = self.db.current_hub()["eui"]
+        self.wan._immediate(self.msg, "joined", han_joined=dev["joined_hub"] == hub)
+        return "joined"
+
+    def do_unjoin(self) -> str:
+        from ..hub import registry as reg
+
+        eui = self._eui()
+        if reg.device(self.db, eui) is None:
+            self.wan._immediate(self.msg, "unjoin_failed",
+                                reason="device %s is not in the Comms Hub's device log" % eui)
+            return "unjoin_failed"
+        reg.remove_device(self.db, eui)  # HubUsageError while it has pending requests
+        self.wan._immediate(self.msg, "unjoined")
+        return "unjoined"
+
+    def do_set_suppliers(self) -> str:
+        from ..hub import registry as reg
+
+        names = [eui_hex(s) for s in self.msg.get("suppliers") or []]
+        mpxn = self._premises()
+        if self.msg.get("device"):
+            dev = reg.device(self.db, self._eui())
+            if dev is not None:
+                mpxn = dev["mpxn"]
+        reg.set_suppliers(self.db, mpxn, names)
+        self.wan._immediate(self.msg, "applied", premises=mpxn, suppliers=names)
+        return "applied"
+
+    def _add_device(self, eui: str) -> None:
+        from .. import images
+        from ..hub import registry as reg
+
+        m = self.msg
+        role = str(m.get("role") or "")
+        reg.add_device(self.db, eui, role, str(m.get("install_code") or ""), self._premises(),
+                       hw_version=_int(m.get("hw_version")),
+                       manufacturer=_int(m.get("manufacturer"), images.DEFAULT_MANUFACTURER),
+                       image_type=_int(m.get("image_type")),
+                       ota_supported=bool(m.get("ota_supported", True)))
+        if m.get("suppliers"):
+            reg.set_suppliers(self.db, reg.device(self.db, eui)["mpxn"],
+                              [eui_hex(s) for s in m["suppliers"]])
+
+
+def _int(v: Any, default: int | None = None) -> int | None:
+    """A number from a WAN message: JSON integers as they are, text as hex (as the DCC's
+    registration data keeps manufacturer codes and versions)."""
+    if v is None or v == "":
+        return default
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    try:
+        return int(str(v).strip().lower().removeprefix("0x"), 16)
+    except ValueError:
+        raise WanError("%r is not a number (JSON integer or hex text)" % (v,),
+                       reason="bad-wan-message") from None
