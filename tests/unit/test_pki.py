@@ -287,3 +287,15 @@ def test_cli_imports_dcc_boxed_keystore(tmp_path):
     code, out = _run("pki", "import", str(ks), "--store", str(tmp_path))
     assert code == 0 and "Z1-supplier-ds" in out and "imported" in out
     assert len(pki.KeyStore(tmp_path)) >= 30
+
+
+def test_a_damaged_index_is_named(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(pki.PkiError, match="not a hanota key store index"):
+        pki.KeyStore(tmp_path)
+    (tmp_path / "index.json").write_text('{"certs": [{"name": "x"}]}')
+    with pytest.raises(pki.PkiError, match="lacks its file or name"):
+        pki.KeyStore(tmp_path)
+    (tmp_path / "index.json").write_text('{"certs": [{"name": "x", "file": "x.cert.pem"}]}')
+    with pytest.raises(pki.PkiError, match="listed but unreadable"):
+        pki.KeyStore(tmp_path)

@@ -438,13 +438,16 @@ class KeyStore:
         except (ValueError, KeyError, TypeError) as e:
             raise PkiError("%s is not a hanota key store index: %s" % (index, e)) from None
         for e in entries:
-            cert_file = self.path / e["file"]
+            try:
+                cert_file, name = self.path / e["file"], e["name"]
+            except (KeyError, TypeError):
+                raise PkiError("%s: an entry lacks its file or name: %r" % (index, e)) from None
             try:
                 data = cert_file.read_bytes()
             except OSError as err:
                 raise PkiError("key store %s: %s is listed but unreadable: %s"
                                % (self.path, e["file"], err)) from None
-            org = describe(load_cert(data), name=e["name"])
+            org = describe(load_cert(data), name=name)
             k = (normalise_name(org.issuer_name), org.serial)
             self._certs.append(org)
             self._files[k] = e["file"]
