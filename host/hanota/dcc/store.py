@@ -267,18 +267,19 @@ def _manufacturer(value: str | int) -> str:
 
 
 def _model(value: str | int) -> str:
-    """A device model (DUIS DeviceModel) as upper-case hex; an int is its 16-bit OTA image
-    type, which is how hanota's devices name their model."""
+    """A device model as DUIS writes it (DeviceModel: 8 hex digits). hanota's devices are
+    the model their OTA image type names (0x0084 -> "00000084"), so an int or shorter hex is
+    that value zero-padded."""
     if isinstance(value, int):
         if not 0 <= value <= 0xFFFFFFFF:
             raise DccUsageError("model %r out of range" % value, reason="bad-model")
-        return "%04X" % value if value <= 0xFFFF else "%08X" % value
+        return "%08X" % value
     t = value.strip()
     if t.lower().startswith("0x"):
         t = t[2:]
-    if not re.fullmatch(r"[0-9A-Fa-f]{1,16}", t):
-        raise DccUsageError("model %r: give 1-16 hex digits" % value, reason="bad-model")
-    return t.upper()
+    if not re.fullmatch(r"[0-9A-Fa-f]{1,8}", t):
+        raise DccUsageError("model %r: give up to 8 hex digits" % value, reason="bad-model")
+    return t.upper().rjust(8, "0")
 
 
 class DccStore:

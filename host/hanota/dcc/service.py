@@ -1,0 +1,624 @@
+"""What the DCC does with a DUIS request: check it, then answer it itself or send it over the
+WAN to the Comms Hub of the device's premises; and what it makes of the Comms Hub's outcomes.
+
+`Dcc.submit(xml)` applies the checks in this order, and the first that fails is the answer
+(a signed DUIS acknowledgement carrying the error's response code and reason):
+
+1. the XML signature (`xmlsig.verify` against the DCC's key store): the templates'
+   placeholder signature, a signer the key store does not know, and a document changed after
+   signing are refused;
+2. the document and its header (`duis.parse_request`): RequestID format, CommandVariant and
+   ServiceReferenceVariant valid for the SR, the DCC as the target of DCC-only services;
+3. the RequestID's originator is the signer's entity ID (a User can only speak for itself);
+4. the counter is strictly greater than the last one this User used. **Counter rule:** the
+   counter is recorded once steps 1-3 pass, whatever the SR rules below decide, so a request
+   refused by an SR rule cannot be replayed either; a document refused at steps 1-3 records
+   nothing (its signer is unproven or it names someone else, so it must not burn the real
+   User's counters);
+5. the SR rules: the target device is registered; the signer is a Responsible Supplier of its
+   premises, by entity ID (read-only SR 8.2 excepted); SR 11.1 / 11.4: the device's type takes
+   that SR (11.4 only PPMIDs; 11.1 HCALCS and Alt HAN devices), the image is a well-formed OTA
+   file whose payload matches its descriptor, its Manufacturer Image Hash is on the CPL for the
+   device's manufacturer and model, its header fits the device (manufacturer, image type,
+   destination, hardware version range) and, when the CPL entry carries the manufacturer's
+   key, its signature verifies; SR 11.3 only for devices activated by command (HCALCS);
+   SR 8.7.x: an Alt HAN device cannot be joined by the Join Service (MP170's error code).
+
+A refusal is recorded (request row with its outcome) from step 5 on; it changes nothing else:
+a refused 11.1/11.4 never supersedes or touches a pending request, and nothing reaches the WAN.
+
+Accepted device requests become WAN messages to the premises' Comms Hub (the protocol in
+`dcc-interfaces`: one JSON object per message, ids per hub); the synchronous answer is the
+acknowledgement I99. DCC-only services (8.2, 8.4, 12.2) are answered at once with I0 and
+their body. `wan_received` turns the Comms Hub's outcome for a request into exactly one final
+signed DUIS response for the requesting User (and an alert to the premises' other Responsible
+Supplier for firmware outcomes); every document the DCC emits is signed with its own key.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from hanfw import otafile
+from hanfw.otafile import OtaError
+
+from . import duis, xmlsig
+from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "I99"  # acknowledgement: the request was accepted and will be processed
+SUCCESS = "I0"  # success (a DCC-only service's answer; a device's response)
+
+# The DUIS response code for each reason the DCC refuses a request (meanings in
+# duis.RESPONSE_CODES: DUIS's own codes where a source gives one, hanota's "EH" codes otherwise).
+REFUSAL_CODES = {
+    "bad-signature": duis.E_SIGNATURE,  # missing, placeholder, not verifying, unknown signer
+    "malformed": duis.E_MALFORMED,  # the document or its header is not a valid DUIS request
+    "not-originator": duis.E_ORIGINATOR,  # the RequestID's originator is not the signer
+    "replay": duis.E_REPLAY,  # the counter is not above the User's last
+    "unknown-device": "E19",  # Device does not exist (not in the registration data)
+    "device-status": "E5",  # Device status incompatible (withdrawn)
+    "not-authorised": "E4",  # User Role not authorised for the Device (not its Supplier)
+    "wrong-device-type": "E11",  # Service Reference not compatible with the Device's type
+    "not-on-cpl": duis.E_IMAGE,  # the image's hash is not on the CPL for the device's model
+    "bad-image": duis.E_IMAGE,  # malformed, tampered, badly signed, or not fitting the device
+    "alt-han-join": duis.E_ALTHAN_JOIN,  # MP170: an Alt HAN device is not joined by SR 8.7.x
+    "bad-request": duis.E_MALFORMED,  # the body names something the DCC cannot act on
+}
+
+# hanota.hub.db.OUTCOMES -> (DUIS response code, GBCS use case, its response code), for the
+# final response to the requesting User. A device's answer is I0 (the DCC received it) with the
+# GBCS outcome code in the body: CCS08 for distribution (0 success, 1 image discarded,
+# 2 hardware version mismatch, 3 file transfer failure), CS06 for activation (0 success, 1 no
+# image held, 2 hash mismatch, 3 activation failure), CS08 for a version read (0, 1 failure),
+# CS03/CS04 for join/unjoin. Outcomes the CH decides without the device carry an E code.
+OUTCOME_RESPONSES: dict[str, tuple[str, str | None, int | None]] = {
+    "distributed": (SUCCESS, "CCS08", 0),
+    "activated": (SUCCESS, "CS06", 0),
+    "rolled_back": (SUCCESS, "CS06", 3),
+    "rejected_by_device": (SUCCESS, "CCS08", 1),
+    "image_mismatch": (SUCCESS, "CCS08", 1),
+    "hw_version_mismatch": (SUCCESS, "CCS08", 2),
+    "transfer_failed": (SUCCESS, "CCS08", 3),
+    "hash_mismatch": (SUCCESS, "CS06", 2),
+    "no_image_held": (SUCCESS, "CS06", 1),
+    "activation_failed": (SUCCESS, "CS06", 3),
+    "version_read": (SUCCESS, "CS08", 0),
+    "read_failed": (SUCCESS, "CS08", 1),
+    "joined": (SUCCESS, "CS03", 0),
+    "join_failed": (SUCCESS, "CS03", 2),
+    "unjoined": (SUCCESS, "CS04", 0),
+    "unjoin_failed": (SUCCESS, "CS04", 2),
+    "prenotified": (SUCCESS, None, None),
+    "cancelled": (SUCCESS, "CS06", None),
+    "device_unreachable": ("E21", None, None),
+    "superseded": ("EH12", None, None),  # not in duis.RESPONSE_CODES yet: asked its owner
+    "not_authorized": (REFUSAL_CODES["not-authorised"], None, None),
+    "ota_unsupported": (REFUSAL_CODES["wrong-device-type"], None, None),
+    "ota_unavailable_after_tcso": (duis.E_OTA_UNAVAILABLE, None, None),
+}
+OUTCOME_TEXT = {
+    "joined": "the device joined the Comms Hub",
+    "join_failed": "the Comms Hub could not join the device",
+    "unjoined": "the device was removed from the Comms Hub's device log",
+    "unjoin_failed": "the Comms Hub could not remove the device",
+    "prenotified": "the Comms Hub holds the device's install code",
+    "cancelled": "the future-dated activation was cancelled",
+}
+FIRMWARE_SRS = ("11.1", "11.3", "11.4")
+DEVICE_SRS = ("11.1", "11.2", "11.3", "11.4", "8.7.1", "8.7.2", "8.8.1", "8.8.2")
+DCC_ONLY_SRS = ("8.2", "8.4", "12.2")
+CANCEL_YEAR = 3000  # an ExecutionDateTime at or after this year cancels (DUIS: 3000-12-31)
+
+
+class Refusal(Exception):
+    """A request the DCC refuses: `code` is the DUIS response code, `reason` says why."""
+
+    def __init__(self, name: str, reason: str, code: str | None = None):
+        super().__init__(reason)
+        self.name = name
+        self.reason = reason
+        self.code = code or REFUSAL_CODES[name]
+
+
+@dataclass
+class ImageCheck:
+    """What the DCC learnt of an image it accepted (for the WAN message and the record)."""
+
+    manufacturer: int
+    image_type: int
+    file_version: int
+    image_hash: bytes
+    min_hw: int | None
+    max_hw: int | None
+
+
+def outcome_text(outcome: str) -> str:
+    from ..hub.db import OUTCOMES
+
+    return OUTCOMES.get(outcome) or OUTCOME_TEXT.get(outcome) or outcome
+
+
+class Dcc:
+    """The DCC's service logic over its store, its key store of Users' certificates, and its
+    own signing key and certificate (every document it emits carries its signature)."""
+
+    def __init__(self, store: DccStore, keystore: Any, signer: tuple[Any, Any]):
+        self.store = store
+        self.keystore = keystore
+        self.key, self.cert = signer
+
+    # ------------------------------------------------------------ submission
+
+    def submit(self, xml: bytes) -> bytes:
+        """Check a signed DUIS request and act on it; the signed synchronous answer (the
+        acknowledgement I99, a DCC-only service's I0 response, or the refusal)."""
+        request_id: Any = None
+        srv: str | None = None
+        try:
+            try:
+                signer = xmlsig.verify(xml, self.keystore)
+            except xmlsig.SignatureError as e:
+                request_id, srv = _echo(xml)
+                raise Refusal("bad-signature", "the request's signature is refused: %s" % e) \
+                    from None
+            try:
+                req = duis.parse_request(xml)
+            except duis.DuisError as e:
+                request_id, srv = e.request_id, e.srv
+                raise Refusal("malformed", e.reason, e.code) from None
+            request_id, srv = req.request_id, req.service_reference_variant
+            user = eui_hex(req.request_id.originator)
+            if bytes(signer.entity_id) != bytes(req.request_id.originator):
+                raise Refusal("not-originator", "the RequestID's originator %s is not the "
+                              "signer's entity ID %s" % (user, eui_hex(signer.entity_id)))
+            counter = int(req.request_id.counter)
+            if not self.store.take_counter(user, counter):
+                raise Refusal("replay", "RequestID counter %d is not above %d, the last this "
+                              "User used (a replayed or reordered request)"
+                              % (counter, self.store.last_counter(user) or 0))
+        except Refusal as r:
+            log.info("refused %s: %s", request_id, r.reason)
+            return self._sign(duis.acknowledgement(request_id, r.code, r.reason,
+                                                   srv=srv))
+        try:
+            return self._dispatch(req, user, counter)
+        except Refusal as r:
+            log.info("refused %s: %s", req.request_id, r.reason)
+            self.store.add_request(str(req.request_id), user, counter,
+                                   req.service_reference_variant, device=_device_of(req),
+                                   outcome="refused", code=r.code, reason=r.reason,
+                                   detail={"refusal": r.name})
+            return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
+                                                   srv=req.service_reference_variant))
+
+    def _dispatch(self, req: Any, user: str, counter: int) -> bytes:
+        srv = req.service_reference_variant
+        if srv in ("11.1", "11.4"):
+            return self._update_firmware(req, user, counter)
+        if srv == "11.3":
+            return self._activate(req, user, counter)
+        if srv == "11.2":
+            dev = self._device_for(req, user, _target(req))
+            return self._to_hub(req, user, counter, dev, {"type": "read_version"})
+        if srv in ("8.7.1", "8.7.2", "8.8.1", "8.8.2"):
+            return self._join(req, user, counter, srv.startswith("8.7"))
+        if srv == "8.2":
+            return self._read_inventory(req, user, counter)
+        if srv == "8.4":
+            return self._update_inventory(req, user, counter)
+        if srv == "12.2":
+            return self._prenotify(req, user, counter)
+        raise Refusal("malformed", "SR %s is not a service this DCC offers (%s)"
+                      % (srv, ", ".join(DEVICE_SRS + DCC_ONLY_SRS)))
+
+    # -- shared rules
+
+    def _device_for(self, req: Any, user: str, eui: bytes | str | None, *,
+                    responsible: bool = True, read_only: bool = False) -> dict[str, Any]:
+        if eui is None:
+            raise Refusal("malformed", "SR %s names no device" % req.service_reference_variant)
+        dev = self.store.device(eui)
+        if dev is None:
+            raise Refusal("unknown-device", "device %s is not in the DCC's registration data"
+                          % eui_hex(eui))
+        if responsible and user not in dev["suppliers"]:
+            raise Refusal("not-authorised", "%s is not a Responsible Supplier of device %s "
+                          "(premises %s: %s)" % (user, dev["eui"], dev["premises"],
+                                                 " and ".join(dev["suppliers"])))
+        if dev["status"] == "withdrawn" and not read_only:
+            raise Refusal("device-status", "device %s is withdrawn from the inventory"
+                          % dev["eui"])
+        return dev
+
+    def _to_hub(self, req: Any, user: str, counter: int, dev: dict[str, Any], msg: dict,
+                *, detail: dict | None = None) -> bytes:
+        """Record an accepted device request, queue its WAN message, acknowledge it."""
+        srv = req.service_reference_variant
+        body = {"request": str(req.request_id), "device": dev["eui"]}
+        body.update(msg)
+        with self.store.tx():
+            rid = self.store.add_request(str(req.request_id), user, counter, srv,
+                                         device=dev["eui"], hub_eui=dev["hub_eui"],
+                                         detail=dict(detail or {}, wan_type=msg["type"]))
+            self.store.wan_queue(dev["hub_eui"], body, request=rid)
+            self.store.set_request_state(rid, "sent")
+        return self._sign(duis.acknowledgement(req.request_id, ACCEPTED, None, srv=srv))
+
+    # -- firmware
+
+    def _update_firmware(self, req: Any, user: str, counter: int) -> bytes:
+        srv = req.service_reference_variant
+        f = req.fields
+        ids = list(f.get("device_ids") or [])
+        if len(ids) != 1:
+            raise Refusal("bad-request", "SR %s names %d devices; this DCC takes one device per "
+                          "request" % (srv, len(ids)))
+        dev = self._device_for(req, user, ids[0])
+        takes = DEVICE_TYPES[dev["device_type"]][2]
+        if takes != srv:
+            raise Refusal("wrong-device-type", "SR %s does not apply to device %s, a %s (%s)"
+                          % (srv, dev["eui"], dev["device_type"],
+                             "its firmware is updated by SR %s" % takes if takes
+                             else "hanota does not update its firmware"))
+        image = f.get("firmware_image")
+        if not image:
+            raise Refusal("bad-image", "the request carries no FirmwareImage")
+        chk = check_image(self.store, bytes(image), dev)
+        want = f.get("firmware_version")
+        if want and int(str(want), 16) not in (0, chk.file_version):
+            raise Refusal("bad-image", "FirmwareVersion %s is not the image's file version "
+                          "%08X" % (want, chk.file_version))
+        msg = {"type": "update_firmware", "kind": srv, "role": dev["role"],
+               "image_b64": base64.b64encode(bytes(image)).decode("ascii"),
+               "hash": chk.image_hash.hex(), "version": "%08X" % chk.file_version}
+        return self._to_hub(req, user, counter, dev, msg,
+                            detail={"image_hash": chk.image_hash.hex(),
+                                    "version": "%08X" % chk.file_version})
+
+    def _activate(self, req: Any, user: str, counter: int) -> bytes:
+        f = req.fields
+        dev = self._device_for(req, user, _target(req))
+        if dev["role"] != "hcalcs":
+            raise Refusal("wrong-device-type", "SR 11.3 activates firmware held by an HCALCS; "
+                          "device %s is a %s" % (dev["eui"], dev["device_type"]))
+        h = f.get("firmware_hash")
+        if not h or len(bytes(h)) != 32:
+            raise Refusal("malformed", "SR 11.3 needs a FirmwareHash of 32 bytes")
+        at = f.get("execution_datetime")
+        cancel = bool(f.get("cancel")) or (at is not None and at.year >= CANCEL_YEAR)
+        msg = {"type": "cancel_activation" if cancel else "activate",
+               "hash": bytes(h).hex(), "at": None if cancel else _iso(at)}
+        return self._to_hub(req, user, counter, dev, msg, detail={"cancel": cancel})
+
+    # -- join / unjoin
+
+    def _join(self, req: Any, user: str, counter: int, join: bool) -> bytes:
+        srv = req.service_reference_variant
+        target = self._device_for(req, user, _target(req))
+        other_id = req.fields.get("other_device_id")
+        other = self.store.device(other_id) if other_id is not None else None
+        if other_id is not None and other is None:
+            raise Refusal("unknown-device", "OtherDeviceID %s is not in the DCC's registration "
+                          "data" % eui_hex(other_id))
+        for d in (target, other):
+            if join and d is not None and d["device_type"] == "ALTHAN":
+                raise Refusal("alt-han-join", "device %s is an Alt HAN device: it joins through "
+                              "the Alt HAN equipment, not the Join Service (SR %s, MP170)"
+                              % (d["eui"], srv))
+        if other is not None and other["premises"] != target["premises"]:
+            raise Refusal("bad-request", "devices %s and %s are at different premises"
+                          % (target["eui"], other["eui"]))
+        # The HAN device the Comms Hub (hanota's) joins is the one with a hanota role.
+        han = next((d for d in (other, target) if d is not None and d["role"]), None)
+        if han is None:
+            raise Refusal("wrong-device-type", "neither device is a HAN device hanota's Comms "
+                          "Hub joins (PPMID, HCALCS)")
+        msg: dict[str, Any] = {"type": "join" if join else "unjoin", "role": han["role"]}
+        if join:
+            if not han["install_code"]:
+                raise Refusal("bad-request", "device %s has no install code (pre-notify it "
+                              "with SR 12.2)" % han["eui"])
+            msg["install_code"] = han["install_code"]
+        return self._to_hub(req, user, counter, han, msg)
+
+    # -- DCC-only services
+
+    def _read_inventory(self, req: Any, user: str, counter: int) -> bytes:
+        eui = req.fields.get("device_id") or _target(req)
+        dev = self._device_for(req, user, eui, responsible=False, read_only=True)
+        body = inventory_entry(dev)
+        return self._answer(req, user, counter, dev["eui"], body)
+
+    def _update_inventory(self, req: Any, user: str, counter: int) -> bytes:
+        f = req.fields
+        dev = self._device_for(req, user, f.get("device_id") or _target(req))
+        changes: dict[str, Any] = {}
+        if f.get("delete"):
+            changes["status"] = "withdrawn"
+        for k in ("device_type", "manufacturer", "model", "firmware_version"):
+            if f.get(k) is not None:
+                changes[k] = f[k]
+        if not changes:
+            raise Refusal("bad-request", "SR 8.4 names no change to device %s" % dev["eui"])
+        try:
+            new = self.store.update_device(dev["eui"], **changes)
+        except DccUsageError as e:
+            raise Refusal("bad-request", str(e)) from None
+        return self._answer(req, user, counter, dev["eui"], inventory_entry(new))
+
+    def _prenotify(self, req: Any, user: str, counter: int) -> bytes:
+        f = req.fields
+        eui = f.get("device_id")
+        if eui is None:
+            raise Refusal("malformed", "SR 12.2 names no DeviceID")
+        mpxn = f.get("mpxn")
+        if mpxn is None:
+            mine = [p for p in self.store.list_premises() if user in p["suppliers"]]
+            if len(mine) != 1:
+                raise Refusal("bad-request", "SR 12.2 names no premises, and %s is Responsible "
+                              "Supplier of %d premises, not one" % (user, len(mine)))
+            mpxn = mine[0]["mpxn"]
+        prem = self.store.premises(mpxn)
+        if prem is None:
+            raise Refusal("bad-request", "premises %s are not registered" % mpxn)
+        if user not in prem["suppliers"]:
+            raise Refusal("not-authorised", "%s is not a Responsible Supplier of premises %s "
+                          "(%s)" % (user, mpxn, " and ".join(prem["suppliers"])))
+        if self.store.device(eui) is not None:
+            raise Refusal("bad-request", "device %s is already registered" % eui_hex(eui))
+        try:
+            dev = self.store.add_device(
+                eui, f.get("device_type") or "", mpxn, model=f.get("model"),
+                manufacturer=f.get("manufacturer"), firmware_version=f.get("firmware_version"),
+                install_code=_hex_or_none(f.get("install_code")), hw_version=f.get("hw_version"),
+                status="prenotified")
+        except DccUsageError as e:
+            raise Refusal("bad-request", str(e)) from None
+        srv = req.service_reference_variant
+        with self.store.tx():
+            rid = self.store.add_request(str(req.request_id), user, counter, srv,
+                                         device=dev["eui"], hub_eui=dev["hub_eui"],
+                                         outcome="prenotified", code=SUCCESS)
+            if dev["role"] and dev["install_code"]:
+                self.store.wan_queue(dev["hub_eui"], {
+                    "type": "prenotify", "request": str(req.request_id), "device": dev["eui"],
+                    "install_code": dev["install_code"], "role": dev["role"]}, request=rid)
+        return self._sign(duis.response(req.request_id, SUCCESS, srv,
+                                        body=inventory_entry(dev)))
+
+    def _answer(self, req: Any, user: str, counter: int, device: str, body: dict) -> bytes:
+        srv = req.service_reference_variant
+        self.store.add_request(str(req.request_id), user, counter, srv, device=device,
+                               outcome="answered", code=SUCCESS)
+        return self._sign(duis.response(req.request_id, SUCCESS, srv, body=body))
+
+    # ------------------------------------------------------------ responses
+
+    def responses(self, user_eui: bytes | str, *, after: int = 0) -> list[tuple[int, bytes]]:
+        """The signed DUIS responses and alerts queued for a User, after sequence `after`."""
+        return self.store.responses(user_eui, after=after)
+
+    # ------------------------------------------------------------ WAN
+
+    def wan_outbox(self, hub_eui: bytes | str, *, after: int = 0) -> list[dict]:
+        return self.store.wan_outbox(hub_eui, after=after)
+
+    def wan_acked(self, hub_eui: bytes | str, msg_id: int) -> None:
+        self.store.wan_acked(hub_eui, msg_id)
+
+    def wan_received(self, hub_eui: bytes | str, msg: dict) -> None:
+        """A message from a Comms Hub: an outcome for one of the DCC's requests (-> the one
+        final DUIS response to its User), or an alert (-> the premises' Responsible
+        Suppliers). A redelivered message id is ignored (the caller acknowledges it again)."""
+        mid = msg.get("id")
+        if not isinstance(mid, int):
+            raise DccUsageError("a Comms Hub message needs an integer id: %r" % (msg,),
+                                reason="bad-wan-message")
+        if not self.store.wan_seen(hub_eui, mid, msg):
+            return
+        kind = msg.get("type")
+        if kind == "outcome":
+            self._outcome(eui_hex(hub_eui), msg)
+        elif kind == "alert":
+            self._alert(eui_hex(hub_eui), msg)
+        else:
+            log.warning("Comms Hub %s sent message %d of unknown type %r", eui_hex(hub_eui),
+                        mid, kind)
+
+    def _outcome(self, hub: str, msg: dict) -> None:
+        req = self.store.request_by_text(str(msg.get("request")))
+        if req is None:
+            log.warning("Comms Hub %s reported an outcome for unknown request %r", hub,
+                        msg.get("request"))
+            return
+        if req["hub_eui"] != hub:
+            log.warning("Comms Hub %s reported on request %s, which went to %s", hub,
+                        req["request_id"], req["hub_eui"])
+            return
+        if req["outcome"] is not None:
+            return
+        outcome = str(msg.get("outcome"))
+        code, case, gbcs_code = OUTCOME_RESPONSES.get(outcome, (SUCCESS, None, None))
+        result: dict[str, Any] = {"DeviceID": duis.eui_text(bytes.fromhex(req["device"]))
+                                  if req["device"] else None,
+                                  "Outcome": outcome, "OutcomeText": outcome_text(outcome)}
+        if case is not None:
+            result["GBCSUseCase"] = case
+        if gbcs_code is not None:
+            result["GBCSResponseCode"] = gbcs_code
+        detail = msg.get("detail") or {}
+        if isinstance(detail, dict):
+            for k, name in (("version", "FirmwareVersion"), ("running", "FirmwareVersion"),
+                            ("reason", "Reason")):
+                if detail.get(k) is not None:
+                    result[name] = detail[k]
+        body = {"CommsHubOutcome": result}
+        rid_obj = duis.RequestID.parse(req["request_id"])
+        xml = self._sign(duis.response(rid_obj, code, req["srv"], body=body))
+        with self.store.tx():
+            if not self.store.finish_request(req["id"], outcome, code,
+                                             result["OutcomeText"]):
+                return
+            self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
+            self._device_after(req, outcome)
+            dev = self.store.device(req["device"]) if req["device"] else None
+            if dev is not None and req["srv"] in FIRMWARE_SRS:
+                for other in dev["suppliers"]:
+                    if other != req["user"]:
+                        self.store.queue_response(other, self._alert_xml(
+                            rid_obj, code, req["srv"], result), code, request=req["id"],
+                            kind="alert")
+
+    def _device_after(self, req: dict, outcome: str) -> None:
+        """Registration data that a Comms Hub outcome changes."""
+        if not req["device"]:
+            return
+        if outcome == "joined":
+            self.store.update_device(req["device"], status="joined")
+        elif outcome == "unjoined":
+            self.store.update_device(req["device"], status="commissioned")
+
+    def _alert(self, hub: str, msg: dict) -> None:
+        eui = msg.get("device")
+        dev = self.store.device(eui) if eui else None
+        if dev is None or dev["hub_eui"] != hub:
+            log.warning("Comms Hub %s sent an alert for device %r it does not serve", hub, eui)
+            return
+        body = {"DeviceID": duis.eui_text(bytes.fromhex(dev["eui"]))}
+        if msg.get("alert") is not None:
+            body["Alert"] = str(msg["alert"])
+        detail = {k: v for k, v in msg.items() if k not in ("id", "type", "device", "alert")}
+        xml = self._sign(duis.alert(code=SUCCESS, body=body, detail=_flat(detail)))
+        with self.store.tx():
+            for user in dev["suppliers"]:
+                self.store.queue_response(user, xml, SUCCESS, kind="alert")
+
+    def _alert_xml(self, request_id: Any, code: str, srv: str | None, body: dict) -> bytes:
+        """A DCC alert telling a User of another User's request outcome."""
+        return self._sign(duis.alert(request_id=request_id, code=code, srv=srv, body=body))
+
+    def _sign(self, xml: bytes) -> bytes:
+        return xmlsig.sign(xml, self.key, self.cert)
+
+
+# ---------------------------------------------------------------- image rules
+
+def check_image(store: DccStore, data: bytes, dev: dict[str, Any]) -> ImageCheck:
+    """The DCC's checks of an SR 11.1 / 11.4 image for a device, before anything is queued.
+    Refusal (bad-image or not-on-cpl) names the first that fails."""
+    try:
+        s = otafile.parse_stream(data, block=4096, integrity=True, allow_raw=False)
+        s.check_integrity()
+    except OtaError as e:
+        raise Refusal("bad-image", "the firmware image is not a well-formed OTA file: %s"
+                      % e.message) from None
+    h = s.header
+    if s.descriptor is not None and s.descriptor.image_hash != s.image_sha256:
+        raise Refusal("bad-image", "the firmware image is tampered: its manufacturer image "
+                      "does not have the hash its descriptor gives")
+    image_hash = s.image_sha256
+    if dev["manufacturer"] is not None and int(dev["manufacturer"], 16) != h.manufacturer:
+        raise Refusal("bad-image", "the image is for manufacturer %04X; device %s is %s"
+                      % (h.manufacturer, dev["eui"], dev["manufacturer"]))
+    model = dev["model"] or "%04X" % h.image_type
+    if int(model, 16) <= 0xFFFF and int(model, 16) != h.image_type:
+        raise Refusal("bad-image", "the image is image type %04X; device %s is model %s"
+                      % (h.image_type, dev["eui"], model))
+    if h.destination is not None:
+        dest = bytes(reversed(bytes(h.destination))).hex().upper()
+        if dest != dev["eui"]:
+            raise Refusal("bad-image", "the image is addressed to device %s, not %s"
+                          % (dest, dev["eui"]))
+    if h.min_hw is not None and dev["hw_version"] is not None \
+            and not h.min_hw <= dev["hw_version"] <= h.max_hw:
+        raise Refusal("bad-image", "device %s has hardware version %04X, outside the image's "
+                      "range %04X..%04X" % (dev["eui"], dev["hw_version"], h.min_hw, h.max_hw))
+    entry = store.cpl_find(h.manufacturer, model, image_hash)
+    if entry is None:
+        raise Refusal("not-on-cpl", "Manufacturer Image Hash %s is not on the Central Products "
+                      "List for manufacturer %04X model %s" % (image_hash.hex(), h.manufacturer,
+                                                             model))
+    if entry["pubkey"]:
+        try:
+            otafile.check_signed(s, [bytes.fromhex(entry["pubkey"])])
+        except OtaError as e:
+            raise Refusal("bad-image", "the image's signature is refused: %s" % e.message) \
+                from None
+    return ImageCheck(h.manufacturer, h.image_type, h.file_version, image_hash, h.min_hw,
+                      h.max_hw)
+
+
+# ---------------------------------------------------------------- helpers
+
+def inventory_entry(dev: dict[str, Any]) -> dict[str, Any]:
+    """A device as SR 8.2 / 8.4 / 12.2 answer it, with its entry in the device-type table."""
+    def eui(h: str) -> str:
+        return duis.eui_text(bytes.fromhex(h))
+
+    return {"DSPInventory": {
+        "DeviceID": eui(dev["eui"]), "DeviceType": dev["device_type"],
+        "DeviceTypeDescription": dev["type_description"], "DeviceStatus": dev["status"],
+        "DeviceManufacturer": dev["manufacturer"], "DeviceModel": dev["model"],
+        "FirmwareVersion": dev["firmware_version"], "MPxN": dev["premises"],
+        "CommsHubID": eui(dev["hub_eui"]),
+        "ResponsibleSupplierID": [eui(s) for s in dev["suppliers"]],
+    }}
+
+
+def _target(req: Any) -> bytes:
+    return req.request_id.target
+
+
+def _device_of(req: Any) -> str | None:
+    f = getattr(req, "fields", {}) or {}
+    ids = f.get("device_ids")
+    eui = ids[0] if ids else f.get("device_id")
+    if eui is None and req.service_reference_variant in DEVICE_SRS:
+        eui = req.request_id.target
+    try:
+        return eui_hex(eui) if eui is not None else None
+    except DccUsageError:
+        return None
+
+
+def _iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _echo(xml: bytes) -> tuple[Any, str | None]:
+    """The RequestID and SRV of a document refused for its signature, to echo in the
+    acknowledgement as DCC Boxed does (unverified: they only help the User match it up)."""
+    try:
+        req = duis.parse_request(xmlsig.strip(xml))
+    except Exception:  # anything unparseable is simply not echoed
+        return None, None
+    return req.request_id, req.service_reference_variant
+
+
+def _flat(d: dict) -> dict:
+    """A WAN message's extra fields as element-safe names and text (for h:Detail)."""
+    import json
+    import re
+
+    out = {}
+    for k, v in d.items():
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(k)) or "_"
+        if not re.match(r"[A-Za-z_]", name):
+            name = "_" + name
+        out[name] = v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)
+    return out
+
+
+def _hex_or_none(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return bytes(value).hex() if isinstance(value, (bytes, bytearray)) else str(value)

@@ -1,0 +1,533 @@
+"""The DCC's service logic: every refusal path of a signed DUIS request, in the order the
+checks run, and the acceptances (12.2 then 8.2, 8.4, 11.1 -> a WAN message -> the Comms
+Hub's outcome -> the User's one signed final response).
+
+Keys come from a test PKI `hanota pki init` makes; requests are built by `duis.build_request`
+and signed with a Supplier's XML-signing key. The public templates (GPL) are checked locally
+only, at the end (tests/support/gpl.py).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+
+import pytest
+
+from hanota import images
+from hanota.dcc import duis, pki, service, xmlsig
+from hanota.dcc.service import Dcc
+from hanota.dcc.store import DEVICE_TYPES, DccStore, DccUsageError
+from hanota.keys import raw_point
+from support import otabuild
+from support.fakedevice import install_code
+from support.gpl import gpl_path
+
+pytestmark = pytest.mark.timeout(60)
+
+SUP_A = pki.ORGS["supplier-a"][1]
+SUP_B = pki.ORGS["supplier-b"][1]
+NO = pki.ORGS["network-operator"][1]
+HUB = bytes.fromhex("00DB1234567800C1")
+HUB2 = bytes.fromhex("00DB1234567800C2")
+HCALCS = bytes.fromhex("00DB123456789001")
+PPMID = bytes.fromhex("00DB123456789002")
+ALTHAN = bytes.fromhex("00DB123456789003")
+ESME = bytes.fromhex("00DB123456789004")
+OTHER_PREMISES_DEV = bytes.fromhex("00DB123456789005")
+MFR = images.DEFAULT_MANUFACTURER
+
+PLACEHOLDER = b"""<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:SignedInfo>
+<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>
+<ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"/>
+<ds:Reference URI=""><ds:Transforms>
+<ds:Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/>
+</ds:Transforms><ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/>
+<ds:DigestValue>ZGVmYXVsdA==</ds:DigestValue></ds:Reference></ds:SignedInfo>
+<ds:SignatureValue>ZGVmYXVsdA==</ds:SignatureValue><ds:KeyInfo><ds:X509Data>
+<ds:X509IssuerSerial><ds:X509IssuerName>CN=U1, OU=07</ds:X509IssuerName>
+<ds:X509SerialNumber>1234567890</ds:X509SerialNumber></ds:X509IssuerSerial></ds:X509Data>
+</ds:KeyInfo></ds:Signature></sr:Request>"""
+
+
+@pytest.fixture(scope="module")
+def pkidir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    pki.init(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def signers(pkidir):
+    return {name: pki.signing_pair(pkidir, name + ".xml")
+            for name in ("supplier-a", "supplier-b", "network-operator", "dcc")}
+
+
+@pytest.fixture(scope="module")
+def fw_key():
+    return otabuild.new_key()
+
+
+@pytest.fixture
+def dcc(tmp_path, pkidir, signers):
+    store = DccStore(tmp_path / "dcc.db")
+    store.add_premises("MPAN-1", [SUP_A], HUB)
+    store.add_premises("MPAN-2", [SUP_A, SUP_B], HUB2)  # dual-Supplier premises
+    store.add_device(HCALCS, "HCALCS", "MPAN-1", manufacturer=MFR, model=0x0086,
+                     hw_version=0x0100, install_code=install_code(1))
+    store.add_device(PPMID, "PPMID", "MPAN-1", manufacturer=MFR, model=0x0084,
+                     install_code=install_code(2))
+    store.add_device(ALTHAN, "ALTHAN", "MPAN-1", manufacturer=MFR, model=0x0085,
+                     install_code=install_code(3))
+    store.add_device(ESME, "ESME", "MPAN-1")
+    store.add_device(OTHER_PREMISES_DEV, "HCALCS", "MPAN-2", manufacturer=MFR, model=0x0086,
+                     install_code=install_code(5))
+    d = Dcc(store, pki.KeyStore(pkidir), signers["dcc"])
+    yield d
+    store.close()
+
+
+class User:
+    """A User that builds, signs and submits requests with its own rising counter."""
+
+    def __init__(self, dcc: Dcc, signers: dict, name: str = "supplier-a"):
+        self.dcc, self.key, self.cert = dcc, *signers[name]
+        self.eui = pki.ORGS[name][1]
+        self.counter = 1000
+
+    def request(self, srv: str, target: bytes = duis.DCC_EUI, *, counter: int | None = None,
+                originator: bytes | None = None, **fields) -> bytes:
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        return duis.build_request(srv, originator or self.eui, target, counter, **fields)
+
+    def signed(self, srv: str, target: bytes = duis.DCC_EUI, **kw) -> bytes:
+        return xmlsig.sign(self.request(srv, target, **kw), self.key, self.cert)
+
+    def submit(self, srv: str, target: bytes = duis.DCC_EUI, **kw) -> dict:
+        return answer(self.dcc, self.dcc.submit(self.signed(srv, target, **kw)))
+
+
+def answer(dcc: Dcc, xml: bytes) -> dict:
+    """A DCC answer, once its signature verifies with the DCC's certificate."""
+    signer = xmlsig.verify(xml, dcc.cert)
+    assert signer.entity_id == duis.DCC_EUI
+    return duis.parse_response(xml)
+
+
+def image(key, role="hcalcs", version=2, **kw) -> bytes:
+    payload = random.Random(version).randbytes(300)
+    return images.build_image(payload, key=key, version=version, role=role, **kw)
+
+
+def image_hash(data: bytes) -> bytes:
+    s = images.otafile.parse_stream(data, block=4096)
+    return s.image_sha256
+
+
+def on_cpl(dcc: Dcc, data: bytes, model: int, pubkey: bytes | None = None) -> None:
+    h = images.otafile.parse_stream(data, block=4096).header
+    dcc.store.cpl_add(MFR, model, h.file_version, image_hash(data), pubkey=pubkey)
+
+
+def update(user: User, data: bytes, device: bytes = HCALCS, srv: str = "11.1") -> dict:
+    return user.submit(srv, firmware_image=data, firmware_version="00000000",
+                       device_ids=[device])
+
+
+def outbox(dcc: Dcc, hub: bytes = HUB) -> list[dict]:
+    return dcc.wan_outbox(hub)
+
+
+# ---------------------------------------------------------------- refusals, in check order
+
+def test_unsigned_and_placeholder_signatures_are_refused(dcc, signers):
+    u = User(dcc, signers)
+    req = u.request("11.2", HCALCS)
+    a = answer(dcc, dcc.submit(req))
+    assert a["code"] == duis.E_SIGNATURE and "signature" in a["reason"]
+    templated = req.replace(b"</sr:Request>", PLACEHOLDER)
+    a = answer(dcc, dcc.submit(templated))
+    assert a["code"] == duis.E_SIGNATURE and "placeholder" in a["reason"]
+    assert outbox(dcc) == [] and dcc.store.last_counter(SUP_A) is None
+
+
+def test_unknown_signer_and_changed_document(dcc, signers, tmp_path):
+    other = tmp_path / "other-pki"
+    pki.init(other)
+    stranger = User(dcc, {"supplier-a": pki.signing_pair(other, "supplier-a.xml")})
+    a = stranger.submit("11.2", HCALCS)
+    assert a["code"] == duis.E_SIGNATURE and "unknown signer" in a["reason"]
+    u = User(dcc, signers)
+    signed = u.signed("11.2", HCALCS)
+    changed = signed.replace(b"90-01:", b"90-02:")
+    assert changed != signed
+    a = answer(dcc, dcc.submit(changed))
+    assert a["code"] == duis.E_SIGNATURE and "digest" in a["reason"]
+    assert dcc.store.last_counter(SUP_A) is None
+
+
+def test_malformed_request_is_refused_with_the_duis_error(dcc, signers):
+    u = User(dcc, signers)
+    bad = u.request("11.2", HCALCS, command_variant=8)
+    a = answer(dcc, dcc.submit(xmlsig.sign(bad, u.key, u.cert)))
+    assert a["code"] == "E12" and "CommandVariant 8" in a["reason"]
+    assert dcc.store.last_counter(SUP_A) is None
+
+
+def test_originator_must_be_the_signer(dcc, signers):
+    b = User(dcc, signers, "supplier-b")
+    a = b.submit("11.2", HCALCS, originator=SUP_A)
+    assert a["code"] == duis.E_ORIGINATOR
+    assert "90B3D51F3001A001" in a["reason"] and "90B3D51F3001B002" in a["reason"]
+    # the real User's counters are untouched
+    assert dcc.store.last_counter(SUP_A) is None and dcc.store.last_counter(SUP_B) is None
+
+
+def test_replayed_or_older_counter_is_refused(dcc, signers):
+    u = User(dcc, signers)
+    first = u.signed("11.2", HCALCS, counter=5000)
+    assert answer(dcc, dcc.submit(first))["code"] == service.ACCEPTED
+    again = answer(dcc, dcc.submit(first))
+    assert again["code"] == duis.E_REPLAY and "5000" in again["reason"]
+    older = u.submit("11.2", HCALCS, counter=4999)
+    assert older["code"] == duis.E_REPLAY
+    assert len(outbox(dcc)) == 1
+    # a request refused by an SR rule still uses its counter: it cannot be replayed either
+    refused = u.signed("11.2", OTHER_PREMISES_DEV[:7] + b"\x77", counter=6000)
+    assert answer(dcc, dcc.submit(refused))["code"] == "E19"
+    assert answer(dcc, dcc.submit(refused))["code"] == duis.E_REPLAY
+    assert dcc.store.last_counter(SUP_A) == 6000
+
+
+def test_supplier_not_responsible_is_refused_by_entity_id(dcc, signers):
+    b = User(dcc, signers, "supplier-b")  # a valid Supplier, but not of MPAN-1
+    a = b.submit("11.2", HCALCS)
+    assert a["code"] == "E4"
+    assert "90B3D51F3001B002 is not a Responsible Supplier" in a["reason"]
+    no = User(dcc, signers, "network-operator")
+    assert no.submit("11.2", HCALCS)["code"] == "E4"
+    assert outbox(dcc) == []
+    # either Supplier of dual-Supplier premises may ask
+    assert b.submit("11.2", OTHER_PREMISES_DEV)["code"] == service.ACCEPTED
+    assert User(dcc, signers).submit("11.2", OTHER_PREMISES_DEV)["code"] == service.ACCEPTED
+    assert len(outbox(dcc, HUB2)) == 2
+    rec = dcc.store.pending_requests()
+    assert {r["user"] for r in rec} == {SUP_A.hex().upper(), SUP_B.hex().upper()}
+
+
+def test_unknown_device_is_refused(dcc, signers):
+    a = User(dcc, signers).submit("11.2", bytes.fromhex("00DB1234567890FF"))
+    assert a["code"] == "E19" and "00DB1234567890FF" in a["reason"]
+
+
+def test_firmware_sr_must_fit_the_device_type(dcc, signers, fw_key):
+    u = User(dcc, signers)
+    data = image(fw_key, "hcalcs")
+    on_cpl(dcc, data, 0x86)
+    a = update(u, data, HCALCS, "11.4")  # 11.4 is for PPMIDs only
+    assert a["code"] == "E11" and "HCALCS" in a["reason"] and "SR 11.1" in a["reason"]
+    p = image(fw_key, "ppmid")
+    on_cpl(dcc, p, 0x84)
+    a = update(u, p, PPMID, "11.1")
+    assert a["code"] == "E11" and "SR 11.4" in a["reason"]
+    a = update(u, p, ESME, "11.1")
+    assert a["code"] == "E11" and "ESME" in a["reason"]
+    assert outbox(dcc) == []
+
+
+def test_image_refusals_never_touch_a_pending_request(dcc, signers, fw_key):
+    u = User(dcc, signers)
+    good = image(fw_key, "hcalcs", 2)
+    on_cpl(dcc, good, 0x86)
+    assert update(u, good)["code"] == service.ACCEPTED
+    before_out = outbox(dcc)
+    before_pending = dcc.store.pending_requests(HCALCS)
+    assert len(before_out) == 1 and len(before_pending) == 1
+
+    not_listed = image(fw_key, "hcalcs", 3)
+    a = update(u, not_listed)
+    assert a["code"] == duis.E_IMAGE and "not on the Central Products List" in a["reason"]
+    assert image_hash(not_listed).hex() in a["reason"]
+
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 1
+    a = update(u, bytes(flipped))
+    assert a["code"] == duis.E_IMAGE and "tampered" in a["reason"]
+
+    a = update(u, good[:100])
+    assert a["code"] == duis.E_IMAGE and "not a well-formed OTA file" in a["reason"]
+
+    hw = image(fw_key, "hcalcs", 4, min_hw=0x0200, max_hw=0x02FF)
+    on_cpl(dcc, hw, 0x86)
+    a = update(u, hw)
+    assert a["code"] == duis.E_IMAGE and "hardware version 0100" in a["reason"]
+    assert "0200..02FF" in a["reason"]
+
+    elsewhere = image(fw_key, "hcalcs", 5, destination=bytes(reversed(OTHER_PREMISES_DEV)))
+    on_cpl(dcc, elsewhere, 0x86)
+    a = update(u, elsewhere)
+    assert a["code"] == duis.E_IMAGE and "addressed to device 00DB123456789005" in a["reason"]
+
+    # the CPL entry carries the manufacturer's key: a file signed by another key is refused
+    forged = image(otabuild.new_key(), "hcalcs", 6)
+    on_cpl(dcc, forged, 0x86, pubkey=raw_point(fw_key.public_key()))
+    a = update(u, forged)
+    assert a["code"] == duis.E_IMAGE and "signature" in a["reason"]
+
+    assert outbox(dcc) == before_out
+    assert dcc.store.pending_requests(HCALCS) == before_pending
+    refused = dcc.store.all("SELECT outcome, code FROM requests WHERE outcome = 'refused'")
+    assert len(refused) == 6 and {r["code"] for r in refused} == {duis.E_IMAGE}
+
+
+def test_signed_image_accepted_when_the_cpl_has_its_key(dcc, signers, fw_key):
+    u = User(dcc, signers)
+    data = image(fw_key, "ppmid", 7)
+    on_cpl(dcc, data, 0x84, pubkey=raw_point(fw_key.public_key()))
+    assert update(u, data, PPMID, "11.4")["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc)
+    assert (msg["type"], msg["kind"], msg["role"]) == ("update_firmware", "11.4", "ppmid")
+    assert base64.b64decode(msg["image_b64"]) == data
+    assert msg["hash"] == image_hash(data).hex() and msg["device"] == PPMID.hex().upper()
+
+
+def test_alt_han_device_cannot_be_joined_by_the_join_service(dcc, signers):
+    u = User(dcc, signers)
+    for srv in ("8.7.1", "8.7.2"):
+        a = u.submit(srv, ESME, other_device_id=ALTHAN)
+        assert a["code"] == duis.E_ALTHAN_JOIN and "Alt HAN" in a["reason"], srv
+        a = u.submit(srv, ALTHAN, other_device_id=ESME)
+        assert a["code"] == duis.E_ALTHAN_JOIN, srv
+    assert outbox(dcc) == []
+    # a PPMID joins: a WAN message with its install code and role
+    assert u.submit("8.7.1", ESME, other_device_id=PPMID)["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc)
+    assert (msg["type"], msg["device"], msg["role"]) == ("join", PPMID.hex().upper(), "ppmid")
+    assert msg["install_code"] == install_code(2).lower()
+
+
+def test_activation_immediate_future_and_cancel(dcc, signers):
+    from datetime import datetime, timezone
+
+    u = User(dcc, signers)
+    h = hashlib.sha256(b"held").digest()
+    assert u.submit("11.3", HCALCS, firmware_hash=h)["code"] == service.ACCEPTED
+    at = datetime(2031, 1, 15, 9, 0, tzinfo=timezone.utc)
+    assert u.submit("11.3", HCALCS, firmware_hash=h, execution_datetime=at)["code"] == \
+        service.ACCEPTED
+    assert u.submit("11.3", HCALCS, firmware_hash=h, cancel=True)["code"] == service.ACCEPTED
+    msgs = outbox(dcc)
+    assert [(m["type"], m["at"]) for m in msgs] == [
+        ("activate", None), ("activate", "2031-01-15T09:00:00Z"), ("cancel_activation", None)]
+    assert all(m["hash"] == h.hex() for m in msgs)
+    a = u.submit("11.3", PPMID, firmware_hash=h)  # PPMIDs activate as part of SR 11.4
+    assert a["code"] == "E11"
+
+
+# ---------------------------------------------------------------- acceptances
+
+def test_prenotification_then_inventory_read_and_update(dcc, signers):
+    # Supplier B is responsible for one premises (MPAN-2, with Supplier A): the 12.2 template
+    # names no premises, so the DCC takes the Supplier's only one
+    u = User(dcc, signers, "supplier-b")
+    new = bytes.fromhex("00DB12345678A001")
+    code = bytes.fromhex(install_code(9))
+    a = u.submit("12.2", device_id=new, manufacturer="1234", model="00000084",
+                 device_type="PPMID", smets_chts_version="SMETS V5.0",
+                 firmware_version="00000001", install_code=code)
+    assert a["code"] == service.SUCCESS
+    dev = dcc.store.device(new)
+    assert (dev["status"], dev["premises"], dev["install_code"]) == \
+        ("prenotified", "MPAN-2", code.hex())
+    (msg,) = outbox(dcc, HUB2)
+    assert (msg["type"], msg["device"], msg["install_code"], msg["role"]) == \
+        ("prenotify", new.hex().upper(), code.hex(), "ppmid")
+
+    inv = u.submit("8.2", device_id=new)
+    assert inv["code"] == service.SUCCESS
+    body = inv["body"]["DSPInventory"]
+    assert body["DeviceType"] == "PPMID" and body["DeviceStatus"] == "prenotified"
+    assert body["DeviceTypeDescription"] == DEVICE_TYPES["PPMID"][0]
+    assert body["DeviceID"] == "00-DB-12-34-56-78-A0-01" and body["MPxN"] == "MPAN-2"
+    assert body["ResponsibleSupplierID"] == ["90-B3-D5-1F-30-01-A0-01",
+                                             "90-B3-D5-1F-30-01-B0-02"]
+    # 8.2 is read-only: a Network Operator that is not a Supplier may read the inventory
+    assert User(dcc, signers, "network-operator").submit("8.2", device_id=new)["code"] == \
+        service.SUCCESS
+
+    upd = u.submit("8.4", device_id=new, firmware_version="00000002")
+    assert upd["code"] == service.SUCCESS
+    assert dcc.store.device(new)["firmware_version"] == "00000002"
+    assert u.submit("8.4", device_id=new, delete=True)["code"] == service.SUCCESS
+    assert dcc.store.device(new)["status"] == "withdrawn"
+    assert u.submit("8.2", device_id=new)["body"]["DSPInventory"]["DeviceStatus"] == \
+        "withdrawn"
+    # a withdrawn device takes no more device requests
+    assert u.submit("11.2", new)["code"] == "E5"
+    # 8.4 by a Supplier that is not responsible is refused
+    assert u.submit("8.4", device_id=PPMID, firmware_version="00000009")["code"] == "E4"
+    assert dcc.store.device(PPMID)["firmware_version"] is None
+
+
+def test_prenotification_refusals_and_an_alt_han_device(dcc, signers):
+    b = User(dcc, signers, "supplier-b")
+    again = b.submit("12.2", device_id=OTHER_PREMISES_DEV, manufacturer="1234",
+                     model="00000084", device_type="PPMID", smets_chts_version="SMETS V5.0",
+                     firmware_version="00000001")
+    assert again["code"] == duis.E_MALFORMED and "already registered" in again["reason"]
+    # Supplier A has two premises and the request names none: refused, naming why
+    a = User(dcc, signers).submit("12.2", device_id=bytes.fromhex("00DB12345678A003"),
+                                  manufacturer="1234", model="00000084", device_type="PPMID",
+                                  smets_chts_version="SMETS V5.0", firmware_version="00000001")
+    assert a["code"] == duis.E_MALFORMED and "2 premises" in a["reason"]
+    alt = bytes.fromhex("00DB12345678A002")
+    a = b.submit("12.2", device_id=alt, manufacturer="1234", model="00000085",
+                 device_type="ALTHAN", smets_chts_version="SMETS V5.0",
+                 firmware_version="00000001", install_code=bytes.fromhex(install_code(8)))
+    assert a["code"] == service.SUCCESS
+    assert a["body"]["DSPInventory"]["DeviceType"] == "ALTHAN"
+
+
+def test_update_firmware_to_outcome_gives_one_signed_final_response(dcc, signers, fw_key):
+    u = User(dcc, signers)
+    data = image(fw_key, "hcalcs", 9)
+    on_cpl(dcc, data, 0x86)
+    ack = update(u, data)
+    assert ack["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc)
+    assert (msg["type"], msg["kind"], msg["role"]) == ("update_firmware", "11.1", "hcalcs")
+    dcc.wan_acked(HUB, msg["id"])
+    dcc.wan_acked(HUB, msg["id"])  # a second ack changes nothing
+    assert outbox(dcc) == []
+    assert dcc.responses(SUP_A) == []
+
+    dcc.wan_received(HUB, {"id": 1, "type": "outcome", "request": msg["request"],
+                           "device": msg["device"], "outcome": "distributed", "detail": {}})
+    (seq, xml), = dcc.responses(SUP_A)
+    r = answer(dcc, xml)
+    assert r["code"] == service.SUCCESS and r["request_id"] == msg["request"]
+    out = r["body"]["CommsHubOutcome"]
+    assert out["Outcome"] == "distributed" and out["GBCSUseCase"] == "CCS08"
+    assert out["GBCSResponseCode"] == "0" and r["response_id"].endswith(":%d" % u.counter)
+    # a redelivered outcome, or a second outcome for the same request: no second response
+    dcc.wan_received(HUB, {"id": 1, "type": "outcome", "request": msg["request"],
+                           "device": msg["device"], "outcome": "distributed"})
+    dcc.wan_received(HUB, {"id": 2, "type": "outcome", "request": msg["request"],
+                           "device": msg["device"], "outcome": "transfer_failed"})
+    assert [s for s, _ in dcc.responses(SUP_A)] == [seq]
+    req = dcc.store.request_by_text(msg["request"])
+    assert (req["state"], req["outcome"]) == ("done", "distributed")
+    # another hub cannot answer for this request
+    assert dcc.responses(SUP_A, after=seq) == []
+
+
+def test_outcome_failures_and_dual_supplier_alert(dcc, signers, fw_key):
+    b = User(dcc, signers, "supplier-b")
+    data = image(fw_key, "hcalcs", 11)
+    on_cpl(dcc, data, 0x86)
+    assert update(b, data, OTHER_PREMISES_DEV)["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc, HUB2)
+    # an outcome sent by the wrong hub is ignored
+    dcc.wan_received(HUB, {"id": 7, "type": "outcome", "request": msg["request"],
+                           "outcome": "transfer_failed"})
+    assert dcc.responses(SUP_B) == []
+    dcc.wan_received(HUB2, {"id": 7, "type": "outcome", "request": msg["request"],
+                            "outcome": "hw_version_mismatch"})
+    (_, xml), = dcc.responses(SUP_B)
+    r = answer(dcc, xml)
+    assert r["body"]["CommsHubOutcome"]["Outcome"] == "hw_version_mismatch"
+    assert r["body"]["CommsHubOutcome"]["GBCSResponseCode"] == "2"
+    # the premises' other Responsible Supplier hears of it as an alert
+    (_, alert), = dcc.responses(SUP_A)
+    assert xmlsig.verify(alert, dcc.cert).entity_id == duis.DCC_EUI
+    assert b"hw_version_mismatch" in alert
+
+
+def test_join_outcome_updates_the_device_status(dcc, signers):
+    u = User(dcc, signers)
+    assert u.submit("8.7.2", ESME, other_device_id=PPMID)["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc)
+    dcc.wan_received(HUB, {"id": 3, "type": "outcome", "request": msg["request"],
+                           "outcome": "joined"})
+    assert dcc.store.device(PPMID)["status"] == "joined"
+    assert u.submit("8.8.2", ESME, other_device_id=PPMID)["code"] == service.ACCEPTED
+    msg = outbox(dcc)[-1]
+    assert msg["type"] == "unjoin"
+    dcc.wan_received(HUB, {"id": 4, "type": "outcome", "request": msg["request"],
+                           "outcome": "unjoined"})
+    assert dcc.store.device(PPMID)["status"] == "commissioned"
+
+
+def test_device_alert_goes_to_the_responsible_suppliers(dcc):
+    dcc.wan_received(HUB2, {"id": 9, "type": "alert", "device": OTHER_PREMISES_DEV.hex().upper(),
+                            "alert": "activation", "detail": {"running": "00000002"}})
+    assert len(dcc.responses(SUP_A)) == 1 and len(dcc.responses(SUP_B)) == 1
+    dcc.wan_received(HUB2, {"id": 9, "type": "alert", "device": OTHER_PREMISES_DEV.hex().upper()})
+    assert len(dcc.responses(SUP_A)) == 1
+    with pytest.raises(DccUsageError, match="integer id"):
+        dcc.wan_received(HUB2, {"type": "alert"})
+
+
+# ---------------------------------------------------------------- the store's own rules
+
+def test_store_rules(tmp_path):
+    s = DccStore(tmp_path / "s.db")
+    with pytest.raises(DccUsageError, match="must differ"):
+        s.add_premises("MP", [SUP_A, SUP_A], HUB)
+    with pytest.raises(DccUsageError, match="unknown-premises|not registered"):
+        s.add_device(PPMID, "PPMID", "NOPE")
+    s.add_premises("MP", [SUP_A], HUB)
+    with pytest.raises(DccUsageError, match="device-type table"):
+        s.add_device(PPMID, "TOASTER", "MP")
+    with pytest.raises(DccUsageError, match="install code"):
+        s.add_device(PPMID, "PPMID", "MP", install_code="00112233")
+    s.add_device(PPMID, "ppmid", "MP")
+    with pytest.raises(DccUsageError, match="already registered"):
+        s.add_device(PPMID, "PPMID", "MP")
+    assert s.take_counter(SUP_A, 10) and not s.take_counter(SUP_A, 10)
+    assert not s.take_counter(SUP_A, 9) and s.last_counter(SUP_A) == 10
+    import sqlite3
+    with pytest.raises(sqlite3.IntegrityError, match="only rises"):
+        with s.tx() as c:
+            c.execute("UPDATE users SET last_counter = 1")
+    rid = s.add_request("r:1", SUP_A, 11, "11.2", device=PPMID)
+    assert s.finish_request(rid, "version_read", "I0")
+    assert not s.finish_request(rid, "read_failed", "I0")
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        with s.tx() as c:
+            c.execute("DELETE FROM requests")
+    h = bytes(32)
+    s.cpl_add(MFR, 0x84, 1, h)
+    assert s.cpl_find("1234", "00000084", h) is not None
+    assert s.cpl_remove(h) == 1
+    with pytest.raises(DccUsageError, match="no CPL entry"):
+        s.cpl_remove(h)
+    s.close()
+
+
+# ---------------------------------------------------------------- public templates (local)
+
+@pytest.mark.parametrize("name", [
+    "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML",
+    "11.4_UPDATE_PPMID_FIRMWARE_REQUEST_DUIS.XML",
+    "CS06_11.3_IMMEDIATE_SUCCESS_REQUEST_DUIS.XML",
+    "CS08_11.2_SUCCESS_REQUEST_DUIS.XML",
+])
+def test_templates_with_placeholder_refused_and_signed_by_the_supplier(name, tmp_path, pkidir,
+                                                                       signers):
+    doc = gpl_path("duis-templates", "templates", name).read_bytes()
+    store = DccStore(tmp_path / "t.db")
+    dcc = Dcc(store, pki.KeyStore(pkidir), signers["dcc"])
+    a = answer(dcc, dcc.submit(doc))
+    assert a["code"] == duis.E_SIGNATURE and "placeholder" in a["reason"]
+    # the same request with its originator made our Supplier's entity ID, signed by it
+    req = duis.parse_request(xmlsig.strip(doc))
+    orig = duis.eui_text(req.request_id.originator).encode()
+    mine = xmlsig.strip(doc).replace(orig, duis.eui_text(SUP_A).encode())
+    key, cert = signers["supplier-a"]
+    a = answer(dcc, dcc.submit(xmlsig.sign(mine, key, cert)))
+    # not registered here: refused by the registration data, after signature and header
+    assert a["code"] in ("E19", duis.E_IMAGE), a
+    store.close()
