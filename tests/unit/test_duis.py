@@ -14,7 +14,7 @@ from lxml import etree
 
 from hanota.dcc import duis
 from hanota.dcc.duis import DCC_EUI, DuisError, RequestID
-from tests.support.gpl import gpl_path
+from support.gpl import gpl_path
 
 SUPPLIER = bytes.fromhex("90B3D51F30010000")
 ESME = bytes.fromhex("00DB1234567890A0")
@@ -366,3 +366,227 @@ def test_built_requests_have_the_template_shape():
         assert duis.parse_request(built).fields == t.fields, p.name
         root = etree.fromstring(built)
         assert root.get("schemaVersion") == etree.fromstring(p.read_bytes()).get("schemaVersion")
+
+
+# --- responses, acknowledgements, alerts ------------------------------------------------------
+
+AT = datetime(2026, 12, 4, 18, 0, 0, 123456, tzinfo=timezone.utc)
+RID = RequestID(SUPPLIER, ESME, 1000)
+
+
+def test_acknowledgement_accepted_and_refused():
+    ack = duis.parse_response(duis.acknowledgement(RID, "I99", srv="11.3", at=AT))
+    assert ack["kind"] == "acknowledgement"
+    assert ack["request_id"] == str(RID) and ack["response_id"] is None
+    assert ack["code"] == "I99" and ack["reason"] is None
+    assert ack["service_reference_variant"] == "11.3"
+    assert ack["datetime"] == "2026-12-04T18:00:00.123Z"
+    ack = duis.parse_response(duis.acknowledgement(str(RID), "E12", "CommandVariant 1 ..."))
+    assert ack["code"] == "E12" and ack["reason"] == "CommandVariant 1 ..."
+    assert ack["meaning"] == duis.RESPONSE_CODES["E12"]
+    # a refusal about the RequestID itself cannot echo it
+    ack = duis.parse_response(duis.acknowledgement("not:a:rid", duis.E_REQUEST_ID, "bad"))
+    assert ack["request_id"] is None and ack["code"] == duis.E_REQUEST_ID
+    ack = duis.parse_response(duis.acknowledgement(None, duis.E_MALFORMED, "not XML"))
+    assert ack["request_id"] is None and ack["reason"] == "not XML"
+    with pytest.raises(ValueError):
+        duis.acknowledgement(RID, "OK")
+
+
+def test_acknowledgement_from_a_refusal():
+    e = refused(build("11.2", command_variant=2))
+    ack = duis.parse_response(duis.acknowledgement(e.request_id, e.code, e.reason, srv=e.srv))
+    assert (ack["request_id"], ack["code"], ack["service_reference_variant"]) == \
+        (str(RequestID(SUPPLIER, ESME, 1000)), "E17", "11.2")
+    assert "local delivery" in ack["reason"]
+
+
+def test_response_swaps_ends_and_keeps_counter():
+    xml = duis.response(RID, "I0", "11.2", gbcs_payload=b"\xdd\x00\x01", at=AT)
+    r = duis.parse_response(xml)
+    assert r["kind"] == "response"
+    assert r["request_id"] == str(RID)
+    assert r["response_id"] == "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:1000"
+    assert r["gbcs_payload"] == b"\xdd\x00\x01"
+    assert (r["service_reference"], r["service_reference_variant"]) == ("11.2", "11.2")
+    r = duis.parse_response(duis.response(RID, "I0", "8.7.1"))
+    assert (r["service_reference"], r["service_reference_variant"]) == ("8.7", "8.7.1")
+
+
+def test_response_body_round_trip():
+    body = {"DSPInventory": {"Device": [{"DeviceID": "00-DB-12-34-56-78-90-A0",
+                                         "DeviceType": "ESME"},
+                                        {"DeviceID": "00-DB-12-34-56-78-90-A4",
+                                         "DeviceType": "PPMID"}]}}
+    r = duis.parse_response(duis.response(str(RID), "I0", "8.2", body=body))
+    assert r["body"] == body
+    r = duis.parse_response(duis.response(RID, "E4", "11.3", reason="not a Responsible Supplier"))
+    assert r["code"] == "E4" and r["reason"] == "not a Responsible Supplier"
+    with pytest.raises(ValueError, match="not both"):
+        duis.response(RID, "I0", "11.2", body={"A": "1"}, gbcs_payload=b"x")
+    with pytest.raises(ValueError, match="element name"):
+        duis.response(RID, "I0", "11.2", body={"not a name": "1"})
+
+
+def test_future_dated_alert():
+    r = duis.parse_response(duis.future_dated_alert(RID, "11.3", 0x8F67, b"\xdf\x09\x03"))
+    assert r["kind"] == "future_dated_alert"
+    assert r["alert_code"] == "8F67" and r["gbcs_payload"] == b"\xdf\x09\x03"
+    assert r["request_id"] == str(RID) and r["service_reference_variant"] == "11.3"
+
+
+def test_device_alert():
+    xml = duis.alert(ESME, SUPPLIER, 2000, 0x8F8A, gbcs_payload=b"\xdf", request_id=RID,
+                     detail={"outcome": "distributed", "version": "0000ACDC"}, at=AT)
+    r = duis.parse_response(xml)
+    assert r["kind"] == "device_alert"
+    assert r["alert_code"] == "8F8A" and r["gbcs_payload"] == b"\xdf"
+    assert r["response_id"] == "00-DB-12-34-56-78-90-A0:90-B3-D5-1F-30-01-00-00:2000"
+    assert r["request_id"] == str(RID) and r["code"] == "I0"
+    assert r["detail"] == {"outcome": "distributed", "version": "0000ACDC"}
+    assert r["body"] == {}
+    with pytest.raises(ValueError, match="16 bits"):
+        duis.alert(ESME, SUPPLIER, 1, 0x18F66)
+    with pytest.raises(ValueError, match="needs originator"):
+        duis.alert(ESME, None, 1, 0x8F66)
+
+
+def test_dcc_alerts_both_forms():
+    r = duis.parse_response(duis.alert(DCC_EUI, SUPPLIER, 3, "N24", dcc_alert={
+        "UpdateHANDeviceLogResult": {"UpdateHANDeviceLogServiceRequestID": str(RID)}}))
+    assert r["kind"] == "dcc_alert" and r["alert_code"] == "N24"
+    assert r["body"] == {"DCCAlert": {"UpdateHANDeviceLogResult": {
+        "UpdateHANDeviceLogServiceRequestID": str(RID)}}}
+    root = etree.fromstring(duis.alert(DCC_EUI, SUPPLIER, 3, "N24", dcc_alert={"X": "1"}))
+    assert root.find(".//{%s}X" % duis.RA_NS) is not None
+    # unaddressed: one document for several Users (the service's form)
+    r = duis.parse_response(duis.alert(request_id=RID, code="I0", srv="11.1",
+                                       body={"outcome": "distributed"}))
+    assert (r["kind"], r["alert_code"], r["request_id"], r["response_id"]) == \
+        ("dcc_alert", "NH1", str(RID), None)
+    assert r["body"]["DCCAlert"] == {"ServiceReferenceVariant": "11.1", "outcome": "distributed"}
+    r = duis.parse_response(duis.alert(request_id=None, code="I0", srv=None,
+                                       body={"device": "00DB1234567890A0"}))
+    assert r["alert_code"] == "NH3" and r["request_id"] is None
+    for code in ("N24", "NH1", "NH2", "NH3"):
+        assert code in duis.DCC_ALERT_CODES
+
+
+def test_parse_response_refusals():
+    with pytest.raises(DuisError, match="sr:Response"):
+        duis.parse_response(build("8.2"))
+    xml = duis.response(RID, "I0", "11.2")
+    with pytest.raises(DuisError, match="ResponseCode"):
+        duis.parse_response(re.sub(rb"<sr:ResponseCode>.*?</sr:ResponseCode>", b"", xml))
+    with pytest.raises(DuisError, match="GBCSPayload is not base64"):
+        duis.parse_response(duis.response(RID, "I0", "11.2", gbcs_payload=b"x")
+                            .replace(b"eA==", b"e!A=="))
+
+
+def test_signed_documents_still_parse():
+    """A request or response signed by xmlsig parses as before (the signature is the root's
+    last child); the signature is xmlsig's to check."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from hanota.dcc import xmlsig
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    signed = xmlsig.sign(build("11.3"), key, cert)
+    assert duis.parse_request(signed).fields == FIELDS["11.3"]
+    assert duis.describe(signed)["signed"] is True
+    r = duis.parse_response(xmlsig.sign(duis.response(RID, "I0", "11.3"), key, cert))
+    assert r["signed"] is True and r["code"] == "I0"
+
+
+def test_dccboxed_samples():
+    """DCC Boxed's own documents (GPL, local only): a signed response read back."""
+    p = gpl_path("duis-templates", "test", "data", "ECS52_11.2_SUCCESS_RESPONSE_DUIS.XML")
+    r = duis.parse_response(p.read_bytes())
+    assert (r["kind"], r["code"], r["service_reference_variant"], r["signed"]) == \
+        ("response", "I0", "11.2", True)
+    assert r["gbcs_payload"][:1] == b"\xdd"
+    assert r["response_id"].split(":")[2] == r["request_id"].split(":")[2]
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+def cli(*args: str, input: bytes | None = None) -> tuple[int, str]:
+    import click
+    from click.testing import CliRunner
+    from hanota.dcc import cli_duis  # noqa: F401  (adds the commands to the group)
+    from hanota.dcc.cli import duis as group
+    g = click.Group("hanota")
+    g.add_command(group)
+    r = CliRunner().invoke(g, ["duis", *args], input=input, catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+def test_cli_build_and_show(tmp_path):
+    out = tmp_path / "a.xml"
+    code, _ = cli("build", "11.3", "--from", "90-B3-D5-1F-30-01-00-00", "--to",
+                  "00DB1234567890A0", "--counter", "42", "--hash", HASH.hex(), "--at",
+                  "2030-01-15T09:00:00Z", "-o", str(out))
+    assert code == 0
+    req = duis.parse_request(out.read_bytes())
+    assert req.request_id == RequestID(SUPPLIER, ESME, 42)
+    assert req.fields["execution_datetime"] == datetime(2030, 1, 15, 9, tzinfo=timezone.utc)
+    code, text = cli("show", str(out))
+    assert code == 0 and "service: Activate Firmware" in text and HASH.hex().upper() in text
+    code, text = cli("show", "--json", str(out))
+    import json
+    info = json.loads(text)
+    assert info["valid"] and info["fields"]["firmware_hash"] == HASH.hex().upper()
+    assert info["request_id"] == str(RequestID(SUPPLIER, ESME, 42))
+
+
+def test_cli_build_firmware_takes_the_ota_version(tmp_path):
+    image = tmp_path / "fw.zigbee"
+    header = bytearray(60)
+    header[0:4] = b"\x1e\xf1\xee\x0b"
+    header[14:18] = (0xACDCACDC).to_bytes(4, "little")
+    image.write_bytes(bytes(header) + b"payload")
+    out = tmp_path / "u.xml"
+    code, _ = cli("build", "11.1", "--from", "90B3D51F30010000", "--image", str(image),
+                  "--device", "00-DB-12-34-56-78-90-A0", "--device", "00DB1234567890A4",
+                  "--counter", "9", "-o", str(out))
+    assert code == 0
+    req = duis.parse_request(out.read_bytes())
+    assert req.request_id.target == DCC_EUI
+    assert req.fields == {"firmware_image": image.read_bytes(), "firmware_version": "ACDCACDC",
+                          "device_ids": [ESME, PPMID]}
+
+
+def test_cli_show_invalid_exits_1(tmp_path):
+    bad = tmp_path / "b.xml"
+    bad.write_bytes(build("11.3", command_variant=1))
+    code, text = cli("show", str(bad))
+    assert code == 1 and "E12" in text and "CommandVariant 1" in text
+    code, text = cli("show", "--json", str(bad))
+    assert code == 1 and '"code": "E12"' in text
+
+
+def test_cli_build_usage_errors():
+    code, text = cli("build", "11.3", "--from", "90B3D51F30010000", "--hash", HASH.hex())
+    assert code != 0 and "--to" in text
+    code, text = cli("build", "8.2", "--from", "90B3D51F30010000")
+    assert code != 0 and "--device" in text
+    code, text = cli("build", "8.2", "--from", "90B3D51F3001")
+    assert code != 0 and "EUI-64" in text
+
+
+def test_cli_show_templates_and_responses():
+    d = gpl_path("duis-templates", "templates")
+    for p in sorted(d.glob("*.XML")):
+        if TEMPLATE_RE.match(p.name):
+            code, text = cli("show", str(p))
+            assert code == 0, (p.name, text)
+    p = gpl_path("duis-templates", "test", "data", "ECS52_11.2_SUCCESS_RESPONSE_DUIS.XML")
+    code, text = cli("show", str(p))
+    assert code == 0 and "code: I0" in text and "kind: response" in text

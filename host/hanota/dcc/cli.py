@@ -32,3 +32,4 @@ def register(main: click.Group) -> None:
 # Command modules (each imports the groups above and decorates its commands onto them):
 from . import cli_pki  # noqa: E402,F401
 from . import cli_http  # noqa: E402,F401
+from . import cli_duis  # noqa: E402,F401

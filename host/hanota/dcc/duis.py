@@ -122,6 +122,7 @@ E_IMAGE = "EH8"
 E_ALTHAN_JOIN = "EH9"
 E_OTA_UNAVAILABLE = "EH10"
 E_UNSUPPORTED = "EH11"
+E_SUPERSEDED = "EH12"
 HANOTA_RESPONSE_CODES: dict[str, str] = {
     E_MALFORMED: "(hanota) malformed request: not well-formed XML, a DTD or entity, the wrong "
                  "root or namespace, or a missing, unexpected or ill-formed element",
@@ -141,6 +142,8 @@ HANOTA_RESPONSE_CODES: dict[str, str] = {
     E_OTA_UNAVAILABLE: "(hanota) OTA unavailable for the device (Alt HAN device after a Trust "
                        "Centre Swap-Out)",
     E_UNSUPPORTED: "(hanota) valid DUIS that hanota's DCC does not serve",
+    E_SUPERSEDED: "(hanota) the request was superseded by a later one for the same device "
+                  "before it completed",
 }
 RESPONSE_CODES: dict[str, str] = {**DUIS_RESPONSE_CODES, **HANOTA_RESPONSE_CODES}
 
@@ -163,8 +166,10 @@ ALERT_CODES: dict[int, str] = {
 # start with "NH".
 DCC_ALERT_CODES: dict[str, str] = {
     "N24": "Update HAN Device Log result",
-    "NH1": "(hanota) firmware distribution outcome from the Comms Hub, no GBCS payload",
+    "NH1": "(hanota) the outcome of another User's request on a device this User is "
+           "Responsible Supplier for (e.g. the other Supplier's firmware update)",
     "NH2": "(hanota) OTA unavailable after a Trust Centre Swap-Out: pending request ended",
+    "NH3": "(hanota) an alert from the Comms Hub about a device, without a GBCS payload",
 }
 
 
@@ -311,9 +316,11 @@ def check_command_variant(svc: Service, cv: int, request_id: str | None = None) 
     valid = (4, 5, 6, 7) if svc.critical else (1, 2, 3)
     if cv not in valid:
         raise DuisError("E12", "CommandVariant %d is not valid for SR %s (%s), a %s service: "
-                        "it takes %s" % (cv, svc.srv, svc.name,
-                                         "critical" if svc.critical else "non-critical",
-                                         ", ".join(map(str, valid))), **rid)
+                        "it takes %d (DUIS also has %s for %s)"
+                        % (cv, svc.srv, svc.name, "critical" if svc.critical else "non-critical",
+                           svc.cv, ", ".join(map(str, valid[1:])),
+                           "Signed Pre-Commands" if svc.critical else "local delivery"),
+                        **rid)
     if cv in (2, 3, 6, 7):
         raise DuisError("E17", "CommandVariant %d asks for local delivery, which hanota's DCC "
                         "does not offer; use %d" % (cv, svc.cv), **rid)
@@ -793,3 +800,328 @@ def build_request(srv: str, originator: bytes, target: bytes, counter: int, *,
     if extra:
         raise ValueError("SR %s does not take %s" % (srv, ", ".join(sorted(extra))))
     return _serialize(root)
+
+
+# --- responses and alerts ------------------------------------------------------------------
+
+_NSMAP_RESPONSE = {"sr": SR_NS, "ra": RA_NS, "ds": DS_NS}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _response_datetime(at: datetime | None) -> str:
+    u = (at or _now()).astimezone(timezone.utc)
+    return u.strftime("%Y-%m-%dT%H:%M:%S") + ".%03dZ" % (u.microsecond // 1000)
+
+
+def _rid_text(rid: RequestID | str | None) -> str | None:
+    if rid is None:
+        return None
+    if isinstance(rid, RequestID):
+        return str(rid)
+    return str(RequestID.parse(rid))
+
+
+def _check_code(code: str) -> None:
+    if not re.fullmatch(r"[IWE][A-Z]{0,2}[0-9]{1,6}", code or ""):
+        raise ValueError("response code %r is not a DUIS-style code (I0, I99, E12, EH1 ...)"
+                         % code)
+
+
+def _response_root(request_id: str | None, response_id: str | None, code: str,
+                   at: datetime | None, reason: str | None) -> tuple[etree._Element,
+                                                                     etree._Element]:
+    _check_code(code)
+    root = etree.Element(_q("Response"), nsmap=_NSMAP_RESPONSE)
+    root.set("schemaVersion", SCHEMA_VERSION)
+    header = _sub(root, "Header")
+    if request_id is not None:
+        _sub(header, "RequestID", request_id)
+    if response_id is not None:
+        _sub(header, "ResponseID", response_id)
+    _sub(header, "ResponseCode", code)
+    _sub(header, "ResponseDateTime", _response_datetime(at))
+    if reason:
+        r = etree.SubElement(header, "{%s}Reason" % HANOTA_NS, nsmap={"h": HANOTA_NS})
+        r.text = reason
+    return root, _sub(root, "Body")
+
+
+def _put(parent: etree._Element, name: str, value: Any, ns: str) -> None:
+    """A body value as elements: dict -> children, list -> the element repeated, bytes ->
+    base64 text, bool -> true/false, None -> an empty element, else its text."""
+    if isinstance(value, list):
+        for v in value:
+            _put(parent, name, v, ns)
+        return
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", str(name)):
+        raise ValueError("%r cannot be an XML element name" % (name,))
+    el = etree.SubElement(parent, "{%s}%s" % (ns, name))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _put(el, k, v, ns)
+    elif isinstance(value, (bytes, bytearray)):
+        el.text = base64.b64encode(bytes(value)).decode("ascii")
+    elif isinstance(value, bool):
+        el.text = "true" if value else "false"
+    elif value is not None:
+        el.text = str(value)
+
+
+def _srv_pair(srv: str) -> tuple[str, str]:
+    svc = SERVICES.get(srv)
+    return (svc.sr if svc else ".".join(srv.split(".")[:2]), srv)
+
+
+def acknowledgement(request_id: RequestID | str | None, code: str,
+                    reason: str | None = None, *, srv: str | None = None,
+                    at: datetime | None = None) -> bytes:
+    """The DCC's synchronous answer to a submitted request: I99 (accepted) or the refusal's
+    code, with `reason` (as `h:Reason`) for a refusal. As DCC Boxed's acknowledgement has it
+    (duis-parser acknowledgement-error.xml): RequestID (when the request got that far), no
+    ResponseID, and a ResponseMessage naming the SR when known. A RequestID that does not
+    parse (the refusal may be about it) is left out rather than echoed."""
+    try:
+        rid = _rid_text(request_id)
+    except DuisError:
+        rid = None
+    root, body = _response_root(rid, None, code, at, reason)
+    if srv:
+        sr, srv = _srv_pair(srv)
+        msg = _sub(body, "ResponseMessage")
+        _sub(msg, "ServiceReference", sr)
+        _sub(msg, "ServiceReferenceVariant", srv)
+    return _serialize(root)
+
+
+def response(request_id: RequestID | str, code: str, srv: str, *, body: dict | None = None,
+             gbcs_payload: bytes | None = None, reason: str | None = None,
+             at: datetime | None = None) -> bytes:
+    """A DUIS response to a request: ResponseID is the RequestID with its ends swapped and
+    the same counter; ResponseMessage holds ServiceReference(Variant), then either the
+    GBCSPayload (base64 of the whole GBCS message) or `body` (element name -> value, e.g.
+    {"DSPInventory": {...}}; see `_put`), in the sr namespace."""
+    rid = request_id if isinstance(request_id, RequestID) else RequestID.parse(request_id)
+    if body and gbcs_payload is not None:
+        raise ValueError("a response carries a GBCSPayload or a body, not both")
+    root, b = _response_root(str(rid), str(rid.response_id()), code, at, reason)
+    sr, srv = _srv_pair(srv)
+    msg = _sub(b, "ResponseMessage")
+    _sub(msg, "ServiceReference", sr)
+    _sub(msg, "ServiceReferenceVariant", srv)
+    if gbcs_payload is not None:
+        _sub(msg, "GBCSPayload", base64.b64encode(gbcs_payload).decode("ascii"))
+    for k, v in (body or {}).items():
+        _put(msg, k, v, SR_NS)
+    return _serialize(root)
+
+
+def future_dated_alert(request_id: RequestID | str, srv: str, alert_code: int,
+                       gbcs_payload: bytes, *, at: datetime | None = None) -> bytes:
+    """The outcome of a future-dated command (8F66 actioned / 8F67 not actioned), which DUIS
+    returns as a response to the original request: ResponseMessage/FutureDatedDeviceAlert-
+    Message {FutureDatedAlertCode, GBCSPayload} (duis-parser's body types)."""
+    return response(request_id, "I0", srv, at=at, body={"FutureDatedDeviceAlertMessage": {
+        "FutureDatedAlertCode": "%04X" % alert_code, "GBCSPayload": bytes(gbcs_payload)}})
+
+
+def alert(originator: bytes | None = None, recipient: bytes | None = None,
+          counter: int | None = None, code: int | str | None = None, *,
+          gbcs_payload: bytes | None = None, dcc_alert: dict | None = None,
+          detail: dict | None = None, request_id: RequestID | str | None = None,
+          srv: str | None = None, body: dict | None = None, alert_code: str | None = None,
+          at: datetime | None = None) -> bytes:
+    """An alert for a User, as DUIS carries them (duis-parser's body types). Two call forms.
+
+    Addressed (originator, recipient and counter given; the Header's ResponseID is
+    `originator:recipient:counter`, the alert's own counter, and ResponseCode I0, as DCC Boxed
+    delivers alerts):
+
+    - a device alert, `code` an int (the GBCS alert code, e.g. 0x8F8A, see ALERT_CODES):
+      Body/DeviceAlertMessage {AlertCode (4 hex digits), GBCSPayload}; originator = device;
+    - a DCC alert, `code` a str (e.g. "N24", see DCC_ALERT_CODES; originator the DCC):
+      Body/DCCAlertMessage {DCCAlertCode, DCCAlert} with `dcc_alert` (or `body`) as the
+      DCCAlert's children in the ResponseAndAlert (ra) namespace.
+
+    Unaddressed (no originator: one document queued for several Users): a DCC alert whose
+    `code` is the ResponseCode (default I0), `alert_code` the DCCAlertCode (default NH1 when
+    it reports on `request_id`, else NH3), and `body` (plus `srv` as ServiceReferenceVariant)
+    the DCCAlert's children; no ResponseID.
+
+    hanota additions, in its own namespace so DUIS readers skip them: `detail` (h:Detail,
+    e.g. a Comms Hub outcome while the HAN has no GBCS payload yet), and a RequestID when the
+    alert reports on a request (a firmware distribution outcome for an 11.1)."""
+    if originator is None:
+        if recipient is not None or counter is not None or gbcs_payload is not None:
+            raise ValueError("an unaddressed alert takes no recipient, counter or GBCSPayload")
+        response_code = "I0" if code is None else str(code)
+        dcc_code = alert_code or ("NH1" if request_id is not None else "NH3")
+        children = dict(body or dcc_alert or {})
+        if srv is not None:
+            children = {"ServiceReferenceVariant": srv, **children}
+        root, b = _response_root(_rid_text(request_id), None, response_code, at, None)
+        msg = _dcc_alert(b, dcc_code, children)
+    else:
+        if recipient is None or counter is None or code is None:
+            raise ValueError("an addressed alert needs originator, recipient, counter and code")
+        rid = RequestID(bytes(originator), bytes(recipient), int(counter))
+        root, b = _response_root(_rid_text(request_id), str(rid), "I0", at, None)
+        if isinstance(code, int):
+            if not 0 <= code <= 0xFFFF:
+                raise ValueError("a GBCS alert code is 16 bits, not %#x" % code)
+            if body or dcc_alert:
+                raise ValueError("a device alert carries a GBCSPayload, not a body")
+            msg = _sub(b, "DeviceAlertMessage")
+            _sub(msg, "AlertCode", "%04X" % code)
+            if gbcs_payload is not None:
+                _sub(msg, "GBCSPayload", base64.b64encode(gbcs_payload).decode("ascii"))
+        else:
+            if gbcs_payload is not None:
+                raise ValueError("a DCC alert has no GBCSPayload")
+            msg = _dcc_alert(b, code, dict(dcc_alert or body or {}))
+    if detail:
+        h = etree.SubElement(msg, "{%s}Detail" % HANOTA_NS, nsmap={"h": HANOTA_NS})
+        for k, v in detail.items():
+            _put(h, k, v, HANOTA_NS)
+    return _serialize(root)
+
+
+def _dcc_alert(body: etree._Element, code: str, children: dict) -> etree._Element:
+    if not re.fullmatch(r"[A-Z]{1,2}[0-9]{1,4}", code or ""):
+        raise ValueError("DCC alert code %r is not like N24" % code)
+    msg = _sub(body, "DCCAlertMessage")
+    _sub(msg, "DCCAlertCode", code)
+    d = _sub(msg, "DCCAlert")
+    for k, v in children.items():
+        _put(d, k, v, RA_NS)
+    return msg
+
+
+def _tree(el: etree._Element) -> Any:
+    """An element's content as text (leaf) or dict (children; a repeated name becomes a
+    list), keys being local names."""
+    kids = _elements(el)
+    if not kids:
+        return (el.text or "").strip()
+    out: dict[str, Any] = {}
+    for c in kids:
+        k, v = _local(c), _tree(c)
+        if k in out:
+            if not isinstance(out[k], list):
+                out[k] = [out[k]]
+            out[k].append(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _b64(text: str | None, what: str) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise DuisError(E_MALFORMED, "%s is not base64" % what) from None
+
+
+def parse_response(xml: bytes) -> dict[str, Any]:
+    """A DUIS response, acknowledgement or alert, for Users (tests, demo, report):
+
+    {"kind": "acknowledgement" | "response" | "device_alert" | "dcc_alert" |
+             "future_dated_alert",
+     "request_id": str | None, "response_id": str | None, "code": str, "meaning": str,
+     "datetime": str, "reason": str | None, "service_reference": str | None,
+     "service_reference_variant": str | None, "gbcs_payload": bytes | None,
+     "alert_code": str | None, "body": dict (the rest of the body, local names),
+     "detail": dict | None, "signed": bool}
+
+    DuisError (E_MALFORMED) for a document that is not one. The signature is not checked."""
+    root = parse_xml(xml)
+    if root.tag != _q("Response"):
+        raise DuisError(E_MALFORMED, "root element is %s, not sr:Response" % _name(root))
+    header = root.find(_q("Header"))
+    body = root.find(_q("Body"))
+    if header is None or body is None:
+        raise DuisError(E_MALFORMED, "sr:Response needs sr:Header and sr:Body")
+
+    def h(local: str) -> str | None:
+        el = header.find(_q(local))
+        return None if el is None else (el.text or "").strip()
+
+    code = h("ResponseCode")
+    if not code:
+        raise DuisError(E_MALFORMED, "Header/ResponseCode is missing")
+    reason_el = header.find("{%s}Reason" % HANOTA_NS)
+    out: dict[str, Any] = {
+        "kind": "response", "request_id": h("RequestID"), "response_id": h("ResponseID"),
+        "code": code, "meaning": RESPONSE_CODES.get(code, "unknown code"),
+        "datetime": h("ResponseDateTime"),
+        "reason": None if reason_el is None else (reason_el.text or "").strip(),
+        "service_reference": None, "service_reference_variant": None,
+        "gbcs_payload": None, "alert_code": None, "body": {}, "detail": None,
+        "signed": root.find("{%s}Signature" % DS_NS) is not None,
+    }
+    kids = _elements(body)
+    msg = kids[0] if kids else None
+    if msg is None:
+        if out["response_id"] is not None:
+            raise DuisError(E_MALFORMED, "Body of a response is empty")
+        out["kind"] = "acknowledgement"   # a refusal before the SR was known
+        return out
+    name = _local(msg)
+    rest: dict[str, Any] = {}
+    for c in _elements(msg):
+        if etree.QName(c).namespace == HANOTA_NS:
+            if _local(c) == "Detail":
+                out["detail"] = _tree(c) or {}
+            continue
+        k = _local(c)
+        v = _tree(c)
+        if k in rest:
+            rest[k] = rest[k] if isinstance(rest[k], list) else [rest[k]]
+            rest[k].append(v)
+        else:
+            rest[k] = v
+    if name == "ResponseMessage":
+        out["service_reference"] = rest.pop("ServiceReference", None)
+        out["service_reference_variant"] = rest.pop("ServiceReferenceVariant", None)
+        out["gbcs_payload"] = _b64(rest.pop("GBCSPayload", None), "GBCSPayload")
+        fd = rest.get("FutureDatedDeviceAlertMessage")
+        if isinstance(fd, dict):
+            out["kind"] = "future_dated_alert"
+            out["alert_code"] = fd.get("FutureDatedAlertCode")
+            out["gbcs_payload"] = _b64(fd.get("GBCSPayload"), "GBCSPayload")
+        elif out["response_id"] is None:
+            out["kind"] = "acknowledgement"
+    elif name == "DeviceAlertMessage":
+        out["kind"] = "device_alert"
+        out["alert_code"] = rest.pop("AlertCode", None)
+        out["gbcs_payload"] = _b64(rest.pop("GBCSPayload", None), "GBCSPayload")
+    elif name == "DCCAlertMessage":
+        out["kind"] = "dcc_alert"
+        out["alert_code"] = rest.pop("DCCAlertCode", None)
+    else:
+        raise DuisError(E_MALFORMED, "Body/%s is not a ResponseMessage, DeviceAlertMessage or "
+                        "DCCAlertMessage" % name)
+    out["body"] = rest
+    return out
+
+
+def describe(xml: bytes) -> dict[str, Any]:
+    """Any DUIS document (a request, or a response/acknowledgement/alert) as plain fields, for
+    `hanota duis show`: requests as parse_request reads them (with "document": "request"),
+    responses as parse_response does (with "document": "response")."""
+    root = parse_xml(xml)
+    if root.tag == _q("Response"):
+        return {"document": "response", **parse_response(xml)}
+    req = parse_request(xml)
+    return {"document": "request", "request_id": str(req.request_id),
+            "originator": eui_text(req.request_id.originator),
+            "target": eui_text(req.request_id.target), "counter": req.request_id.counter,
+            "command_variant": req.command_variant,
+            "service_reference": req.service_reference,
+            "service_reference_variant": req.service_reference_variant,
+            "service": req.service.name, "body": req.body, "fields": req.fields,
+            "signed": root.find("{%s}Signature" % DS_NS) is not None}
