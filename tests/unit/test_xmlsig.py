@@ -326,3 +326,50 @@ def test_template_signed_with_dcc_boxed_user_key(tmp_path):
     assert signer.entity_id == bytes.fromhex("90B3D51F30010000") and signer.role == 0x87
     rid = etree.fromstring(doc).find(".//{%s}RequestID" % SR).text
     assert rid.startswith(pki.entity_text(signer.entity_id) + ":")
+
+
+# --- xmlsec1 (libxmlsec, an independent XMLDSig implementation), when installed -------------
+
+def _xmlsec1():
+    import shutil
+    exe = shutil.which("xmlsec1")
+    if exe is None:
+        pytest.skip("xmlsec1 is not installed (apt-get install xmlsec1): the libxmlsec "
+                    "cross-check is optional; test_independent_check_of_our_signature covers it")
+    return exe
+
+
+def test_xmlsec1_accepts_our_signature_and_we_accept_its(tmp_path, store, signed, supplier):
+    import subprocess
+    exe = _xmlsec1()
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(supplier[1].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ours, bad = tmp_path / "ours.xml", tmp_path / "bad.xml"
+    ours.write_bytes(signed)
+    bad.write_bytes(signed.replace(b":1001<", b":1002<"))
+
+    def xmlsec(*args):
+        return subprocess.run([exe, *args], capture_output=True, timeout=30).returncode
+
+    assert xmlsec("--verify", "--pubkey-pem", str(pub), str(ours)) == 0
+    assert xmlsec("--verify", "--pubkey-pem", str(pub), str(bad)) != 0
+    # xmlsec1 signs a DUIS-shaped template (empty values; it fills X509IssuerSerial from the
+    # certificate): our verify accepts it and finds the signer in the key store.
+    tmpl = REQUEST.replace(b"</sr:Request>", (
+        b'<ds:Signature xmlns:ds="%s"><ds:SignedInfo>'
+        b'<ds:CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>'
+        b'<ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"/>'
+        b'<ds:Reference URI=""><ds:Transforms><ds:Transform Algorithm="http://www.w3.org/2000/'
+        b'09/xmldsig#enveloped-signature"/></ds:Transforms><ds:DigestMethod Algorithm="http://'
+        b'www.w3.org/2001/04/xmlenc#sha256"/><ds:DigestValue/></ds:Reference></ds:SignedInfo>'
+        b'<ds:SignatureValue/><ds:KeyInfo><ds:X509Data><ds:X509IssuerSerial/></ds:X509Data>'
+        b'</ds:KeyInfo></ds:Signature></sr:Request>') % DS.encode())
+    org = store.by_name("supplier-a.xml")
+    (tmp_path / "tmpl.xml").write_bytes(tmpl)
+    out = tmp_path / "theirs.xml"
+    assert xmlsec("--sign", "--privkey-pem", "%s,%s" % (store.key_path(org), store.cert_path(org)),
+                  "--output", str(out), str(tmp_path / "tmpl.xml")) == 0
+    theirs = out.read_bytes()
+    assert xmlsig.verify(theirs, store).name == "supplier-a.xml"
+    assert _reason(theirs.replace(b":1001<", b":1002<"), store)[0] == "digest"
