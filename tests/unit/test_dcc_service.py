@@ -468,6 +468,25 @@ def test_device_alert_goes_to_the_responsible_suppliers(dcc):
     assert len(dcc.responses(SUP_A)) == 1
     with pytest.raises(DccUsageError, match="integer id"):
         dcc.wan_received(HUB2, {"type": "alert"})
+    # an alert about the hub itself (a Trust Centre Swap-Out) reaches the Suppliers of every
+    # premises it serves, and no one else
+    dcc.wan_received(HUB, {"id": 10, "type": "alert", "alert": "trust_centre_swap_out",
+                           "device": None, "detail": {"old": "AA", "new": "BB"}})
+    (_, xml), = dcc.responses(SUP_A, after=dcc.responses(SUP_A)[0][0])
+    r = answer(dcc, xml)
+    assert r["kind"] == "dcc_alert" and r["alert_code"] == "NH3"
+    assert len(dcc.responses(SUP_B)) == 1
+
+
+def test_a_comms_hub_refusal_is_a_failure_for_the_user(dcc, signers):
+    u = User(dcc, signers)
+    assert u.submit("11.2", HCALCS)["code"] == service.ACCEPTED
+    (msg,) = outbox(dcc)
+    dcc.wan_received(HUB, {"id": 1, "type": "outcome", "request": msg["request"],
+                           "outcome": "refused", "detail": {"reason": "bad message"}})
+    (_, xml), = dcc.responses(SUP_A)
+    r = answer(dcc, xml)
+    assert r["code"] == "E20" and r["body"]["CommsHubOutcome"]["Reason"] == "bad message"
 
 
 # ---------------------------------------------------------------- the store's own rules

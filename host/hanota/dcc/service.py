@@ -95,8 +95,12 @@ OUTCOME_RESPONSES: dict[str, tuple[str, str | None, int | None]] = {
     "unjoin_failed": (SUCCESS, "CS04", 2),
     "prenotified": (SUCCESS, None, None),
     "cancelled": (SUCCESS, "CS06", None),
+    "not_cancelled": (SUCCESS, "CS06", None),
+    # the Comms Hub could not act on the message (malformed, or its own rule refused it):
+    # for the User the command did not reach the device
+    "refused": ("E20", None, None),
     "device_unreachable": ("E21", None, None),
-    "superseded": ("EH12", None, None),  # not in duis.RESPONSE_CODES yet: asked its owner
+    "superseded": ("EH12", None, None),
     "not_authorized": (REFUSAL_CODES["not-authorised"], None, None),
     "ota_unsupported": (REFUSAL_CODES["wrong-device-type"], None, None),
     "ota_unavailable_after_tcso": (duis.E_OTA_UNAVAILABLE, None, None),
@@ -107,6 +111,8 @@ OUTCOME_TEXT = {
     "unjoined": "the device was removed from the Comms Hub's device log",
     "unjoin_failed": "the Comms Hub could not remove the device",
     "prenotified": "the Comms Hub holds the device's install code",
+    "not_cancelled": "there was no future-dated activation to cancel",
+    "refused": "the Comms Hub could not act on the request",
     "cancelled": "the future-dated activation was cancelled",
 }
 FIRMWARE_SRS = ("11.1", "11.3", "11.4")
@@ -443,7 +449,8 @@ class Dcc:
         if req["outcome"] is not None:
             return
         outcome = str(msg.get("outcome"))
-        code, case, gbcs_code = OUTCOME_RESPONSES.get(outcome, (SUCCESS, None, None))
+        # an outcome this DCC does not know is reported as a failure to reach the device
+        code, case, gbcs_code = OUTCOME_RESPONSES.get(outcome, ("E20", None, None))
         result: dict[str, Any] = {"DeviceID": duis.eui_text(bytes.fromhex(req["device"]))
                                   if req["device"] else None,
                                   "Outcome": outcome, "OutcomeText": outcome_text(outcome)}
@@ -484,18 +491,37 @@ class Dcc:
             self.store.update_device(req["device"], status="commissioned")
 
     def _alert(self, hub: str, msg: dict) -> None:
+        """An alert from a Comms Hub: about one of its devices (-> that premises' Responsible
+        Suppliers), or about the hub itself, e.g. a Trust Centre Swap-Out (-> the Suppliers
+        of every premises it serves)."""
         eui = msg.get("device")
-        dev = self.store.device(eui) if eui else None
-        if dev is None or dev["hub_eui"] != hub:
-            log.warning("Comms Hub %s sent an alert for device %r it does not serve", hub, eui)
-            return
-        body = {"DeviceID": duis.eui_text(bytes.fromhex(dev["eui"]))}
+        body: dict[str, Any] = {}
+        if eui:
+            dev = self.store.device(eui)
+            if dev is None or dev["hub_eui"] != hub:
+                log.warning("Comms Hub %s sent an alert for device %r it does not serve", hub,
+                            eui)
+                return
+            users = list(dev["suppliers"])
+            body["DeviceID"] = duis.eui_text(bytes.fromhex(dev["eui"]))
+        else:
+            users = sorted({s for p in self.store.list_premises() if p["hub_eui"] == hub
+                            for s in p["suppliers"]})
+            body["CommsHubID"] = duis.eui_text(bytes.fromhex(hub))
         if msg.get("alert") is not None:
             body["Alert"] = str(msg["alert"])
-        detail = {k: v for k, v in msg.items() if k not in ("id", "type", "device", "alert")}
-        xml = self._sign(duis.alert(code=SUCCESS, body=body, detail=_flat(detail)))
+        request_id = None
+        if msg.get("request"):
+            try:
+                request_id = duis.RequestID.parse(str(msg["request"]))
+            except duis.DuisError:
+                request_id = None
+        detail = {k: v for k, v in msg.items()
+                  if k not in ("id", "type", "device", "alert", "request") and v is not None}
+        xml = self._sign(duis.alert(code=SUCCESS, body=body, request_id=request_id,
+                                    alert_code="NH3", detail=_flat(detail)))
         with self.store.tx():
-            for user in dev["suppliers"]:
+            for user in users:
                 self.store.queue_response(user, xml, SUCCESS, kind="alert")
 
     def _alert_xml(self, request_id: Any, code: str, srv: str | None, body: dict) -> bytes:
