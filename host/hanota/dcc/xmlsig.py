@@ -206,7 +206,10 @@ def _text(sig: etree._Element, path: str, what: str) -> str:
 
 def signer_of(xml: bytes) -> tuple[str, int]:
     """The signer's certificate as KeyInfo names it: (issuer name, serial). No verification."""
-    sig = _the_signature(_parse(xml).getroot())
+    return _signer(_the_signature(_parse(xml).getroot()))
+
+
+def _signer(sig: etree._Element) -> tuple[str, int]:
     issuer = _text(sig, "ds:KeyInfo/ds:X509Data/ds:X509IssuerSerial/ds:X509IssuerName",
                    "KeyInfo X509IssuerName")
     serial = _text(sig, "ds:KeyInfo/ds:X509Data/ds:X509IssuerSerial/ds:X509SerialNumber",
@@ -284,7 +287,7 @@ def verify(xml: bytes, keystore_or_cert: Trust) -> pki.OrgCert:
     sig = _the_signature(tree.getroot())
     _check_shape(sig)
     _no_comments(tree.getroot(), sig)
-    issuer, serial = signer_of(xml)
+    issuer, serial = _signer(sig)
     if isinstance(keystore_or_cert, pki.KeyStore):
         org = keystore_or_cert.by_issuer_serial(issuer, serial)
         if org is None:
