@@ -170,6 +170,75 @@ def test_round_trip_property(originator, device, counter, image, version, ids, h
     assert req.request_id.target == device
 
 
+_hex = lambda n: st.binary(min_size=n, max_size=n).map(lambda b: b.hex().upper())  # noqa: E731
+_text = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+                .filter(lambda c: c not in "<&"), min_size=1, max_size=20)
+
+
+@st.composite
+def any_request(draw):
+    """A random (srv, originator, target, counter, fields) a User could send."""
+    srv = draw(st.sampled_from(sorted(duis.SERVICES)))
+    originator = draw(_eui)
+    target = DCC_EUI if duis.SERVICES[srv].non_device else \
+        draw(_eui.filter(lambda e: e != DCC_EUI))
+    counter = draw(st.integers(0, 2**64 - 1))
+    types = st.sampled_from(["ESME", "GSME", "PPMID", "HCALCS", "ALTHAN", "IHD"])
+    if srv in ("11.1", "11.4"):
+        f = dict(firmware_image=draw(st.binary(min_size=1, max_size=200)),
+                 firmware_version=draw(_hex(4)),
+                 device_ids=draw(st.lists(_eui, min_size=1, max_size=3)))
+    elif srv == "11.3":
+        f = dict(firmware_hash=draw(st.binary(min_size=32, max_size=32)),
+                 execution_datetime=None, cancel=draw(st.booleans()))
+        if f["cancel"]:
+            f["execution_datetime"] = duis.CANCEL_DATETIME
+    elif srv == "11.2":
+        f = {}
+    elif srv == "8.2":
+        f = dict(device_id=draw(_eui))
+    elif srv == "8.4":
+        if draw(st.booleans()):
+            f = dict(device_id=draw(_eui), delete=True)
+        else:
+            f = dict(device_id=draw(_eui), delete=False, device_type=draw(types),
+                     model=draw(_hex(4)))
+    elif srv == "12.2":
+        f = dict(device_id=draw(_eui), manufacturer=draw(_hex(2)), model=draw(_hex(4)),
+                 device_type=draw(types), smets_chts_version=draw(_text),
+                 firmware_version=draw(_hex(4)),
+                 esme_variant=draw(st.one_of(st.none(), _text)),
+                 install_code=draw(st.one_of(st.none(), st.binary(min_size=6, max_size=18))))
+    else:
+        f = dict(other_device_id=draw(_eui))
+    return srv, originator, target, counter, f
+
+
+@settings(max_examples=150, deadline=None)
+@given(any_request())
+def test_every_srv_round_trips(r):
+    srv, originator, target, counter, f = r
+    req = duis.parse_request(duis.build_request(srv, originator, target, counter, **f))
+    assert req.request_id == RequestID(originator, target, counter)
+    assert req.service_reference_variant == srv
+    assert req.fields == f
+
+
+def test_update_inventory_update_form():
+    xml = build("8.4", delete=False, device_type="althan", model="010A030B")
+    assert b"<sr:DeleteDevice" not in xml
+    req = duis.parse_request(xml)
+    assert req.fields == {"device_id": ESME, "delete": False, "device_type": "ALTHAN",
+                          "model": "010A030B"}
+    e = refused(xml.replace(b"<sr:DeviceType>ALTHAN</sr:DeviceType>", b"<sr:DeleteDevice/>"
+                            b"<sr:DeviceType>ALTHAN</sr:DeviceType>"))
+    assert "unexpected element Body/UpdateInventory/DeviceType" in str(e)
+    e = refused(re.sub(rb"<sr:DeleteDevice/>", b"", build("8.4")))
+    assert "neither DeleteDevice nor anything to update" in str(e)
+    e = refused(build("8.4").replace(b"<sr:DeleteDevice/>", b"<sr:DeleteDevice>yes</sr:DeleteDevice>"))
+    assert "DeleteDevice must be empty" in str(e)
+
+
 def test_build_refuses_bad_fields():
     with pytest.raises(ValueError, match="firmware_image"):
         duis.build_request("11.1", SUPPLIER, DCC_EUI, 1, firmware_version="00000000",

@@ -53,7 +53,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, NoReturn
 
 from lxml import etree
 
@@ -411,7 +411,7 @@ class _Reader:
                 self.fail("element %s inside %s is not in the DUIS namespace %s"
                           % (c.tag, path, SR_NS))
 
-    def fail(self, msg: str, code: str = E_MALFORMED):
+    def fail(self, msg: str, code: str = E_MALFORMED) -> NoReturn:
         raise DuisError(code, msg, request_id=self.rid, srv=self.srv)
 
     def peek(self) -> str | None:
@@ -427,6 +427,12 @@ class _Reader:
         found = self.peek()
         self.fail("%s/%s is missing%s" % (self.path, local,
                                           " (found %s)" % found if found else ""))
+
+    def need(self, local: str) -> str:
+        """The text of a required element (DuisError when missing or empty)."""
+        t = self.text(local)
+        assert t is not None
+        return t
 
     def text(self, local: str, optional: bool = False, empty_ok: bool = False) -> str | None:
         el = self.element(local, optional)
@@ -453,7 +459,7 @@ class _Reader:
 
     # typed values
     def eui(self, local: str) -> bytes:
-        t = self.text(local)
+        t = self.need(local)
         try:
             return parse_eui(t, "%s/%s" % (self.path, local))
         except ValueError as e:
@@ -509,7 +515,7 @@ def _device_types() -> tuple[str, ...]:
 
 
 def _read_firmware(r: _Reader) -> dict[str, Any]:
-    text = r.text("FirmwareImage")
+    text = r.need("FirmwareImage")
     try:
         image = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -517,7 +523,7 @@ def _read_firmware(r: _Reader) -> dict[str, Any]:
     if not image:
         r.fail("%s/FirmwareImage is empty" % r.path)
     version = r.hexstr("FirmwareVersion", 8)
-    ids_text = r.text("DeviceIDList")
+    ids_text = r.need("DeviceIDList")
     ids = []
     for t in ids_text.split():
         try:
@@ -535,7 +541,7 @@ def _read_activate(r: _Reader) -> dict[str, Any]:
             at = parse_datetime(t, "%s/ExecutionDateTime" % r.path)
         except ValueError as e:
             r.fail(str(e))
-    h = r.hexstr("FirmwareHash", 64)
+    h = r.hexstr("FirmwareHash", 64) or ""
     return {"firmware_hash": bytes.fromhex(h), "execution_datetime": at,
             "cancel": at == CANCEL_DATETIME}
 
@@ -556,7 +562,7 @@ def _read_prenotification(r: _Reader) -> dict[str, Any]:
                          "manufacturer": r.hexstr("DeviceManufacturer", 4),
                          "model": r.hexstr("DeviceModel", 8),
                          "device_type": _read_device_type(r, "DeviceType"),
-                         "smets_chts_version": r.text("SMETSCHTSVersion"),
+                         "smets_chts_version": r.need("SMETSCHTSVersion"),
                          "firmware_version": r.hexstr("FirmwareVersion", 8),
                          "esme_variant": r.text("ESMEVariant", optional=True)}
     ic = r.text("InstallCode", optional=True)
@@ -614,16 +620,16 @@ def parse_request(xml: bytes) -> DuisRequest:
                         % (", ".join(_name(c) for c in _elements(root)) or "nothing"))
     header, body = top
     h = _Reader(header, "Header")
-    rid_text = h.text("RequestID")
+    rid_text = h.need("RequestID")
     request_id = RequestID.parse(rid_text)
     rid = str(request_id)
     h.rid = rid
-    cv_text = h.text("CommandVariant")
+    cv_text = h.need("CommandVariant")
     if not re.fullmatch(r"[0-9]{1,3}", cv_text):
         h.fail("Header/CommandVariant %r is not a number" % cv_text)
     cv = int(cv_text)
-    sr = h.text("ServiceReference")
-    srv = h.text("ServiceReferenceVariant")
+    sr = h.need("ServiceReference")
+    srv = h.need("ServiceReferenceVariant")
     h.end()
     svc = SERVICES.get(srv)
     if svc is None:
@@ -648,6 +654,7 @@ def parse_request(xml: bytes) -> DuisRequest:
                         "be the device, not the DCC" % (srv, svc.name), request_id=rid, srv=srv)
     b = _Reader(body, "Body", rid, srv)
     el = b.element(svc.body)
+    assert el is not None
     b.end()
     r = _Reader(el, "Body/%s" % svc.body, rid, srv)
     if srv == "11.2":
