@@ -270,6 +270,19 @@ def test_dtd_and_entities_refused():
     assert "DTD" in str(refused(ext))
 
 
+def test_dtd_hidden_in_utf16_refused():
+    """The byte check cannot see a UTF-16 DOCTYPE; the parsed document's DTD is refused too."""
+    x = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY a "aaaa">'
+         '<!ENTITY b "&a;&a;&a;&a;">]><sr:Request xmlns:sr="%s">&b;</sr:Request>' % duis.SR_NS)
+    e = refused(x.encode("utf-16"))
+    assert e.code == duis.E_MALFORMED and "DTD" in str(e)
+
+
+def test_oversized_document_refused():
+    e = refused(b" " * (duis.MAX_REQUEST_BYTES + 1))
+    assert e.code == duis.E_MALFORMED and "limit" in str(e)
+
+
 def test_wrong_root_and_namespace():
     xml = build("8.2")
     assert "root element" in str(refused(xml.replace(b"sr:Request", b"sr:Requestx")))
