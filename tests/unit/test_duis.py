@@ -313,6 +313,15 @@ def test_unexpected_and_foreign_elements():
     assert "Body/ReadInventory is missing (found ReadInventoryX)" in str(e)
 
 
+def test_stray_text_refused():
+    e = refused(build("8.2").replace(b"<sr:DeviceID>", b"junk<sr:DeviceID>"))
+    assert "Body/ReadInventory holds stray text 'junk'" in str(e)
+    e = refused(build("8.2").replace(b"</sr:RequestID>", b"</sr:RequestID>x"))
+    assert "Header holds stray text" in str(e)
+    e = refused(build("8.2").replace(b"</sr:Header>", b"</sr:Header>y"))
+    assert "sr:Request holds stray text" in str(e)
+
+
 def test_bad_eui_named():
     xml = build("8.7.1").replace(b"00-DB-12-34-56-78-90-9A", b"00-DB-12-34-56-78-90")
     e = refused(xml)

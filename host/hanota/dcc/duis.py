@@ -410,6 +410,11 @@ class _Reader:
             if etree.QName(c).namespace != SR_NS:
                 self.fail("element %s inside %s is not in the DUIS namespace %s"
                           % (c.tag, path, SR_NS))
+        if self.children:
+            stray = [(parent.text or "").strip()] + [(c.tail or "").strip() for c in parent]
+            if any(stray):
+                self.fail("%s holds stray text %r between its elements"
+                          % (path, next(t for t in stray if t)[:40]))
 
     def fail(self, msg: str, code: str = E_MALFORMED) -> NoReturn:
         raise DuisError(code, msg, request_id=self.rid, srv=self.srv)
@@ -618,6 +623,8 @@ def parse_request(xml: bytes) -> DuisRequest:
         raise DuisError(E_MALFORMED, "sr:Request must hold sr:Header, sr:Body and an optional "
                         "ds:Signature, in that order; it holds %s"
                         % (", ".join(_name(c) for c in _elements(root)) or "nothing"))
+    if any([(root.text or "").strip()] + [(c.tail or "").strip() for c in root]):
+        raise DuisError(E_MALFORMED, "sr:Request holds stray text between its elements")
     header, body = top
     h = _Reader(header, "Header")
     rid_text = h.need("RequestID")
