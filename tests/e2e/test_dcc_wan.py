@@ -399,6 +399,45 @@ def test_ch_stores_before_it_acks(tmp_path):
     run(tmp_path, body)
 
 
+def test_trust_centre_swap_out_over_the_wan(tmp_path):
+    """A Trust Centre Swap-Out on the Comms Hub: the Alt HAN device's pending 11.1 ends
+    "OTA unavailable after TCSO" (MP170), which the Supplier gets as the DUIS error; the
+    swap-out alert reaches the Suppliers on the old hub's connection; then the CH dials in
+    under its new identity, naming the one it replaces."""
+    async def body(w: World):
+        await w.start_hub()
+        xml = w.request("12.2", duis.DCC_EUI, device_id=msb(8), manufacturer="%04X"
+                        % images.DEFAULT_MANUFACTURER,
+                        model="%08X" % images.ROLE_IMAGE_TYPES["althan"], device_type="ALTHAN",
+                        smets_chts_version="V1.0", firmware_version="00000001",
+                        install_code=bytes.fromhex(install_code(8)))
+        _, ack = await w.post(xml)
+        assert ack["code"] == "I0", ack
+        await w.until(lambda: reg.device(w.hub.db, eui_str(8)) is not None, "the device log")
+        dev = await w.device(8, role="althan")
+        assert dev.join_status == 0
+        dev.answer_notify = False  # it is not downloading when the hub is swapped out
+        data = w.image("althan", 0x00000009)
+        _, ack = await w.post(w.request("11.1", duis.DCC_EUI, firmware_image=data,
+                                        firmware_version="00000009", device_ids=[msb(8)]))
+        assert ack["code"] == "I99", ack
+        await w.until(lambda: w.hub.db.one("SELECT count(*) FROM requests WHERE eui = ? "
+                                           "AND outcome IS NULL", (eui_str(8),))[0] == 1,
+                      "the request on the CH")
+        old = w.hub_eui
+        swap = reg.swap_out(w.hub.db)  # as `hanota hub swap-out` does
+        new = eui_hex(swap["new"])
+        resp = await w.wait_response(ack["request_id"])
+        assert resp["code"] == duis.E_OTA_UNAVAILABLE, resp
+        assert outcome(resp)["Outcome"] == "ota_unavailable_after_tcso"
+        alerts = [duis.parse_response(r["xml"].encode()) for r in await w.responses()]
+        assert any(a["kind"] == "dcc_alert" and a["alert_code"] == "NH3" for a in alerts), \
+            alerts
+        await w.until(lambda: w.http.wan.connected == {new}, "the CH back as %s" % new)
+        assert old not in w.http.wan.connected
+    run(tmp_path, body)
+
+
 # ---------------------------------------------------------------- HTTP
 
 def test_push_url_delivery_with_retry(tmp_path):

@@ -51,6 +51,7 @@ CH_OUTCOMES = ("prenotified", "joined", "join_failed", "unjoined", "unjoin_faile
                "cancelled", "not_cancelled", "applied", "refused")
 MAX_MESSAGE = 64 << 20  # an update_firmware carries the whole image, base64
 HEARTBEAT = 10.0  # websocket pings, seconds
+SWITCH_DRAIN = 5.0  # seconds the old identity waits for its last messages' acks
 
 
 class WanError(HanotaError):
@@ -378,12 +379,22 @@ class CommsHubWan:
     async def _send(self, ws, hub: str) -> None:
         sent = 0
         while not ws.closed:
-            if self._identity()[0] != hub:  # a Trust Centre Swap-Out: reconnect as the new hub
-                await ws.close()
-                return
+            # A Trust Centre Swap-Out: what the old hub has to say (the swap-out alert, the
+            # requests it ended) goes out on its own connection first, then the hub
+            # reconnects under its new identity.
+            switching = self._identity()[0] != hub
+            if switching:
+                self.collect()
             for msg in self.store.outbox(after=sent):
                 await ws.send_str(encode(msg))
                 sent = max(sent, msg["id"])
+            if switching:
+                end = asyncio.get_running_loop().time() + SWITCH_DRAIN
+                while self.store.outbox() and not ws.closed \
+                        and asyncio.get_running_loop().time() < end:
+                    await asyncio.sleep(self.poll)
+                await ws.close()
+                return
             await asyncio.sleep(self.poll)
 
     # -- acting on the DCC's messages
@@ -551,16 +562,11 @@ class _Actions:
     def do_update_firmware(self) -> str:
         from ..hub import registry as reg
         from ..hub import requests as rq
-        from ..hub.db import HubUsageError
 
         eui = self._eui()
         dev = reg.device(self.db, eui)
-        kind = self.msg.get("kind")
-        if dev is not None and kind in ("11.1", "11.4"):
-            want = "11.1" if dev["role"] == "hcalcs" else "11.4"
-            if kind != want:
-                raise HubUsageError("SR %s does not apply to %s %s (SR %s does)"
-                                    % (kind, dev["role"], eui, want))
+        # The SR the hub runs follows the device's role (hub/requests.py: 11.1 for devices
+        # activated by command, 11.4 for the others), whatever "kind" the DCC wrote.
         who = self._mirror_supplier(eui) if dev is not None else self._supplier()
         data = base64.b64decode(self.msg["image_b64"], validate=True)
         store = self.db.images_dir()
