@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import random
 
 import pytest
@@ -550,3 +551,79 @@ def test_templates_with_placeholder_refused_and_signed_by_the_supplier(name, tmp
     # not registered here: refused by the registration data, after signature and header
     assert a["code"] in ("E19", duis.E_IMAGE), a
     store.close()
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_cli_end_to_end(tmp_path, fw_key):
+    """hanota pki init, dcc init, registry, cpl, duis build + sign, dcc submit, responses:
+    as a User would run them (click's runner; exit codes as hanota.cli.main gives them)."""
+    import click
+    from click.testing import CliRunner
+
+    from hanota.cli import cli as main
+
+    def run(*args: str, input: bytes | None = None) -> tuple[int, str]:
+        r = CliRunner().invoke(main, [str(a) for a in args], standalone_mode=False,
+                               input=input)
+        e = r.exception
+        if e is None:
+            return 0, r.output
+        if isinstance(e, click.ClickException):
+            return (1 if isinstance(e, click.UsageError) else e.exit_code), \
+                r.output + e.format_message()
+        raise e
+
+    p, db = tmp_path / "pki", tmp_path / "dcc.db"
+    assert run("pki", "init", p)[0] == 0
+    assert run("dcc", "init", "--pki", p, "--db", db)[0] == 0
+    code, out = run("dcc", "registry", "add-premises", "MPAN-9", "--supplier",
+                    "90-B3-D5-1F-30-01-A0-01", "--hub", "00DB1234567800C9", "--db", db)
+    assert code == 0 and "90B3D51F3001A001" in out
+    code, out = run("dcc", "registry", "add-device", "00-DB-12-34-56-78-90-01", "--type",
+                    "hcalcs", "--premises", "MPAN-9", "--manufacturer", "1234", "--model",
+                    "0086", "--db", db)
+    assert code == 0 and "HCALCS at MPAN-9" in out
+    code, out = run("dcc", "registry", "add-device", "00DB1234567890FF", "--type", "PPMID",
+                    "--premises", "NOWHERE", "--db", db)
+    assert code == 1 and "NOWHERE are not registered" in out
+    assert run("dcc", "registry", "add-premises", "X", "--supplier", "12", "--hub",
+               "00DB1234567800C9", "--db", db)[0] == 1
+    code, out = run("dcc", "registry", "list", "--db", db)
+    assert code == 0 and "00DB123456789001  HCALCS" in out
+
+    img = tmp_path / "fw.ota"
+    img.write_bytes(image(fw_key, "hcalcs", 0x21))
+    code, out = run("dcc", "cpl", "add", "--manufacturer", "1234", "--model", "0086",
+                    "--image", img, "--db", db)
+    assert code == 0 and "version 00000021" in out
+    code, out = run("dcc", "cpl", "list", "--json", "--db", db)
+    (entry,) = json.loads(out)
+    assert entry["image_hash"] == image_hash(img.read_bytes()).hex()
+
+    req, signed = tmp_path / "req.xml", tmp_path / "req.signed.xml"
+    code, out = run("duis", "build", "11.1", "--from", "90-B3-D5-1F-30-01-A0-01",
+                    "--counter", "77", "--image", img, "--device", "00-DB-12-34-56-78-90-01")
+    assert code == 0
+    req.write_text(out)
+    assert run("duis", "sign", req, "--key", p / "supplier-a.xml.key.pem", "--cert",
+               p / "supplier-a.xml.cert.pem", "-o", signed)[0] == 0
+    code, out = run("dcc", "submit", signed, "--db", db)
+    assert code == 0 and duis.parse_response(out.encode())["code"] == service.ACCEPTED
+    code, out = run("dcc", "submit", signed, "--db", db)  # the same again: a replay
+    assert code == 0 and duis.parse_response(out.encode())["code"] == duis.E_REPLAY
+
+    store = DccStore(db)
+    dcc = Dcc(store, pki.KeyStore(p), pki.signing_pair(p, "dcc.xml"))
+    (msg,) = dcc.wan_outbox(bytes.fromhex("00DB1234567800C9"))
+    dcc.wan_received(bytes.fromhex("00DB1234567800C9"), {
+        "id": 1, "type": "outcome", "request": msg["request"], "outcome": "distributed"})
+    store.close()
+    code, out = run("dcc", "responses", "--user", "90B3D51F3001A001", "--summary", "--db", db)
+    assert code == 0 and "response I0" in out and "final" in out
+    code, out = run("dcc", "responses", "--user", "90B3D51F3001A001", "--db", db)
+    assert code == 0 and out.startswith("<!-- seq 1 -->") and "distributed" in out
+
+    code, out = run("dcc", "cpl", "remove", entry["image_hash"], "--db", db)
+    assert code == 0 and "removed 1" in out
+    assert run("dcc", "cpl", "remove", entry["image_hash"], "--db", db)[0] == 1

@@ -33,3 +33,4 @@ def register(main: click.Group) -> None:
 from . import cli_pki  # noqa: E402,F401
 from . import cli_http  # noqa: E402,F401
 from . import cli_duis  # noqa: E402,F401
+from . import cli_dcc  # noqa: E402,F401

@@ -1,0 +1,289 @@
+"""`hanota dcc init|submit|responses|cpl|registry`: the DCC's records and a local submission.
+
+Every command takes `--db FILE` (default $HANOTA_HOME/dcc.db, or $HANOTA_DCC_DB). `dcc init
+--pki DIR` records the PKI directory (the key store Users' signatures are checked against, and
+the DCC's own XML-signing pair `dcc.xml`) in the database, so `submit` finds it again.
+Exit codes: 0 done (including a request the DCC refused: the signed refusal is printed); 1 the
+command's arguments are wrong (malformed EUI-64, unknown premises, ...); 2 a failure.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..clitypes import DomainExit, domain_errors
+from .cli import dcc
+from .store import DEVICE_TYPES, DEVICE_STATUSES, DccStore, DccUsageError, eui_hex
+
+
+def _db_option(fn):
+    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                        envvar="HANOTA_DCC_DB",
+                        help="DCC database (default $HANOTA_HOME/dcc.db).")(fn)
+
+
+def _json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def _usage_errors(fn):
+    """DccUsageError (the arguments name something wrong) exits 1; other domain errors go
+    through `domain_errors` (2)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DccUsageError as e:
+            ex = DomainExit(e)
+            ex.exit_code = 1
+            raise ex from None
+    return domain_errors(wrapper)
+
+
+def _eui(value: str) -> bytes:
+    return bytes.fromhex(eui_hex(value))
+
+
+def _pki_dir(store: DccStore, pki_dir: str | None) -> str:
+    d = pki_dir or store.get_meta("pki")
+    if not d:
+        raise DccUsageError("no PKI directory: give --pki DIR, or run hanota dcc init --pki DIR "
+                            "once", reason="no-pki")
+    if not Path(d).is_dir():
+        raise DccUsageError("PKI directory %s does not exist (make one with hanota pki init)"
+                            % d, reason="no-pki")
+    return d
+
+
+def open_service(store: DccStore, pki_dir: str | None) -> Any:
+    """The DCC service over an open store and its PKI directory."""
+    from .pki import KeyStore, signing_pair
+    from .service import Dcc
+
+    d = _pki_dir(store, pki_dir)
+    return Dcc(store, KeyStore(d), signing_pair(d, "dcc.xml"))
+
+
+def _print(rows: list[dict], as_json: bool, line) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, sort_keys=True, default=str))
+        return
+    for r in rows:
+        click.echo(line(r))
+
+
+# ---------------------------------------------------------------- init / submit / responses
+
+@dcc.command("init")
+@click.option("--pki", "pki_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="PKI directory (hanota pki init): Users' certificates and the DCC's "
+                   "XML-signing key dcc.xml.")
+@_db_option
+@_usage_errors
+def dcc_init(pki_dir: str, db_path: str | None) -> None:
+    """Create the DCC database (if new) and record its PKI directory, after checking that
+    the directory holds the DCC's signing key and certificate."""
+    from .pki import signing_pair
+
+    signing_pair(pki_dir, "dcc.xml")
+    with DccStore(db_path) as store:
+        store.set_meta("pki", str(Path(pki_dir).resolve()))
+        click.echo("DCC database %s; PKI %s" % (store.path, Path(pki_dir).resolve()))
+
+
+@dcc.command("submit")
+@click.argument("file", type=click.File("rb"))
+@click.option("--pki", "pki_dir", type=click.Path(file_okay=False), default=None,
+              help="PKI directory (default: the one dcc init recorded).")
+@_db_option
+@_usage_errors
+def dcc_submit(file, pki_dir: str | None, db_path: str | None) -> None:
+    """Submit a signed DUIS request (FILE, or - for stdin) to the DCC without HTTP; prints
+    the DCC's signed synchronous answer (I99 accepted, I0 with a DCC-only service's answer,
+    or the refusal with its code and reason)."""
+    xml = file.read()
+    with DccStore(db_path) as store:
+        reply = open_service(store, pki_dir).submit(xml)
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()
+
+
+@dcc.command("responses")
+@click.option("--user", "user", required=True, help="The User's entity ID (EUI-64).")
+@click.option("--after", type=int, default=0, show_default=True,
+              help="Only responses with a sequence number above this.")
+@click.option("--summary", is_flag=True, help="One line per response (sequence, kind, "
+              "code, RequestID) instead of the signed XML.")
+@_db_option
+@_usage_errors
+def dcc_responses(user: str, after: int, summary: bool, db_path: str | None) -> None:
+    """The signed DUIS responses and alerts queued for a User, in order, each preceded by a
+    line `<!-- seq N -->`."""
+    with DccStore(db_path) as store:
+        rows = store.response_rows(_eui(user), after=after)
+    for r in rows:
+        if summary:
+            req = r["request"]
+            click.echo("%6d  %-8s %-5s request #%s%s" % (r["seq"], r["kind"], r["code"],
+                                                         req if req is not None else "-",
+                                                         "  final" if r["final"] else ""))
+        else:
+            click.echo("<!-- seq %d -->" % r["seq"])
+            sys.stdout.buffer.write(bytes(r["xml"]))
+            if not bytes(r["xml"]).endswith(b"\n"):
+                sys.stdout.buffer.write(b"\n")
+            sys.stdout.buffer.flush()
+
+
+# ---------------------------------------------------------------- CPL
+
+@dcc.group("cpl")
+def cpl() -> None:
+    """The Central Products List: the firmware images SR 11.1 / 11.4 may carry."""
+
+
+@cpl.command("add")
+@click.option("--manufacturer", required=True, help="Manufacturer code (4 hex digits).")
+@click.option("--model", "model", required=True,
+              help="Device model / OTA image type (hex; hanota's PPMID is 0084).")
+@click.option("--version", "version", default=None,
+              help="Firmware version (8 hex digits; default: the image's).")
+@click.option("--hash", "image_hash", default=None,
+              help="Manufacturer Image Hash (64 hex digits), or give --image.")
+@click.option("--image", "image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An OTA file: its Manufacturer Image Hash and version are read from it.")
+@click.option("--pubkey", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The manufacturer's public key (public.bin or PEM): the image's signature "
+                   "must verify with it.")
+@_db_option
+@_usage_errors
+def cpl_add(manufacturer, model, version, image_hash, image, pubkey, db_path) -> None:
+    """Put a firmware image on the CPL for a manufacturer and model."""
+    if (image_hash is None) == (image is None):
+        raise DccUsageError("give the image's --hash or the --image itself (one of them)",
+                            reason="bad-argument")
+    if image is not None:
+        from .. import images
+
+        info = images.parse_file(image)
+        if info.descriptor is not None and info.descriptor.image_hash != info.image_sha256:
+            raise DccUsageError("%s is tampered: its manufacturer image does not have the hash "
+                                "its descriptor gives" % image, reason="tampered")
+        image_hash = info.image_sha256
+        if version is None:
+            version = info.header.file_version
+    if version is None:
+        raise DccUsageError("give --version (8 hex digits) with --hash", reason="bad-argument")
+    key = None
+    if pubkey is not None:
+        from ..keys import load_public_key
+
+        key = load_public_key(pubkey)
+    with DccStore(db_path) as store:
+        e = store.cpl_add(manufacturer, model, version, image_hash, pubkey=key)
+    click.echo("on the CPL: manufacturer %s model %s version %s hash %s%s"
+               % (e["manufacturer"], e["model"], e["version"], e["image_hash"],
+                  " (signature key held)" if e["pubkey"] else ""))
+
+
+@cpl.command("list")
+@_json_option
+@_db_option
+@_usage_errors
+def cpl_list(as_json: bool, db_path: str | None) -> None:
+    """Every CPL entry."""
+    with DccStore(db_path) as store:
+        rows = store.cpl_list()
+    _print(rows, as_json, lambda e: "%s  %s  %s  %s%s" % (
+        e["manufacturer"], e["model"], e["version"], e["image_hash"],
+        "  key" if e["pubkey"] else ""))
+
+
+@cpl.command("remove")
+@click.argument("image_hash")
+@click.option("--manufacturer", default=None, help="Only this manufacturer's entry.")
+@click.option("--model", default=None, help="Only this model's entry.")
+@_db_option
+@_usage_errors
+def cpl_remove(image_hash: str, manufacturer, model, db_path) -> None:
+    """Take an image (by its Manufacturer Image Hash) off the CPL."""
+    with DccStore(db_path) as store:
+        n = store.cpl_remove(image_hash, manufacturer=manufacturer, image_type=model)
+    click.echo("removed %d CPL entr%s" % (n, "y" if n == 1 else "ies"))
+
+
+# ---------------------------------------------------------------- registration data
+
+@dcc.group("registry")
+def registry() -> None:
+    """Registration data: premises, their Responsible Suppliers and Comms Hub, devices."""
+
+
+@registry.command("add-premises")
+@click.argument("mpxn")
+@click.option("--supplier", "suppliers", multiple=True, required=True,
+              help="A Responsible Supplier's entity ID (EUI-64); twice for dual-Supplier "
+                   "premises.")
+@click.option("--hub", "hub", required=True, help="The Comms Hub's EUI-64.")
+@_db_option
+@_usage_errors
+def registry_add_premises(mpxn: str, suppliers: tuple[str, ...], hub: str, db_path) -> None:
+    """Add premises (or change their Suppliers or Comms Hub)."""
+    with DccStore(db_path) as store:
+        p = store.add_premises(mpxn, [_eui(s) for s in suppliers], _eui(hub))
+    click.echo("premises %s: suppliers %s, comms hub %s" % (
+        p["mpxn"], " and ".join(p["suppliers"]), p["hub_eui"]))
+
+
+@registry.command("add-device")
+@click.argument("eui")
+@click.option("--type", "device_type", required=True,
+              type=click.Choice(list(DEVICE_TYPES), case_sensitive=False),
+              help="Device type (the device-type table).")
+@click.option("--premises", required=True, help="MPxN of the premises.")
+@click.option("--manufacturer", default=None, help="Manufacturer code (4 hex digits).")
+@click.option("--model", default=None, help="Device model (hex; hanota: its OTA image type).")
+@click.option("--firmware-version", default=None, help="Firmware version (8 hex digits).")
+@click.option("--hw-version", type=int, default=None, help="Hardware version.")
+@click.option("--install-code", default=None, help="Install code (hex, with its CRC-16).")
+@click.option("--status", type=click.Choice(DEVICE_STATUSES), default="commissioned",
+              show_default=True)
+@_db_option
+@_usage_errors
+def registry_add_device(eui, device_type, premises, manufacturer, model, firmware_version,
+                        hw_version, install_code, status, db_path) -> None:
+    """Register a device at premises."""
+    with DccStore(db_path) as store:
+        d = store.add_device(_eui(eui), device_type, premises, model=model,
+                             manufacturer=manufacturer, firmware_version=firmware_version,
+                             install_code=install_code, hw_version=hw_version, status=status)
+    click.echo("device %s: %s at %s (%s)" % (d["eui"], d["device_type"], d["premises"],
+                                            d["status"]))
+
+
+@registry.command("list")
+@_json_option
+@_db_option
+@_usage_errors
+def registry_list(as_json: bool, db_path: str | None) -> None:
+    """Premises and their devices."""
+    with DccStore(db_path) as store:
+        prem = store.list_premises()
+        devs = store.list_devices()
+    if as_json:
+        click.echo(json.dumps({"premises": prem, "devices": devs}, indent=1, sort_keys=True,
+                              default=str))
+        return
+    for p in prem:
+        click.echo("%s  suppliers %s  comms hub %s" % (p["mpxn"], " and ".join(p["suppliers"]),
+                                                      p["hub_eui"]))
+        for d in devs:
+            if d["premises"] == p["mpxn"]:
+                click.echo("  %s  %-7s %-12s %s %s fw %s" % (
+                    d["eui"], d["device_type"], d["status"], d["manufacturer"] or "-",
+                    d["model"] or "-", d["firmware_version"] or "-"))
