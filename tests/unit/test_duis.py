@@ -663,6 +663,21 @@ def test_cli_show_invalid_exits_1(tmp_path):
     assert code == 1 and '"code": "E12"' in text
 
 
+def test_cli_from_certificate(tmp_path):
+    """--from takes the entity ID out of the User's certificate (what the DCC checks)."""
+    from hanota.dcc import pki
+    pki.init(tmp_path / "pki")
+    cert = tmp_path / "pki" / "supplier-a.xml.cert.pem"
+    entity = pki.describe(pki.load_cert(cert.read_bytes())).entity_id
+    out = tmp_path / "r.xml"
+    code, _ = cli("build", "8.2", "--from", str(cert), "--device", "00DB1234567890A0",
+                  "--counter", "3", "-o", str(out))
+    assert code == 0
+    assert duis.parse_request(out.read_bytes()).request_id.originator == entity
+    code, text = cli("build", "8.2", "--from", str(out), "--device", "00DB1234567890A0")
+    assert code != 0 and "no entity ID" in text
+
+
 def test_cli_build_usage_errors():
     code, text = cli("build", "11.3", "--from", "90B3D51F30010000", "--hash", HASH.hex())
     assert code != 0 and "--to" in text

@@ -54,6 +54,22 @@ class DuisDateTime(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class Originator(DuisEui):
+    """The User: an EUI-64, or a certificate file whose entity ID (x500UniqueIdentifier) is
+    the User's, as the DCC will check it against the signer."""
+
+    name = "eui64|cert"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and Path(value).is_file():
+            from . import pki
+            try:
+                return pki.describe(pki.load_cert(Path(value).read_bytes())).entity_id
+            except Exception as e:   # PkiError, or a file that is no certificate
+                self.fail("%s: no entity ID from this certificate: %s" % (value, e), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 EUI = DuisEui()
 
 
@@ -67,8 +83,9 @@ def ota_file_version(image: bytes) -> str | None:
 
 @duis.command("build")
 @click.argument("srv", type=click.Choice(list(d.SERVICES)))
-@click.option("--from", "originator", type=EUI, required=True,
-              help="The User's entity ID (RequestID originator), e.g. 90-B3-D5-1F-30-01-00-00.")
+@click.option("--from", "originator", type=Originator(), required=True,
+              help="The User's entity ID (RequestID originator), e.g. 90-B3-D5-1F-30-01-00-00, "
+                   "or the User's certificate file to take it from.")
 @click.option("--to", "target", type=EUI, default=None,
               help="RequestID target: the device for 11.2, 11.3, 8.7.x and 8.8.x; default the "
                    "DCC (90-B3-D5-1F-30-00-00-02) for the non-device services.")
