@@ -345,6 +345,9 @@ def test_prenotification_then_inventory_read_and_update(dcc, signers):
     (msg,) = outbox(dcc, HUB2)
     assert (msg["type"], msg["device"], msg["install_code"], msg["role"]) == \
         ("prenotify", new.hex().upper(), code.hex(), "ppmid")
+    # what the Comms Hub needs for its device log
+    assert (msg["manufacturer"], msg["image_type"], msg["premises"]) == ("1234", "0084", "MPAN-2")
+    assert msg["suppliers"] == [SUP_A.hex().upper(), SUP_B.hex().upper()]
 
     inv = u.submit("8.2", device_id=new)
     assert inv["code"] == service.SUCCESS

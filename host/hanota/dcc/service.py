@@ -325,6 +325,7 @@ class Dcc:
             raise Refusal("wrong-device-type", "neither device is a HAN device hanota's Comms "
                           "Hub joins (PPMID, HCALCS)")
         msg: dict[str, Any] = {"type": "join" if join else "unjoin", "role": han["role"]}
+        msg.update(han_device_fields(han))
         if join:
             if not han["install_code"]:
                 raise Refusal("bad-request", "device %s has no install code (pre-notify it "
@@ -391,9 +392,11 @@ class Dcc:
                                          device=dev["eui"], hub_eui=dev["hub_eui"],
                                          outcome="prenotified", code=SUCCESS)
             if dev["role"] and dev["install_code"]:
-                self.store.wan_queue(dev["hub_eui"], {
-                    "type": "prenotify", "request": str(req.request_id), "device": dev["eui"],
-                    "install_code": dev["install_code"], "role": dev["role"]}, request=rid)
+                msg = {"type": "prenotify", "request": str(req.request_id),
+                       "device": dev["eui"], "install_code": dev["install_code"],
+                       "role": dev["role"]}
+                msg.update(han_device_fields(dev))
+                self.store.wan_queue(dev["hub_eui"], msg, request=rid)
         return self._sign(duis.response(req.request_id, SUCCESS, srv,
                                         body=inventory_entry(dev)))
 
@@ -594,6 +597,20 @@ def inventory_entry(dev: dict[str, Any]) -> dict[str, Any]:
         "CommsHubID": eui(dev["hub_eui"]),
         "ResponsibleSupplierID": [eui(s) for s in dev["suppliers"]],
     }}
+
+
+def han_device_fields(dev: dict[str, Any]) -> dict[str, Any]:
+    """What the Comms Hub needs to add a device to its device log and serve it OTA (WAN
+    prenotify / join): manufacturer code and image type (hex, the model's low 16 bits for
+    hanota's devices), hardware version, premises and Responsible Suppliers."""
+    out: dict[str, Any] = {"premises": dev["premises"], "suppliers": list(dev["suppliers"])}
+    if dev["manufacturer"]:
+        out["manufacturer"] = dev["manufacturer"]
+    if dev["model"] and int(dev["model"], 16) <= 0xFFFF:
+        out["image_type"] = "%04X" % int(dev["model"], 16)
+    if dev["hw_version"] is not None:
+        out["hw_version"] = dev["hw_version"]
+    return out
 
 
 def _target(req: Any) -> bytes:
