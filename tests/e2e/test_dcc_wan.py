@@ -571,3 +571,77 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+# ---------------------------------------------------------------- a virtual board
+
+def test_virtual_board_through_duis(vboards, tmp_path):
+    """The real device code on a virtual ESP32 (MicroPython over emulated flash), upgraded
+    by a signed 11.4 POSTed to `DccRunner`, carried over the WAN to a `HubRunner` Comms Hub,
+    and the signed I0 response fetched by the Supplier."""
+    import urllib.parse
+    import urllib.request
+
+    from hanota import deploy, flasher, fwbuild
+    from hanota.dcc.http import DccRunner
+    from hanota.hub.runner import HubRunner
+    from hanota.keys import generate_keys, load_private_key
+
+    v1, v2 = 0x00010000, 0x00020000
+    generate_keys(tmp_path / "keys")
+    p1 = fwbuild.build("vboard-esp32", "1.0.0", tmp_path / "p1")
+    p2 = fwbuild.build("vboard-esp32", "2.0.0", tmp_path / "p2")
+    w = World(tmp_path)
+    w.store.close()
+
+    def post(xml: bytes) -> dict:
+        req = urllib.request.Request(dcc.url + "/api/v1/serviceD", data=xml,
+                                     headers={"Content-Type": "application/xml"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return duis.parse_response(r.read())
+
+    def final(request_id: str, timeout: float = 100.0) -> dict:
+        end = time.monotonic() + timeout
+        q = urllib.parse.urlencode({"user": eui_hex(w.user), "after": "0"})
+        while time.monotonic() < end:
+            with urllib.request.urlopen(dcc.url + "/api/v1/responses?" + q, timeout=10) as r:
+                for item in json.loads(r.read())["responses"]:
+                    p = duis.parse_response(item["xml"].encode())
+                    if p["request_id"] == request_id and p["kind"] == "response":
+                        xmlsig.verify(item["xml"].encode(), w.dcc_cert)
+                        return p
+            time.sleep(0.2)
+        raise AssertionError("no response for %s" % request_id)
+
+    with DccRunner(str(tmp_path / "dcc.db"), str(w.pki_dir)) as dcc, \
+            HubRunner(w.hub_db, dcc_url=dcc.url, options=fast_options(
+                request_timeout=2.0, retry={"answer_timeout": 30, "stall_window": 30,
+                                            "activation_timeout": 60})) as hub:
+        b = vboards("vboard-esp32", hub=hub.address)
+        flasher.flash_firmware(b.romloader.url, p1["firmware"], board="vboard-esp32")
+        b.console.wait_ready(15)
+        res = deploy.deploy(b.console.pty_path, "vboard-esp32", "ppmid",
+                            [tmp_path / "keys" / "public.bin"], version=v1,
+                            settings={"query_interval": 1, "health_timeout": 20,
+                                      "block_timeout_ms": 800})
+        eui = bytes.fromhex(res.eui64.replace(":", ""))
+        ack = post(w.request("12.2", duis.DCC_EUI, device_id=eui,
+                             manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
+                             model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
+                             device_type="PPMID", smets_chts_version="V1.0",
+                             firmware_version="%08X" % v1,
+                             install_code=bytes.fromhex(res.install_code)))
+        assert ack["code"] == "I0", ack
+        f = tmp_path / "v2.ota"
+        f.write_bytes(images.build_image(p2["app"].read_bytes(), version=v2, role="ppmid",
+                                         key=load_private_key(tmp_path / "keys" /
+                                                              "private.pem")))
+        with DccStore(tmp_path / "dcc.db") as store:
+            store.cpl_add(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"], v2,
+                          images.parse_file(f).descriptor.image_hash)
+        ack = post(w.request("11.4", duis.DCC_EUI, firmware_image=f.read_bytes(),
+                             firmware_version="%08X" % v2, device_ids=[eui]))
+        assert ack["code"] == "I99", ack
+        resp = final(ack["request_id"])
+        assert resp["code"] == "I0" and outcome(resp)["Outcome"] == "activated", resp
+        assert outcome(resp)["FirmwareVersion"] == "%08X" % v2

@@ -4,29 +4,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..clitypes import domain_errors
-from ..errors import HanotaError
 from .cli import dcc
-
-
-def open_dcc(db_path: str | None, pki_dir: str) -> Any:
-    """The DCC service over its database and a PKI directory (`hanota pki init`): the key
-    store Users' signatures are checked against, and the DCC's own XML signing pair
-    (`dcc.xml`)."""
-    from .pki import KeyStore, signing_pair
-    from .service import Dcc
-    from .store import DccStore
-
-    if not Path(pki_dir).is_dir():
-        raise HanotaError("--pki %s is not a directory (make one with hanota pki init)"
-                          % pki_dir, reason="usage")
-    store = DccStore(db_path)
-    return Dcc(store, KeyStore(pki_dir), signing_pair(pki_dir, "dcc.xml"))
+from .http import open_dcc
 
 
 def _listen(text: str) -> tuple[str, int]:

@@ -56,6 +56,23 @@ CREATE TABLE IF NOT EXISTS http_push (
 )"""
 
 
+def open_dcc(db_path: str | None, pki_dir: str) -> Any:
+    """The DCC service over its database and a PKI directory (`hanota pki init`): the key
+    store Users' signatures are checked against, and the DCC's own XML signing pair
+    (`dcc.xml`)."""
+    from pathlib import Path
+
+    from .pki import KeyStore, signing_pair
+    from .service import Dcc
+    from .store import DccStore
+
+    if not Path(pki_dir).is_dir():
+        raise HanotaError("--pki %s is not a directory (make one with hanota pki init)"
+                          % pki_dir, reason="usage")
+    signer = signing_pair(pki_dir, "dcc.xml")
+    return Dcc(DccStore(db_path), KeyStore(pki_dir), signer)
+
+
 def _max_body_default() -> int:
     try:
         from . import duis
@@ -273,3 +290,44 @@ class DccHttp:
                               "WHERE user = ?", (seq, user))
                 self._retry_at.pop(user, None)
                 self.pushed += 1
+
+
+class DccRunner:
+    """`hanota dcc serve` on its own event loop thread, for synchronous callers (the demo,
+    tests driving virtual boards): `url` is where it listens (a free loopback port by
+    default); `stop()` or the end of a `with` block shuts it down."""
+
+    def __init__(self, db_path: str | None, pki_dir: str, *, host: str = "127.0.0.1",
+                 port: int = 0, **http_kw: Any):
+        from ..hub.runner import LoopThread
+
+        self._thread = LoopThread("dcc")
+        try:
+            self.dcc = open_dcc(db_path, pki_dir)
+            self.http = self._thread.call(self._make(http_kw))
+            h, p = self._thread.call(self.http.start(host, port))
+        except BaseException:
+            self._thread._abandon()
+            raise
+        self.url = "http://%s:%d" % (h, p)
+
+    async def _make(self, kw: dict) -> "DccHttp":
+        return DccHttp(self.dcc, **kw)  # made on the loop: its events belong to it
+
+    def call(self, coro, timeout: float = 60) -> Any:
+        return self._thread.call(coro, timeout)
+
+    def stop(self) -> None:
+        if self._thread.loop.is_closed():
+            return
+        try:
+            self._thread.call(self.http.stop(), timeout=20)
+        finally:
+            self._thread.stop()
+            self.dcc.store.close()
+
+    def __enter__(self) -> "DccRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -5,7 +5,9 @@ through their consoles are not. These runners give them the hub on its own event
 thread, serving UDP on a loopback port chosen when it starts:
 
 - `HubRunner(db_path, options=...)`: the Communications Hub (`hanota.hub.Hub`: registry,
-  service requests, scheduler) over a database, as `hanota serve` runs it;
+  service requests, scheduler) over a database, as `hanota serve` runs it; with
+  `dcc_url=...` also its WAN to the DCC (`hanota.dcc.wan.CommsHubWan`), as `hanota hub
+  serve` runs it;
 - `ServerRunner(hub_eui, policy)`: the bare OTA server (`hanota.server.OtaServer`) with
   an in-memory `Policy`, for measuring or exercising the link and the transfers alone.
 
@@ -85,20 +87,35 @@ class HubRunner(LoopThread):
     loop by the methods of the same name here."""
 
     def __init__(self, db_path: str | os.PathLike, *, options: HubOptions | None = None,
-                 udp: tuple[str, int] | None = LOOPBACK, name: str = "hub", **hub_kw: Any):
+                 udp: tuple[str, int] | None = LOOPBACK, name: str = "hub",
+                 dcc_url: str | None = None, premises: str | None = None, **hub_kw: Any):
         super().__init__(name)
+        self.wan = None
         try:
             self.hub = self.call(self._make(db_path, dict(hub_kw, udp=udp, options=options)))
             self.call(self.hub.start())
+            if dcc_url is not None:
+                self.wan = self.call(self._make_wan(self.hub, dcc_url, premises))
         except BaseException:
+            if getattr(self, "hub", None) is not None and self.hub.started:
+                self.call(self.hub.stop())
             self._abandon()
             raise
+
+    @staticmethod
+    async def _make_wan(hub: Hub, dcc_url: str, premises: str | None):
+        from ..dcc.wan import CommsHubWan  # the DCC package sits above the hub
+        wan = CommsHubWan(hub, dcc_url, premises=premises)
+        await wan.start()
+        return wan
 
     @staticmethod
     async def _make(db_path, kw: dict) -> Hub:
         return Hub(db_path, **kw)
 
     async def _shutdown(self) -> None:
+        if self.wan is not None:
+            await self.wan.stop()
         await self.hub.stop()
 
     @property
