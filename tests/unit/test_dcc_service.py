@@ -482,6 +482,34 @@ def test_device_alert_goes_to_the_responsible_suppliers(dcc):
     assert len(dcc.responses(SUP_B)) == 1
 
 
+def test_trust_centre_swap_out_moves_the_premises_and_loses_alt_han(dcc, signers, fw_key):
+    u = User(dcc, signers)
+    alt = image(fw_key, "althan", 12)
+    on_cpl(dcc, alt, 0x85)
+    assert update(u, alt, ALTHAN)["code"] == service.ACCEPTED  # SR 11.1 for Alt HAN
+    assert u.submit("11.2", HCALCS)["code"] == service.ACCEPTED
+    first, second = outbox(dcc)
+    assert first["kind"] == "11.1" and first["role"] == "althan"
+    dcc.wan_acked(HUB, first["id"])  # the old hub took the first; the second is unsent
+    new_hub = bytes.fromhex("00DB1234567800D1")
+    moved = dcc.wan_hub_replaced(HUB, new_hub)
+    assert moved == {"premises": ["MPAN-1"], "requests": 2, "messages": 1, "alt_han_lost": 1}
+    assert dcc.store.premises("MPAN-1")["hub_eui"] == new_hub.hex().upper()
+    assert outbox(dcc) == [] and [m["id"] for m in outbox(dcc, new_hub)] == [second["id"]]
+    # the hub reports under its new identity on the requests it had taken before the swap
+    dcc.wan_received(new_hub, {"id": 1, "type": "outcome", "request": first["request"],
+                               "outcome": "ota_unavailable_after_tcso"})
+    (_, xml), = dcc.responses(SUP_A)
+    assert answer(dcc, xml)["code"] == duis.E_OTA_UNAVAILABLE
+    # and the DCC refuses further firmware for the Alt HAN device (MP170); others go on
+    a = update(u, alt, ALTHAN)
+    assert a["code"] == duis.E_OTA_UNAVAILABLE and "Trust Centre Swap-Out" in a["reason"]
+    h = image(fw_key, "hcalcs", 13)
+    on_cpl(dcc, h, 0x86)
+    assert update(u, h, HCALCS)["code"] == service.ACCEPTED
+    assert outbox(dcc, new_hub)[-1]["type"] == "update_firmware"
+
+
 def test_a_comms_hub_refusal_is_a_failure_for_the_user(dcc, signers):
     u = User(dcc, signers)
     assert u.submit("11.2", HCALCS)["code"] == service.ACCEPTED

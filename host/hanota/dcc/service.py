@@ -67,6 +67,7 @@ REFUSAL_CODES = {
     "not-on-cpl": duis.E_IMAGE,  # the image's hash is not on the CPL for the device's model
     "bad-image": duis.E_IMAGE,  # malformed, tampered, badly signed, or not fitting the device
     "alt-han-join": duis.E_ALTHAN_JOIN,  # MP170: an Alt HAN device is not joined by SR 8.7.x
+    "ota-unavailable": duis.E_OTA_UNAVAILABLE,  # Alt HAN device after a Trust Centre Swap-Out
     "bad-request": duis.E_MALFORMED,  # the body names something the DCC cannot act on
 }
 
@@ -271,6 +272,11 @@ class Dcc:
                           % (srv, dev["eui"], dev["device_type"],
                              "its firmware is updated by SR %s" % takes if takes
                              else "hanota does not update its firmware"))
+        if dev["lost_with_hub"]:
+            raise Refusal("ota-unavailable", "device %s is an Alt HAN device that was joined to "
+                          "Comms Hub %s, replaced by %s in a Trust Centre Swap-Out: it cannot "
+                          "rejoin, so OTA firmware cannot reach it (MP170)"
+                          % (dev["eui"], dev["lost_with_hub"], dev["hub_eui"]))
         image = f.get("firmware_image")
         if not image:
             raise Refusal("bad-image", "the request carries no FirmwareImage")
@@ -419,6 +425,16 @@ class Dcc:
 
     def wan_acked(self, hub_eui: bytes | str, msg_id: int) -> None:
         self.store.wan_acked(hub_eui, msg_id)
+
+    def wan_hub_replaced(self, old: bytes | str, new: bytes | str) -> dict[str, Any]:
+        """A Comms Hub says it replaces `old` (its hello after a Trust Centre Swap-Out): the
+        registration data follows it (`DccStore.replace_hub`)."""
+        moved = self.store.replace_hub(old, new)
+        log.warning("Comms Hub %s replaces %s (Trust Centre Swap-Out): premises %s, %d pending "
+                    "request(s) and %d unsent message(s) moved; %d Alt HAN device(s) lost",
+                    eui_hex(new), eui_hex(old), ", ".join(moved["premises"]) or "none",
+                    moved["requests"], moved["messages"], moved["alt_han_lost"])
+        return moved
 
     def wan_received(self, hub_eui: bytes | str, msg: dict) -> None:
         """A message from a Comms Hub: an outcome for one of the DCC's requests (-> the one

@@ -140,6 +140,7 @@ CREATE TABLE IF NOT EXISTS devices (
     hw_version INTEGER CHECK (hw_version IS NULL OR hw_version BETWEEN 0 AND 65535),
     install_code TEXT,
     status TEXT NOT NULL CHECK (status IN (%(statuses)s)),
+    lost_with_hub TEXT,
     added REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -331,6 +332,9 @@ class DccStore:
             if int(row[0]) != SCHEMA_VERSION:
                 raise DccStoreError("%s has DCC schema %s; this hanota knows %d"
                                     % (self.path, row[0], SCHEMA_VERSION), reason="db-schema")
+            cols = [r[1] for r in self.conn.execute("PRAGMA table_info(devices)")]
+            if "lost_with_hub" not in cols:  # databases made before the column existed
+                self.conn.execute("ALTER TABLE devices ADD COLUMN lost_with_hub TEXT")
             return
         try:
             self.conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA
@@ -503,6 +507,31 @@ class DccStore:
             return [_device_dict(r) for r in self.all(sql + " WHERE d.mpxn = ? ORDER BY d.eui",
                                                       (_mpxn(mpxn),))]
         return [_device_dict(r) for r in self.all(sql + " ORDER BY d.mpxn, d.eui")]
+
+    def replace_hub(self, old: bytes | str, new: bytes | str) -> dict[str, Any]:
+        """A Trust Centre Swap-Out: Comms Hub `new` replaces `old`. The premises it served,
+        their pending requests and the WAN messages it had not acknowledged move to the new
+        identity (hanota's Comms Hub keeps its records across the swap, so it reports on them
+        there); Alt HAN devices at those premises cannot rejoin a new hub (MP170), so they are
+        marked lost with the old one: no more firmware requests for them. Counts moved."""
+        o, n = eui_hex(old), eui_hex(new)
+        if o == n:
+            raise DccUsageError("a Comms Hub cannot replace itself (%s)" % o, reason="bad-eui")
+        with self.tx() as c:
+            mpxns = [r[0] for r in c.execute("SELECT mpxn FROM premises WHERE hub_eui = ?",
+                                             (o,))]
+            now = self.clock()
+            lost = c.execute(
+                "UPDATE devices SET lost_with_hub = ?, updated = ? WHERE device_type = 'ALTHAN' "
+                "AND lost_with_hub IS NULL AND mpxn IN (SELECT mpxn FROM premises "
+                "WHERE hub_eui = ?)", (o, now, o)).rowcount
+            c.execute("UPDATE premises SET hub_eui = ?, updated = ? WHERE hub_eui = ?",
+                      (n, now, o))
+            reqs = c.execute("UPDATE requests SET hub_eui = ?, updated = ? WHERE hub_eui = ? "
+                             "AND outcome IS NULL", (n, now, o)).rowcount
+            msgs = c.execute("UPDATE wan_out SET hub_eui = ? WHERE hub_eui = ? AND "
+                             "acked IS NULL", (n, o)).rowcount
+        return {"premises": mpxns, "requests": reqs, "messages": msgs, "alt_han_lost": lost}
 
     # -- Central Products List
 
