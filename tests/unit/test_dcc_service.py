@@ -123,8 +123,8 @@ def image(key, role="hcalcs", version=2, **kw) -> bytes:
 
 
 def image_hash(data: bytes) -> bytes:
-    s = images.otafile.parse_stream(data, block=4096)
-    return s.image_sha256
+    """The Manufacturer Image Hash the DCC checks (SHA-256 of the upgrade image)."""
+    return images.otafile.parse_stream(data, block=4096, allow_raw=True).image_sha256
 
 
 def on_cpl(dcc: Dcc, data: bytes, model: int, pubkey: bytes | None = None) -> None:
@@ -560,27 +560,49 @@ def test_store_rules(tmp_path):
 
 # ---------------------------------------------------------------- public templates (local)
 
+TEMPLATE_HCALCS = bytes.fromhex("00DB1234567890A0")  # the templates' device IDs
+TEMPLATE_PPMID = bytes.fromhex("00DB1234567890A4")
+
+
 @pytest.mark.parametrize("name", [
     "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML",
     "11.4_UPDATE_PPMID_FIRMWARE_REQUEST_DUIS.XML",
     "CS06_11.3_IMMEDIATE_SUCCESS_REQUEST_DUIS.XML",
+    "CS06_11.3_FUTURE_DATED_SUCCESS_REQUEST_DUIS.XML",
+    "CS06_11.3_CANCELLATION_SUCCESS_REQUEST_DUIS.XML",
     "CS08_11.2_SUCCESS_REQUEST_DUIS.XML",
 ])
 def test_templates_with_placeholder_refused_and_signed_by_the_supplier(name, tmp_path, pkidir,
                                                                        signers):
+    """The public templates as they are (placeholder signature) are refused; the same
+    requests from our Supplier (its entity ID as originator, signed with its key), with their
+    devices registered and their GBCS images on the CPL, are accepted and sent to the hub."""
     doc = gpl_path("duis-templates", "templates", name).read_bytes()
     store = DccStore(tmp_path / "t.db")
+    store.add_premises("MPAN-T", [SUP_A], HUB)
+    store.add_device(TEMPLATE_HCALCS, "HCALCS", "MPAN-T", manufacturer=0x121D, model=0,
+                     hw_version=0x1111)
+    store.add_device(TEMPLATE_PPMID, "PPMID", "MPAN-T", manufacturer=0x121D, model=0x84,
+                     hw_version=0x1111)
     dcc = Dcc(store, pki.KeyStore(pkidir), signers["dcc"])
     a = answer(dcc, dcc.submit(doc))
     assert a["code"] == duis.E_SIGNATURE and "placeholder" in a["reason"]
-    # the same request with its originator made our Supplier's entity ID, signed by it
     req = duis.parse_request(xmlsig.strip(doc))
     orig = duis.eui_text(req.request_id.originator).encode()
-    mine = xmlsig.strip(doc).replace(orig, duis.eui_text(SUP_A).encode())
+    mine = xmlsig.strip(doc).replace(orig + b":", duis.eui_text(SUP_A).encode() + b":", 1)
     key, cert = signers["supplier-a"]
-    a = answer(dcc, dcc.submit(xmlsig.sign(mine, key, cert)))
-    # not registered here: refused by the registration data, after signature and header
-    assert a["code"] in ("E19", duis.E_IMAGE), a
+    signed = xmlsig.sign(mine, key, cert)
+    image = req.fields.get("firmware_image")
+    if image:  # a GBCS OTA file: not on the CPL yet, then listed
+        a = answer(dcc, dcc.submit(signed))
+        assert a["code"] == duis.E_IMAGE and "Central Products List" in a["reason"], a
+        h = images.otafile.parse_stream(image, block=4096, allow_raw=True).header
+        store.cpl_add(h.manufacturer, h.image_type, h.file_version, image_hash(image))
+        signed = xmlsig.sign(mine.replace(b":1000<", b":1001<"), key, cert)
+    a = answer(dcc, dcc.submit(signed))
+    assert a["code"] == service.ACCEPTED, a
+    (msg,) = dcc.wan_outbox(HUB)
+    assert msg["type"] in ("update_firmware", "activate", "cancel_activation", "read_version")
     store.close()
 
 

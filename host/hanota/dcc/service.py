@@ -557,7 +557,9 @@ def check_image(store: DccStore, data: bytes, dev: dict[str, Any]) -> ImageCheck
     """The DCC's checks of an SR 11.1 / 11.4 image for a device, before anything is queued.
     Refusal (bad-image or not-on-cpl) names the first that fails."""
     try:
-        s = otafile.parse_stream(data, block=4096, integrity=True, allow_raw=False)
+        # GBCS's own OTA files carry the Upgrade Image right after the header, without a
+        # sub-element header (gbcs_duis.md section 11): accepted, as the public templates'.
+        s = otafile.parse_stream(data, block=4096, integrity=True, allow_raw=True)
         s.check_integrity()
     except OtaError as e:
         raise Refusal("bad-image", "the firmware image is not a well-formed OTA file: %s"
