@@ -284,6 +284,9 @@ class CommsHubWan:
 
     def __init__(self, hub, dcc_url: str, *, premises: str | None = None,
                  poll: float = 0.2, backoff: tuple[float, float] = (0.2, 5.0)):
+        if not dcc_url.startswith(("http://", "https://")):
+            raise WanError("the DCC's URL %r: give http://HOST:PORT (hanota dcc serve's "
+                           "address)" % dcc_url, reason="usage")
         self.hub = hub
         self.url = dcc_url.rstrip("/")
         self.premises = premises
@@ -340,6 +343,10 @@ class CommsHubWan:
                         await self._session(ws, hub)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
                     log.info("WAN to %s: %s", self.url, e)
+                except HanotaError as e:  # the hub database, busy or failing: try again
+                    log.error("WAN to %s: %s", self.url, e)
+                except Exception:  # a bug must not end the WAN for good; it is logged
+                    log.exception("WAN to %s", self.url)
                 finally:
                     self.connected.clear()
                 if not self._stopping:

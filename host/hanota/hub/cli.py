@@ -515,6 +515,9 @@ def hub_serve(dcc_url, premises, images_dir, udp, serial, max_in_flight, block_c
     are stored, acknowledged and carried out on this hub; its outcomes and activation alerts
     go back to the DCC. The WAN reconnects by itself; nothing is lost while it is down.
     """
+    if not dcc_url.startswith(("http://", "https://")):
+        raise click.BadParameter("give the DCC's address as http://HOST:PORT (hanota dcc "
+                                 "serve prints it)", param_hint="--dcc")
     _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
            retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
            request_timeout, log_level, db_path, dcc_url=dcc_url, premises=premises)
