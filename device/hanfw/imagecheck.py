@@ -29,6 +29,13 @@ def reason(h, desc, image_tag, image_len, cfg, floor=0, bank_size=None, bank_kin
         return "security-version"
     if image_tag != otafile.TAG_UPGRADE_IMAGE:
         return "malformed"
+    if desc.encoded:
+        # a compressed or delta body: what lands in the bank is the target
+        from hanfw import delta
+        why = delta.check_desc(desc)
+        if why:
+            return why
+        image_len = desc.target_size
     if bank_size is not None and image_len > bank_size:
         return "too-big"
     if bank_kind is not None and desc.payload_kind != BANK_PAYLOAD[bank_kind]:

@@ -34,10 +34,16 @@ TAG_INTEGRITY_CODE = const(0x0003)
 TAG_DESCRIPTOR = const(0xF0A0)
 TAG_SIGNATURE = const(0xF0A1)
 
-# descriptor value: format version u8, payload kind u8, board family u16,
-# security version u32, SHA-256 of the manufacturer image (32 B)
+# descriptor value, version 1 (40 B): format version u8, payload kind u8, board family u16,
+# security version u32, SHA-256 of the manufacturer image (32 B). Version 2 (116 B) goes on
+# with: encoding u8, window bits u8, longest segment u16, target size u32, chain root (32 B:
+# SHA-256 of the first segment), base size u32, base SHA-256 (32 B). In version 2 the 32-byte
+# hash is always the *target's* (what lands in the bank: the Manufacturer Image Hash).
+# A full image is still written as version 1, so devices that know only version 1 take it.
 DESCRIPTOR_VERSION = const(1)
 DESCRIPTOR_LEN = const(40)
+DESCRIPTOR_V2 = const(2)
+DESCRIPTOR_V2_LEN = const(116)
 KEY_ID_LEN = const(8)
 SIGNATURE_LEN = const(72)  # key id (8) + r||s (64)
 SIGNATURE_ELEMENT_LEN = const(78)
@@ -48,12 +54,30 @@ PAYLOAD_ESP_APP = const(1)  # an ESP32 app image for a firmware bank
 PAYLOAD_ROMFS = const(2)  # a ROMFS image of compiled modules for an app bank
 PAYLOAD_KINDS = {"raw": 0, "esp-app": 1, "romfs": 2}
 
+# how the upgrade image element's body encodes the target (descriptor version 2)
+ENC_FULL = const(0)  # the body is the target itself
+ENC_ZLIB = const(1)  # segments, each a zlib stream of a piece of the target
+ENC_DELTA = const(2)  # segments, each a zlib stream of a sequential patch against the base
+ENCODINGS = {"full": 0, "zlib": 1, "delta": 2}
+
+# An encoded body is a chain of segments: target length u32 | payload length u32 |
+# SHA-256 of the next segment (32 B; zero in the last) | payload. The descriptor holds the
+# SHA-256 of the first segment (header and payload); each segment the hash of the next. The
+# signature covers everything before it except the segments' bytes, which it covers through
+# that chain: a device that resumes at a segment keeps only the next hash, not a SHA state.
+# Every segment's target piece is a whole number of 4 KiB sectors, except the last.
+SEG_HEADER_LEN = const(40)
+SEG_UNIT = const(4096)
+
 BOARD_ANY = const(0)
 BOARD_FAMILIES = {"any": 0, "esp32": 1, "esp32s3": 2, "nrf52840": 3}
 
 _HDR = "<IHHHHHIH32sI"  # the 56 fixed bytes
 _ELEM = "<HI"
 _DESC = "<BBHI32s"
+_DESC2 = "<BBHI32sBBHI32sI32s"
+_SEG = "<II32s"
+_ZERO32 = bytes(32)
 
 # parser states
 _S_HEADER = const(0)
@@ -190,26 +214,73 @@ def pack_element_header(tag, length):
     return struct.pack(_ELEM, tag, length)
 
 
-# Descriptor sub-element 0xF0A0: what the payload is and its anti-rollback counter.
+# Descriptor sub-element 0xF0A0: what the payload is, its anti-rollback counter, and
+# (version 2) how the body is encoded. image_hash is the target's SHA-256.
 class Descriptor:
-    def __init__(self, payload_kind, security_version, board_family, image_hash):
+    def __init__(self, payload_kind, security_version, board_family, image_hash,
+                 encoding=ENC_FULL, window_bits=0, segment_max=0, target_size=0,
+                 chain=_ZERO32, base_size=0, base_hash=_ZERO32, version=None):
         self.payload_kind = payload_kind
         self.security_version = security_version
         self.board_family = board_family
         self.image_hash = bytes(image_hash)
+        self.encoding = encoding
+        self.window_bits = window_bits
+        self.segment_max = segment_max
+        self.target_size = target_size
+        self.chain = bytes(chain)
+        self.base_size = base_size
+        self.base_hash = bytes(base_hash)
+        if version is None:
+            version = DESCRIPTOR_VERSION if encoding == ENC_FULL else DESCRIPTOR_V2
+        self.version = version
+
+    @property
+    def encoded(self):
+        return self.encoding != ENC_FULL
+
+    @property
+    def length(self):
+        return DESCRIPTOR_LEN if self.version == DESCRIPTOR_VERSION else DESCRIPTOR_V2_LEN
 
     def pack(self):
-        return struct.pack(_DESC, DESCRIPTOR_VERSION, self.payload_kind, self.board_family,
-                           self.security_version, self.image_hash)
+        if self.version == DESCRIPTOR_VERSION:
+            if self.encoding != ENC_FULL:
+                raise OtaError("bad-descriptor", "an encoded image needs descriptor version 2")
+            return struct.pack(_DESC, DESCRIPTOR_VERSION, self.payload_kind, self.board_family,
+                               self.security_version, self.image_hash)
+        return struct.pack(_DESC2, DESCRIPTOR_V2, self.payload_kind, self.board_family,
+                           self.security_version, self.image_hash, self.encoding,
+                           self.window_bits, self.segment_max, self.target_size, self.chain,
+                           self.base_size, self.base_hash)
 
     @staticmethod
     def parse(buf):
-        if len(buf) != DESCRIPTOR_LEN:
-            raise OtaError("bad-descriptor", "descriptor is %d bytes, expected %d" % (len(buf), DESCRIPTOR_LEN))
-        ver, kind, family, secver, digest = struct.unpack(_DESC, buf)
-        if ver != DESCRIPTOR_VERSION:
-            raise OtaError("bad-descriptor", "descriptor format version %d is not supported" % ver)
-        return Descriptor(kind, secver, family, digest)
+        n = len(buf)
+        if n not in (DESCRIPTOR_LEN, DESCRIPTOR_V2_LEN):
+            raise OtaError("bad-descriptor", "descriptor is %d bytes, expected %d or %d"
+                           % (n, DESCRIPTOR_LEN, DESCRIPTOR_V2_LEN))
+        ver = buf[0]
+        if n == DESCRIPTOR_LEN:
+            if ver != DESCRIPTOR_VERSION:
+                raise OtaError("bad-descriptor", "descriptor format version %d is not supported" % ver)
+            ver, kind, family, secver, digest = struct.unpack(_DESC, buf)
+            return Descriptor(kind, secver, family, digest)
+        if ver != DESCRIPTOR_V2:
+            raise OtaError("bad-descriptor", "descriptor of %d bytes with format version %d" % (n, ver))
+        f = struct.unpack(_DESC2, buf)
+        d = Descriptor(f[1], f[3], f[2], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], DESCRIPTOR_V2)
+        if d.encoding not in (ENC_FULL, ENC_ZLIB, ENC_DELTA):
+            raise OtaError("unsupported-encoding", "encoding %d is not known" % d.encoding)
+        if d.encoded and (d.segment_max == 0 or d.target_size == 0):
+            raise OtaError("bad-descriptor", "an encoded image without segment limit or target size")
+        if d.encoding == ENC_DELTA and d.base_size == 0:
+            raise OtaError("bad-descriptor", "a delta image without a base size")
+        return d
+
+
+def pack_segment_header(target_len, payload_len, next_hash):
+    return struct.pack(_SEG, target_len, payload_len, next_hash)
 
 
 # Streaming parser. Feed it the file in blocks of any size; it never holds
@@ -219,6 +290,10 @@ class Descriptor:
 #   signed_digest (SHA-256 of the bytes before the signature element),
 #   image_sha256, image_length, integrity_ok (None if no 0x0003 element),
 #   format ("zigbee" or "gb-raw"), received.
+# An encoded body (descriptor version 2) is walked segment by segment: only segment
+# payload bytes go to sink, seg_end(target_len) is called once a segment's SHA-256 has
+# matched the chain, and seg_next (file offset of the next segment), seg_expect (its
+# hash; None after the last) and target_seen tell a resume record where the walk stands.
 class OtaStream:
     def __init__(self, sink=None, integrity=True, allow_raw=False, max_total=None):
         self.sink = sink
@@ -242,7 +317,7 @@ class OtaStream:
         self._need = 10  # header bytes needed before the next decision
         self._fill = 0
         self._ebuf = bytearray(ELEMENT_HEADER_LEN)
-        self._kbuf = bytearray(SIGNATURE_LEN)
+        self._kbuf = bytearray(DESCRIPTOR_V2_LEN)  # the longest kept value
         self._kfill = 0
         self._tag = 0
         self._left = 0
@@ -251,6 +326,17 @@ class OtaStream:
         self._img = hashlib.sha256()
         self._mmo = Mmo() if integrity else None
         self._images = 0
+        self.seg_end = None
+        self.chained = False  # the image body is a segment chain (set at its element header)
+        self.seg_next = 0
+        self.seg_expect = None
+        self.segments = 0
+        self.target_seen = 0
+        self._shdr = None
+        self._sfill = 0
+        self._sleft = 0
+        self._stlen = 0
+        self._ssha = None
 
     # total bytes this file should have (known once the header is in)
     @property
@@ -369,14 +455,18 @@ class OtaStream:
             if self._images > 1:
                 raise OtaError("duplicate-upgrade-image", "more than one upgrade image sub-element")
             self._use = _USE_IMAGE
+            d = self.descriptor
+            if d is not None and d.encoded:
+                self._chain_begin(d, self.received)
         elif tag == TAG_SIGNATURE:
             if length != SIGNATURE_LEN:
                 raise OtaError("bad-signature-element", "signature element is %d bytes, expected %d" % (length, SIGNATURE_LEN))
             self.signed_digest = self._sha.digest()
             self._use = _USE_KEEP
         elif tag == TAG_DESCRIPTOR:
-            if self.descriptor is not None or length != DESCRIPTOR_LEN:
-                raise OtaError("bad-descriptor", "descriptor element of %d bytes (expected one of %d)" % (length, DESCRIPTOR_LEN))
+            if self.descriptor is not None or length not in (DESCRIPTOR_LEN, DESCRIPTOR_V2_LEN):
+                raise OtaError("bad-descriptor", "descriptor element of %d bytes (expected one of %d or %d)"
+                               % (length, DESCRIPTOR_LEN, DESCRIPTOR_V2_LEN))
             self._use = _USE_KEEP
         elif tag == TAG_INTEGRITY_CODE and self.integrity_code is None:
             if length != INTEGRITY_LEN:
@@ -399,6 +489,14 @@ class OtaStream:
             got = self._kfill
             self._kbuf[got:got + len(chunk)] = chunk
             self._kfill = got + len(chunk)
+        if use == _USE_IMAGE and self.chained:
+            # the signature covers the segments through their hash chain, not directly
+            if self._mmo is not None and self.integrity_code is None:
+                self._mmo.update(chunk)
+            self._img.update(chunk)
+            self.image_length += len(chunk)
+            self._walk(chunk)
+            return
         if self._tag != TAG_SIGNATURE:
             self._hash(chunk)
         if use == _USE_IMAGE:
@@ -407,7 +505,107 @@ class OtaStream:
             if self.sink is not None:
                 self.sink(chunk)
 
+    # ---- the segment chain of an encoded body
+    def _chain_begin(self, d, offset):
+        self.chained = True
+        self.seg_next = offset
+        self.seg_expect = d.chain
+        self._shdr = bytearray(SEG_HEADER_LEN)
+        self._sfill = 0
+        self._sleft = -1  # -1: in a segment header
+
+    # Continue an encoded body from a resume record: the head (header, descriptor and
+    # image element header) has been fed; the next segment starts at file offset `offset`
+    # with SHA-256 `expect`, after `target` bytes of target (and `segments` segments).
+    def resume_chain(self, offset, expect, target, segments):
+        if not self.chained or self._state != _S_ELEM_BODY or offset < self.received \
+                or offset - self.received > self._left:
+            raise OtaError("malformed", "resume offset %d does not fit the file" % offset)
+        skip = offset - self.received
+        self.received = offset
+        self._left -= skip
+        self.image_length += skip
+        self.seg_next = offset
+        self.seg_expect = expect
+        self.target_seen = target
+        self.segments = segments
+
+    def _walk(self, chunk):
+        pos = self.received - len(chunk)  # file offset of chunk[0]
+        i = 0
+        n = len(chunk)
+        while i < n:
+            if self.seg_expect is None:
+                raise OtaError("bad-segment", "%d bytes after the last segment" % (n - i))
+            if self._sleft < 0:
+                take = min(SEG_HEADER_LEN - self._sfill, n - i)
+                self._shdr[self._sfill:self._sfill + take] = chunk[i:i + take]
+                self._sfill += take
+                i += take
+                if self._sfill == SEG_HEADER_LEN:
+                    self._seg_header()
+                    if self._sleft == 0:
+                        self._seg_done(pos + i)
+                continue
+            take = min(self._sleft, n - i)
+            part = chunk[i:i + take]
+            self._ssha.update(part)
+            if self.sink is not None:
+                self.sink(part)
+            i += take
+            self._sleft -= take
+            if self._sleft == 0:
+                self._seg_done(pos + i)
+
+    def _seg_header(self):
+        tlen, plen, _nxt = struct.unpack(_SEG, self._shdr)
+        d = self.descriptor
+        if plen == 0 or plen > d.segment_max:
+            raise OtaError("bad-segment", "segment %d has %d payload bytes (the file allows 1..%d)"
+                           % (self.segments, plen, d.segment_max))
+        if tlen == 0 or self.target_seen + tlen > d.target_size:
+            raise OtaError("bad-segment", "segment %d's %d target bytes overrun the target size %d"
+                           % (self.segments, tlen, d.target_size))
+        if (self.target_seen + tlen) % SEG_UNIT and self.target_seen + tlen != d.target_size:
+            raise OtaError("bad-segment", "segment %d ends at target offset %d, not on a 4 KiB boundary"
+                           % (self.segments, self.target_seen + tlen))
+        self._ssha = hashlib.sha256()
+        self._ssha.update(self._shdr)
+        self._sleft = plen
+        self._stlen = tlen
+
+    def _seg_done(self, end):
+        if self._ssha.digest() != self.seg_expect:
+            raise OtaError("bad-segment", "segment %d (file offset %d) does not match its hash"
+                           % (self.segments, self.seg_next))
+        self._ssha = None
+        nxt = bytes(self._shdr[8:40])
+        tlen = self._stlen
+        self.segments += 1
+        self.target_seen += tlen
+        if nxt == _ZERO32:
+            nxt = None
+            if self.target_seen != self.descriptor.target_size:
+                raise OtaError("bad-segment", "the segments make %d target bytes, the descriptor says %d"
+                               % (self.target_seen, self.descriptor.target_size))
+        self._sfill = 0
+        self._sleft = -1
+        if self.seg_end is not None:
+            self.seg_end(tlen)
+        self.seg_next = end
+        self.seg_expect = nxt
+
+    @property
+    def chain_done(self):
+        return self.chained and self.seg_expect is None
+
     def _element_end(self):
+        if self._use == _USE_IMAGE and self.chained and self.seg_expect is not None:
+            if self._sleft > 0 or self._sfill:
+                raise OtaError("truncated-segment", "the image element ends inside segment %d"
+                               % self.segments)
+            raise OtaError("truncated-segment", "the image element ends after segment %d, "
+                           "before the last segment" % self.segments)
         if self._use == _USE_KEEP:
             val = bytes(memoryview(self._kbuf)[:self._kfill])
             self._kfill = 0
@@ -446,7 +644,9 @@ class OtaStream:
 
 # Check hanota's signature and descriptor on a finished stream against the
 # pinned keys (a list of 65-byte public points). Returns the matching key.
-def check_signed(stream, keys):
+# An encoded file (descriptor version 2) is checked up to its segment chain; pass
+# target_sha256 (the decoded target's) to check the target too.
+def check_signed(stream, keys, target_sha256=None):
     from hanfw import p256
     if stream.sig is None:
         raise OtaError("unsigned", "the image carries no hanota signature (sub-element 0xF0A1)")
@@ -456,7 +656,15 @@ def check_signed(stream, keys):
         if p256.key_id(key) == stream.key_id:
             if not p256.verify(key, stream.signed_digest, stream.sig):
                 raise OtaError("bad-signature", "signature does not verify with key %s" % _hex(stream.key_id))
-            if stream.descriptor.image_hash != stream.image_sha256:
+            d = stream.descriptor
+            if d.encoded:
+                # the segments were checked against the chain as they arrived; the target
+                # (decoded) is checked by whoever decoded it: target_sha256
+                if not stream.chain_done:
+                    raise OtaError("bad-segment", "the segment chain is incomplete")
+                if target_sha256 is not None and target_sha256 != d.image_hash:
+                    raise OtaError("payload-hash", "decoded image hash does not match the descriptor")
+            elif d.image_hash != stream.image_sha256:
                 raise OtaError("payload-hash", "manufacturer image hash does not match the descriptor")
             return key
     raise OtaError("unknown-key", "image is signed by key %s, which this device does not trust" % _hex(stream.key_id))

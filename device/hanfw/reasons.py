@@ -26,6 +26,12 @@ REASONS = (
     "unconfirmed",
     "transfer-failed",
     "server-abort",
+    # compressed and delta images (hanfw.delta)
+    "wrong-base",  # a delta against an image other than the running one (before download)
+    "bad-segment",  # a segment that does not match its hash in the chain
+    "truncated-segment",  # the body ends inside a segment or before the last
+    "bad-patch",  # a segment that does not decode (zlib or patch), or to the wrong size
+    "unsupported-encoding",  # an encoding, window or segment size this device cannot decode
 )
 
 

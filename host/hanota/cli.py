@@ -71,15 +71,33 @@ def image():
               help="What the payload is (default: detected from its first bytes).")
 @click.option("--board-family", type=click.Choice(sorted(images.otafile.BOARD_FAMILIES)), default="any",
               show_default=True, help="Board family the payload is built for.")
+@click.option("--compress", is_flag=True,
+              help="Send the payload zlib-compressed, in independently decoded segments.")
+@click.option("--delta-from", "delta_from", type=click.Path(dir_okay=False, exists=True),
+              default=None, help="Send a patch against OLD, the payload the device runs (or an "
+              "upgrade file whose payload it is); compressed, in segments.")
+@click.option("--window-bits", type=click.IntRange(9, 15), default=images.DEFAULT_WINDOW_BITS,
+              show_default=True, help="zlib window of --compress/--delta-from: 2^N bytes "
+              "(devices take at most 12).")
+@click.option("--segment-max", type=click.IntRange(4200, 8192), default=images.DEFAULT_SEGMENT_MAX,
+              show_default=True, help="Longest segment payload (a device holds one at a time).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output file.")
 def image_build(payload, role, version, key_path, manufacturer, image_type, min_hw, max_hw, dest,
-                security_version, header_string, payload_kind, board_family, output):
+                security_version, header_string, payload_kind, board_family, compress, delta_from,
+                window_bits, segment_max, output):
     """Wrap PAYLOAD (the manufacturer image) in a signed Zigbee OTA upgrade file.
 
     An esp-app payload (given, or detected by its 0xE9 first byte) must be a valid ESP-IDF
     app image: header, segments, checksum, SHA-256 and app descriptor are checked, and a
     merged full-flash image is refused with the command that takes the app out of it.
+
+    --compress and --delta-from send the same target smaller (descriptor version 2, which
+    names the target's SHA-256 and size, and for a delta the base's): the device decodes
+    as the blocks arrive and checks the target before staging it.
     """
+    if compress and delta_from:
+        raise click.UsageError("--compress and --delta-from exclude each other (a delta is "
+                               "compressed already)")
     if (min_hw is None) != (max_hw is None):
         raise click.UsageError("give both --min-hw and --max-hw, or neither")
     if header_string is not None and len(header_string.encode()) > 32:
@@ -94,11 +112,16 @@ def image_build(payload, role, version, key_path, manufacturer, image_type, min_
         body, key=key, version=version, role=role, manufacturer=manufacturer,
         image_type=image_type, min_hw=min_hw, max_hw=max_hw, destination=dest,
         security_version=security_version, header_string=header_string,
-        payload_kind=kind, board_family=family)
+        payload_kind=kind, board_family=family,
+        encoding="delta" if delta_from else "zlib" if compress else "full",
+        base=images.read_base(delta_from) if delta_from else None,
+        window_bits=window_bits, segment_max=segment_max)
     with open(output, "wb") as f:
         f.write(data)
-    click.echo("wrote %s (%d bytes, version 0x%08x, image type 0x%04x)"
-               % (output, len(data), version, image_type or images.ROLE_IMAGE_TYPES[role]))
+    click.echo("wrote %s (%d bytes, version 0x%08x, image type 0x%04x%s)"
+               % (output, len(data), version, image_type or images.ROLE_IMAGE_TYPES[role],
+                  ", %s of a %d-byte target" % ("delta" if delta_from else "zlib", len(body))
+                  if compress or delta_from else ""))
 
 
 @image.command("inspect")
@@ -146,7 +169,10 @@ def _print_inspect(info: dict) -> None:
               help="With --for-device: the version the device runs (the file must be newer).")
 @click.option("--floor", type=U32, default=0, show_default=True,
               help="With --for-device: the device's anti-rollback floor (security version).")
-def image_verify(file, pubkeys, for_device, board, running, floor):
+@click.option("--base", "base_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="For a delta file: the image it applies to (payload or upgrade file); the "
+              "patch is applied and the target's SHA-256 compared with the descriptor's.")
+def image_verify(file, pubkeys, for_device, board, running, floor, base_path):
     """Exit 0 and print "valid" only for an intact image signed by one of the keys.
 
     Otherwise exit 1 and name the reason (tampered, wrong key, unsigned, truncated, malformed;
@@ -155,7 +181,8 @@ def image_verify(file, pubkeys, for_device, board, running, floor):
     if for_device is None and (board or running is not None or floor):
         raise click.UsageError("--board, --running and --floor go with --for-device")
     keys_ = [load_public_key(p) for p in pubkeys]
-    result = images.verify_image(file, keys_)
+    result = images.verify_image(file, keys_,
+                                 base=images.read_base(base_path) if base_path else None)
     if result.verdict is images.Verdict.VALID and for_device is not None:
         try:
             with open(for_device) as f:

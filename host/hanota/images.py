@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from hanfw import link, otafile, p256, roles
+from hanfw import delta, link, otafile, p256, roles
 from hanfw.otafile import OtaError
 
 from .errors import ImageFormatError
@@ -24,6 +25,13 @@ ROLE_IMAGE_TYPES = {r[0]: r[2] for r in roles.TABLE}
 # Manufacturer code used for hanota's development images.
 DEFAULT_MANUFACTURER = 0x1234
 STACK_VERSION_PRO = 2
+
+# Encoded images (descriptor version 2): the zlib window (2^bits bytes) and the longest
+# segment payload a device must hold at once. A device decodes a segment only when it is
+# whole (MicroPython's DeflateIO pulls its input), so the limit is its buffer.
+DEFAULT_WINDOW_BITS = 10
+DEFAULT_SEGMENT_MAX = 4096 + 256  # one sector of incompressible target fits
+MAX_SEGMENT_SECTORS = 16  # a segment's target piece: at most 64 KiB (bounds a decode step)
 
 _ROMFS_MAGIC = b"\xd2\xcd\x31"
 _ESP_IMAGE_MAGIC = 0xE9
@@ -74,13 +82,160 @@ def check_payload(payload: bytes, payload_kind: int | None = None,
     return kind
 
 
+def _zlib(data: bytes, wbits: int) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, wbits, 9)
+    return c.compress(data) + c.flush()
+
+
+def _patch_ops(base: bytes, target: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The target as (target offset, kind, base offset, bytes) pieces, kind 0 a diff against
+    the base at that offset, 1 extra bytes: read from one detools sequential patch
+    (no compression) of the whole target, so that it can be cut anywhere."""
+    import io
+
+    import detools
+
+    out = io.BytesIO()
+    detools.create_patch(io.BytesIO(base), io.BytesIO(target), out, compression="none",
+                         patch_type="sequential")
+    p = out.getvalue()
+    if p[0] != 0:
+        raise ImageFormatError("detools made a patch of type 0x%02x, not sequential" % p[0],
+                               reason="delta")
+    size, i = delta.unpack_size(p, 1)
+    dfs, i = delta.unpack_size(p, i)
+    if size != len(target) or dfs != 0:
+        raise ImageFormatError("unexpected detools patch header", reason="delta")
+    ops = []
+    to = fp = 0
+    while to < size:
+        n, i = delta.unpack_size(p, i)
+        if n:
+            ops.append((to, 0, fp, p[i:i + n]))
+        i += n
+        to += n
+        fp += n
+        n, i = delta.unpack_size(p, i)
+        if n:
+            ops.append((to, 1, 0, p[i:i + n]))
+        i += n
+        to += n
+        adj, i = delta.unpack_size(p, i)
+        fp += adj
+    return ops
+
+
+def _piece_patch(ops: list, starts: list[int], t0: int, t1: int) -> bytes:
+    """A sequential patch (detools' format, no compression) of target[t0:t1] against the
+    whole base, from the cut-anywhere pieces of _patch_ops."""
+    import bisect
+
+    recs = []  # [diff bytes, extra bytes, base offset of the diff]
+    cur = None
+    k = max(0, bisect.bisect_right(starts, t0) - 1)
+    while k < len(ops) and ops[k][0] < t1:
+        to, kind, fp, data = ops[k]
+        k += 1
+        lo, hi = max(t0, to), min(t1, to + len(data))
+        if lo >= hi:
+            continue
+        part = data[lo - to:hi - to]
+        if kind == 0:
+            fp += lo - to
+            if cur is None or cur[1] or fp != cur[2] + len(cur[0]):
+                cur = [bytearray(), bytearray(), fp]
+                recs.append(cur)
+            cur[0] += part
+        else:
+            if cur is None:
+                cur = [bytearray(), bytearray(), 0]
+                recs.append(cur)
+            cur[1] += part
+    out = bytearray([0]) + delta.pack_size(t1 - t0) + delta.pack_size(0)
+    fp = 0
+    for j, (d, e, at) in enumerate(recs):
+        if j == 0 and d and at != 0:
+            # the patch starts reading the base at 0: move to the first diff's place
+            out += delta.pack_size(0) + delta.pack_size(0) + delta.pack_size(at)
+            fp = at
+        out += delta.pack_size(len(d)) + d + delta.pack_size(len(e)) + e
+        fp += len(d)
+        nxt = next((r[2] for r in recs[j + 1:] if r[0]), fp)
+        out += delta.pack_size(nxt - fp)
+        fp = nxt
+    return bytes(out)
+
+
+def encode_segments(target: bytes, *, base: bytes | None = None,
+                    window_bits: int = DEFAULT_WINDOW_BITS,
+                    segment_max: int = DEFAULT_SEGMENT_MAX) -> list[tuple[int, bytes]]:
+    """The target cut into pieces of whole 4 KiB sectors (the last may be shorter), each
+    encoded on its own as one zlib stream (of the piece, or with `base` of a sequential
+    patch of it against the base), as [(target length, payload)]. Each piece is as long as
+    fits segment_max (at most MAX_SEGMENT_SECTORS sectors)."""
+    if not 9 <= window_bits <= 15:
+        raise ValueError("window bits must be 9..15 (a 512 B to 32 KiB window): %d" % window_bits)
+    if not target:
+        raise ValueError("the target image is empty")
+    unit = otafile.SEG_UNIT
+    if base is not None:
+        ops = _patch_ops(base, target)
+        starts = [o[0] for o in ops]
+
+        def encode(t0: int, t1: int) -> bytes:
+            return _zlib(_piece_patch(ops, starts, t0, t1), window_bits)
+    else:
+        def encode(t0: int, t1: int) -> bytes:
+            return _zlib(target[t0:t1], window_bits)
+    out = []
+    t = 0
+    k = MAX_SEGMENT_SECTORS
+    while t < len(target):
+        k = MAX_SEGMENT_SECTORS if k >= MAX_SEGMENT_SECTORS // 2 else k * 2
+        while True:
+            end = min(len(target), t + k * unit)
+            payload = encode(t, end)
+            if len(payload) <= segment_max:
+                break
+            if k == 1:
+                raise ValueError("one 4 KiB sector encodes to %d bytes, over the segment limit "
+                                 "%d: raise --segment-max" % (len(payload), segment_max))
+            k = max(1, min(k - 1, k * segment_max // len(payload)))
+        out.append((end - t, payload))
+        t = end
+    return out
+
+
+def chain_segments(segments: list[tuple[int, bytes]]) -> tuple[bytes, bytes]:
+    """(body, root): the segments with their headers, each naming the SHA-256 of the next
+    (zero in the last), and the SHA-256 of the first (the descriptor's chain root)."""
+    nxt = bytes(32)
+    parts = []
+    for tlen, payload in reversed(segments):
+        seg = otafile.pack_segment_header(tlen, len(payload), nxt) + payload
+        parts.append(seg)
+        nxt = hashlib.sha256(seg).digest()
+    return b"".join(reversed(parts)), nxt
+
+
 def build_image(payload: bytes, *, key: ec.EllipticCurvePrivateKey, version: int,
                 role: str | None = None, manufacturer: int = DEFAULT_MANUFACTURER,
                 image_type: int | None = None, min_hw: int | None = None,
                 max_hw: int | None = None, destination: bytes | None = None,
                 security_version: int = 0, header_string: str | None = None,
-                payload_kind: int | None = None, board_family: int = otafile.BOARD_ANY) -> bytes:
-    """Assemble and sign a hanota upgrade file around a manufacturer image."""
+                payload_kind: int | None = None, board_family: int = otafile.BOARD_ANY,
+                encoding: str = "full", base: bytes | None = None,
+                window_bits: int = DEFAULT_WINDOW_BITS,
+                segment_max: int = DEFAULT_SEGMENT_MAX) -> bytes:
+    """Assemble and sign a hanota upgrade file around a manufacturer image (the target).
+
+    encoding "full" carries the target itself (descriptor version 1, as before); "zlib"
+    compresses it and "delta" sends a patch against `base` (the payload the device runs),
+    both as a chain of segments (descriptor version 2, hanfw.otafile)."""
+    if encoding not in otafile.ENCODINGS:
+        raise ValueError("encoding must be one of %s" % ", ".join(otafile.ENCODINGS))
+    if (encoding == "delta") != (base is not None):
+        raise ValueError("a delta image needs the base image, and only a delta image takes one")
     if image_type is None:
         if role not in ROLE_IMAGE_TYPES:
             raise ValueError("give a role (%s) or an image type" % ", ".join(ROLE_IMAGE_TYPES))
@@ -93,22 +248,37 @@ def build_image(payload: bytes, *, key: ec.EllipticCurvePrivateKey, version: int
         header_string = "hanota %s %08x" % (role or "image", version)
     if payload_kind is None:
         payload_kind = guess_payload_kind(payload)
-    desc = otafile.Descriptor(payload_kind, security_version, board_family,
-                              hashlib.sha256(payload).digest())
+    target_hash = hashlib.sha256(payload).digest()
+    if encoding == "full":
+        desc = otafile.Descriptor(payload_kind, security_version, board_family, target_hash)
+    else:
+        segs = encode_segments(payload, base=base, window_bits=window_bits,
+                               segment_max=segment_max)
+        body, root = chain_segments(segs)
+        desc = otafile.Descriptor(
+            payload_kind, security_version, board_family, target_hash,
+            encoding=otafile.ENCODINGS[encoding], window_bits=window_bits,
+            segment_max=max(len(p) for _, p in segs), target_size=len(payload), chain=root,
+            base_size=len(base) if base is not None else 0,
+            base_hash=hashlib.sha256(base).digest() if base is not None else bytes(32))
+        payload = body
     header = otafile.Header(manufacturer=manufacturer, image_type=image_type, file_version=version,
                             stack_version=STACK_VERSION_PRO, header_string=header_string.encode(),
                             destination=destination, min_hw=min_hw, max_hw=max_hw)
     body_len = (otafile.ELEMENT_HEADER_LEN + len(payload) + otafile.ELEMENT_HEADER_LEN
-                + otafile.DESCRIPTOR_LEN + otafile.SIGNATURE_ELEMENT_LEN)
+                + desc.length + otafile.SIGNATURE_ELEMENT_LEN)
     header.total_size = header.header_length + body_len
     # The descriptor goes first so that a device can check the security version
     # (and the payload size) before it downloads the body.
     signed = b"".join([
         header.pack(),
-        otafile.pack_element_header(otafile.TAG_DESCRIPTOR, otafile.DESCRIPTOR_LEN), desc.pack(),
+        otafile.pack_element_header(otafile.TAG_DESCRIPTOR, desc.length), desc.pack(),
         otafile.pack_element_header(otafile.TAG_UPGRADE_IMAGE, len(payload)), payload,
     ])
-    digest = hashlib.sha256(signed).digest()
+    if encoding == "full":
+        digest = hashlib.sha256(signed).digest()
+    else:  # the segments are covered by their chain (hanfw.otafile), not hashed here
+        digest = hashlib.sha256(signed[:len(signed) - len(payload)]).digest()
     der = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     r, s = utils.decode_dss_signature(der)
     point = raw_point(key.public_key())
@@ -130,6 +300,94 @@ def parse_file(path: str | os.PathLike, *, allow_raw: bool = True,
         raise ImageFormatError("%s: %s" % (path, e.message), reason=e.reason) from None
     except OSError as e:
         raise ImageFormatError("cannot read %s: %s" % (path, e.strerror), reason="unreadable") from None
+
+
+def decode_file(path: str | os.PathLike, base: bytes | None = None,
+                *, keep: bool = True) -> tuple[otafile.OtaStream, bytes | None]:
+    """Parse a file and, when its body is encoded, decode it with the device's decoder
+    (hanfw.delta): (stream, target), target None when a delta has no base to apply to.
+    A base that is not the one the delta was made against is refused (wrong-base)."""
+    if base is None and not keep:
+        return parse_file(path, allow_raw=False), None
+    with open(path, "rb") as f:
+        head = f.read(otafile.MAX_HEADER_LEN + 2 * otafile.ELEMENT_HEADER_LEN
+                      + otafile.DESCRIPTOR_V2_LEN)
+    probe = otafile.OtaStream(integrity=False)
+    try:
+        probe.feed(head)
+    except OtaError:
+        pass  # parse_file below names it
+    d = probe.descriptor
+    if d is None or not d.encoded:
+        s = parse_file(path, allow_raw=False)
+        target = None
+        if keep and s.descriptor is not None:
+            target = _element(path, s)
+        return s, target
+    if d.encoding == otafile.ENC_DELTA and base is not None:
+        if len(base) != d.base_size or hashlib.sha256(base).digest() != d.base_hash:
+            raise ImageFormatError(
+                "%s: the delta was made against a base of %d bytes with SHA-256 %s; the given "
+                "base is %d bytes with SHA-256 %s" % (path, d.base_size, d.base_hash.hex(),
+                                                      len(base), hashlib.sha256(base).hexdigest()),
+                reason="wrong-base")
+    if d.encoding == otafile.ENC_DELTA and base is None:
+        return parse_file(path, allow_raw=False), None
+    out = bytearray()
+    dev = _BytesDev(base or b"")
+    dec = delta.Decoder(d, out.extend, dev)
+    s = otafile.OtaStream(sink=dec.data, integrity=True)
+    s.seg_end = dec.end
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(4096)
+                if not block:
+                    break
+                s.feed(block)
+        s.finish()
+    except OtaError as e:
+        raise ImageFormatError("%s: %s" % (path, e.message), reason=e.reason) from None
+    return s, bytes(out)
+
+
+class _BytesDev:
+    """A base image in memory as a block device (readblocks with an offset)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def readblocks(self, block: int, buf, offset: int = 0) -> None:
+        p = block * otafile.SEG_UNIT + offset
+        chunk = self.data[p:p + len(buf)]
+        buf[:len(chunk)] = chunk
+
+
+def _element(path, s: otafile.OtaStream) -> bytes | None:
+    start = next((off for tag, _, off in s.elements if tag == otafile.TAG_UPGRADE_IMAGE), None)
+    if start is None:
+        return None
+    with open(path, "rb") as f:
+        f.seek(start + otafile.ELEMENT_HEADER_LEN)
+        return f.read(s.image_length)
+
+
+def read_base(path: str | os.PathLike) -> bytes:
+    """The image a delta is made against: PATH is that payload, or an upgrade file whose
+    target it is (decoded when the file is compressed; a delta file cannot be a base)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != otafile.MAGIC.to_bytes(4, "little"):
+        return data
+    s, target = decode_file(path)
+    d = s.descriptor
+    if d is not None and d.encoding == otafile.ENC_DELTA:
+        raise ImageFormatError("%s is itself a delta image: give the payload it decodes to, or "
+                               "the full or compressed file" % path, reason="delta-base")
+    if target is None:
+        raise ImageFormatError("%s has no upgrade image to use as a base" % path,
+                               reason="no-upgrade-image")
+    return target
 
 
 def inspect_image(path: str | os.PathLike) -> dict:
@@ -166,8 +424,17 @@ def inspect_image(path: str | os.PathLike) -> dict:
         "payload_kind": kinds.get(d.payload_kind, d.payload_kind) if d else None,
         "board_family": families.get(d.board_family, d.board_family) if d else None,
         "manufacturer_image_hash": d.image_hash.hex() if d else None,
+        "descriptor_version": d.version if d else None,
+        "encoding": {v: k for k, v in otafile.ENCODINGS.items()}.get(d.encoding, d.encoding)
+        if d else None,
+        "target_size": (d.target_size if d.encoded else s.image_length) if d else None,
+        "window_bits": d.window_bits if d and d.encoded else None,
+        "segments": s.segments if d and d.encoded else None,
+        "segment_max": d.segment_max if d and d.encoded else None,
+        "base_size": d.base_size if d and d.encoding == otafile.ENC_DELTA else None,
+        "base_sha256": d.base_hash.hex() if d and d.encoding == otafile.ENC_DELTA else None,
         "esp_app": _esp_app_summary(path, s) if d and d.payload_kind == otafile.PAYLOAD_ESP_APP
-        else None,
+        and not d.encoded else None,
     }
 
 
@@ -203,7 +470,9 @@ _VERDICT_OF_REASON = {
     "truncated": Verdict.TRUNCATED, "truncated-header": Verdict.TRUNCATED,
     "unsigned": Verdict.UNSIGNED, "unknown-key": Verdict.WRONG_KEY,
     "bad-signature": Verdict.TAMPERED, "payload-hash": Verdict.TAMPERED,
-    "integrity-code": Verdict.TAMPERED,
+    "integrity-code": Verdict.TAMPERED, "bad-segment": Verdict.TAMPERED,
+    "bad-patch": Verdict.TAMPERED, "truncated-segment": Verdict.TRUNCATED,
+    "wrong-base": Verdict.REJECTED,
 }
 
 
@@ -214,18 +483,27 @@ class VerifyResult:
     message: str
 
 
-def verify_image(path: str | os.PathLike, pubkeys: list[bytes]) -> VerifyResult:
-    """Check structure, integrity code, descriptor and signature against the given keys."""
+def verify_image(path: str | os.PathLike, pubkeys: list[bytes],
+                 base: bytes | None = None) -> VerifyResult:
+    """Check structure, integrity code, descriptor and signature against the given keys. A
+    compressed file is decoded and its target checked against the descriptor's hash; a
+    delta file too when `base` is given (else only up to its segment chain)."""
+    untested = ""
     try:
-        s = parse_file(path, allow_raw=False)
+        s, target = decode_file(path, base, keep=False)
         s.check_integrity()
-        key = otafile.check_signed(s, pubkeys)
+        digest = hashlib.sha256(target).digest() if target is not None else None
+        key = otafile.check_signed(s, pubkeys, digest)
+        if s.descriptor is not None and s.descriptor.encoding == otafile.ENC_DELTA \
+                and target is None:
+            untested = "; the delta's target is not checked (give --base)"
     except ImageFormatError as e:
         return VerifyResult(_VERDICT_OF_REASON.get(e.reason, Verdict.MALFORMED), e.reason, str(e))
     except OtaError as e:
         return VerifyResult(_VERDICT_OF_REASON.get(e.reason, Verdict.MALFORMED), e.reason,
                             "%s: %s" % (path, e.message))
-    return VerifyResult(Verdict.VALID, "", "%s: valid, signed by key %s" % (path, p256.key_id(key).hex()))
+    return VerifyResult(Verdict.VALID, "", "%s: valid, signed by key %s%s"
+                        % (path, p256.key_id(key).hex(), untested))
 
 
 _REASON_TEXT = {
@@ -245,6 +523,8 @@ _REASON_TEXT = {
                          "0x{running:08x}",
     "malformed": "the descriptor is not followed by the upgrade image element",
     "wrong-board": "the file is built for board family {family}; the device is {cfg.family}",
+    "unsupported-encoding": "the body's encoding (window 2^{d.window_bits}, segments up to "
+                            "{d.segment_max} bytes) is beyond what a device decodes",
 }
 
 
@@ -276,6 +556,8 @@ def check_for_device(path: str | os.PathLike, config: dict, *, board: str | None
             cfg.family = spec.chip
     h, d = s.header, s.descriptor
     tag, image_len = s.elements[1][:2] if len(s.elements) > 1 else (None, 0)
+    if d.encoded:
+        image_len = d.target_size
     why = imagecheck.reason(h, d, tag, image_len, cfg, floor, bank_size, bank_kind)
     if why is None and running is not None and h.file_version <= running:
         why = "version-not-newer"
