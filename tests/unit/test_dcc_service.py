@@ -680,3 +680,27 @@ def test_cli_end_to_end(tmp_path, fw_key):
     code, out = run("dcc", "cpl", "remove", entry["image_hash"], "--db", db)
     assert code == 0 and "removed 1" in out
     assert run("dcc", "cpl", "remove", entry["image_hash"], "--db", db)[0] == 1
+
+
+def test_change_of_supplier_and_a_refused_prenotification_reach_the_hub_and_user(dcc, signers):
+    # the hub refuses a pre-notified device: the User, answered I0 at submission, is alerted
+    b = User(dcc, signers, "supplier-b")
+    new = bytes.fromhex("00DB12345678A00B")
+    assert b.submit("12.2", device_id=new, manufacturer="1234", model="00000084",
+                    device_type="PPMID", smets_chts_version="x", firmware_version="00000001",
+                    install_code=bytes.fromhex(install_code(11)))["code"] == service.SUCCESS
+    pre = outbox(dcc, HUB2)[-1]
+    dcc.wan_received(HUB2, {"id": 2, "type": "outcome", "request": pre["request"],
+                            "outcome": "refused", "detail": {"reason": "role unknown"}})
+    (_, xml), = dcc.responses(SUP_B)
+    r = answer(dcc, xml)
+    assert r["kind"] == "dcc_alert" and r["code"] == "E20" and r["request_id"] == pre["request"]
+    # a change of Supplier goes to the premises' hub
+    dcc.store.add_premises("MPAN-1", [SUP_A], HUB)  # unchanged: nothing to tell the hub
+    assert outbox(dcc) == []
+    dcc.store.add_premises("MPAN-1", [SUP_B], HUB)
+    (msg,) = outbox(dcc)
+    assert (msg["type"], msg["premises"], msg["suppliers"]) == \
+        ("set_suppliers", "MPAN-1", [SUP_B.hex().upper()])
+    dcc.wan_received(HUB, {"id": 1, "type": "outcome", "request": None, "outcome": "applied"})
+    assert dcc.responses(SUP_A) == []

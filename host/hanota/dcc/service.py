@@ -456,6 +456,10 @@ class Dcc:
                         mid, kind)
 
     def _outcome(self, hub: str, msg: dict) -> None:
+        if msg.get("request") is None:  # the DCC's own messages (set_suppliers)
+            log.log(logging.INFO if msg.get("outcome") == "applied" else logging.WARNING,
+                    "Comms Hub %s: %s %s", hub, msg.get("outcome"), msg.get("detail"))
+            return
         req = self.store.request_by_text(str(msg.get("request")))
         if req is None:
             log.warning("Comms Hub %s reported an outcome for unknown request %r", hub,
@@ -465,9 +469,19 @@ class Dcc:
             log.warning("Comms Hub %s reported on request %s, which went to %s", hub,
                         req["request_id"], req["hub_eui"])
             return
-        if req["outcome"] is not None:
-            return
         outcome = str(msg.get("outcome"))
+        if req["outcome"] is not None:
+            if req["srv"] == "12.2" and outcome != "prenotified":
+                # 12.2 was answered at submission; the CH's failure to take the device
+                # reaches the User as an alert naming the request
+                detail = msg.get("detail") if isinstance(msg.get("detail"), dict) else {}
+                xml = self._alert_xml(duis.RequestID.parse(req["request_id"]), "E20",
+                                      req["srv"], {"DeviceID": duis.eui_text(bytes.fromhex(
+                                          req["device"])), "Outcome": outcome,
+                                          "Reason": str(detail.get("reason") or "")})
+                self.store.queue_response(req["user"], xml, "E20", request=req["id"],
+                                          kind="alert")
+            return
         # an outcome this DCC does not know is reported as a failure to reach the device
         code, case, gbcs_code = OUTCOME_RESPONSES.get(outcome, ("E20", None, None))
         result: dict[str, Any] = {"DeviceID": duis.eui_text(bytes.fromhex(req["device"]))

@@ -414,11 +414,16 @@ class DccStore:
         hub = eui_hex(hub_eui)
         now = self.clock()
         with self.tx() as c:
+            old = self.premises(m)
             c.execute("INSERT INTO premises (mpxn, supplier1, supplier2, hub_eui, created, "
                       "updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (mpxn) DO UPDATE SET "
                       "supplier1 = excluded.supplier1, supplier2 = excluded.supplier2, "
                       "hub_eui = excluded.hub_eui, updated = excluded.updated",
                       (m, ids[0], ids[1] if len(ids) > 1 else None, hub, now, now))
+            if old is not None and (old["suppliers"] != ids or old["hub_eui"] != hub):
+                # a change of Supplier: the Comms Hub's registry follows the DCC's
+                self.wan_queue(hub, {"type": "set_suppliers", "premises": m,
+                                     "suppliers": ids, "request": None, "device": None})
         return self.premises(m)
 
     def premises(self, mpxn: str) -> dict[str, Any] | None:
