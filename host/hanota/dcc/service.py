@@ -474,7 +474,8 @@ class Dcc:
             if req["srv"] == "12.2" and outcome != "prenotified":
                 # 12.2 was answered at submission; the CH's failure to take the device
                 # reaches the User as an alert naming the request
-                detail = msg.get("detail") if isinstance(msg.get("detail"), dict) else {}
+                d = msg.get("detail")
+                detail: dict = d if isinstance(d, dict) else {}
                 xml = self._alert_xml(duis.RequestID.parse(req["request_id"]), "E20",
                                       req["srv"], {"DeviceID": duis.eui_text(bytes.fromhex(
                                           req["device"])), "Outcome": outcome,

@@ -424,7 +424,7 @@ class DccStore:
                 # a change of Supplier: the Comms Hub's registry follows the DCC's
                 self.wan_queue(hub, {"type": "set_suppliers", "premises": m,
                                      "suppliers": ids, "request": None, "device": None})
-        return self.premises(m)
+        return _found(self.premises(m))
 
     def premises(self, mpxn: str) -> dict[str, Any] | None:
         row = self.one("SELECT * FROM premises WHERE mpxn = ?", (str(mpxn).strip(),))
@@ -467,7 +467,7 @@ class DccStore:
             c.execute("INSERT INTO devices (eui, device_type, mpxn, manufacturer, model, "
                       "firmware_version, hw_version, install_code, status, added, updated) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, now, now))
-        return self.device(e)
+        return _found(self.device(e))
 
     def update_device(self, eui: bytes | str, **fields: Any) -> dict[str, Any]:
         """Change a registered device's inventory fields (SR 8.4, a join's status)."""
@@ -497,7 +497,7 @@ class DccStore:
                 c.execute("UPDATE devices SET %s, updated = ? WHERE eui = ?"
                           % ", ".join("%s = ?" % k for k in cols),
                           (*cols.values(), self.clock(), e))
-        return self.device(e)
+        return _found(self.device(e))
 
     def device(self, eui: bytes | str) -> dict[str, Any] | None:
         """A device with its premises' Responsible Suppliers and Comms Hub, or None."""
@@ -555,8 +555,7 @@ class DccStore:
                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (manufacturer, model, image_hash) "
                       "DO UPDATE SET version = excluded.version, pubkey = excluded.pubkey",
                       (man, mod, ver, h, key, self.clock()))
-        return dict(self.one("SELECT * FROM cpl WHERE manufacturer = ? AND model = ? AND "
-                             "image_hash = ?", (man, mod, h)))
+        return _found(self.cpl_find(man, mod, h))
 
     def cpl_list(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.all("SELECT * FROM cpl ORDER BY manufacturer, model, "
@@ -627,7 +626,7 @@ class DccStore:
                  eui_hex(hub_eui) if hub_eui is not None else None,
                  json.dumps(detail or {}, sort_keys=True), "done" if done else "accepted",
                  code, outcome, reason, now, now, now if done else None))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def request(self, rid: int) -> dict[str, Any] | None:
         row = self.one("SELECT * FROM requests WHERE id = ?", (rid,))
@@ -673,7 +672,7 @@ class DccStore:
                             "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (eui_hex(user), request, kind, code, int(final), bytes(xml),
                              self.clock()))
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def responses(self, user: bytes | str, after: int = 0) -> list[tuple[int, bytes]]:
         return [(int(r[0]), bytes(r[1])) for r in self.all(
@@ -697,7 +696,7 @@ class DccStore:
         with self.tx() as c:
             cur = c.execute("INSERT INTO wan_out (hub_eui, request, body, created) "
                             "VALUES (?, ?, '{}', ?)", (hub, request, self.clock()))
-            mid = int(cur.lastrowid)
+            mid = int(cur.lastrowid or 0)
             body = dict(msg)
             body["id"] = mid
             c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
@@ -731,6 +730,12 @@ class DccStore:
                                                     json.dumps(body, sort_keys=True),
                                                     self.clock()))
             return cur.rowcount == 1
+
+
+def _found(row: dict[str, Any] | None) -> dict[str, Any]:
+    """A row just written, read back (it is there: the write committed)."""
+    assert row is not None
+    return row
 
 
 def _install_code(code: str) -> str:
