@@ -167,3 +167,28 @@ def test_serve_usage_errors(db):
                       (("--udp", "localhost"), "HOST:PORT")):
         code, out = invoke("serve", "--db", db, *args)
         assert code == 1 and why in out, out
+
+
+def test_update_firmware_with_the_device_key_refuses_a_tampered_file(db, tmp_path):
+    """`--pubkey`: the image's signature must verify with the key the device pins; a
+    tampered file exits 2 naming why, and the pending request stays."""
+    from hanota.keys import generate_keys, load_private_key
+
+    keys = generate_keys(tmp_path / "keys")
+    good = build_image(tmp_path, load_private_key(keys.private), "ppmid", 2, size=300)
+    add(db, 1)
+    invoke("registry", "set-suppliers", "--premises", "MPAN-1", "--supplier", "A", "--db", db)
+    code, out = invoke("request", "update-firmware", "--device", eui_str(1), "--image",
+                       str(good), "--as-supplier", "A", "--pubkey", str(keys.public_bin),
+                       "--db", db)
+    assert code == 0 and "queued" in out
+    data = bytearray(good.read_bytes())
+    data[30] ^= 1  # in the header string: only the signature tells
+    bad = tmp_path / "bad.ota"
+    bad.write_bytes(bytes(data))
+    code, out = invoke("request", "update-firmware", "--device", eui_str(1), "--image",
+                       str(bad), "--as-supplier", "A", "--pubkey", str(keys.public_bin),
+                       "--db", db)
+    assert code == 2 and "does not verify" in out
+    code, out = invoke("request", "show", "1", "--json", "--db", db)
+    assert json.loads(out)["state"] == "queued"
