@@ -115,11 +115,11 @@ class _HostInflate:
         want = len(b)
         z = self.z
         while len(self.pend) < want and not z.eof:
-            data = self.src.read(64)
+            data = z.unconsumed_tail or self.src.read(64)
             if not data:
                 raise EOFError("zlib stream cut short")
-            try:
-                self.pend += z.decompress(data)
+            try:  # never more than asked for: the output is bounded, as DeflateIO's
+                self.pend += z.decompress(data, want - len(self.pend))
             except Exception as e:  # zlib.error
                 raise ValueError(str(e))
             if z.eof and z.unused_data:

@@ -21,26 +21,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
-TARGETS = ("otafile", "zcl", "link", "bootctl")
+TARGETS = ("otafile", "zcl", "link", "bootctl", "patch")
 
 
 def _imports():
-    from hanfw import bootctl, link, otafile, p256, zcl  # noqa: F401
-    return bootctl, link, otafile, zcl
+    from hanfw import bootctl, delta, link, otafile, p256, zcl  # noqa: F401
+    return bootctl, link, otafile, zcl, delta
 
 
-bootctl, link, otafile, zcl = None, None, None, None
+bootctl, link, otafile, zcl, delta = None, None, None, None, None
 
 
 def load(instrument: bool = False) -> None:
     """Import the device modules (inside atheris' instrumentation when asked)."""
-    global bootctl, link, otafile, zcl
+    global bootctl, link, otafile, zcl, delta
     if instrument:
         import atheris
         with atheris.instrument_imports(include=["hanfw"]):
-            bootctl, link, otafile, zcl = _imports()
+            bootctl, link, otafile, zcl, delta = _imports()
     else:
-        bootctl, link, otafile, zcl = _imports()
+        bootctl, link, otafile, zcl, delta = _imports()
 
 
 # A fixed key for the signature path (any point on the curve: signatures will not verify).
@@ -165,6 +165,56 @@ def fuzz_bootctl(data: bytes) -> None:
             assert bank < 0 or new.active == bank
 
 
+_PATCH_BASE = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(8192))
+
+
+class _BaseDev:
+    """The fuzzed patches' base (8 KiB) as a block device."""
+
+    def readblocks(self, block, buf, offset=0):
+        p = block * 4096 + offset
+        chunk = _PATCH_BASE[p:p + len(buf)]
+        buf[:len(chunk)] = chunk
+        for i in range(len(chunk), len(buf)):
+            buf[i] = 0xFF
+
+
+def fuzz_patch(data: bytes) -> None:
+    """One segment through the device's decoder (hanfw.delta): data[0] picks the target
+    length, data[1] the encoding (bit 1: delta, else zlib) and whether the rest is taken as
+    the zlib stream itself (bit 0 clear) or as the inflated bytes (bit 0 set: compressed
+    here, so that the patch applier sees the input as it is). Only OtaError with a
+    decoder's reason may escape; a segment that decodes gives exactly its target length."""
+    import zlib
+    if len(data) < 2:
+        return
+    tlen = data[0] * 97 + 1
+    mode = data[1]
+    body = bytes(data[2:])
+    if mode & 1:  # a small compressor: the harness's own memory is not the decoder's
+        c = zlib.compressobj(1, zlib.DEFLATED, 12, 1)
+        payload = c.compress(body) + c.flush()
+    else:
+        payload = body
+    if len(payload) > 8192:
+        return
+    d = otafile.Descriptor(0, 0, 0, bytes(32), encoding=2 if mode & 2 else 1, window_bits=12,
+                           segment_max=8192, target_size=tlen, chain=bytes(32),
+                           base_size=len(_PATCH_BASE))
+    out = [0]
+
+    def write(mv):
+        out[0] += len(mv)
+    dec = delta.Decoder(d, write, _BaseDev())
+    try:
+        dec.data(payload)
+        dec.end(tlen)
+    except otafile.OtaError as e:
+        assert e.reason in ("bad-patch", "bad-segment"), e.reason
+        return
+    assert out[0] == tlen
+
+
 def seeds(target: str) -> dict[str, bytes]:
     """Well-formed inputs to start from (written to corpus/<target>/ by write_seeds)."""
     load()
@@ -247,6 +297,18 @@ def seeds(target: str) -> dict[str, bytes]:
         r.state = [bootctl.REJECTED, bootctl.CONFIRMED]
         out["rejected"] = r.pack() + b"\x02"
         out["blank"] = b"\xff" * bootctl.RECORD_LEN
+    elif target == "patch":
+        import zlib
+        from hanota import images
+        t = bytearray(_PATCH_BASE[1000:1000 + 97 * 20 + 1])
+        t[10:20] = b"new bytes!"
+        t[500:500] = b"inserted"
+        t = bytes(t[:97 * 20 + 1])
+        for enc, base in (("zlib", None), ("delta", _PATCH_BASE)):
+            (n, payload), = images.encode_segments(t, base=base)
+            mode = 2 if enc == "delta" else 0
+            out[enc] = bytes([20, mode]) + payload
+            out[enc + "-inflated"] = bytes([20, mode | 1]) + zlib.decompress(payload)
     return out
 
 
@@ -267,7 +329,8 @@ def corpus_inputs(target: str) -> list[bytes]:
     return [p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()] if d.is_dir() else []
 
 
-FUNCS = {"otafile": fuzz_otafile, "zcl": fuzz_zcl, "link": fuzz_link, "bootctl": fuzz_bootctl}
+FUNCS = {"otafile": fuzz_otafile, "zcl": fuzz_zcl, "link": fuzz_link, "bootctl": fuzz_bootctl,
+         "patch": fuzz_patch}
 
 
 def main(argv: list[str]) -> None:
