@@ -23,6 +23,7 @@ from .hub import report as hub_report
 from .hub import requests as rq
 from .hub.queue import RetryPolicy
 from .hub.runner import HubRunner
+from .errors import ImageFormatError
 from .keys import generate_keys, load_private_key, load_public_key
 from .vboard.board import VirtualBoard
 
@@ -157,10 +158,12 @@ class _Demo:
             self.devices[name] = res.eui64
             self.say("  %-9s %-16s %s  console %s" % (name, kind, res.eui64, b.console.pty_path))
 
-    def _image(self, role: str, version: int, payload: dict, name: str, tamper: bool = False) -> Path:
+    def _image(self, role: str, version: int, payload: dict, name: str, tamper: str = "") -> Path:
         data = bytearray(images.build_image(payload["app"].read_bytes(), key=self.key, version=version, role=role))
-        if tamper:
+        if tamper == "payload":  # the hub sees it: the payload no longer has the descriptor's hash
             data[len(data) // 2] ^= 0x20
+        elif tamper:  # in the signature: only a holder of the signing key's public half can tell
+            data[len(data) - 10] ^= 0x20
         p = self.workdir / "images" / name
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(bytes(data))
@@ -172,7 +175,9 @@ class _Demo:
         fw, image = self.fw, self._image
         self.img = {
             "ppmid": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2.ota"),
-            "tampered": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered.ota", True),
+            "tampered": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered.ota", "signature"),
+            "tampered-payload": image("ppmid", V2, fw["vboard-esp32", 2], "ppmid-v2-tampered-payload.ota",
+                                      "payload"),
             "broken": image("ppmid", V3, fw["broken"], "ppmid-v3-broken.ota"),
             "althan": image("althan", V2, fw["vboard-nrf52840", 2], "althan-v2.ota"),
             "althan3": image("althan", V3, fw["vboard-nrf52840", 2], "althan-v3.ota"),
@@ -191,6 +196,12 @@ class _Demo:
             "hcalcs": rq.update_firmware(db, devices["hcalcs-1"], img["hcalcs"], SUPPLIER_A),
         }
         self.hub.resume()
+        try:
+            rq.update_firmware(db, devices["ppmid-2"], img["tampered-payload"], SUPPLIER_A)
+            refused = "accepted"
+        except ImageFormatError as e:
+            refused = e.reason
+        expect("SR 11.4 ppmid-2 payload-tampered image refused at submission", "payload-hash", refused)
         expect("SR 11.4 ppmid-1 v2 from the second Responsible Supplier", "activated",
                _outcome(_wait(db, subs["ppmid-1"].id)))
         expect("SR 11.4 ppmid-1 from a supplier not responsible for it", "not_authorized",
