@@ -13,6 +13,7 @@ processes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -232,6 +233,10 @@ def test_update_firmware_11_4_end_to_end(tmp_path):
         outcomes = [json.loads(r[0]) for r in rows if json.loads(r[0])["type"] == "outcome"
                     and json.loads(r[0])["request"] == ack["request_id"]]
         assert len(outcomes) == 1 and outcomes[0]["outcome"] == "activated"
+        # with its GBCS shape: CS09 PPMID Firmware Activation Alert, unsigned APDU
+        g = base64.b64decode(outcomes[0]["gbcs_b64"])
+        assert outcomes[0]["gbcs_message_code"] == "012B"
+        assert g[:2] == b"\xDF\x09" and g[31:33] == b"\x01\x2B" and g[12:20] == msb(1)
         await w.until(lambda: all(r[1] is not None for r in w.hub.db.all(
             "SELECT body, acked FROM ch_wan_out")), "every CH message acknowledged")
         # the activation alert went to the DCC too, as an alert for the Supplier

@@ -15,7 +15,9 @@ CH -> DCC: `{"ack": n}` once the CH has stored DCC message n durably (in its dat
 acting on it); `{"id": m, "type": "outcome", "request": ..., "device": ..., "outcome": O,
 "detail": {...}}` with O one of `hanota.hub.db.OUTCOMES` for the hub's requests (SR 11.1,
 11.3, 11.4, 11.2), or `CH_OUTCOMES` for what the CH does at once (prenotified, joined,
-join_failed, unjoined, unjoin_failed, cancelled, not_cancelled, applied, refused); and
+join_failed, unjoined, unjoin_failed, cancelled, not_cancelled, applied, refused); a firmware
+outcome GBCS has a message for also carries `gbcs_message_code` and `gbcs_b64` (the unsigned
+GBCS APDU: CCS08, CS06, CS08 or CS09, see `gbcs.py`), for the response's GBCSPayload; and
 `{"id": m, "type": "alert", "alert": A, "device": ..., "request": ... | null, "detail":
 {...}}` (A: "activation" for a device's Activation Alert, "trust_centre_swap_out"). The DCC
 acknowledges each with `{"ack": m}` after it has stored it.
@@ -473,9 +475,13 @@ class CommsHubWan:
                 if r["result"] is not None:
                     detail["version"] = "%08X" % r["result"]
                     detail["version_text"] = version_text(r["result"])
-                self.store.queue({"type": "outcome", "request": r["dcc_request"],
-                                  "device": eui_hex(r["eui"]), "outcome": r["outcome"],
-                                  "detail": detail})
+                msg = {"type": "outcome", "request": r["dcc_request"],
+                       "device": eui_hex(r["eui"]), "outcome": r["outcome"], "detail": detail}
+                g = self._gbcs(r)
+                if g is not None:
+                    msg["gbcs_message_code"] = "%04X" % g[0]
+                    msg["gbcs_b64"] = base64.b64encode(g[1]).decode("ascii")
+                self.store.queue(msg)
                 c.execute("UPDATE ch_wan_requests SET reported = ? WHERE hub_request = ?",
                           (db.now(), r["id"]))
             for e in events:
@@ -490,6 +496,24 @@ class CommsHubWan:
                                       "detail": {"old": eui_hex(d["old"]),
                                                  "new": eui_hex(d["new"])}})
             db.set_meta("wan.events", str(top))
+
+    def _gbcs(self, r) -> tuple[int, bytes] | None:
+        """The GBCS-shaped payload of a request's outcome (`gbcs.for_outcome`), or None."""
+        from datetime import datetime, timezone
+
+        from . import gbcs
+
+        parts = str(r["dcc_request"]).split(":")
+        try:
+            requester, counter = bytes.fromhex(eui_hex(parts[0])), int(parts[2])
+        except (IndexError, ValueError, WanError):
+            return None
+        return gbcs.for_outcome(
+            r["outcome"], r["sr"], device=bytes.fromhex(eui_hex(r["eui"])),
+            comms_hub=bytes.fromhex(eui_hex(self.hub.db.current_hub()["eui"])),
+            requester=requester, counter=counter % (1 << 64),
+            version=r["result"] if r["result"] is not None else r["target_version"],
+            when=datetime.fromtimestamp(r["finished"] or 0, timezone.utc))
 
 
 _FAILED = {"prenotify": "refused", "join": "join_failed", "unjoin": "unjoin_failed",
