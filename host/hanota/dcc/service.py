@@ -33,6 +33,8 @@ acknowledgement I99. DCC-only services (8.2, 8.4, 12.2) are answered at once wit
 their body. `wan_received` turns the Comms Hub's outcome for a request into exactly one final
 signed DUIS response for the requesting User (and an alert to the premises' other Responsible
 Supplier for firmware outcomes); every document the DCC emits is signed with its own key.
+A Comms Hub replacing another (Trust Centre Swap-Out, `wan_hub_replaced`) takes over its
+premises and pending requests; the premises' Alt HAN devices are refused SR 11.1 from then on.
 """
 from __future__ import annotations
 

@@ -23,6 +23,11 @@ Rules the schema itself enforces (so that no code path can break them):
 - a WAN message is acknowledged once (a trigger keeps the first `acked` time), and an inbound
   WAN message id is recorded once per hub (its primary key), which is what makes both ends
   idempotent.
+
+A change of a premises' Suppliers or Comms Hub queues a `set_suppliers` WAN message to the hub.
+A Trust Centre Swap-Out (`replace_hub`) moves premises, pending requests and unsent messages
+to the new hub identity and marks the premises' Alt HAN devices `lost_with_hub` (MP170: they
+cannot rejoin, so no firmware can reach them).
 """
 from __future__ import annotations
 
