@@ -151,3 +151,13 @@ def test_join_refuses_an_alt_han_device(wan):
          manufacturer="%04X" % images.DEFAULT_MANUFACTURER)
     assert last(wan)["outcome"] == "joined"
     assert reg.device(wan.hub.db, eui_str(7))["manufacturer"] == images.DEFAULT_MANUFACTURER
+
+
+def test_default_premises_survive_a_swap_out(wan):
+    wan.premises = None
+    first = eui_hex(wan.hub.db.current_hub()["eui"])
+    send(wan, 1, "prenotify", 8, install_code=install_code(8), role="ppmid")
+    reg.swap_out(wan.hub.db)
+    send(wan, 2, "prenotify", 9, install_code=install_code(9), role="ppmid")
+    assert reg.device(wan.hub.db, eui_str(8))["mpxn"] == "CH-" + first
+    assert reg.device(wan.hub.db, eui_str(9))["mpxn"] == "CH-" + first

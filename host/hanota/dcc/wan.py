@@ -548,8 +548,14 @@ class _Actions:
         return eui_hex(text.split(":")[0]) if text.count(":") == 2 else "DCC"
 
     def _premises(self) -> str:
-        return str(self.msg.get("premises") or self.wan.premises
-                   or "CH-" + eui_hex(self.db.current_hub()["eui"]))
+        """Where a device the DCC names goes in the CH's registry: the message's premises,
+        else `hanota hub serve --premises`, else the name this CH took the first time
+        (CH-<its first EUI>, kept across a swap-out)."""
+        name = self.msg.get("premises") or self.wan.premises or self.db.get_meta("wan.premises")
+        if not name:
+            name = "CH-" + eui_hex(self.db.current_hub()["eui"])
+            self.db.set_meta("wan.premises", name)
+        return str(name)
 
     def _mirror_supplier(self, eui: str) -> str:
         """The DCC checked the Responsible Supplier by entity ID; the CH's registry mirrors
