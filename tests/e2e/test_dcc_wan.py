@@ -472,15 +472,29 @@ def test_push_url_delivery_with_retry(tmp_path):
             await w.start_hub()
             await w.prenotify(6)
             await w.device(6)
-            _, ack = await w.post(w.request("11.2", msb(6)))
-            await w.wait_response(ack["request_id"])
+            for _ in range(2):
+                _, ack = await w.post(w.request("11.2", msb(6)))
+                await w.wait_response(ack["request_id"])
             want = [(r["seq"], r["xml"].encode()) for r in await w.responses()]
+            assert len(want) >= 2
             await w.until(lambda: len(got) >= len(want), "the pushes")
             assert got == want  # in order, each once
             assert fails["left"] == 0
             row = w.store.one("SELECT delivered FROM http_push WHERE user = ?",
                               (eui_hex(w.user),))
             assert row[0] == want[-1][0]
+            # a new URL, told where the User is: only what comes after is pushed
+            got.clear()
+            async with w.session.post(w.url + "/api/v1/subscribe", json={
+                    "user": eui_hex(w.user), "url": "http://127.0.0.1:%d/duis" % port,
+                    "after": want[-2][0]}) as r:
+                assert (await r.json())["delivered"] == want[-2][0]
+            await w.until(lambda: len(got) == 1, "the push after the cursor")
+            await asyncio.sleep(0.2)
+            assert got == want[-1:]
+            async with w.session.post(w.url + "/api/v1/subscribe", json={
+                    "user": eui_hex(w.user), "url": None, "after": -1}) as r:
+                assert r.status == 400
         finally:
             await runner.cleanup()
     run(tmp_path, body)

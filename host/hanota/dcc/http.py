@@ -12,7 +12,8 @@ DCC Boxed then POSTs each asynchronous signed DUIS response or alert to the User
 configured response endpoint, which answers 2xx once it has it; so does this server:
 
 - `POST /api/v1/subscribe` with JSON `{"user": "<entity ID>", "url": "http://..."}` (url
-  null: stop pushing) registers the User's push URL. Responses are pushed one at a time, in
+  null: stop pushing; optional `"after": n`: the User has responses up to n already) registers
+  the User's push URL. Responses are pushed one at a time, in
   sequence order, `Content-Type: application/xml`, header `X-Hanota-Seq: <n>`; a response is
   delivered when the URL answered 2xx, and the next one is not sent before it (retry with
   exponential backoff, 0.5 s doubling to 60 s). The last delivered sequence number is kept in
@@ -226,11 +227,17 @@ class DccHttp:
         if url is not None and (not isinstance(url, str)
                                 or not url.startswith(("http://", "https://"))):
             raise web.HTTPBadRequest(text="url %r: an http:// or https:// URL, or null" % (url,))
+        after = data.get("after")
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool)
+                                  or after < 0):
+            raise web.HTTPBadRequest(text="after %r: a response sequence number" % (after,))
         store = self.dcc.store
         with store.tx() as c:
             c.execute("INSERT INTO http_push (user, url, updated) VALUES (?, ?, ?) "
                       "ON CONFLICT (user) DO UPDATE SET url = excluded.url, "
                       "updated = excluded.updated", (user, url, time.time()))
+            if after is not None:  # the User has these already: start after them
+                c.execute("UPDATE http_push SET delivered = ? WHERE user = ?", (after, user))
         self._retry_at.pop(user, None)
         self._push_wake.set()
         row = store.one("SELECT delivered FROM http_push WHERE user = ?", (user,))
