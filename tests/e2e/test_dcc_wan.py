@@ -541,9 +541,10 @@ def test_wan_endpoint_refuses_bad_hub_path(tmp_path):
 # ---------------------------------------------------------------- the commands
 
 def _start(args: list[str], log: Path, ready: str, env: dict) -> subprocess.Popen:
-    f = open(log, "w+")
-    p = subprocess.Popen([sys.executable, "-c", "from hanota.cli import main; main()", *args], stdout=f,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    with open(log, "w") as f:  # the child keeps its own descriptor
+        p = subprocess.Popen([sys.executable, "-c", "from hanota.cli import main; main()",
+                              *args], stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env)
     end = time.monotonic() + 20
     while ready not in log.read_text():
         assert p.poll() is None, "%s exited: %s" % (args[:2], log.read_text())

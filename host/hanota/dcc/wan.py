@@ -344,7 +344,9 @@ class CommsHubWan:
                         await ws.send_str(encode({"hello": hub, "replaces": previous}))
                         await self._session(ws, hub)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-                    log.info("WAN to %s: %s", self.url, e)
+                    # a drop after a working connection is worth a warning; retries are not
+                    (log.warning if self.connected.is_set() else log.info)(
+                        "WAN to %s: %s; reconnecting", self.url, e)
                 except HanotaError as e:  # the hub database, busy or failing: try again
                     log.error("WAN to %s: %s", self.url, e)
                 except Exception:  # a bug must not end the WAN for good; it is logged
