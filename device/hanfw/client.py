@@ -496,7 +496,7 @@ class OtaClient:
         d = self.dl
         self.dl = None
         if d is not None:
-            d.head = d.stream = d.writer = None
+            d.head = d.stream = d.writer = d.dec = None
         return d
 
     def _suspend(self):
@@ -572,7 +572,7 @@ class OtaClient:
         if len(els) < 2 or s.descriptor is None:
             return
         why = imagecheck.reason(h, s.descriptor, els[1][0], els[1][1], self.cfg, self.banks.floor(),
-                                self.banks.bank_size(), self.banks.kind, d.v)
+                                self.banks.bank_size(), self.banks.kind, d.v) or d.base_reason(self.banks)
         if why:
             self._fail(why)
             return
@@ -603,7 +603,7 @@ class OtaClient:
         except Exception as e:
             self._fail(getattr(e, "reason", "malformed"))
             return
-        self.banks.stage(d.v, s.image_length, s.descriptor.security_version, s.descriptor.image_hash)
+        self.banks.stage(d.v, d.target_length(), s.descriptor.security_version, s.descriptor.image_hash)
         self.state.update(dl=None)
         self.pending = d.id
         self._end_download()

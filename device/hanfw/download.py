@@ -2,8 +2,10 @@
 # The OTA client (client.py) owns the protocol; this holds where the transfer
 # stands (offset, header bytes, the hashing stream, the bank writer), builds the
 # next request, and writes/reads the resume record kept in the state file
-# under "dl": {"id": [m, t, v], "size", "head": hex, "poff", "dur"}.
-# That record's format is read back after a power cut: keep it as it is.
+# under "dl": {"id": [m, t, v], "size", "head": hex, "poff", "dur"}, and for a compressed or
+# delta file "seg": [file offset of the next segment, its SHA-256 hex, target bytes before
+# it (= dur), segments before it]. That record is read back after a power cut: keep its
+# format (a record without "seg" is a full image's, as before).
 
 from hanfw import zcl, otafile, reasons
 
@@ -13,7 +15,7 @@ except ImportError:
     def const(x):
         return x
 
-_HEAD_MAX = const(69 + 6 + 40 + 6)  # header + descriptor element + image element header
+_HEAD_MAX = const(69 + 6 + 116 + 6)  # header + descriptor element (v2) + image element header
 
 
 def qualify(cfg, banks, mfr, itype, version, size):
@@ -38,6 +40,13 @@ def fail_reason(reason):
     if reason in ("bad-descriptor",):
         return "bad-descriptor"
     return "malformed"
+
+
+def running_dev(banks):
+    # the running bank's block device: a delta's base
+    if banks.kind == "firmware":
+        return banks.running
+    return banks.devs[banks.record().active][0]
 
 
 def resumable(saved, ident, size):
@@ -65,6 +74,7 @@ class Download:
         self.poff = 0  # file offset of the first byte written to the bank
         self.stream = otafile.OtaStream(integrity=False, max_total=size) if ident else None
         self.writer = None
+        self.dec = None  # hanfw.delta.Decoder of a compressed or delta file
         self.last_ckpt = 0  # bank bytes durable at the last resume record
         self.page_end = 0  # with Image Page Requests: blocks are awaited below this offset
 
@@ -74,26 +84,68 @@ class Download:
         s = self.stream
         s.feed(head)
         durable = saved["dur"]
-        banks.feed_target(durable, s.feed)
         self.head = bytearray(head)
         self.body = True
         self.poff = saved["poff"]
-        self.writer = banks.writer(durable)
-        s.sink = self.writer.write
-        self.offset = saved["poff"] + durable
+        seg = saved.get("seg")
+        if seg is not None:
+            # encoded: on at the next segment, knowing its hash (the chain vouches for it)
+            if seg[2] != durable:
+                raise otafile.OtaError("malformed", "resume record: segment and bank disagree")
+            s.resume_chain(seg[0], bytes.fromhex(seg[1]), seg[2], seg[3])
+            self.writer = banks.writer(durable)
+            self._decoder(banks)
+            self.offset = seg[0]
+        else:
+            banks.feed_target(durable, s.feed)
+            self.writer = banks.writer(durable)
+            s.sink = self.writer.write
+            self.offset = saved["poff"] + durable
         self.last_ckpt = durable
+
+    def _decoder(self, banks):
+        # a compressed or delta body goes through the decoder (loaded only for such files)
+        from hanfw import delta
+        s = self.stream
+        d = s.descriptor
+        self.dec = delta.Decoder(d, self.writer.write,
+                                 running_dev(banks) if d.encoding == otafile.ENC_DELTA else None)
+        s.sink = self.dec.data
+        s.seg_end = self.dec.end
+
+    def base_reason(self, banks):
+        # a delta whose base is not the running image: "wrong-base", before any download
+        d = self.stream.descriptor
+        if d is None or d.encoding != otafile.ENC_DELTA:
+            return None
+        from hanfw import delta
+        if d.base_size > banks.bank_size() or \
+                delta.base_sha256(running_dev(banks), d.base_size) != d.base_hash:
+            return "wrong-base"
+        return None
+
+    def target_length(self):
+        d = self.stream.descriptor
+        return d.target_size if d.encoded else self.stream.image_length
 
     def open_body(self, banks):
         # the header qualified and the bank was begun: the body goes to the bank from here
         self.body = True
         self.poff = self.stream.received
         self.writer = banks.writer(0)
-        self.stream.sink = self.writer.write
+        if self.stream.descriptor.encoded:
+            self._decoder(banks)
+        else:
+            self.stream.sink = self.writer.write
 
     def record(self):
         # the resume record for the state file (format fixed: see the top of this file)
-        return {"id": list(self.id), "size": self.size, "head": bytes(self.head).hex(),
-                "poff": self.poff, "dur": self.writer.durable}
+        r = {"id": list(self.id), "size": self.size, "head": bytes(self.head).hex(),
+             "poff": self.poff, "dur": self.writer.durable}
+        s = self.stream
+        if self.dec is not None and s.seg_expect is not None:
+            r["seg"] = [s.seg_next, bytes(s.seg_expect).hex(), s.target_seen, s.segments]
+        return r
 
     def request(self, cfg, min_period):
         # the next request as (command, payload): header bytes first, then blocks or pages
@@ -116,7 +168,10 @@ class Download:
         if s.header is None:
             return max(10, otafile.MAX_HEADER_LEN) - got if got < 10 else s._need - got
         hl = s.header.header_length
-        return max(1, hl + 6 + otafile.DESCRIPTOR_LEN + 6 - got)
+        dl = otafile.DESCRIPTOR_LEN
+        if s.elements and s.elements[0][0] == otafile.TAG_DESCRIPTOR:
+            dl = s.elements[0][1]  # version 2 is longer
+        return max(1, hl + 6 + dl + 6 - got)
 
     def take(self, data, checkpoint):
         # one block in; True when a new resume record is due (every `checkpoint` bytes)
@@ -126,6 +181,17 @@ class Download:
             self.head += data
             s.feed(data)
             self.offset += n
+            return False
+        if self.dec is not None:
+            # encoded: a resume point only where a segment ended (the bank holds its target)
+            before = s.segments
+            s.feed(data)
+            self.offset += n
+            w = self.writer
+            if s.segments != before and s.seg_expect is not None \
+                    and w.durable - self.last_ckpt >= checkpoint:
+                self.last_ckpt = w.durable
+                return True
             return False
         s.feed(data)
         self.offset += n
@@ -141,5 +207,8 @@ class Download:
         self.writer.flush()
         s.finish()
         otafile.check_signed(s, keys)
-        if banks.target_sha256(s.image_length) != s.descriptor.image_hash:
+        d = s.descriptor
+        if banks.target_sha256(self.target_length()) != d.image_hash:
+            if d.encoded:  # the decoded target is checked here, from the bank
+                raise otafile.OtaError("payload-hash", "decoded image differs from the descriptor's hash")
             raise otafile.OtaError("readback", "bank contents differ from the image after writing")
