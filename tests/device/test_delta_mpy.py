@@ -112,3 +112,28 @@ def test_truncated_segment_is_refused(files, tmp_path):
     p.write_bytes(header(56 + len(els)) + els)
     got = run(p)
     assert got["error"] == "truncated-segment", got
+
+
+def test_real_esp32_release_delta_in_a_64k_heap(tmp_path):
+    """MicroPython v1.15 -> v1.16 for the ET-Board (the pinned PyPI package the tests use):
+    the delta is about a quarter of the target, compressed about 70 %, and both decode under
+    the real MicroPython in a 64 KiB heap to the v1.16 app's SHA-256."""
+    from support import espapps
+    try:
+        files = espapps.package_files()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    old, new = (espapps.take_app(files[r].read_bytes())[1] for r in ("v1.15", "v1.16"))
+    key = new_key()
+    (tmp_path / "base.bin").write_bytes(old)
+    for enc, most in (("delta", 0.26), ("zlib", 0.72)):
+        data = images.build_image(new, key=key, version=2, role="althan", payload_kind=0,
+                                  encoding=enc, base=old if enc == "delta" else None)
+        assert len(data) <= most * len(new), (enc, len(data) / len(new))
+        p = tmp_path / (enc + ".ota")
+        p.write_bytes(data)
+        got = run(p, tmp_path / "base.bin", block=64)
+        assert got.get("sha256") == hashlib.sha256(new).hexdigest(), got
+        assert got["data_heap"] <= 16 * 1024, got
+        print("%s: %.1f %% of the target, data heap %d" % (enc, 100 * len(data) / len(new),
+                                                           got["data_heap"]))
