@@ -583,6 +583,33 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
                     await asyncio.sleep(0.1)
             return []
         assert asyncio.run(health()) == [w.hub_eui]
+
+        def send(name: str, xml: bytes, *extra: str) -> subprocess.CompletedProcess:
+            f = tmp_path / name
+            f.write_bytes(xml)
+            return subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
+                                   "duis", "send", str(f), "--dcc", url, *extra],
+                                  capture_output=True, text=True, env=env, timeout=60)
+        # hanota duis send: a pre-notification answered at once (I0) ...
+        r = send("12.2.xml", w.request("12.2", duis.DCC_EUI, device_id=msb(11),
+                                       manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
+                                       model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
+                                       device_type="PPMID", smets_chts_version="V1.0",
+                                       firmware_version="00000001",
+                                       install_code=bytes.fromhex(install_code(11))))
+        assert r.returncode == 0 and r.stdout.startswith("I0 "), (r.stdout, r.stderr)
+        # ... a read for a device the Comms Hub does not hold: I99, then its refusal (exit 1)
+        with DccStore(tmp_path / "dcc.db") as store:
+            store.add_device(msb(12), "PPMID", MPAN)
+        r = send("11.2.xml", w.request("11.2", msb(12)), "--wait", "30", "-o",
+                 str(tmp_path / "final.xml"))
+        lines = r.stdout.splitlines()
+        assert r.returncode == 1 and lines[0].startswith("I99 "), (r.stdout, r.stderr)
+        assert "not_authorized" in lines[1], r.stdout
+        xmlsig.verify((tmp_path / "final.xml").read_bytes(), w.dcc_cert)
+        # a placeholder-free but unsigned request: refused at once
+        r = send("unsigned.xml", duis.build_request("11.2", w.user, msb(12), 99999))
+        assert r.returncode == 1 and r.stdout.startswith("E"), (r.stdout, r.stderr)
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
             assert p.wait(15) == 0
@@ -599,11 +626,8 @@ def test_virtual_board_through_duis(vboards, tmp_path):
     """The real device code on a virtual ESP32 (MicroPython over emulated flash), upgraded
     by a signed 11.4 POSTed to `DccRunner`, carried over the WAN to a `HubRunner` Comms Hub,
     and the signed I0 response fetched by the Supplier."""
-    import urllib.parse
-    import urllib.request
-
     from hanota import deploy, flasher, fwbuild
-    from hanota.dcc.http import DccRunner
+    from hanota.dcc.http import DccRunner, DuisClient
     from hanota.hub.runner import HubRunner
     from hanota.keys import generate_keys, load_private_key
 
@@ -615,23 +639,12 @@ def test_virtual_board_through_duis(vboards, tmp_path):
     w.store.close()
 
     def post(xml: bytes) -> dict:
-        req = urllib.request.Request(dcc.url + "/api/v1/serviceD", data=xml,
-                                     headers={"Content-Type": "application/xml"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return duis.parse_response(r.read())
+        return DuisClient(dcc.url).send(xml)[0]
 
-    def final(request_id: str, timeout: float = 100.0) -> dict:
-        end = time.monotonic() + timeout
-        q = urllib.parse.urlencode({"user": eui_hex(w.user), "after": "0"})
-        while time.monotonic() < end:
-            with urllib.request.urlopen(dcc.url + "/api/v1/responses?" + q, timeout=10) as r:
-                for item in json.loads(r.read())["responses"]:
-                    p = duis.parse_response(item["xml"].encode())
-                    if p["request_id"] == request_id and p["kind"] == "response":
-                        xmlsig.verify(item["xml"].encode(), w.dcc_cert)
-                        return p
-            time.sleep(0.2)
-        raise AssertionError("no response for %s" % request_id)
+    def final(request_id: str) -> dict:
+        resp, xml = DuisClient(dcc.url).wait_response(request_id, 100)
+        xmlsig.verify(xml, w.dcc_cert)
+        return resp
 
     with DccRunner(str(tmp_path / "dcc.db"), str(w.pki_dir)) as dcc, \
             HubRunner(w.hub_db, dcc_url=dcc.url, options=fast_options(

@@ -1,16 +1,20 @@
-"""`hanota dcc serve`: the DCC's DUIS endpoint and WAN over HTTP (see `http.py`)."""
+"""`hanota dcc serve`: the DCC's DUIS endpoint and WAN over HTTP (see `http.py`); and the
+User's side of it, `hanota duis send`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..clitypes import domain_errors
-from .cli import dcc
-from .http import open_dcc
+from .cli import dcc, duis
+from .http import DuisClient, open_dcc
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -67,3 +71,58 @@ def dcc_serve(db_path, pki_dir, listen, max_body, log_level):
         asyncio.run(_serve(service, host, port, max_body))
     finally:
         service.store.close()
+
+
+def _describe(p: dict) -> str:
+    body = p.get("body") or {}
+    inner = next(iter(body.values()), None) if len(body) == 1 else None
+    what = ""
+    if isinstance(inner, dict) and inner.get("Outcome"):
+        what = " %s" % inner["Outcome"]
+        if inner.get("FirmwareVersion"):
+            what += " (firmware %s)" % inner["FirmwareVersion"]
+    return "%s %s%s%s" % (p["code"], p.get("request_id") or "-", what,
+                          ": %s" % p["reason"] if p.get("reason") else "")
+
+
+@duis.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--dcc", "dcc_url", required=True, metavar="URL",
+              help="The DCC's HTTP server (hanota dcc serve), e.g. http://127.0.0.1:8080.")
+@click.option("--wait", type=float, default=None, metavar="SECONDS",
+              help="Then wait up to SECONDS for the request's final DUIS response.")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the last signed DUIS document received (the response with --wait, "
+                   "else the acknowledgement) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed documents as JSON.")
+@domain_errors
+def duis_send(file: str, dcc_url: str, wait: float | None, out: str | None,
+              as_json: bool) -> None:
+    """POST a signed DUIS request (FILE, or - for stdin) to the DCC, as DCC Boxed's
+    /api/v1/serviceD takes it. Prints the synchronous answer (I99 accepted, I0 answered, or
+    the refusal with its code and reason) and, with --wait, the final response. Exit 0 when
+    accepted (and, with --wait, the final response has an I code: the device's outcome is
+    printed), 1 when refused (an E code), 2 when the DCC cannot be reached or does not answer
+    in time."""
+    if not dcc_url.startswith(("http://", "https://")):
+        raise click.BadParameter("give the DCC's address as http://HOST:PORT (hanota dcc "
+                                 "serve prints it)", param_hint="--dcc")
+    xml = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    client = DuisClient(dcc_url)
+    ack, raw = client.send(xml)
+    docs = [ack]
+    final = None
+    if wait is not None and ack["code"] == "I99" and ack.get("request_id"):
+        final, raw = client.wait_response(ack["request_id"], wait)
+        docs.append(final)
+    if out:
+        Path(out).write_bytes(raw)
+    if as_json:
+        click.echo(json.dumps([{k: (v.hex() if isinstance(v, bytes) else v)
+                                for k, v in d.items()} for d in docs], indent=2))
+    else:
+        for d in docs:
+            click.echo(_describe(d))
+    last = final or ack
+    if not last["code"].startswith("I"):
+        sys.exit(1)

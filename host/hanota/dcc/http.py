@@ -338,3 +338,84 @@ class DccRunner:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class DuisHttpError(HanotaError):
+    """The DCC's HTTP interface could not be reached, or answered something that is not
+    DUIS (exit code 2)."""
+
+    reason = "http"
+
+
+class DuisClient:
+    """A User's side of the DCC's HTTP interface, synchronous (urllib): send a signed DUIS
+    request, fetch the User's asynchronous responses, wait for a request's final one."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0):
+        if not url.startswith(("http://", "https://")):
+            raise DuisHttpError("the DCC's URL %r: give http://HOST:PORT (hanota dcc serve "
+                                "prints it)" % url, reason="usage")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _open(self, req) -> tuple[int, str, bytes]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return r.status, r.headers.get_content_type(), r.read()
+        except urllib.error.HTTPError as e:  # a DUIS error may come with a 4xx status
+            return e.code, e.headers.get_content_type(), e.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise DuisHttpError("cannot reach the DCC at %s: %s"
+                                % (self.url, getattr(e, "reason", e))) from None
+
+    def send(self, xml: bytes, path: str = SUBMIT_PATHS[0]) -> tuple[dict, bytes]:
+        """POST a signed request: (the parsed synchronous answer, its signed XML)."""
+        import urllib.request
+
+        from . import duis
+        req = urllib.request.Request(self.url + path, data=bytes(xml), method="POST",
+                                     headers={"Content-Type": "application/xml"})
+        status, ctype, body = self._open(req)
+        if ctype not in XML_TYPES:
+            raise DuisHttpError("the DCC answered HTTP %d with %s, not a DUIS document: %s"
+                                % (status, ctype, body[:200].decode("utf-8", "replace")))
+        try:
+            return duis.parse_response(body), body
+        except duis.DuisError as e:
+            raise DuisHttpError("the DCC's answer is not DUIS: %s" % e) from None
+
+    def responses(self, user: bytes | str, after: int = 0) -> list[tuple[int, bytes]]:
+        """The User's signed responses and alerts after sequence `after`."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        q = urllib.parse.urlencode({"user": eui_hex(user), "after": str(after)})
+        status, ctype, body = self._open(urllib.request.Request(
+            self.url + "/api/v1/responses?" + q))
+        if status != 200:
+            raise DuisHttpError("GET responses: HTTP %d: %s"
+                                % (status, body[:200].decode("utf-8", "replace")))
+        return [(int(r["seq"]), r["xml"].encode("utf-8"))
+                for r in json.loads(body)["responses"]]
+
+    def wait_response(self, request_id: str, timeout: float, poll: float = 0.2
+                      ) -> tuple[dict, bytes]:
+        """The final DUIS response to request_id (its originator is the User), polling."""
+        from . import duis
+        user = request_id.split(":")[0]
+        after = 0
+        end = time.monotonic() + timeout
+        while True:
+            for seq, xml in self.responses(user, after):
+                after = max(after, seq)
+                p = duis.parse_response(xml)
+                if p["request_id"] == request_id and p["kind"] == "response":
+                    return p, xml
+            if time.monotonic() >= end:
+                raise DuisHttpError("no response to %s within %g s" % (request_id, timeout),
+                                    reason="timeout")
+            time.sleep(poll)
