@@ -97,3 +97,21 @@ def test_reset_mid_delta_resumes_at_a_segment(vboards, hub, keys, payloads, tmp_
         assert read_version(hub, eui) == V2
     finally:
         log.close()
+
+
+# The decoders in the smallest heap hanota supports, 64 KiB: a delta by blocks, a compressed
+# file by bundled pages (4.4 KiB frames on top of the segment buffer).
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pages", [False, True], ids=["blocks", "bundled-pages"])
+def test_encoded_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, pages):
+    orig = vboards
+
+    def small(kind_, **kw):
+        return orig(kind_, heap="64K", **kw)
+    settings = {"page_size": 4096} if pages else {}
+    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid", settings=settings)
+    hub.wait_event("hello", eui, timeout=30)
+    path, _ = encoded_file(tmp_path, keys, payloads, kind, "zlib" if pages else "delta")
+    hub.add_image(path)
+    alert = hub.wait_event("alert", eui, timeout=180)[0]
+    assert alert[2:5] == (V2, V1, False)
