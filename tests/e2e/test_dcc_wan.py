@@ -31,7 +31,7 @@ from hanota.dcc import duis, pki, xmlsig
 from hanota.dcc.http import DccHttp
 from hanota.dcc.service import Dcc
 from hanota.dcc.store import DccStore
-from hanota.dcc.wan import CommsHubWan, WanEndpoint, decode, encode, eui_hex
+from hanota.dcc.wan import CommsHubWan, WanEndpoint, decode, encode, eui_hex, wan_token
 from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub.hub import Hub
@@ -530,6 +530,30 @@ def test_transport_errors_are_signed_duis_errors(tmp_path):
     run(tmp_path, body, max_body=4096)
 
 
+def test_wan_tokens(tmp_path):
+    """With a WAN secret, a Comms Hub dials in only with its own token: none, or another
+    hub's, is refused (401) and it keeps retrying; its own opens its path."""
+    secret = bytes(range(32))
+
+    async def body(w: World):
+        w.hub = Hub(w.hub_db, udp=("127.0.0.1", 0), options=fast_options())
+        await w.hub.start()
+        for token in (None, wan_token(secret, "0011223344556677")):
+            w.wan = CommsHubWan(w.hub, w.url, poll=0.05, backoff=(0.05, 0.1), token=token)
+            await w.wan.start()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(w.wan.connected.wait(), 0.6)
+            assert w.http.wan.connected == set()
+            await w.wan.stop()
+        w.wan = CommsHubWan(w.hub, w.url, poll=0.05, token=wan_token(secret, w.hub_eui))
+        await w.wan.start()
+        await asyncio.wait_for(w.wan.connected.wait(), 10)
+        assert w.http.wan.connected == {w.hub_eui}
+        async with w.session.get("%s/wan/%s" % (w.url, w.hub_eui)) as r:
+            assert r.status == 401  # no token: not even the upgrade
+    run(tmp_path, body, wan_secret=secret)
+
+
 def test_wan_endpoint_refuses_bad_hub_path(tmp_path):
     async def body(w: World):
         async with w.session.get(w.url + "/wan/not-an-eui") as r:
@@ -562,14 +586,19 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
     procs = []
     try:
         dcc = _start(["dcc", "serve", "--db", str(tmp_path / "dcc.db"), "--pki",
-                      str(w.pki_dir), "--listen", "127.0.0.1:0"], tmp_path / "dcc.log",
-                     "serving on http://", env)
+                      str(w.pki_dir), "--listen", "127.0.0.1:0", "--wan-auth"],
+                     tmp_path / "dcc.log", "serving on http://", env)
         procs.append(dcc)
         line = [x for x in (tmp_path / "dcc.log").read_text().splitlines()
                 if "serving on http://" in x][0]
         url = line.split("serving on ")[1].split(" ")[0]
-        hub = _start(["hub", "serve", "--dcc", url, "--db", w.hub_db, "--udp", "127.0.0.1:0"],
-                     tmp_path / "hub.log", "serving on udp", env)
+        token = subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
+                                "dcc", "wan-token", "--hub", w.hub_eui, "--db",
+                                str(tmp_path / "dcc.db")], capture_output=True, text=True,
+                               env=env, timeout=30, check=True).stdout.strip()
+        assert len(token) == 32
+        hub = _start(["hub", "serve", "--dcc", url, "--db", w.hub_db, "--udp", "127.0.0.1:0",
+                      "--wan-token", token], tmp_path / "hub.log", "serving on udp", env)
         procs.append(hub)
 
         async def health():

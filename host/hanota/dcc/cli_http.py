@@ -14,7 +14,7 @@ import click
 
 from ..clitypes import domain_errors
 from .cli import dcc, duis
-from .http import DuisClient, open_dcc
+from .http import DuisClient, open_dcc, wan_secret
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -28,17 +28,20 @@ def _listen(text: str) -> tuple[str, int]:
             from None
 
 
-async def _serve(service: Any, host: str, port: int, max_body: int | None) -> None:
+async def _serve(service: Any, host: str, port: int, max_body: int | None,
+                 wan_auth: bool) -> None:
     from .http import DccHttp
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = DccHttp(service, max_body=max_body)
+    server = DccHttp(service, max_body=max_body,
+                     wan_secret=wan_secret(service.store) if wan_auth else None)
     h, p = await server.start(host, port)
     click.echo("hanota dcc serving on http://%s:%d (DUIS: POST /api/v1/serviceD; WAN: "
-               "/wan/<hub EUI>; database %s)" % (h, p, service.store.path))
+               "/wan/<hub EUI>%s; database %s)" % (h, p, ", hub tokens required" if wan_auth
+                                                    else "", service.store.path))
     try:
         await stop.wait()
     finally:
@@ -56,10 +59,12 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None) -> No
               help="Address to serve HTTP on (port 0: any free one, printed).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, metavar="BYTES",
               help="Largest DUIS request accepted (default: the DUIS parser's limit, 16 MiB).")
+@click.option("--wan-auth", is_flag=True,
+              help="Comms Hubs must present their token (hanota dcc wan-token --hub EUI).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @domain_errors
-def dcc_serve(db_path, pki_dir, listen, max_body, log_level):
+def dcc_serve(db_path, pki_dir, listen, max_body, wan_auth, log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
     /api/v1/subscribe), and the WAN the Comms Hubs (hanota hub serve) dial."""
@@ -68,9 +73,25 @@ def dcc_serve(db_path, pki_dir, listen, max_body, log_level):
     host, port = _listen(listen)
     service = open_dcc(db_path, pki_dir)
     try:
-        asyncio.run(_serve(service, host, port, max_body))
+        asyncio.run(_serve(service, host, port, max_body, wan_auth))
     finally:
         service.store.close()
+
+
+@dcc.command("wan-token")
+@click.option("--hub", "hub", required=True, metavar="EUI",
+              help="The Comms Hub's EUI-64 (hanota hub show).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              envvar="HANOTA_DCC_DB", help="DCC database (default $HANOTA_HOME/dcc.db).")
+@domain_errors
+def dcc_wan_token(hub: str, db_path: str | None) -> None:
+    """Print the token a Comms Hub presents on the WAN (hanota hub serve --wan-token) when
+    the DCC runs with --wan-auth. It opens that hub's WAN path only."""
+    from .store import DccStore
+    from .wan import eui_hex, wan_token
+
+    with DccStore(db_path) as store:
+        click.echo(wan_token(wan_secret(store), eui_hex(hub)))
 
 
 def _describe(p: dict) -> str:

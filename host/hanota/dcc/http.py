@@ -74,6 +74,18 @@ def open_dcc(db_path: str | None, pki_dir: str) -> Any:
     return Dcc(DccStore(db_path), KeyStore(pki_dir), signer)
 
 
+def wan_secret(store: Any) -> bytes:
+    """The DCC's WAN secret (made once, kept in its database): Comms Hub tokens derive from
+    it (`wan.wan_token`)."""
+    import os as _os
+
+    if not store.get_meta("wan.secret"):
+        with store.tx() as c:  # the first of two racing processes wins; both read it back
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('wan.secret', ?)",
+                      (_os.urandom(32).hex(),))
+    return bytes.fromhex(store.get_meta("wan.secret"))
+
+
 def _max_body_default() -> int:
     try:
         from . import duis
@@ -87,10 +99,11 @@ class DccHttp:
     `start(host, port)` serves it, and runs the push deliveries, until `stop()`."""
 
     def __init__(self, dcc: Any, *, max_body: int | None = None, wan_poll: float = 0.5,
-                 push_poll: float = 1.0, push_backoff: tuple[float, float] = PUSH_BACKOFF):
+                 push_poll: float = 1.0, push_backoff: tuple[float, float] = PUSH_BACKOFF,
+                 wan_secret: bytes | None = None):
         self.dcc = dcc
         self.max_body = max_body if max_body is not None else _max_body_default()
-        self.wan = WanEndpoint(dcc, poll=wan_poll)
+        self.wan = WanEndpoint(dcc, poll=wan_poll, secret=wan_secret)
         self.wan.on_received = lambda: self._push_wake.set()
         self.push_poll = push_poll
         self.push_backoff = push_backoff

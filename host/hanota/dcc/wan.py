@@ -25,6 +25,13 @@ acknowledges each with `{"ack": m}` after it has stored it.
 The first frame on a connection is the CH's `{"hello": "<hub EUI hex>", "replaces":
 [EUIs of the hub identities before a Trust Centre Swap-Out]}`.
 
+Authentication (optional; `hanota dcc serve --wan-auth`): the DCC keeps a secret and each
+Comms Hub presents `Authorization: Bearer <token>` with token = HMAC-SHA256(secret,
+"hanota-wan:" + hub EUI hex), first 32 hex digits (`wan_token`; `hanota dcc wan-token --hub
+EUI` prints it for the installer). A token opens only its own hub's path, so a leaked one
+cannot read another hub's messages (images, install codes). Without `--wan-auth` any client
+may dial any hub's path: fine on loopback, not on a network.
+
 Both ends are idempotent on ids: an id received again is acknowledged and not acted on again
 (the DCC's store records inbound ids per hub; the CH's `ch_wan_in` table has the id as its
 key). Either side resends everything not acknowledged when a connection (re)opens, so a lost
@@ -35,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -75,6 +84,12 @@ def eui_hex(value: str | bytes) -> str:
     return t
 
 
+def wan_token(secret: bytes, hub: str | bytes) -> str:
+    """The bearer token of one Comms Hub under the DCC's WAN secret."""
+    mac = hmac.new(bytes(secret), b"hanota-wan:" + eui_hex(hub).encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
 def encode(msg: dict) -> str:
     return json.dumps(msg, sort_keys=True, separators=(",", ":"))
 
@@ -109,9 +124,10 @@ class WanEndpoint:
     makes the connections look for new outbox messages now (after a submission); they also
     look every `poll` seconds (a submission by another process)."""
 
-    def __init__(self, dcc: Any, *, poll: float = 0.5):
+    def __init__(self, dcc: Any, *, poll: float = 0.5, secret: bytes | None = None):
         self.dcc = dcc
         self.poll = poll
+        self.secret = secret  # None: no authentication of the hubs
         self._wake: dict[str, asyncio.Event] = {}
         self._conns: dict[str, Any] = {}
         self.connected: set[str] = set()
@@ -129,6 +145,14 @@ class WanEndpoint:
             hub = eui_hex(request.match_info["eui"])
         except WanError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
+        if self.secret is not None:
+            got = request.headers.get("Authorization", "")
+            want = "Bearer " + wan_token(self.secret, hub)
+            if not hmac.compare_digest(got.encode(), want.encode()):
+                log.warning("Comms Hub %s: refused, %s", hub, "wrong token" if got
+                            else "no token")
+                raise web.HTTPUnauthorized(text="the WAN path of hub %s needs its token "
+                                           "(hanota dcc wan-token --hub %s)" % (hub, hub))
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
         await ws.prepare(request)
         old = self._conns.get(hub)
@@ -285,13 +309,15 @@ class CommsHubWan:
     """
 
     def __init__(self, hub, dcc_url: str, *, premises: str | None = None,
-                 poll: float = 0.2, backoff: tuple[float, float] = (0.2, 5.0)):
+                 poll: float = 0.2, backoff: tuple[float, float] = (0.2, 5.0),
+                 token: str | None = None):
         if not dcc_url.startswith(("http://", "https://")):
             raise WanError("the DCC's URL %r: give http://HOST:PORT (hanota dcc serve's "
                            "address)" % dcc_url, reason="usage")
         self.hub = hub
         self.url = dcc_url.rstrip("/")
         self.premises = premises
+        self.token = token
         self.poll = poll
         self.backoff = backoff
         self.store: ChStore | None = None
@@ -334,8 +360,9 @@ class CommsHubWan:
             while not self._stopping:
                 hub, previous = self._identity()
                 try:
+                    headers = {"Authorization": "Bearer " + self.token} if self.token else {}
                     async with session.ws_connect("%s/wan/%s" % (self.url, hub),
-                                                  heartbeat=HEARTBEAT,
+                                                  heartbeat=HEARTBEAT, headers=headers,
                                                   max_msg_size=MAX_MESSAGE) as ws:
                         delay = self.backoff[0]
                         self.connections += 1

@@ -402,7 +402,7 @@ def _live_table(hub: Hub):
 
 
 async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
-                      premises: str | None = None) -> None:
+                      premises: str | None = None, wan_token: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -411,7 +411,7 @@ async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
     wan = None
     if dcc_url is not None:  # the Comms Hub service: the WAN to the DCC as well
         from ..dcc.wan import CommsHubWan
-        wan = CommsHubWan(hub, dcc_url, premises=premises)
+        wan = CommsHubWan(hub, dcc_url, premises=premises, token=wan_token)
         await wan.start()
     where = ["udp %s:%d" % hub.udp_address] if hub.udp_address else []
     where += ["serial %s" % n for n in hub.serial_names]
@@ -503,12 +503,15 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
 @click.option("--premises", default=None, metavar="MPXN",
               help="The premises this Comms Hub serves (devices the DCC pre-notifies are "
                    "registered there; default CH-<hub EUI>).")
+@click.option("--wan-token", default=None, envvar="HANOTA_WAN_TOKEN", metavar="TOKEN",
+              help="This hub's WAN token, when the DCC runs with --wan-auth (hanota dcc "
+                   "wan-token --hub EUI prints it).")
 @_serve_options
 @_db_option
 @domain_errors
-def hub_serve(dcc_url, premises, images_dir, udp, serial, max_in_flight, block_cap, priority,
-              poll, retry_base, retry_max, max_attempts, answer_timeout, stall_timeout,
-              activation_timeout, request_timeout, log_level, db_path):
+def hub_serve(dcc_url, premises, wan_token, images_dir, udp, serial, max_in_flight, block_cap,
+              priority, poll, retry_base, retry_max, max_attempts, answer_timeout,
+              stall_timeout, activation_timeout, request_timeout, log_level, db_path):
     """Run the Comms Hub of one premises: `hanota serve` plus the WAN to the DCC.
 
     DCC messages (pre-notification, join, unjoin, firmware update, activation, version read)
@@ -520,13 +523,14 @@ def hub_serve(dcc_url, premises, images_dir, udp, serial, max_in_flight, block_c
                                  "serve prints it)", param_hint="--dcc")
     _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
            retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
-           request_timeout, log_level, db_path, dcc_url=dcc_url, premises=premises)
+           request_timeout, log_level, db_path, dcc_url=dcc_url, premises=premises,
+           wan_token=wan_token)
 
 
 def _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
            retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
            request_timeout, log_level, db_path, *, dcc_url: str | None = None,
-           premises: str | None = None) -> None:
+           premises: str | None = None, wan_token: str | None = None) -> None:
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     addr = _hostport(udp)
@@ -553,7 +557,7 @@ def _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, re
             pass
 
     hub = Hub(path, udp=addr, serial=serial, options=opts, on_event=None if live else log_line)
-    asyncio.run(_serve_main(hub, live, dcc_url, premises))
+    asyncio.run(_serve_main(hub, live, dcc_url, premises, wan_token))
 
 
 COMMANDS = [serve, status, report, request, registry, hub_group]

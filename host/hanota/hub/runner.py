@@ -88,14 +88,15 @@ class HubRunner(LoopThread):
 
     def __init__(self, db_path: str | os.PathLike, *, options: HubOptions | None = None,
                  udp: tuple[str, int] | None = LOOPBACK, name: str = "hub",
-                 dcc_url: str | None = None, premises: str | None = None, **hub_kw: Any):
+                 dcc_url: str | None = None, premises: str | None = None,
+                 wan_token: str | None = None, **hub_kw: Any):
         super().__init__(name)
         self.wan = None
         try:
             self.hub = self.call(self._make(db_path, dict(hub_kw, udp=udp, options=options)))
             self.call(self.hub.start())
             if dcc_url is not None:
-                self.wan = self.call(self._make_wan(self.hub, dcc_url, premises))
+                self.wan = self.call(self._make_wan(self.hub, dcc_url, premises, wan_token))
         except BaseException:
             if getattr(self, "hub", None) is not None and self.hub.started:
                 self.call(self.hub.stop())
@@ -103,9 +104,9 @@ class HubRunner(LoopThread):
             raise
 
     @staticmethod
-    async def _make_wan(hub: Hub, dcc_url: str, premises: str | None):
+    async def _make_wan(hub: Hub, dcc_url: str, premises: str | None, token: str | None):
         from ..dcc.wan import CommsHubWan  # the DCC package sits above the hub
-        wan = CommsHubWan(hub, dcc_url, premises=premises)
+        wan = CommsHubWan(hub, dcc_url, premises=premises, token=token)
         await wan.start()
         return wan
 
