@@ -283,6 +283,10 @@ def pack_segment_header(target_len, payload_len, next_hash):
     return struct.pack(_SEG, target_len, payload_len, next_hash)
 
 
+def _no_segment(target_len):
+    pass
+
+
 # Streaming parser. Feed it the file in blocks of any size; it never holds
 # more than one small element value. Upgrade-image bytes go to sink(memoryview)
 # as they arrive (the caller writes them to a bank). Attributes once known:
@@ -326,13 +330,13 @@ class OtaStream:
         self._img = hashlib.sha256()
         self._mmo = Mmo() if integrity else None
         self._images = 0
-        self.seg_end = None
+        self.seg_end = _no_segment  # the decoder's end(target_len), once there is one
         self.chained = False  # the image body is a segment chain (set at its element header)
         self.seg_next = 0
         self.seg_expect = None
         self.segments = 0
         self.target_seen = 0
-        self._shdr = None
+        self._shdr = bytearray(0)  # a segment header's bytes (40 once the body is chained)
         self._sfill = 0
         self._sleft = 0
         self._stlen = 0
@@ -590,8 +594,7 @@ class OtaStream:
                                % (self.target_seen, self.descriptor.target_size))
         self._sfill = 0
         self._sleft = -1
-        if self.seg_end is not None:
-            self.seg_end(tlen)
+        self.seg_end(tlen)
         self.seg_next = end
         self.seg_expect = nxt
 
