@@ -530,7 +530,7 @@ def test_transport_errors_are_signed_duis_errors(tmp_path):
     run(tmp_path, body, max_body=4096)
 
 
-def test_wan_tokens(tmp_path):
+def test_wan_tokens(tmp_path, caplog):
     """With a WAN secret, a Comms Hub dials in only with its own token: none, or another
     hub's, is refused (401) and it keeps retrying; its own opens its path."""
     secret = bytes(range(32))
@@ -545,6 +545,8 @@ def test_wan_tokens(tmp_path):
                 await asyncio.wait_for(w.wan.connected.wait(), 0.6)
             assert w.http.wan.connected == set()
             await w.wan.stop()
+            assert "refuses hub %s's WAN token (%s)" % (
+                w.hub_eui, "wrong" if token else "none given") in caplog.text
         w.wan = CommsHubWan(w.hub, w.url, poll=0.05, token=wan_token(secret, w.hub_eui))
         await w.wan.start()
         await asyncio.wait_for(w.wan.connected.wait(), 10)

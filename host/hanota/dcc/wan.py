@@ -356,6 +356,7 @@ class CommsHubWan:
         import aiohttp
 
         delay = self.backoff[0]
+        refused = None
         async with aiohttp.ClientSession() as session:
             while not self._stopping:
                 hub, previous = self._identity()
@@ -370,6 +371,15 @@ class CommsHubWan:
                         log.info("WAN up: %s/wan/%s", self.url, hub)
                         await ws.send_str(encode({"hello": hub, "replaces": previous}))
                         await self._session(ws, hub)
+                except aiohttp.WSServerHandshakeError as e:
+                    if e.status == 401 and refused != hub:  # said once per identity
+                        refused = hub
+                        log.warning("the DCC at %s refuses hub %s's WAN token (%s): give "
+                                    "--wan-token from hanota dcc wan-token --hub %s (a new "
+                                    "hub after a swap-out needs its own)", self.url, hub,
+                                    "none given" if not self.token else "wrong", hub)
+                    else:
+                        log.info("WAN to %s: %s", self.url, e)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
                     # a drop after a working connection is worth a warning; retries are not
                     (log.warning if self.connected.is_set() else log.info)(
