@@ -73,14 +73,52 @@ def test_delta_against_another_base_is_refused_before_its_body(vboards, hub, key
     assert running_bank_regions(b) == before
 
 
+@pytest.fixture(scope="module")
+def blob_target(tmp_path_factory):
+    """v2 with 48 KiB of new incompressible data in its ROMFS (a file no code reads): a delta
+    and a compressed file of it have many segments, so a reset lands between two."""
+    import random
+
+    from hanota import fwbuild
+    d = tmp_path_factory.mktemp("blob")
+    blob = random.Random(48).randbytes(48 * 1024)
+    return {kind: fwbuild.build(kind, "2.0.0", d / kind, extra={"blob.bin": blob})["app"]
+            for kind in KINDS}
+
+
+def segment_starts(path):
+    """File offsets at which the segments of an encoded file begin."""
+    from hanfw import otafile
+    data = path.read_bytes()
+    s = otafile.parse_stream(data)
+    off = next(o for tag, _, o in s.elements if tag == 0) + otafile.ELEMENT_HEADER_LEN
+    out = []
+    while True:
+        out.append(off)
+        tlen, plen = int.from_bytes(data[off:off + 4], "little"), int.from_bytes(data[off + 4:off + 8], "little")
+        nxt = data[off + 8:off + 40]
+        off += otafile.SEG_HEADER_LEN + plen
+        if nxt == bytes(32):
+            return out
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_reset_mid_delta_resumes_at_a_segment(vboards, hub, keys, payloads, tmp_path, kind):
+@pytest.mark.parametrize("encoding", ["zlib", "delta"])
+def test_reset_mid_transfer_resumes_at_a_segment(vboards, hub, keys, payloads, blob_target,
+                                                 tmp_path, kind, encoding):
     b, eui = bring_up(vboards, hub, keys, payloads, kind, "ppmid")
     hub.wait_event("hello", eui, timeout=30)
     log = ConsoleLog(b.console.pty_path)
     try:
-        path, _ = encoded_file(tmp_path, keys, payloads, kind, "delta")
+        key = load_private_key(keys / "private.pem")
+        target = blob_target[kind].read_bytes()
+        path = tmp_path / "blob.ota"
+        path.write_bytes(images.build_image(
+            target, key=key, version=V2, role="ppmid", encoding=encoding,
+            base=payloads[kind, 1]["app"].read_bytes() if encoding == "delta" else None))
         size = path.stat().st_size
+        starts_of = segment_starts(path)
+        assert len(starts_of) >= 8
         hub.add_image(path)
         end = time.monotonic() + 60
         while time.monotonic() < end:
@@ -90,10 +128,16 @@ def test_reset_mid_delta_resumes_at_a_segment(vboards, hub, keys, payloads, tmp_
             time.sleep(0.002)
         cut_at = hub.server.transfers[eui].offset
         b.power_cycle()
-        hub.wait_event("alert", eui, timeout=180)
+        alert = hub.wait_event("alert", eui, timeout=180)[0]
+        assert alert[2:6] == (V2, V1, False, zcl.ALERT_NONE)
         starts = [int(m) for m in re.findall(r"from offset (\d+)", log.text)]
         assert starts[0] == 0 and len(starts) >= 2, log.text[-2000:]
-        assert 0 < starts[1] <= cut_at, (starts, cut_at)
+        resumed = starts[1]
+        # at a segment that was complete before the cut, not from the start
+        assert resumed in starts_of and 0 < resumed <= cut_at, (resumed, cut_at, starts_of)
+        assert resumed >= size * 0.3, (resumed, size)
+        served = hub.server.transfers[eui].bytes_served
+        assert served < size + cut_at - resumed + 2 * 4400, (served, size)
         assert read_version(hub, eui) == V2
     finally:
         log.close()
