@@ -443,6 +443,33 @@ def test_trust_centre_swap_out_over_the_wan(tmp_path):
     run(tmp_path, body)
 
 
+def test_dcc_that_cannot_store_does_not_ack(tmp_path):
+    """A CH message the DCC cannot store (its database failing) is not acknowledged: the
+    DCC closes the connection, the CH dials again and resends, the User gets one response."""
+    from hanota.dcc.store import DccStoreError
+
+    async def body(w: World):
+        await w.start_hub()
+        w.store.add_device(msb(10), "PPMID", MPAN)  # not in the CH's log: refused there
+        real = w.dcc.wan_received
+        fails = {"left": 1}
+
+        def flaky(hub, msg):
+            if fails["left"]:
+                fails["left"] -= 1
+                raise DccStoreError("database is locked")
+            return real(hub, msg)
+        w.dcc.wan_received = flaky
+        _, ack = await w.post(w.request("11.2", msb(10)))
+        resp = await w.wait_response(ack["request_id"])
+        assert outcome(resp)["Outcome"] == "not_authorized"
+        assert fails["left"] == 0 and w.wan.connections >= 2
+        finals = [r for r in await w.responses()
+                  if duis.parse_response(r["xml"].encode())["request_id"] == ack["request_id"]]
+        assert len(finals) == 1
+    run(tmp_path, body)
+
+
 # ---------------------------------------------------------------- HTTP
 
 def test_push_url_delivery_with_retry(tmp_path):

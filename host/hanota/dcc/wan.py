@@ -132,6 +132,7 @@ class WanEndpoint:
         self._conns: dict[str, Any] = {}
         self.connected: set[str] = set()
         self.on_received: Any = None  # called after a CH message is taken (push responses)
+        self._replacements: set[tuple[str, str]] = set()  # swap-outs already reported
 
     def notify(self, hub: str | None = None) -> None:
         for h, ev in list(self._wake.items()):
@@ -182,9 +183,17 @@ class WanEndpoint:
                     try:
                         self.dcc.wan_received(key, msg)
                     except HanotaError as e:
-                        # not stored: no ack, so the CH sends it again after reconnecting
-                        log.error("Comms Hub %s message %s not taken: %s", hub, msg["id"], e)
-                        continue
+                        if getattr(e, "reason", "") == "bad-wan-message":
+                            # it can never be taken: acknowledged so that it is not resent
+                            # forever, and said loudly
+                            log.error("Comms Hub %s message %s dropped: %s", hub, msg["id"], e)
+                        else:
+                            # not stored (the database): no ack; the connection is closed so
+                            # that the CH reconnects and sends it again
+                            log.error("Comms Hub %s message %s not taken: %s", hub,
+                                      msg["id"], e)
+                            await ws.close()
+                            break
                     await ws.send_str(encode({"ack": msg["id"]}))
                     if self.on_received is not None:
                         self.on_received()
@@ -202,6 +211,9 @@ class WanEndpoint:
         replaces = [h for h in (msg.get("replaces") or []) if isinstance(h, str)]
         hook = getattr(self.dcc, "wan_hub_replaced", None)
         for old in replaces:
+            if (old, hub) in self._replacements:
+                continue
+            self._replacements.add((old, hub))
             if hook is not None:
                 try:
                     hook(bytes.fromhex(eui_hex(old)), bytes.fromhex(hub))
