@@ -422,7 +422,10 @@ def board_doctor(port, kind, as_json):
 @click.option("--workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
               help="Where the demo writes its keys, images and reports (recreated).")
 def demo_cmd(workdir):
-    """Run the whole story and exit 0 only if every outcome is the expected one."""
+    """Run the whole story through DUIS and exit 0 only if every outcome is the expected one.
+
+    A test PKI, a DCC and a Comms Hub per premises on loopback, four virtual boards; the
+    Suppliers sign DUIS requests, POST them to the DCC and read the signed responses."""
     from pathlib import Path
 
     from . import demo
@@ -430,7 +433,7 @@ def demo_cmd(workdir):
     rows, report = demo.run_demo(Path(workdir), say=click.echo)
     click.echo("\noutcomes:")
     for r in rows:
-        click.echo("  %-4s %-58s expected %-26s got %s" % ("ok" if r.ok else "FAIL", r.step, r.expected, r.got))
+        click.echo("  %-4s %-62s expected %-26s got %s" % ("ok" if r.ok else "FAIL", r.step, r.expected, r.got))
     click.echo("HTML report: %s" % report)
     try:
         demo.check(rows)

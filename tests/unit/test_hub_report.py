@@ -136,3 +136,120 @@ def test_html_report_has_a_timeline_per_device_and_escapes_text(scripted):
         assert outcome in text
     assert page.count("<rect") == 4  # a bar per request
     assert eui_str(1) in text
+
+
+# ---------------------------------------------------------------- the DUIS view (--dcc-db)
+
+DCC_HUB = bytes.fromhex("00DB1234567800C1")
+DCC_DEV = bytes.fromhex("00DB123456789002")
+
+
+@pytest.fixture
+def dcc_history(tmp_path):
+    """A DCC database with a known history, made by the real service from signed requests:
+    an 11.2 answered by the Comms Hub (with the activation alert that names it), a refusal by
+    entity ID, one still pending, and the Comms Hub's swap-out alert about no request."""
+    from hanota.dcc import duis, pki, xmlsig
+    from hanota.dcc.service import Dcc
+    from hanota.dcc.store import DccStore
+
+    pki.init(tmp_path / "pki")
+    store = DccStore(tmp_path / "dcc.db")
+    a, b = pki.ORGS["supplier-a"][1], pki.ORGS["supplier-b"][1]
+    store.add_premises("MPAN-1", [a], DCC_HUB)
+    store.add_device(DCC_DEV, "PPMID", "MPAN-1", manufacturer=0x1234, model=0x0084)
+    dcc = Dcc(store, pki.KeyStore(tmp_path / "pki"), pki.signing_pair(tmp_path / "pki", "dcc.xml"))
+
+    def submit(who: str, counter: int) -> dict:
+        key, cert = pki.signing_pair(tmp_path / "pki", who + ".xml")
+        xml = duis.build_request("11.2", pki.ORGS[who][1], DCC_DEV, counter)
+        return duis.parse_response(dcc.submit(xmlsig.sign(xml, key, cert)))
+
+    done, refused, pending = submit("supplier-a", 10), submit("supplier-b", 10), \
+        submit("supplier-a", 11)
+    assert (done["code"], refused["code"], pending["code"]) == ("I99", "E4", "I99")
+    dcc.wan_received(DCC_HUB, {"id": 1, "type": "outcome", "request": done["request_id"],
+                               "device": DCC_DEV.hex(), "outcome": "version_read",
+                               "detail": {"version": "00020000"}})
+    dcc.wan_received(DCC_HUB, {"id": 2, "type": "alert", "alert": "activation",
+                               "device": DCC_DEV.hex(), "request": done["request_id"]})
+    dcc.wan_received(DCC_HUB, {"id": 3, "type": "alert", "alert": "trust_centre_swap_out",
+                               "device": None, "request": None,
+                               "detail": {"old": DCC_HUB.hex(), "new": "00DB1234567800C9"}})
+    ids = {"done": done["request_id"], "refused": refused["request_id"],
+           "pending": pending["request_id"]}
+    yield store, ids, (a.hex().upper(), b.hex().upper())
+    store.close()
+
+
+def test_duis_view_per_request(dcc_history):
+    store, ids, (a, b) = dcc_history
+    d = rep.duis_data(store, {a: "supplier-a"})
+    by_rid = {q["request_id"]: q for q in d["requests"]}
+    assert list(by_rid) == [ids["done"], ids["refused"], ids["pending"]]
+    done, refused, pending = (by_rid[ids[k]] for k in ("done", "refused", "pending"))
+    assert (done["user"], done["user_name"], done["srv"], done["code"], done["outcome"]) == \
+        (a, "supplier-a", "11.2", "I0", "version_read")
+    assert done["meaning"].startswith("Success")
+    # the final response, then the alert that names the request (to the premises' Supplier)
+    assert [(r["kind"], r["code"], r["final"], r["about"]) for r in done["responses"]] == [
+        ("response", "I0", True, "version_read"), ("dcc_alert", "I0", False, "activation")]
+    # the refusal: by the signer's entity ID, with DUIS's code and the DCC's reason
+    assert (refused["user"], refused["user_name"], refused["code"], refused["outcome"],
+            refused["refusal"]) == (b, None, "E4", "refused", "not-authorised")
+    assert "not a Responsible Supplier" in refused["reason"] and b in refused["reason"]
+    assert refused["meaning"].startswith("Failed authorisation") and refused["responses"] == []
+    assert (pending["code"], pending["outcome"], pending["state"]) == ("I99", None, "sent")
+    # the swap-out alert names no request
+    assert [(r["kind"], r["about"]) for r in d["alerts"]] == [
+        ("dcc_alert", "trust_centre_swap_out")]
+    assert d["codes"] == {"E4": 1, "I0": 1, "I99": 1}
+    json.dumps(d)
+    text = "\n".join(rep.duis_lines(d))
+    for want in (ids["done"], ids["refused"], "E4", "version_read", "supplier-a", b,
+                 "-> #1 response I0 (version_read) to supplier-a", "trust_centre_swap_out",
+                 "(sent)"):
+        assert want in text, want
+
+
+def test_html_report_with_the_duis_view(scripted, dcc_history):
+    db, _, _ = scripted
+    store, ids, (a, b) = dcc_history
+    page = rep.render_html(rep.report_data(db), duis=rep.duis_data(store, {a: "Gas <&> Co"}),
+                           links=[("premises <2>", "report-2.html")])
+    assert "<h2>DUIS requests (the DCC)</h2>" in page
+    assert "Gas &lt;&amp;&gt; Co" in page and "premises &lt;2&gt;" in page
+    assert "<script>" not in page
+    assert "<a href='report-2.html'>" in page
+    p = _Collect()
+    p.feed(page)
+    text = " ".join(p.text)
+    for want in (ids["done"], ids["refused"], ids["pending"], "E4", "I99", a, b,
+                 "not a Responsible Supplier", "trust_centre_swap_out"):
+        assert want in text, want
+    # without the DCC's database, the hub report is as before
+    assert "DUIS" not in rep.render_html(rep.report_data(db))
+
+
+def test_report_command_reads_the_dcc_database(scripted, dcc_history, tmp_path):
+    from click.testing import CliRunner
+
+    from hanota.cli import cli
+
+    db, _, _ = scripted
+    db.conn.commit()
+    store, ids, _ = dcc_history
+    run = CliRunner().invoke
+    r = run(cli, ["report", "--db", db.path, "--dcc-db", store.path])
+    assert r.exit_code == 0, r.output
+    assert "summary:" in r.output and "DUIS requests at the DCC:" in r.output
+    assert ids["refused"] in r.output
+    r = run(cli, ["report", "--db", db.path, "--dcc-db", store.path, "--json"])
+    assert [q["request_id"] for q in json.loads(r.output)["duis"]["requests"]] == \
+        [ids["done"], ids["refused"], ids["pending"]]
+    html_file = tmp_path / "r.html"
+    r = run(cli, ["report", "--db", db.path, "--dcc-db", store.path, "--html", str(html_file)])
+    assert r.exit_code == 0 and "3 DUIS requests" in r.output
+    assert ids["pending"] in html_file.read_text()
+    r = run(cli, ["report", "--db", db.path, "--dcc-db", str(tmp_path / "none.db")])
+    assert r.exit_code == 2 and "none.db" in r.output

@@ -344,21 +344,32 @@ def status(as_json, db_path):
 @_json_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page with per-device timelines to this file.")
+@click.option("--dcc-db", "dcc_db", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The DCC's database (hanota dcc serve --db): add the DUIS view, per request "
+                   "its RequestID, User (entity ID), SR, response code and meaning, and alerts.")
 @_db_option
 @domain_errors
-def report(as_json, html_file, db_path):
-    """The outcome of every request."""
+def report(as_json, html_file, dcc_db, db_path):
+    """The outcome of every request (and, with --dcc-db, every DUIS request at the DCC)."""
     with _open(db_path, create=False) as db:
         r = rep.report_data(db)
+    d = None
+    if dcc_db is not None:
+        from ..dcc.store import DccStore  # the DCC package sits above the hub
+
+        with DccStore(dcc_db) as store:
+            d = rep.duis_data(store)
     if html_file:
         with open(html_file, "w", encoding="utf-8") as f:
-            f.write(rep.render_html(r))
+            f.write(rep.render_html(r, duis=d))
         if not as_json:
-            click.echo("wrote %s (%d requests)" % (html_file, len(r["requests"])))
+            click.echo("wrote %s (%d requests%s)" % (
+                html_file, len(r["requests"]),
+                "" if d is None else ", %d DUIS requests" % len(d["requests"])))
     if as_json:
-        click.echo(json.dumps(r))
+        click.echo(json.dumps(r if d is None else dict(r, duis=d)))
     elif not html_file:
-        click.echo("\n".join(rep.report_lines(r)))
+        click.echo("\n".join(rep.report_lines(r) + ([""] + rep.duis_lines(d) if d else [])))
 
 
 # ---------------------------------------------------------------- serve

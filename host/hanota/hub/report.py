@@ -5,6 +5,11 @@
 - `report_data`: every request with its outcome, reason, timestamps and its events.
 - `render_html`: a self-contained page with the outcome table and a timeline per device.
 - `status_lines` / `report_lines`: the same as plain text for a terminal or a log.
+- `duis_data` / `duis_lines`: the DUIS view, read from the DCC's database (`hanota report
+  --dcc-db`): per DUIS request its RequestID, the User (the entity ID that signed it), the SR,
+  the response code and its meaning, the outcome, and the responses and alerts it gave; then
+  the DCC's alerts about no request (a Trust Centre Swap-Out). `render_html(..., duis=...)`
+  shows it above the hub's own requests.
 """
 from __future__ import annotations
 
@@ -112,6 +117,91 @@ def report_data(db: HubDB) -> dict[str, Any]:
         "device_events": device_events,
         "outcomes": OUTCOMES,
     }
+
+
+def duis_data(store: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The DCC's side of every DUIS request it recorded, from its database (a
+    `hanota.dcc.store.DccStore`), oldest first, as a JSON-ready dict.
+
+    names: optional entity ID (16 hex digits) -> a label for the reader (the DCC knows Users
+    by entity ID only). Requests the DCC refused before it trusted the signer or the header
+    (bad signature, malformed, originator, replayed counter) are answered but not recorded,
+    so they are not here; every other refusal is, with its code."""
+    from ..dcc import duis  # the DCC package sits above the hub
+
+    names = names or {}
+    by_text = {r[1]: r[0] for r in store.all("SELECT id, request_id FROM requests")}
+    responses: dict[int | None, list[dict]] = {}
+    for row in store.all("SELECT seq, user, request, kind, code, final, xml, created "
+                         "FROM responses ORDER BY seq"):
+        try:
+            p = duis.parse_response(bytes(row["xml"]))
+        except duis.DuisError as e:
+            p = {"kind": "unreadable", "alert_code": None, "body": {}, "request_id": None,
+                 "reason": e.reason}
+        body = p.get("body") or {}
+        what = (body.get("DCCAlert") or {}).get("Alert") or body.get("Alert") or \
+            (body.get("CommsHubOutcome") or {}).get("Outcome")
+        # an alert names the request it is about in its header, when there is one
+        request = row["request"] if row["request"] is not None else by_text.get(p["request_id"])
+        responses.setdefault(request, []).append({
+            "seq": row["seq"], "user": row["user"], "user_name": names.get(row["user"]),
+            "kind": p["kind"], "code": row["code"], "final": bool(row["final"]),
+            "alert_code": p.get("alert_code"), "about": what,
+            "at": row["created"], "at_iso": iso(row["created"])})
+    reqs = []
+    for row in store.all("SELECT * FROM requests ORDER BY id"):
+        detail = json.loads(row["detail"] or "{}")
+        code = row["code"] or (None if row["outcome"] else "I99")
+        reqs.append({
+            "id": row["id"], "request_id": row["request_id"], "user": row["user"],
+            "user_name": names.get(row["user"]), "srv": row["srv"], "device": row["device"],
+            "hub": row["hub_eui"], "state": row["state"], "code": code,
+            "meaning": duis.RESPONSE_CODES.get(code or "", "unknown code"),
+            "outcome": row["outcome"], "reason": row["reason"],
+            "refusal": detail.get("refusal"),
+            "created": row["created"], "created_iso": iso(row["created"]),
+            "finished": row["finished"], "finished_iso": iso(row["finished"]),
+            "responses": responses.get(row["id"], [])})
+    codes = Counter(q["code"] or "pending" for q in reqs)
+    return {"requests": reqs, "alerts": responses.get(None, []),
+            "codes": dict(sorted(codes.items())),
+            "meanings": {c: duis.RESPONSE_CODES.get(c, "unknown code") for c in codes}}
+
+
+def _who(eui: str | None, name: str | None) -> str:
+    return "%s (%s)" % (eui, name) if name else (eui or "-")
+
+
+def _sent(r: dict[str, Any]) -> str:
+    """One response or alert, in a few words: '#7 response I0 to <User>'."""
+    s = "#%d %s %s" % (r["seq"], r["kind"], r["code"])
+    if r["alert_code"]:
+        s += " %s" % r["alert_code"]
+    if r["about"]:
+        s += " (%s)" % r["about"]
+    return s + " to " + (r["user_name"] or r["user"])
+
+
+def duis_lines(d: dict[str, Any]) -> list[str]:
+    """The DUIS view as text: a line per request, its responses and alerts under it."""
+    out = ["DUIS requests at the DCC:",
+           "%-4s %-6s %-16s %-16s %-5s %-26s %s" % ("REQ", "SR", "USER", "DEVICE", "CODE",
+                                                    "OUTCOME", "MEANING / REASON")]
+    for q in d["requests"]:
+        out.append("#%-3d %-6s %-16s %-16s %-5s %-26s %s" % (
+            q["id"], q["srv"], q["user_name"] or q["user"], q["device"] or "-",
+            q["code"] or "-", q["outcome"] or "(%s)" % q["state"],
+            q["reason"] or q["meaning"]))
+        out.append("     %s" % q["request_id"])
+        for r in q["responses"]:
+            out.append("     -> %s" % _sent(r))
+    if d["alerts"]:
+        out.append("DCC alerts about no request:")
+        for r in d["alerts"]:
+            out.append("     -> %s" % _sent(r))
+    out.append("codes: " + ", ".join("%s %d" % kv for kv in d["codes"].items()))
+    return out
 
 
 # ---------------------------------------------------------------- text
@@ -269,8 +359,39 @@ def _timeline(eui: str, reqs: list[dict], evs: list[dict], now: float) -> str:
     return "".join(parts)
 
 
-def render_html(r: dict[str, Any]) -> str:
-    """The outcome report as one self-contained HTML page with per-device timelines."""
+def _duis_html(d: dict[str, Any]) -> list[str]:
+    esc = html.escape
+    out = ["<h2>DUIS requests (the DCC)</h2>",
+           "<p class=small>Every request the DCC recorded: the User is the entity ID that "
+           "signed it. Requests refused for their signature, header, originator or a replayed "
+           "counter are answered but not recorded.</p>",
+           "<table><tr><th>#</th><th>RequestID</th><th>User</th><th>SR</th><th>device</th>"
+           "<th>received</th><th>code</th><th>meaning</th><th>outcome</th><th>reason</th>"
+           "<th>responses and alerts</th></tr>"]
+    for q in d["requests"]:
+        out.append("<tr><td>%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>"
+                   "<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>" % (
+                       q["id"], esc(q["request_id"]), esc(_who(q["user"], q["user_name"])),
+                       esc(q["srv"]), esc(q["device"] or ""), esc(q["created_iso"] or ""),
+                       esc(q["code"] or ""), esc(q["meaning"]),
+                       _badge(q["outcome"]) if q["outcome"] else _badge(None),
+                       esc(q["reason"] or ""),
+                       "<br>".join(esc(_sent(r)) for r in q["responses"])))
+    out.append("</table>")
+    if d["alerts"]:
+        out.append("<h3>DCC alerts about no request</h3><ul>")
+        out += ["<li>%s</li>" % esc(_sent(r)) for r in d["alerts"]]
+        out.append("</ul>")
+    out.append("<p class=small>codes: %s</p>" % esc("; ".join(
+        "%s x%d: %s" % (c, n, d["meanings"].get(c, "")) for c, n in d["codes"].items())))
+    return out
+
+
+def render_html(r: dict[str, Any], duis: dict[str, Any] | None = None,
+                links: list[tuple[str, str]] | tuple = ()) -> str:
+    """The outcome report as one self-contained HTML page with per-device timelines; with
+    the DCC's DUIS view (`duis_data`) first when given, and links to other Comms Hubs'
+    pages ((label, href) pairs)."""
     esc = html.escape
     now = r["generated"]
     out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
@@ -278,6 +399,11 @@ def render_html(r: dict[str, Any]) -> str:
            "<h1>hanota hub report</h1>",
            '<p class=small>hub %s (generation %d) - generated %s</p>'
            % (esc(r["hub"]["eui"]), r["hub"]["generation"], esc(r["generated_iso"]))]
+    if links:
+        out.append("<p>Other Comms Hubs: %s</p>" % ", ".join(
+            "<a href='%s'>%s</a>" % (esc(href, quote=True), esc(label)) for label, href in links))
+    if duis is not None:
+        out += _duis_html(duis)
     ok = sum(n for o, n in r["summary"].items() if o in SUCCESS_OUTCOMES)
     out.append("<p>%d requests: %s (%d successful)</p>" % (
         len(r["requests"]), ", ".join("%s %s" % (_badge(o if o != "pending" else None), n)
