@@ -192,8 +192,10 @@ def test_duis_view_per_request(dcc_history):
         (a, "supplier-a", "11.2", "I0", "version_read")
     assert done["meaning"].startswith("Success")
     # the final response, then the alert that names the request (to the premises' Supplier)
-    assert [(r["kind"], r["code"], r["final"], r["about"]) for r in done["responses"]] == [
-        ("response", "I0", True, "version_read"), ("dcc_alert", "I0", False, "activation")]
+    assert [(r["kind"], r["code"], r["final"], r["about"], r["gbcs"])
+            for r in done["responses"]] == [
+        ("response", "I0", True, "version_read", "CS08 0 success"),
+        ("dcc_alert", "I0", False, "activation", None)]
     # the refusal: by the signer's entity ID, with DUIS's code and the DCC's reason
     assert (refused["user"], refused["user_name"], refused["code"], refused["outcome"],
             refused["refusal"]) == (b, None, "E4", "refused", "not-authorised")
@@ -207,7 +209,8 @@ def test_duis_view_per_request(dcc_history):
     json.dumps(d)
     text = "\n".join(rep.duis_lines(d))
     for want in (ids["done"], ids["refused"], "E4", "version_read", "supplier-a", b,
-                 "-> #1 response I0 (version_read) to supplier-a", "trust_centre_swap_out",
+                 "-> #1 response I0 (version_read; CS08 0 success) to supplier-a",
+                 "trust_centre_swap_out",
                  "(sent)"):
         assert want in text, want
 

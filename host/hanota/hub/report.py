@@ -119,6 +119,25 @@ def report_data(db: HubDB) -> dict[str, Any]:
     }
 
 
+# The GBCS response codes a Comms Hub outcome carries in its DUIS response (GBCSUseCase,
+# GBCSResponseCode; hanota.dcc.service.OUTCOME_RESPONSES), as issue 12 names them: CCS08 for
+# distribution, CS06 for activation, CS08 for a version read.
+GBCS_MEANINGS = {
+    ("CCS08", "0"): "success", ("CCS08", "1"): "image discarded",
+    ("CCS08", "2"): "hardware version mismatch", ("CCS08", "3"): "file transfer failure",
+    ("CS06", "0"): "success", ("CS06", "1"): "no image held", ("CS06", "2"): "hash mismatch",
+    ("CS06", "3"): "activation failure", ("CS08", "0"): "success", ("CS08", "1"): "failure",
+}
+
+
+def _gbcs(outcome: dict) -> str | None:
+    case, code = outcome.get("GBCSUseCase"), outcome.get("GBCSResponseCode")
+    if not case or code is None:
+        return None
+    meaning = GBCS_MEANINGS.get((str(case), str(code)))
+    return "%s %s%s" % (case, code, " " + meaning if meaning else "")
+
+
 def duis_data(store: Any, names: dict[str, str] | None = None) -> dict[str, Any]:
     """The DCC's side of every DUIS request it recorded, from its database (a
     `hanota.dcc.store.DccStore`), oldest first, as a JSON-ready dict.
@@ -140,15 +159,19 @@ def duis_data(store: Any, names: dict[str, str] | None = None) -> dict[str, Any]
             p = {"kind": "unreadable", "alert_code": None, "body": {}, "request_id": None,
                  "reason": e.reason}
         body = p.get("body") or {}
-        what = (body.get("DCCAlert") or {}).get("Alert") or body.get("Alert") or \
-            (body.get("CommsHubOutcome") or {}).get("Outcome")
+        # a response's outcome, or a DCC alert's (the other Supplier's request's outcome,
+        # or what the Comms Hub alerted about)
+        ch = body.get("CommsHubOutcome") or body.get("DCCAlert") or {}
+        if not isinstance(ch, dict):
+            ch = {}
+        what = ch.get("Alert") or ch.get("Outcome") or body.get("Alert")
         # an alert names the request it is about in its header, when there is one
         request = row["request"] if row["request"] is not None else by_text.get(p["request_id"])
         responses.setdefault(request, []).append({
             "seq": row["seq"], "user": row["user"], "user_name": names.get(row["user"]),
             "kind": p["kind"], "code": row["code"], "final": bool(row["final"]),
             "alert_code": p.get("alert_code"), "about": what,
-            "at": row["created"], "at_iso": iso(row["created"])})
+            "gbcs": _gbcs(ch), "at": row["created"], "at_iso": iso(row["created"])})
     reqs = []
     for row in store.all("SELECT * FROM requests ORDER BY id"):
         detail = json.loads(row["detail"] or "{}")
@@ -179,7 +202,7 @@ def _sent(r: dict[str, Any]) -> str:
     if r["alert_code"]:
         s += " %s" % r["alert_code"]
     if r["about"]:
-        s += " (%s)" % r["about"]
+        s += " (%s%s)" % (r["about"], "; " + r["gbcs"] if r.get("gbcs") else "")
     return s + " to " + (r["user_name"] or r["user"])
 
 
