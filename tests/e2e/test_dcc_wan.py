@@ -440,6 +440,8 @@ def test_trust_centre_swap_out_over_the_wan(tmp_path):
             alerts
         await w.until(lambda: w.http.wan.connected == {new}, "the CH back as %s" % new)
         assert old not in w.http.wan.connected
+        # its hello named the hub it replaces: the DCC's registration data follows it
+        await w.until(lambda: w.store.premises(MPAN)["hub_eui"] == new, "premises moved")
     run(tmp_path, body)
 
 

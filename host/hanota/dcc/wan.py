@@ -213,13 +213,15 @@ class WanEndpoint:
         for old in replaces:
             if (old, hub) in self._replacements:
                 continue
-            self._replacements.add((old, hub))
             if hook is not None:
                 try:
                     hook(bytes.fromhex(eui_hex(old)), bytes.fromhex(hub))
-                except (HanotaError, ValueError) as e:
+                except (HanotaError, ValueError) as e:  # tried again at its next hello
                     log.error("Comms Hub %s replacing %s: %s", hub, old, e)
+                    continue
+                self._replacements.add((old, hub))
             else:
+                self._replacements.add((old, hub))
                 log.warning("Comms Hub %s replaces %s (Trust Centre Swap-Out); this DCC does "
                             "not move registrations by itself", hub, old)
 
