@@ -585,6 +585,36 @@ def test_wan_tokens(tmp_path, caplog):
     run(tmp_path, body, wan_secret=secret)
 
 
+def test_swap_out_with_tokens_needs_proof(tmp_path):
+    """With WAN tokens, a new hub identity moves the premises only by proving it held the
+    old hub's token; another hub's unproven claim moves nothing."""
+    secret = bytes(range(32, 64))
+
+    async def body(w: World):
+        w.hub = Hub(w.hub_db, udp=("127.0.0.1", 0), options=fast_options())
+        await w.hub.start()
+        w.wan = CommsHubWan(w.hub, w.url, poll=0.05, backoff=(0.05, 0.2),
+                            token=wan_token(secret, w.hub_eui))
+        await w.wan.start()
+        await asyncio.wait_for(w.wan.connected.wait(), 10)
+        new = eui_hex(reg.swap_out(w.hub.db)["new"])
+        await w.until(lambda: w.http.wan.connected == set(), "the old identity gone")
+        await asyncio.sleep(0.3)
+        assert w.http.wan.connected == set()  # its old token does not open the new path
+        w.wan.token = wan_token(secret, new)  # the installer's token for the new hub
+        await w.until(lambda: w.http.wan.connected == {new}, "the new identity")
+        await w.until(lambda: w.store.premises(MPAN)["hub_eui"] == new, "premises moved")
+        # a third hub with a valid token of its own claims it replaces the new one: refused
+        other = "00DB123456789AB0"
+        async with w.session.ws_connect("%s/wan/%s" % (w.url, other), headers={
+                "Authorization": "Bearer " + wan_token(secret, other)}) as ws:
+            await ws.send_str(encode({"hello": other, "replaces": [new],
+                                      "proofs": {new: "0" * 32}}))
+            await asyncio.sleep(0.3)
+        assert w.store.premises(MPAN)["hub_eui"] == new
+    run(tmp_path, body, wan_secret=secret)
+
+
 def test_wan_endpoint_refuses_bad_hub_path(tmp_path):
     async def body(w: World):
         async with w.session.get(w.url + "/wan/not-an-eui") as r:

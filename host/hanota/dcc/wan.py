@@ -29,8 +29,12 @@ Authentication (optional; `hanota dcc serve --wan-auth`): the DCC keeps a secret
 Comms Hub presents `Authorization: Bearer <token>` with token = HMAC-SHA256(secret,
 "hanota-wan:" + hub EUI hex), first 32 hex digits (`wan_token`; `hanota dcc wan-token --hub
 EUI` prints it for the installer). A token opens only its own hub's path, so a leaked one
-cannot read another hub's messages (images, install codes). Without `--wan-auth` any client
-may dial any hub's path: fine on loopback, not on a network.
+cannot read another hub's messages (images, install codes). A hello that says it replaces a
+hub must then prove it held that hub's token too: `"proofs": {old EUI: HMAC-SHA256(old
+token, "hanota-wan-replace:" + new EUI), first 32 hex digits}` (the CH keeps each token it
+used in its database for this); an unproven replacement is refused, so no token can pull
+another hub's premises over. Without `--wan-auth` any client may dial any hub's path and
+claim any replacement: fine on loopback, not on a network.
 
 Both ends are idempotent on ids: an id received again is acknowledged and not acted on again
 (the DCC's store records inbound ids per hub; the CH's `ch_wan_in` table has the id as its
@@ -87,6 +91,13 @@ def eui_hex(value: str | bytes) -> str:
 def wan_token(secret: bytes, hub: str | bytes) -> str:
     """The bearer token of one Comms Hub under the DCC's WAN secret."""
     mac = hmac.new(bytes(secret), b"hanota-wan:" + eui_hex(hub).encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def replace_proof(old_token: str, new_hub: str | bytes) -> str:
+    """What a hub holding `old_token` says to show it replaces that hub (see above)."""
+    mac = hmac.new(old_token.encode(), b"hanota-wan-replace:" + eui_hex(new_hub).encode(),
+                   hashlib.sha256)
     return mac.hexdigest()[:32]
 
 
@@ -210,9 +221,19 @@ class WanEndpoint:
     def _hello(self, hub: str, msg: dict) -> None:
         replaces = [h for h in (msg.get("replaces") or []) if isinstance(h, str)]
         hook = getattr(self.dcc, "wan_hub_replaced", None)
+        proofs = msg.get("proofs") if isinstance(msg.get("proofs"), dict) else {}
         for old in replaces:
             if (old, hub) in self._replacements:
                 continue
+            if self.secret is not None:
+                try:
+                    want = replace_proof(wan_token(self.secret, old), hub)
+                except WanError:
+                    continue
+                if not hmac.compare_digest(str(proofs.get(old, "")).encode(), want.encode()):
+                    log.warning("Comms Hub %s says it replaces %s without proof of that hub's "
+                                "token: refused", hub, old)
+                    continue
             if hook is not None:
                 try:
                     hook(bytes.fromhex(eui_hex(old)), bytes.fromhex(hub))
@@ -383,7 +404,7 @@ class CommsHubWan:
                         self.connections += 1
                         self.connected.set()
                         log.info("WAN up: %s/wan/%s", self.url, hub)
-                        await ws.send_str(encode({"hello": hub, "replaces": previous}))
+                        await ws.send_str(encode(self._hello(hub, previous)))
                         await self._session(ws, hub)
                 except aiohttp.WSServerHandshakeError as e:
                     if e.status == 401 and refused != hub:  # said once per identity
@@ -407,6 +428,20 @@ class CommsHubWan:
                 if not self._stopping:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff[1])
+
+    def _hello(self, hub: str, previous: list[str]) -> dict:
+        """The first frame: who this hub is and which it replaces, with the proofs it can
+        give (its token is kept per identity so that the next identity can prove it)."""
+        hello: dict[str, Any] = {"hello": hub, "replaces": previous}
+        if self.token:
+            self.hub.db.set_meta("wan.token." + hub, self.token)
+            proofs = {}
+            for old in previous:
+                t = self.hub.db.get_meta("wan.token." + old)
+                if t:
+                    proofs[old] = replace_proof(t, hub)
+            hello["proofs"] = proofs
+        return hello
 
     async def _session(self, ws, hub: str) -> None:
         from aiohttp import WSMsgType
