@@ -524,12 +524,15 @@ class _Demo:
             return out
         names = {eui_hex(u.eui): u.name for u in self.users.values()}
         duis_view = hub_report.duis_data(self.store, names)
-        others = [(mpxn, "report-%s.html" % mpxn) for mpxn in self.dbs if mpxn != PREMISES_1]
+        others = [("premises %s" % mpxn, "report-%s.html" % mpxn) for mpxn in self.dbs
+                  if mpxn != PREMISES_1]
         out.write_text(hub_report.render_html(hub_report.report_data(self.dbs[PREMISES_1]),
                                               duis=duis_view, links=others))
-        for mpxn, name in others:
+        for label, name in others:
+            mpxn = label.split()[-1]
             (self.workdir / name).write_text(hub_report.render_html(
-                hub_report.report_data(self.dbs[mpxn]), links=[(PREMISES_1, "report.html")]))
+                hub_report.report_data(self.dbs[mpxn]),
+                links=[("premises %s and the DUIS view" % PREMISES_1, "report.html")]))
         self.say("DUIS view (the DCC's records, in %s): %d requests; codes %s" % (
             out.name, len(duis_view["requests"]),
             ", ".join("%s %d" % kv for kv in duis_view["codes"].items())))

@@ -224,6 +224,7 @@ def test_html_report_with_the_duis_view(scripted, dcc_history):
     assert "Gas &lt;&amp;&gt; Co" in page and "premises &lt;2&gt;" in page
     assert "<script>" not in page
     assert "<a href='report-2.html'>" in page
+    assert "<h2>Requests at Comms Hub %s</h2>" % rep.registry.hub_info(db)["eui"] in page
     p = _Collect()
     p.feed(page)
     text = " ".join(p.text)

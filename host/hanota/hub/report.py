@@ -431,7 +431,9 @@ def render_html(r: dict[str, Any], duis: dict[str, Any] | None = None,
     out.append("<p>%d requests: %s (%d successful)</p>" % (
         len(r["requests"]), ", ".join("%s %s" % (_badge(o if o != "pending" else None), n)
                                       for o, n in r["summary"].items()), ok))
-    out.append("<h2>Requests</h2><table><tr><th>#</th><th>kind</th><th>SR</th><th>device</th>"
+    out.append("<h2>%s</h2>" % ("Requests" if duis is None else "Requests at Comms Hub %s"
+                                 % esc(r["hub"]["eui"])))
+    out.append("<table><tr><th>#</th><th>kind</th><th>SR</th><th>device</th>"
                "<th>supplier</th><th>target</th><th>submitted</th><th>ended</th>"
                "<th>attempts</th><th>outcome</th><th>reason</th></tr>")
     for q in r["requests"]:
