@@ -189,3 +189,62 @@ def verify(pub, digest, sig):
     if X == r * zz % P:
         return True
     return r + N < P and X == (r + N) * zz % P
+
+
+# k*(x, y) for an affine point and 0 < k < N, as affine (x, y), or None for infinity.
+# Left to right over 2-bit windows of k with the table [P, 2P, 3P] made affine by one
+# inversion, the same building blocks as verify (which it leaves untouched). Not constant
+# time: GBCS key agreement on a HAN device, where the private key never leaves the device,
+# is computed once per peer key and cached by the caller (hanfw.gbcs).
+def _mul(k, x, y):
+    p2 = _dbl(x, y, 1)
+    t = [None, (x, y)] + _to_affine([p2, _add(p2[0], p2[1], p2[2], x, y)])
+    kb = k.to_bytes(32, "big")
+    X, Y, Z = 0, 1, 0
+    for a in kb:
+        for sh in (6, 4, 2, 0):
+            if Z:
+                X, Y, Z = _dbl(X, Y, Z)
+                X, Y, Z = _dbl(X, Y, Z)
+            pt = t[(a >> sh) & 3]
+            if pt is not None:
+                X, Y, Z = _add(X, Y, Z, pt[0], pt[1])
+    if not Z:
+        return None
+    zi = pow(Z, P - 2, P)
+    zi2 = zi * zi % P
+    return X * zi2 % P, Y * zi2 % P * zi % P
+
+
+# The private scalar of a 32-byte big-endian key, or ValueError: 0 and >= N are no keys.
+def _scalar(priv):
+    priv = _as_bytes(priv, 32)
+    if priv is None:
+        raise ValueError("private key must be 32 bytes")
+    d = int.from_bytes(priv, "big")
+    if not 0 < d < N:
+        raise ValueError("private key out of range")
+    return d
+
+
+# The 65-byte uncompressed public key of a 32-byte private key (ValueError if out of range).
+def public_key(priv):
+    r = _mul(_scalar(priv), GX, GY)
+    if r is None:  # cannot happen for 0 < d < N (G has order N)
+        raise ValueError("private key out of range")
+    x, y = r
+    return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+# ECDH (SEC 1 3.3.1, cofactor 1): the 32-byte X coordinate of priv * pub, the shared secret Z
+# GBCS feeds its KDF. ValueError for a private key out of range or a public key that is not a
+# point on the curve (an invalid-curve point would leak the key).
+def ecdh(priv, pub):
+    d = _scalar(priv)
+    q = _decode_point(pub)
+    if q is None:
+        raise ValueError("public key is not a P-256 point")
+    r = _mul(d, q[0], q[1])
+    if r is None:
+        raise ValueError("shared point is infinity")
+    return r[0].to_bytes(32, "big")

@@ -1,0 +1,119 @@
+# Run hanfw.gbcs / hanfw.gcm / hanfw.p256's ECDH under MicroPython over cases written by
+# tests/device/test_gbcs_mpy.py.
+#
+#   micropython gbcs_check.py CASES.json
+#
+# CASES holds one JSON dict per line (read one at a time: the heap is small); each has "op" and hex fields. For case i this prints
+# "R <i> <answer>" (see each op below), "T <label> <milliseconds>" for the timed steps, then
+# "H <label> <bytes>" for heap figures and a final "done <count>".
+import gc
+import json
+import sys
+import time
+from binascii import hexlify, unhexlify
+
+gc.collect()
+_free0 = gc.mem_free()
+from hanfw import gbcs, gcm, p256  # noqa: E402
+
+gc.collect()
+print("H modules", _free0 - gc.mem_free())
+
+
+def h(s):
+    return unhexlify(s) if s else b""
+
+
+def x(b):
+    return hexlify(b).decode().upper()
+
+
+def timed(label, fn, *args):
+    t = time.ticks_ms()
+    r = fn(*args)
+    print("T", label, time.ticks_diff(time.ticks_ms(), t))
+    return r
+
+
+def reason_of(fn, *args):
+    try:
+        fn(*args)
+    except gbcs.GbcsError as e:
+        return e.reason
+    return "ok"
+
+
+_v = None
+c_last = [0]
+
+
+def run(i, c):
+    op = c["op"]
+    c_last[0] = c.get("last", 0)
+    if op == "gcm":  # -> "<ciphertext or -> <tag, tag_len bytes of it>"
+        ct, tag = gcm.Gcm(h(c["key"])).encrypt(h(c["iv"]), h(c["aad"]), h(c["pt"]))
+        return (x(ct) or "-") + " " + x(tag[:c.get("tag_len", 16)])
+    if op == "decode":  # -> "<kind> <message code> <counter> <round trip 0|1>"
+        raw = h(c["msg"])
+        m = gbcs.decode(raw)
+        return "%s %04X %d %d" % (m.kind, m.message_code, m.counter, m.encode() == raw)
+    if op == "ecdh":  # -> "<public key of priv> <Z>"
+        pub = p256.public_key(h(c["priv"]))
+        z = timed("ecdh", p256.ecdh, h(c["priv"]), h(c["peer"]))
+        return x(pub) + " " + x(z)
+    if op == "mac":  # -> "<kdf other info> <mac key> <mac>" of a received message under Z
+        m = gbcs.decode(h(c["msg"]))
+        z = h(c["z"])
+        mac = timed("gmac", gbcs.compute_mac, z, m, m.raw[m.apdu_start:m.sig_end])
+        return "%s %s %s" % (x(gbcs.kdf_other_info(m)), x(gbcs.mac_key(z, m)), x(mac))
+    if op == "sig":  # -> ok / reason
+        m = gbcs.decode(h(c["msg"]))
+        return timed("ecdsa", reason_of, gbcs.check_signature, m, h(c["pub"]), True)
+    if op == "verifier":  # a Verifier for the "check" cases that follow -> time of its ECDH
+        global _v
+        _v = gbcs.Verifier(h(c["supplier"]), h(c["acb_ka"]), h(c["dev_ka_priv"]), h(c["eui"]),
+                           h(c.get("supplier_eui")) or None)
+        timed("shared-secret", _v.shared_secret)
+        return "ready"
+    if op == "check":  # -> "ok:<counter>" or the reason the Verifier refuses the message
+        raw = h(c["msg"])
+        c = None
+        gc.collect()
+        free = gc.mem_free()
+        t = time.ticks_ms()
+        try:
+            m = _v.verify(raw, c_last[0])
+            out = "ok:%d" % m.counter
+            print("T verify-cs06", time.ticks_diff(time.ticks_ms(), t))
+            gc.collect()
+            print("H verify-cs06-retained", free - gc.mem_free())
+        except gbcs.GbcsError as e:
+            out = e.reason
+        return out
+    if op == "ota":  # -> "<manufacturer image hash> <force replace> <signature check>"
+        raw = h(c["file"])
+        r = gbcs.OtaFileReader()
+        step = c["step"]
+        for k in range(0, len(raw), step):
+            r.feed(raw[k:k + step])
+        return "%s %d %s" % (x(r.image.image_hash), r.image.force_replace,
+                             timed("image-signature", reason_of, r.image.check, h(c["pub"])))
+    raise ValueError("unknown op " + op)
+
+
+def main(path):
+    n = 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            c = json.loads(line)
+            line = None
+            gc.collect()
+            print("R", n, run(n, c))
+            c = None
+            n += 1
+    print("done", n)
+
+
+main(sys.argv[1])
