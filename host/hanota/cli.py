@@ -452,6 +452,10 @@ from .dcc import cli as dcc_cli  # noqa: E402  (dcc, pki, duis)
 
 dcc_cli.register(cli)
 
+from . import gbcs_cli  # noqa: E402  (gbcs decode, verify, build)
+
+gbcs_cli.register(cli)
+
 
 def main(argv=None):
     """Console entry point: maps domain errors to messages and exit codes."""
