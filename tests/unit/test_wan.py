@@ -161,3 +161,23 @@ def test_default_premises_survive_a_swap_out(wan):
     send(wan, 2, "prenotify", 9, install_code=install_code(9), role="ppmid")
     assert reg.device(wan.hub.db, eui_str(8))["mpxn"] == "CH-" + first
     assert reg.device(wan.hub.db, eui_str(9))["mpxn"] == "CH-" + first
+
+
+def test_hub_show_tells_the_wan_state(wan, tmp_path):
+    from click.testing import CliRunner
+
+    from hanota.dcc.wan import wan_state
+    from hanota.hub.cli import hub_group
+
+    send(wan, 3, "prenotify", 10, install_code=install_code(10), role="ppmid")
+    assert wan.store.store_in({"id": 4, "type": "unjoin", "request": "x:y:4",
+                               "device": eui_hex(eui_str(10))})  # stored, not applied yet
+    assert wan_state(wan.hub.db) == {"last_dcc_message": 4, "not_applied": 1,
+                                     "unacknowledged": 1, "reported": 1}
+    r = CliRunner().invoke(hub_group, ["show", "--json", "--db", wan.hub.db.path])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["wan"]["not_applied"] == 1
+    r = CliRunner().invoke(hub_group, ["show", "--db", wan.hub.db.path])
+    assert "WAN: DCC messages up to #4 taken, 1 not applied yet" in r.output
+    with HubDB.open(tmp_path / "plain.db") as db:
+        assert wan_state(db) is None  # a hub that never had a WAN

@@ -332,6 +332,19 @@ class ChStore:
         return int(self.db.one("SELECT coalesce(max(id), 0) FROM ch_wan_in")[0])
 
 
+def wan_state(db) -> dict[str, Any] | None:
+    """What a Comms Hub's database says of its WAN (`hanota hub show`): None if it never had
+    one; else the last DCC message id taken, how many are not applied yet, and how many of
+    its own outcomes and alerts the DCC has not acknowledged."""
+    if db.one("SELECT 1 FROM sqlite_master WHERE name = 'ch_wan_in'") is None:
+        return None
+    return {"last_dcc_message": int(db.one("SELECT coalesce(max(id), 0) FROM ch_wan_in")[0]),
+            "not_applied": int(db.one("SELECT count(*) FROM ch_wan_in WHERE done IS NULL")[0]),
+            "unacknowledged": int(db.one("SELECT count(*) FROM ch_wan_out "
+                                         "WHERE acked IS NULL")[0]),
+            "reported": int(db.one("SELECT count(*) FROM ch_wan_out")[0])}
+
+
 class CommsHubWan:
     """The Comms Hub's end over a running `hanota.hub.Hub` (on the hub's event loop):
 

@@ -287,9 +287,12 @@ def hub_group():
 @_db_option
 @domain_errors
 def hub_show(as_json, db_path):
-    """Show the hub identity (and the ones it replaced)."""
+    """Show the hub identity (and the ones it replaced), and its WAN to the DCC if it has
+    one (hanota hub serve)."""
+    from ..dcc.wan import wan_state
     with _open(db_path) as db:
         info = reg.hub_info(db)
+        info["wan"] = wan_state(db)
         if as_json:
             click.echo(json.dumps(info))
             return
@@ -297,6 +300,12 @@ def hub_show(as_json, db_path):
                                                        info["generation"]))
         for p in info["previous"]:
             click.echo("  replaced %s (retired %s)" % (p["eui"], rq.iso(p["retired"])))
+        w = info["wan"]
+        if w is not None:
+            click.echo("  WAN: DCC messages up to #%d taken, %d not applied yet; %d outcomes "
+                       "and alerts sent, %d not acknowledged" % (
+                           w["last_dcc_message"], w["not_applied"], w["reported"],
+                           w["unacknowledged"]))
 
 
 @hub_group.command("swap-out")
