@@ -103,3 +103,20 @@ def test_version_read_is_cs08_and_ppmid_activation_cs09():
 def test_outcomes_gbcs_has_no_message_for(outcome, sr):
     assert gbcs.for_outcome(outcome, sr, device=DEV, comms_hub=HUB, requester=USER, counter=1,
                             version=1, when=WHEN) is None
+
+
+@pytest.mark.parametrize("outcome,sr,kind,code", [
+    ("hw_version_mismatch", "11.1", "ccs08-alert", 2),
+    ("hash_mismatch", "11.3", "cs06-response", 2),
+    ("version_read", "11.2", "cs08-response", 0), ("activated", "11.4", "cs09-alert", 0)])
+def test_the_device_codec_reads_them(outcome, sr, kind, code):
+    """hanfw.gbcs (the HAN side's own GBCS codec, written separately) decodes every one."""
+    hgbcs = pytest.importorskip("hanfw.gbcs")
+    mc, apdu = gbcs.for_outcome(outcome, sr, device=DEV, comms_hub=HUB, requester=USER,
+                                counter=1002, version=0x00020000, when=WHEN)
+    m = hgbcs.decode(apdu)
+    assert (m.message_code, m.counter, m.recipient, m.signature) == (mc, 1002, USER, b"")
+    assert m.kind == kind
+    f = dict(m.fields)
+    got = f.get("response_code", f.get("activation_result"))
+    assert got == code, f
