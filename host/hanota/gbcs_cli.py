@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from hanfw import gbcs
 
-from .clitypes import BasedInt, Eui64, domain_errors
+from .clitypes import BasedInt, domain_errors
 from .errors import HanotaError
 from .keys import load_private_key, load_public_key, raw_point
 
@@ -51,6 +51,26 @@ def read_input(path: str) -> bytes:
             raise GbcsFileError("%s: hex text of odd length %d" % (path, len(text)))
         return bytes.fromhex(text.decode())
     return data
+
+
+class SystemTitle(click.ParamType):
+    """An EUI-64 as GBCS writes it, most significant byte first (16 hex digits, with or
+    without '-' or ':' between the pairs): its 8 bytes in that order (GBCS is big-endian,
+    unlike the Zigbee frames' wire order)."""
+
+    name = "eui64"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bytes):
+            return value
+        digits = value.strip().replace("-", "").replace(":", "")
+        try:
+            b = bytes.fromhex(digits)
+        except ValueError:
+            b = b""
+        if len(b) != 8:
+            self.fail("%r is not an EUI-64 (16 hex digits)" % value, param, ctx)
+        return b
 
 
 def public_point(path: str) -> bytes:
@@ -101,7 +121,7 @@ def _fields(m: gbcs.Message) -> dict:
             out[k] = _hex(v)
         else:
             out[k] = v
-        if k == "response_code":
+        if k == "response_code" and isinstance(v, int):
             table = {"cs06-response": gbcs.CS06_CODES, "fd-alert": gbcs.CS06_CODES,
                      "cs08-response": gbcs.CS08_CODES, "ccs08-alert": gbcs.CCS08_CODES}
             names = table.get(m.kind, ())
@@ -153,9 +173,9 @@ def describe_message(m: gbcs.Message) -> dict:
     return d
 
 
-def decode_any(data: bytes) -> tuple[str, object]:
-    """('ota', reader), ('message', Message), or ('upgrade-image', reader): GbcsFileError
-    naming the problem otherwise."""
+def decode_any(data: bytes) -> gbcs.OtaFileReader | gbcs.Message:
+    """A GBCS OTA file (read whole) or a decoded message; GbcsFileError naming the problem
+    otherwise."""
     try:
         if data[:4] == OTA_MAGIC:
             r = gbcs.OtaFileReader()
@@ -163,8 +183,8 @@ def decode_any(data: bytes) -> tuple[str, object]:
             if not r.done:
                 raise GbcsFileError("truncated GBCS OTA file: %d bytes of %d"
                                     % (len(data), getattr(r, "total_size", 0) or 0))
-            return "ota", r
-        return "message", gbcs.decode(data)
+            return r
+        return gbcs.decode(data)
     except gbcs.GbcsError as e:
         raise GbcsFileError("not a GBCS message or OTA file (%s): %s" % (e.reason, e),
                             reason=e.reason) from None
@@ -210,8 +230,8 @@ def gbcs_group() -> None:
 def decode_cmd(file: str, as_json: bool) -> None:
     """Decode FILE: a GBCS message (hex text, as in the RTDS files, or binary) or a GBCS OTA
     file; every field named. Exit 2 if it is neither (the reason named)."""
-    kind, obj = decode_any(read_input(file))
-    info = describe_ota(obj) if kind == "ota" else describe_message(obj)  # type: ignore[arg-type]
+    obj = decode_any(read_input(file))
+    info = describe_ota(obj) if isinstance(obj, gbcs.OtaFileReader) else describe_message(obj)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -245,15 +265,14 @@ def verify_cmd(file: str, cert: str, ka_cert: str | None, ka_key: str | None,
     (the reason named). No certificate validity dates are checked, as on a device."""
     pub = public_point(cert)
     z = _mac_secret(ka_cert, ka_key)
-    kind, obj = decode_any(read_input(file))
+    obj = decode_any(read_input(file))
     checked = []
     try:
-        if kind == "ota":
-            assert isinstance(obj, gbcs.OtaFileReader) and obj.image is not None
+        if isinstance(obj, gbcs.OtaFileReader):
+            assert obj.image is not None
             obj.image.check(pub)
             checked.append("supplier signature over the manufacturer image")
         else:
-            assert isinstance(obj, gbcs.Message)
             if z is not None:
                 if not obj.mac_header:
                     raise gbcs.GbcsError("no-mac", "the message has no MAC header")
@@ -303,13 +322,13 @@ def build_group() -> None:
 @click.option("--hash", "image_hash", required=True, metavar="HEX",
               help="Manufacturer Image Hash: SHA-256 of the manufacturer image (64 hex digits).")
 @click.option("--counter", required=True, type=BasedInt(64), help="Originator counter.")
-@click.option("--recipient", required=True, type=Eui64(), help="The device's EUI-64.")
+@click.option("--recipient", required=True, type=SystemTitle(), help="The device's EUI-64.")
 @click.option("--at", "at", metavar="T",
               help="Execution date-time (ISO or YYYYMMDDhhmmssZ, UTC); 'cancel' cancels a "
                    "pending one; absent: activate at once.")
 @click.option("--key", required=True, metavar="KEY",
               help="The Supplier's digital-signature private key (PEM).")
-@click.option("--originator", type=Eui64(), default=DCC_BOXED_SUPPLIER, show_default=True,
+@click.option("--originator", type=SystemTitle(), default=DCC_BOXED_SUPPLIER, show_default=True,
               help="The Supplier's EUI-64 (default: DCC Boxed's test Supplier).")
 @click.option("--ka-cert", metavar="CERT", help="The device's key-agreement certificate.")
 @click.option("--ka-key", metavar="KEY", help="The ACB's key-agreement private key (PEM).")
