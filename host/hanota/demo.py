@@ -394,7 +394,7 @@ class _Demo:
             h.pause()
         captured = b""  # supplier-b's signed SR 11.4 for ppmid-1, replayed below
         for k, who, srv, board, image, what in (
-                ("althan", a, "11.1", "althan-1", "althan", "althan-1 v2"),
+                ("althan", a, "11.4", "althan-1", "althan", "althan-1 v2"),
                 ("ppmid-1", b, "11.4", "ppmid-1", "ppmid", "ppmid-1 v2"),
                 ("hcalcs", a, "11.1", "hcalcs-1", "hcalcs", "hcalcs-1 v2"),
                 ("tampered", a, "11.4", "ppmid-2", "tampered",
@@ -435,7 +435,7 @@ class _Demo:
                ch.get("Outcome") or "no outcome (timed out)")
         expect("  ... with the device's reason", "bad-signature",
                str(ch.get("Reason") or "-").rsplit(": ", 1)[-1])
-        expect("SR 11.1 althan-1 v2", "activated", self.outcome(a, rid["althan"]))
+        expect("SR 11.4 althan-1 v2", "activated", self.outcome(a, rid["althan"]))
         expect("SR 11.1 hcalcs-1 v2 distributed (not activated)", "distributed",
                self.outcome(a, rid["hcalcs"]))
         expect("deliveries in priority order on premises 1's Comms Hub", "hcalcs, ppmid, althan",
@@ -508,8 +508,8 @@ class _Demo:
                   lambda: self.store.premises(PREMISES_1)["hub_eui"] == new, timeout=60)
         self.expect("ppmid-1 rejoined the new Comms Hub (SR 11.2)", "0x%08x" % V2,
                     self.read_version(a, "ppmid-1", timeout=90))
-        ack = self.update(a, "11.1", "althan-1", "althan3", "SR 11.1 althan-1 v3")
-        self.expect("SR 11.1 althan-1 after the TCSO refused (OTA unavailable)",
+        ack = self.update(a, "11.4", "althan-1", "althan3", "SR 11.4 althan-1 v3")
+        self.expect("SR 11.4 althan-1 after the TCSO refused (OTA unavailable)",
                     "%s ota-unavailable" % duis.E_OTA_UNAVAILABLE, self.refusal(ack))
 
     # -- the end

@@ -486,10 +486,10 @@ def test_trust_centre_swap_out_moves_the_premises_and_loses_alt_han(dcc, signers
     u = User(dcc, signers)
     alt = image(fw_key, "althan", 12)
     on_cpl(dcc, alt, 0x85)
-    assert update(u, alt, ALTHAN)["code"] == service.ACCEPTED  # SR 11.1 for Alt HAN
+    assert update(u, alt, ALTHAN, "11.4")["code"] == service.ACCEPTED  # as PPMIDs (MP170)
     assert u.submit("11.2", HCALCS)["code"] == service.ACCEPTED
     first, second = outbox(dcc)
-    assert first["kind"] == "11.1" and first["role"] == "althan"
+    assert first["kind"] == "11.4" and first["role"] == "althan"
     dcc.wan_acked(HUB, first["id"])  # the old hub took the first; the second is unsent
     new_hub = bytes.fromhex("00DB1234567800D1")
     moved = dcc.wan_hub_replaced(HUB, new_hub)
@@ -502,7 +502,7 @@ def test_trust_centre_swap_out_moves_the_premises_and_loses_alt_han(dcc, signers
     (_, xml), = dcc.responses(SUP_A)
     assert answer(dcc, xml)["code"] == duis.E_OTA_UNAVAILABLE
     # and the DCC refuses further firmware for the Alt HAN device (MP170); others go on
-    a = update(u, alt, ALTHAN)
+    a = update(u, alt, ALTHAN, "11.4")
     assert a["code"] == duis.E_OTA_UNAVAILABLE and "Trust Centre Swap-Out" in a["reason"]
     h = image(fw_key, "hcalcs", 13)
     on_cpl(dcc, h, 0x86)

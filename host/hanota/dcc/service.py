@@ -17,7 +17,7 @@ WAN to the Comms Hub of the device's premises; and what it makes of the Comms Hu
    User's counters);
 5. the SR rules: the target device is registered; the signer is a Responsible Supplier of its
    premises, by entity ID (read-only SR 8.2 excepted); SR 11.1 / 11.4: the device's type takes
-   that SR (11.4 only PPMIDs; 11.1 HCALCS and Alt HAN devices), the image is a well-formed OTA
+   that SR (11.4: PPMIDs and, by MP170, Alt HAN devices; 11.1: HCALCS), the image is a well-formed OTA
    file whose payload matches its descriptor, its Manufacturer Image Hash is on the CPL for the
    device's manufacturer and model, its header fits the device (manufacturer, image type,
    destination, hardware version range) and, when the CPL entry carries the manufacturer's
@@ -34,7 +34,7 @@ their body. `wan_received` turns the Comms Hub's outcome for a request into exac
 signed DUIS response for the requesting User (and an alert to the premises' other Responsible
 Supplier for firmware outcomes); every document the DCC emits is signed with its own key.
 A Comms Hub replacing another (Trust Centre Swap-Out, `wan_hub_replaced`) takes over its
-premises and pending requests; the premises' Alt HAN devices are refused SR 11.1 from then on.
+premises and pending requests; the premises' Alt HAN devices are refused SR 11.4 from then on.
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ DEVICE_TYPES: dict[str, tuple[str, str | None, str | None]] = {
     "SAPC": ("Standalone Auxiliary Proportional Controller", None, None),
     "IHD": ("In-Home Display (Type 2)", None, None),
     "CAD": ("Consumer Access Device (Type 2)", None, None),
-    "ALTHAN": ("Alt HAN device (MP170)", "althan", "11.1"),
+    "ALTHAN": ("Alt HAN device (MP170)", "althan", "11.4"),  # as PPMIDs (MP170)
 }
 ROLE_DEVICE_TYPES = {v[1]: k for k, v in DEVICE_TYPES.items() if v[1]}
 DEVICE_STATUSES = ("prenotified", "commissioned", "joined", "withdrawn")
