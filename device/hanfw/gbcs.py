@@ -110,23 +110,22 @@ def _malformed(what):
 
 
 # (length, next offset) of a length field at buf[pos]: one byte < 0x80, or 81 nn / 82 nn nn,
-# always in the shortest form.
-def _len(buf, pos, end, what):
-    if pos >= end:
+# always in the shortest form. Running out of bytes is 'truncated' in the framing, but
+# 'malformed' inside a DER payload (der=True), whose container's size is already known.
+def _len(buf, pos, end, what, der=False):
+    if pos >= end or buf[pos] == 0x81 and pos + 2 > end or buf[pos] == 0x82 and pos + 3 > end:
+        if der:
+            raise _malformed("%s: length runs past its container" % what)
         raise _truncated(what)
     b = buf[pos]
     if b < 0x80:
         return b, pos + 1
     if b == 0x81:
-        if pos + 2 > end:
-            raise _truncated(what)
         n = buf[pos + 1]
         if n < 0x80:
             raise _malformed("%s: length %d not in its shortest form" % (what, n))
         return n, pos + 2
     if b == 0x82:
-        if pos + 3 > end:
-            raise _truncated(what)
         n = buf[pos + 1] << 8 | buf[pos + 2]
         if n < 0x100:
             raise _malformed("%s: length %d not in its shortest form" % (what, n))
@@ -150,7 +149,7 @@ def _tlv(buf, pos, end, tag, what):
         raise _malformed("payload ends before the %s" % what)
     if buf[pos] != tag:
         raise _malformed("%s: tag 0x%02X, expected 0x%02X" % (what, buf[pos], tag))
-    n, p = _len(buf, pos + 1, end, what)
+    n, p = _len(buf, pos + 1, end, what, True)
     if p + n > end:
         raise _malformed("%s: length %d runs past its container" % (what, n))
     return p, p + n

@@ -3,8 +3,8 @@ coverage-guided fuzzer (atheris, run as a script: see main()).
 
 Each target takes arbitrary bytes and must only ever raise the parser's documented error
 type: `OtaError` (the streaming file parser and the signature check), `ZclError` (the ZCL
-frame parsers), `LinkError` (the link frame decoder and its payload parsers; the SLIP
-decoder never raises), nothing (the boot-control record decoder: a blank, torn or corrupt
+frame parsers), `GbcsError` (the GBCS message decoder, command check and image reader),
+`LinkError` (the link frame decoder and its payload parsers; the SLIP decoder never raises), nothing (the boot-control record decoder: a blank, torn or corrupt
 copy is None). Anything else escaping is a crash. The targets also check what the parsers
 promise beyond not crashing (a decoded boot record packs back to the same bytes; a boot
 decision names a bank that exists; a frame that decodes re-encodes).
@@ -21,26 +21,26 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
-TARGETS = ("otafile", "zcl", "link", "bootctl", "patch")
+TARGETS = ("otafile", "zcl", "link", "bootctl", "patch", "gbcs")
 
 
 def _imports():
-    from hanfw import bootctl, delta, link, otafile, p256, zcl  # noqa: F401
-    return bootctl, link, otafile, zcl, delta
+    from hanfw import bootctl, delta, gbcs, link, otafile, p256, zcl  # noqa: F401
+    return bootctl, link, otafile, zcl, delta, gbcs
 
 
-bootctl, link, otafile, zcl, delta = None, None, None, None, None
+bootctl, link, otafile, zcl, delta, gbcs = None, None, None, None, None, None
 
 
 def load(instrument: bool = False) -> None:
     """Import the device modules (inside atheris' instrumentation when asked)."""
-    global bootctl, link, otafile, zcl, delta
+    global bootctl, link, otafile, zcl, delta, gbcs
     if instrument:
         import atheris
         with atheris.instrument_imports(include=["hanfw"]):
-            bootctl, link, otafile, zcl, delta = _imports()
+            bootctl, link, otafile, zcl, delta, gbcs = _imports()
     else:
-        bootctl, link, otafile, zcl, delta = _imports()
+        bootctl, link, otafile, zcl, delta, gbcs = _imports()
 
 
 # A fixed key for the signature path (any point on the curve: signatures will not verify).
@@ -215,6 +215,61 @@ def fuzz_patch(data: bytes) -> None:
     assert out[0] == tlen
 
 
+# The GBCS target's device: fixed keys (the Supplier's, the ACB's KA key, its own KA key)
+# and EUI; its Verifier keeps the ECDH secret, so a fuzzed command costs a GMAC at most.
+_GBCS_EUI = bytes.fromhex("00DB1234567890A5")
+_GBCS_SUP, _GBCS_ACB, _GBCS_DEV = 0x5151, 0xACB, 0xDE7
+_VERIFIER = None
+
+
+def _gbcs_verifier():
+    global _VERIFIER
+    if _VERIFIER is None:
+        from hanfw import p256
+        _VERIFIER = gbcs.Verifier(p256.public_key(_GBCS_SUP.to_bytes(32, "big")),
+                                  p256.public_key(_GBCS_ACB.to_bytes(32, "big")),
+                                  _GBCS_DEV.to_bytes(32, "big"), _GBCS_EUI)
+    return _VERIFIER
+
+
+def fuzz_gbcs(data: bytes) -> None:
+    """The GBCS message decoder (a message that decodes re-encodes to the same bytes), the
+    device's check of a command, every payload shape's DER decoder on the raw bytes (one that
+    decodes re-encodes), and the GBCS OTA file reader fed in pieces whose size the first
+    byte chooses, then its signature check. Only GbcsError with a documented reason may
+    escape."""
+    g = gbcs
+    try:
+        m = g.decode(data)
+    except g.GbcsError as e:
+        assert e.reason in ("truncated", "malformed"), e.reason
+    else:
+        assert m.encode() == bytes(data)
+    try:
+        _gbcs_verifier().verify(data, 0)
+    except g.GbcsError as e:
+        assert e.reason in g.REASONS, e.reason
+    for code in g.MESSAGE_NAMES:
+        for cra in (g.CRA_COMMAND, g.CRA_RESPONSE, g.CRA_ALERT):
+            try:
+                kind, fields = g.decode_payload(code, cra, data)
+            except g.GbcsError as e:
+                assert e.reason == "malformed", e.reason
+            else:
+                assert g.encode_payload(kind, fields) == bytes(data)
+    if not data:
+        return
+    step = data[0] % 61 + 1
+    r = g.OtaFileReader(max_total=1 << 20)
+    try:
+        for i in range(0, len(data), step):
+            r.feed(data[i:i + step])
+        if r.done and r.image is not None:
+            r.image.check(_KEY)
+    except g.GbcsError as e:
+        assert e.reason in ("bad-image", "bad-signature", "truncated"), e.reason
+
+
 def seeds(target: str) -> dict[str, bytes]:
     """Well-formed inputs to start from (written to corpus/<target>/ by write_seeds)."""
     load()
@@ -309,6 +364,41 @@ def seeds(target: str) -> dict[str, bytes]:
             mode = 2 if enc == "delta" else 0
             out[enc] = bytes([20, mode]) + payload
             out[enc + "-inflated"] = bytes([20, mode | 1]) + zlib.decompress(payload)
+    elif target == "gbcs":
+        import json
+        from hanfw import p256
+        v = json.loads((HERE.parent / "vectors" / "gbcs" / "gbcs-18.4.json").read_text())
+        out["ecs04b"] = bytes.fromhex(v["copied_from_source"]["ecs04b_command"]["hex"])
+        der = v["derived_examples"]
+        for name in ("cs06_immediate", "cs06_future_dated", "cs06_cancellation"):
+            out[name] = bytes.fromhex(der[name]["command"])
+            out[name + "-precommand"] = bytes.fromhex(der[name]["precommand"])
+        out["ota-file"] = bytes.fromhex(der["ota_file"]["hex"])
+        # a command this target's device accepts (so the fuzzer starts past the MAC)
+        z = p256.ecdh(_GBCS_ACB.to_bytes(32, "big"),
+                      p256.public_key(_GBCS_DEV.to_bytes(32, "big")))
+        m = gbcs.cs06_command(7, bytes.fromhex("90B3D51F30010000"), _GBCS_EUI, bytes(32),
+                              "20300115090000Z")
+        m.signature = bytes(range(1, 65))
+        m.mac = gbcs.compute_mac(z, m)
+        out["cs06-device"] = m.encode()
+        c = gbcs.Message(gbcs.CRA_COMMAND, 9, bytes.fromhex("90B3D51F30000002"), _GBCS_EUI,
+                         gbcs.MSG_CS08, "cs08-command", supp_id=bytes(8), supp_counter=1,
+                         signature=b"", mac_header=True)
+        c.mac = gbcs.compute_mac(z, c)
+        out["cs08-device"] = c.encode()
+        out["cs08-response"] = gbcs.cs08_response(c, b"\x01\x02\x03\x04").encode()
+        out["cs06-response"] = gbcs.cs06_response(m, 2, b"\x00\x00\x00\x05").encode()
+        out["cs06-accepted"] = gbcs.cs06_response(m).encode()
+        out["fd-alert"] = gbcs.fd_alert(5, _GBCS_EUI, m.originator, 7, "20300115090000Z", 0,
+                                        b"\x00\x00\x00\x05").encode()
+        out["ccs08-payload"] = gbcs.encode_payload(
+            "ccs08-alert", {"alert_code": 0x8F8A, "date_time": "20150101000000Z",
+                            "entity_id": _GBCS_EUI, "firmware_version": bytes(4),
+                            "response_code": 0})
+        out["cs09-payload"] = gbcs.encode_payload(
+            "cs09-alert", {"alert_code": 0x8F8B, "date_time": "20150101000000Z",
+                           "firmware_version": bytes(4), "activation_result": 0})
     return out
 
 
@@ -330,7 +420,7 @@ def corpus_inputs(target: str) -> list[bytes]:
 
 
 FUNCS = {"otafile": fuzz_otafile, "zcl": fuzz_zcl, "link": fuzz_link, "bootctl": fuzz_bootctl,
-         "patch": fuzz_patch}
+         "patch": fuzz_patch, "gbcs": fuzz_gbcs}
 
 
 def main(argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Fuzzing the device's parsers: the streaming OTA file parser, the ZCL frame parsers, the
-link frame decoder, the boot-control record decoder and the compressed/delta segment decoder
-(targets: fuzz_targets.py).
+link frame decoder, the boot-control record decoder, the compressed/delta segment decoder and
+the GBCS message decoder, command check and image reader (targets: fuzz_targets.py).
 
 - property tests (hypothesis): random bytes, and the corpus' well-formed inputs mutated
   (bit flips, cuts, insertions), through every target;
@@ -33,7 +33,7 @@ from fault import results
 FULL = results.FULL
 EXAMPLES = 20000 if FULL else 1000
 FUZZ_SECONDS = int(os.environ.get("HANOTA_FUZZ_SECONDS", "600" if FULL else "5"))
-MAX_LEN = {"otafile": 4096, "zcl": 300, "link": 700, "bootctl": 256, "patch": 2048}
+MAX_LEN = {"otafile": 4096, "zcl": 300, "link": 700, "bootctl": 256, "patch": 2048, "gbcs": 600}
 
 ft.load()
 _counts = {t: 0 for t in ft.TARGETS}

@@ -180,6 +180,14 @@ def test_non_minimal_der_and_bad_framing_are_malformed_not_silently_accepted():
         assert e.value.reason == reason, (reason, str(e.value))
 
 
+def test_payload_decoder_names_a_short_der_length_malformed():
+    # fuzzer find: a lone SEQUENCE tag ran out inside its length and escaped as 'truncated'
+    for data in (b"\x30", b"\x30\x81", b"\x30\x82\x01", b"\x30\x03\x04\x81"):
+        with pytest.raises(gbcs.GbcsError) as e:
+            gbcs.decode_payload(gbcs.MSG_CS06, gbcs.CRA_COMMAND, data)
+        assert e.value.reason == "malformed", data
+
+
 # ---- Upgrade Image and OTA file ---------------------------------------------------------
 
 
