@@ -182,3 +182,29 @@ def test_dcc_11_1_sample_image_supplier_signature_verifies():
     with pytest.raises(gbcs.GbcsError) as err:
         r.image.check(point(keystore_entry("Z1b-supplier-ds")["certificate"].encode()))
     assert err.value.reason == "bad-signature"
+
+
+def test_every_signed_rtds_file_verifies_with_the_key_the_index_names():
+    """All 38 signed files (commands, responses, alerts): the signed range and the device's
+    own signature check agree with the key the index names, and no other listed key."""
+    folder = ("test", "rtds", "keystore")
+    keys: dict[str, bytes] = {}
+    n = 0
+    for e in index():
+        m = re.match(r"64 bytes, verified with: (.*)", e["signature"])
+        if not m:
+            continue
+        names = [k.strip() for k in m.group(1).split(";")]
+        for name in names:
+            if name not in keys:
+                kind, ref = name.split(":", 1)
+                keys[name] = (point(keystore_entry(ref)["certificate"].encode()) if kind == "KS"
+                              else point(gpl_path("gbcs-parser", *folder, ref).read_bytes()))
+        msg = gbcs.decode(rtds(e["path"]))
+        gbcs.check_signature(msg, keys[names[0]], received=True)
+        for other, pub in keys.items():
+            if other not in names and pub != keys[names[0]]:
+                with pytest.raises(gbcs.GbcsError):
+                    gbcs.check_signature(msg, pub, received=True)
+        n += 1
+    assert n == 38
