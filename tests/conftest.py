@@ -59,3 +59,38 @@ def vfirmware(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("fw")
     return fwbuild.build("vboard-esp32", "1.0.0", out)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL 16 (the pgserver wheel's binaries) on a loopback TCP port chosen at run
+    time, for the whole session (tests/support/servers.py); skips saying why it cannot start."""
+    from support.servers import Postgres, ServerUnavailable
+
+    try:
+        server = Postgres()
+    except ServerUnavailable as e:
+        pytest.skip("PostgreSQL cannot start here: %s" % e)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_uri(postgres_server):
+    """The URI of a fresh, empty PostgreSQL database for one test."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def nats_server():
+    """A nats-server with JetStream on a loopback TCP port chosen at run time, for the whole
+    session; skips saying why it cannot start. Tests that stop or restart it must start it
+    again before they end."""
+    from support.servers import Nats, ServerUnavailable
+
+    try:
+        server = Nats()
+    except ServerUnavailable as e:
+        pytest.skip("nats-server cannot start here: %s" % e)
+    yield server
+    server.cleanup()
