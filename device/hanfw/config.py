@@ -50,6 +50,7 @@ def from_dict(d):
         raise ConfigError("bad-eui64", "eui64 must be 8 bytes, got %d" % len(eui))
     c.eui64 = bytes(reversed(eui))  # wire order (least significant byte first)
     c.eui64_text = d["eui64"]
+    c.eui64_gbcs = eui  # GBCS order (big-endian, as written): recipient of its GBCS commands
     for k in ("manufacturer", "hw_version"):
         v = d[k]
         if not isinstance(v, int) or not 0 <= v <= 0xFFFF:
@@ -90,8 +91,28 @@ def from_dict(d):
     c.link_frame = d.get("link_frame", 0)
     if not isinstance(c.link_frame, int) or c.link_frame < 0:
         raise ConfigError("bad-link_frame", "link_frame must be a byte count, got %r" % (c.link_frame,))
+    c.gbcs = _gbcs(d["gbcs"]) if d.get("gbcs") is not None else None
     c.raw = d
     return c
+
+
+# GBCS commissioning (board deploy --supplier-cert): the Supplier's DS key and entity id, the
+# ACB's KA key and the device's own KA private key, all hex; None when not commissioned.
+def _gbcs(g):
+    from hanfw import p256
+    if not isinstance(g, dict):
+        raise ConfigError("bad-gbcs", "gbcs must be an object")
+    out = {}
+    for k, n in (("supplier_ds", 65), ("supplier_id", 8), ("acb_ka", 65), ("ka_priv", 32)):
+        if k not in g:
+            raise ConfigError("bad-gbcs", "gbcs lacks %s" % k)
+        v = _hex(g[k], "gbcs." + k)
+        if len(v) != n:
+            raise ConfigError("bad-gbcs", "gbcs.%s must be %d bytes, got %d" % (k, n, len(v)))
+        if n == 65 and not p256.is_valid_point(v):
+            raise ConfigError("bad-gbcs", "gbcs.%s is not a P-256 public point" % k)
+        out[k] = v
+    return out
 
 
 def load(path):
