@@ -48,6 +48,28 @@ def cs06(counter, at=None, recipient=DEV_EUI, code=None, key=SUP) -> bytes:
     return m.encode()
 
 
+def sweep_expected(good: bytes, last: int) -> str:
+    v = gbcs.Verifier(public(SUP), public(ACB), DEV.to_bytes(32, "big"), DEV_EUI, SUP_EUI)
+    counts: dict[str, int] = {}
+
+    def reason(data):
+        try:
+            v.verify(data, last)
+        except gbcs.GbcsError as e:
+            return e.reason
+        return "ok"
+    for k in range(len(good)):
+        bad = bytearray(good)
+        bad[k] ^= 1
+        r = reason(bytes(bad))
+        counts[r] = counts.get(r, 0) + 1
+    for k in range(len(good)):
+        r = "cut-" + reason(good[:k])
+        counts[r] = counts.get(r, 0) + 1
+    assert "ok" not in counts and "cut-ok" not in counts
+    return " ".join("%s=%d" % kv for kv in sorted(counts.items()))
+
+
 def cases():
     ecs = SRC["ecs04b_command"]["hex"]
     n = SRC["nist_gcm_example6"]
@@ -97,6 +119,9 @@ def cases():
              "bad-mac truncated truncated").split()
     for (m, last), want in zip(items, wants):
         out.append(({"op": "check", "msg": m.hex(), "last": last}, want))
+    # every byte of a good CS06 flipped, and every cut of it: each refused, by name; what
+    # the host's decoder and checker say (tests/unit/test_gbcs.py) is the expected answer
+    out.append(({"op": "sweep", "msg": good.hex(), "last": 5}, sweep_expected(good, 5)))
     return out
 
 

@@ -3,7 +3,8 @@
 #
 #   micropython gbcs_check.py CASES.json
 #
-# CASES holds one JSON dict per line (read one at a time: the heap is small); each has "op" and hex fields. For case i this prints
+# CASES holds one JSON dict per line (read one at a time: the heap is small), each with "op"
+# and hex fields. For case i this prints
 # "R <i> <answer>" (see each op below), "T <label> <milliseconds>" for the timed steps, then
 # "H <label> <bytes>" for heap figures and a final "done <count>".
 import gc
@@ -90,6 +91,21 @@ def run(i, c):
         except gbcs.GbcsError as e:
             out = e.reason
         return out
+    if op == "sweep":  # every byte flipped, then every truncation -> "<reason>=<count> ..."
+        good = bytearray(h(c["msg"]))
+        last = c["last"]
+        counts = {}
+        t = time.ticks_ms()
+        for k in range(len(good)):
+            good[k] ^= 1
+            r = reason_of(_v.verify, good, last)
+            good[k] ^= 1
+            counts[r] = counts.get(r, 0) + 1
+        for k in range(len(good)):
+            r = reason_of(_v.verify, memoryview(good)[:k], last)
+            counts["cut-" + r] = counts.get("cut-" + r, 0) + 1
+        print("T sweep-%d" % (2 * len(good)), time.ticks_diff(time.ticks_ms(), t))
+        return " ".join("%s=%d" % kv for kv in sorted(counts.items()))
     if op == "ota":  # -> "<manufacturer image hash> <force replace> <signature check>"
         raw = h(c["file"])
         r = gbcs.OtaFileReader()
