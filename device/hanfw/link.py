@@ -280,26 +280,63 @@ def slip_encode(frame):
 
 # Incremental decoder: feed bytes, get whole frames (CRC checked) from pop().
 # Bad CRCs and oversize frames are counted and dropped, never raised.
+# feed_frame() is the device's way: no copy of a frame at all (a 4.4 KiB bundle copied
+# per frame needs a 4.4 KiB piece of a 64 KiB heap every time, which a fragmented heap
+# does not have); the frame is a memoryview into the decoder's own buffer.
 class SlipDecoder:
     def __init__(self, max_frame=MAX_FRAME + 4):
         self._buf = bytearray(max_frame)
+        self._mv = memoryview(self._buf)
         self._n = 0
         self._esc = False
         self._over = False
         self.frames = []
+        self.frame = None
         self.bad = 0
 
     def feed(self, data):
+        # every whole frame in data goes to self.frames (copies)
+        if self._n < 0:
+            self._n = 0
+        i = 0
+        n = len(data)
+        while i < n:
+            i = self._run(data, i, n)
+            if self._n < 0:  # a frame ended: copy it out, the buffer is needed again
+                self.frames.append(bytes(self._mv[:-self._n]))
+                self._n = 0
+
+    def feed_frame(self, data, start=0, end=-1):
+        # Decode data[start:end] up to the end of the first whole, CRC-checked frame in it
+        # and return where it stopped; that frame is then self.frame (else None), a
+        # memoryview into the decoder's buffer, valid until the next feed_frame. Nothing
+        # is allocated but that one view.
+        if self._n < 0:
+            self._n = 0
+        i = self._run(data, start, len(data) if end < 0 else end)
+        self.frame = self._mv[:-self._n] if self._n < 0 else None
+        return i
+
+    def _run(self, data, i, n):
+        # the byte loop over data[i:n]: stops after the END of a good frame, leaving
+        # -(its length) in _n; returns the index it stopped at
         buf = self._buf
-        for b in data:
+        while i < n:
+            b = data[i]
+            i += 1
             if b == _SLIP_END:
-                if self._n and not self._over:
-                    self._finish()
-                elif self._over:
-                    self.bad += 1
+                got = self._n
+                over = self._over
                 self._n = 0
                 self._esc = False
                 self._over = False
+                if over:
+                    self.bad += 1
+                elif got:
+                    got = self._check(got)
+                    if got:
+                        self._n = -got
+                        return i
                 continue
             if self._esc:
                 self._esc = False
@@ -317,18 +354,18 @@ class SlipDecoder:
                 continue
             buf[self._n] = b
             self._n += 1
+        return i
 
-    def _finish(self):
-        n = self._n
+    def _check(self, n):
+        # length of the frame body when its CRC-32 matches, else 0 (counted as bad)
         if n < 5:
             self.bad += 1
-            return
-        body = bytes(self._buf[:n - 4])
+            return 0
         (crc,) = struct.unpack_from("<I", self._buf, n - 4)
-        if crc != binascii.crc32(body) & 0xFFFFFFFF:
+        if crc != binascii.crc32(self._mv[:n - 4]) & 0xFFFFFFFF:
             self.bad += 1
-            return
-        self.frames.append(body)
+            return 0
+        return n - 4
 
     def pop(self):
         return self.frames.pop(0) if self.frames else None

@@ -1,8 +1,9 @@
 # hanota device: carries link frames to and from the hub.
 #   UdpTransport: one frame per datagram (ESP32 on Wi-Fi; the virtual board's relay)
 #   StreamTransport: SLIP-framed frames on a byte stream (nRF52840 UART; a pty)
-# recv(timeout_ms) returns one frame (bytes) or None; rx_frame is the longest
-# frame it takes (the client announces it to the hub, which then bundles blocks).
+# recv(timeout_ms) returns one frame (bytes; a memoryview valid until the next recv on a
+# stream) or None; rx_frame is the longest frame it takes (the client announces it to the
+# hub, which then bundles blocks).
 
 import select
 
@@ -50,6 +51,8 @@ class StreamTransport:
         self.rx_frame = rx_frame
         self.dec = link.SlipDecoder(rx_frame + 4)
         self.buf = bytearray(256)
+        self._off = 0  # bytes of buf not yet decoded: buf[_off:_end] (after a frame ended)
+        self._end = 0
         self.poll = select.poll()
         # a real machine.UART polls as itself; the virtual board's UART gives its fd
         self.poll.register(stream.fileno() if hasattr(stream, "fileno") else stream, select.POLLIN)
@@ -63,16 +66,27 @@ class StreamTransport:
                 n = 0
             mv = mv[n:]
 
+    # The frame is a memoryview into the decoder's buffer, not a copy (see
+    # link.SlipDecoder.feed_frame): valid until the next recv, so whoever keeps any of
+    # it copies it. Bytes read after the end of a frame wait in buf for the next call.
     def recv(self, timeout_ms):
-        frame = self.dec.pop()
-        if frame is not None:
-            return frame
+        if self._off < self._end:
+            frame = self._decode()
+            if frame is not None:
+                return frame
         if not self.poll.poll(max(0, int(timeout_ms))):
             return None
         n = self.stream.readinto(self.buf)
-        if n:
-            self.dec.feed(memoryview(self.buf)[:n])
-        return self.dec.pop()
+        if not n:
+            return None
+        self._off = 0
+        self._end = n
+        return self._decode()
+
+    def _decode(self):
+        dec = self.dec
+        self._off = dec.feed_frame(self.buf, self._off, self._end)
+        return dec.frame
 
     def close(self):
         try:

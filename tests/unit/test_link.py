@@ -109,6 +109,26 @@ def test_slip_drops_corrupt_and_oversize_frames():
     assert d.bad == 2
 
 
+def test_feed_frame_stops_at_each_frame_and_gives_a_view_of_its_buffer():
+    frames = [b"one" * 50, bytes([0xC0, 0xDB]) * 9, b"three"]
+    bad = bytearray(link.slip_encode(b"corrupt"))
+    bad[2] ^= 0xFF
+    wire = link.slip_encode(frames[0]) + bytes(bad) + b"".join(link.slip_encode(f) for f in frames[1:])
+    for step in (1, 7, 256, len(wire)):  # reads of any size, frames running into each other
+        d = link.SlipDecoder()
+        got = []
+        for a in range(0, len(wire), step):
+            end = min(a + step, len(wire))
+            i = a
+            while i < end:
+                i = d.feed_frame(wire, i, end)
+                if d.frame is not None:
+                    assert isinstance(d.frame, memoryview) and d.frame.obj is d._buf
+                    got.append(bytes(d.frame))
+        assert got == frames, step
+        assert d.bad == 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_decoders_only_raise_link_errors(data):
