@@ -55,6 +55,13 @@ HEALTH_FAULT = b"HEALTH = 'fails its health check on purpose'\n"
 #   rollback: V1 -> a V2 that fails its health check; must end with V1 running and the
 #             hub told "rolled back".
 SCENARIOS = ("upgrade", "rollback")
+#   upgrade-zlib, upgrade-delta: the upgrade, its V2 sent compressed, or as a delta against
+#             V1 (issue 15: the device decodes into the bank); must end as the upgrade does.
+ENCODED_SCENARIOS = ("upgrade-zlib", "upgrade-delta")
+
+
+def is_upgrade(scenario: str) -> bool:
+    return scenario.startswith("upgrade")
 PHASES = ("boot", "download", "verify", "activation", "trial", "confirm", "rollback")
 
 
@@ -93,6 +100,15 @@ class Kit:
                 if not done.exists():
                     payload = payloads[kind, n]["app"].read_bytes()
                     p.write_bytes(images.build_image(payload, key=key, version=V2, role=ROLE))
+                files[kind, scenario] = p
+            for scenario in ENCODED_SCENARIOS:
+                p = root / ("%s-%s.ota" % (kind, scenario))
+                if not p.exists():  # also into a kit built before these scenarios existed
+                    enc = scenario.split("-")[1]
+                    base = payloads[kind, 1]["app"].read_bytes() if enc == "delta" else None
+                    p.write_bytes(images.build_image(payloads[kind, 2]["app"].read_bytes(),
+                                                     key=key, version=V2, role=ROLE,
+                                                     encoding=enc, base=base))
                 files[kind, scenario] = p
         done.touch()
         return cls(root, keys, payloads, files)
@@ -353,14 +369,14 @@ class Outcome:
 
 def expected_final(scenario: str) -> tuple[int, bool]:
     """(version that must run at the end, whether the hub's last alert says rolled back)."""
-    return (V2, False) if scenario == "upgrade" else (V1, True)
+    return (V2, False) if is_upgrade(scenario) else (V1, True)
 
 
 def phase_at(marks: list[tuple[str, int]], scenario: str) -> str:
     """The protocol phase, given the events seen so far in this iteration."""
     names = [m[0] for m in marks]
     if "alert" in names or any(n == "hello-%x" % V2 for n in names):
-        return "confirm" if scenario == "upgrade" else "rollback"
+        return "confirm" if is_upgrade(scenario) else "rollback"
     if "reset" in names:
         return "trial"
     if any(n.startswith("upgrade-end-0") for n in names):
@@ -546,7 +562,7 @@ class Reference:
                 if ph == "activation":
                     ph = "trial"
             elif name in ("hello-%x" % V2, "alert") and ph in ("trial", "activation"):
-                ph = "confirm" if self.scenario == "upgrade" else "rollback"
+                ph = "confirm" if is_upgrade(self.scenario) else "rollback"
         return ph
 
     def metadata_writes(self, kind: str) -> list[int]:
