@@ -79,7 +79,17 @@ class Download:
         self.page_end = 0  # with Image Page Requests: blocks are awaited below this offset
 
     def resume(self, saved, banks):
-        # continue from a resume record: rebuild the hashes from what the bank holds
+        # continue from a resume record; one that does not fit (a torn or foreign record)
+        # starts the transfer over rather than stopping the client
+        try:
+            self._resume(saved, banks)
+        except MemoryError:
+            raise
+        except Exception:
+            self.start(self.id, self.size)
+
+    def _resume(self, saved, banks):
+        # rebuild the hashes from what the bank holds
         head = bytes.fromhex(saved["head"])
         s = self.stream
         s.feed(head)

@@ -235,3 +235,43 @@ def test_read_base_refuses_a_delta_file(tmp_path, key):
     assert e.value.reason == "delta-base"
     p.write_bytes(_build(key, "zlib"))
     assert images.read_base(p) == TARGET
+
+
+def test_the_hub_takes_encoded_files_and_refuses_a_flipped_segment(tmp_path, key):
+    """hub.requests.check_image_file: a compressed or delta file's descriptor hash is the
+    target's, not the body's, so it is not compared with the body; the chain still is."""
+    from hanota.hub import HubDB
+    from hanota.hub.requests import check_image_file
+
+    db = HubDB.open(tmp_path / "hub.db")
+    for enc, base in (("zlib", None), ("delta", BASE)):
+        p = tmp_path / (enc + ".ota")
+        data = _build(key, enc, base)
+        p.write_bytes(data)
+        check_image_file(db, p, [raw_pub(key)])
+        s = otafile.parse_stream(data)
+        start = next(off for tag, _, off in s.elements if tag == 0) + 6
+        bad = bytearray(data)
+        bad[start + otafile.SEG_HEADER_LEN + 1] ^= 4
+        p.write_bytes(bytes(bad))
+        with pytest.raises(ImageFormatError) as e:
+            check_image_file(db, p, [raw_pub(key)])
+        assert e.value.reason == "bad-segment"
+
+
+def test_a_resume_record_that_does_not_fit_starts_over():
+    """Download.resume with a record whose segment offset lies outside the file: the
+    transfer starts again from 0 instead of stopping the client."""
+    from hanfw.download import Download
+
+    class Banks:
+        kind = "app"
+
+        def writer(self, start):
+            raise AssertionError("no bank write for a bad record")
+
+    d = Download()
+    d.start((0x1234, 0x85, 2), 5000)
+    d.resume({"id": [0x1234, 0x85, 2], "size": 5000, "head": "00", "poff": 200, "dur": 0,
+              "seg": [999999, "00" * 32, 0, 0]}, Banks())
+    assert d.offset == 0 and not d.body and d.stream is not None and d.dec is None
