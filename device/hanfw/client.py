@@ -126,6 +126,9 @@ class OtaClient:
                 else:
                     clock.due = None
                     self.activate_now()
+            elif n == "gbcs":  # a future-dated GBCS CS06 (hanfw.activation)
+                from hanfw import activation
+                activation.on_timer(self)
 
     def poll(self, timeout_ms):
         # Out of heap anywhere in here (a fragmented heap on a 64 KiB board) must not stop
@@ -211,6 +214,8 @@ class OtaClient:
             # holding a verified image after a reset: tell the hub again (Upgrade End),
             # which answers when to activate it (or to wait for an Activate Image)
             self._at("end", 2000)
+        if self.state.get("fdact"):
+            self._at("gbcs", 2000)  # a future-dated GBCS activation still waits for its time
 
     def _join(self):
         service = self.role.join_service
@@ -356,6 +361,9 @@ class OtaClient:
                 self._end_response(zcl.parse_upgrade_end_response(buf, off), tsn, fc)
             elif cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
                 self._activate_command(zcl.parse_activate_image(buf, off), tsn, mfr)
+            elif cmd == zcl.CMD_GBCS and mfr is not None:
+                from hanfw import activation  # loaded with the first GBCS command only
+                activation.on_command(self, bytes(buf[off:]), tsn, mfr)
             elif not fc & zcl.FC_DISABLE_DEFAULT_RESPONSE:
                 self._default_response(tsn, cmd, zcl.UNSUP_CLUSTER_COMMAND)
         except zcl.ZclError as e:
@@ -685,6 +693,10 @@ class OtaClient:
         held = self.state.get("held")
         if self.role.activation != "command":
             self._default_response(tsn, zcl.CMD_ACTIVATE_IMAGE, zcl.UNSUP_MANUF_CLUSTER_COMMAND)
+            return
+        if getattr(self.cfg, "gbcs", None):
+            # commissioned with a Supplier: only a Supplier-signed GBCS CS06 activates
+            self._default_response(tsn, zcl.CMD_ACTIVATE_IMAGE, zcl.NOT_AUTHORIZED)
             return
         if held:
             if bytes.fromhex(held["hash"]) != bytes(a.image_hash):

@@ -26,6 +26,12 @@
 #        rolled_back u8    1 if the new image was rejected and the previous one runs, else 0
 #        reason u8         ALERT_*; codes this side does not know are passed through
 #        activation_time u32  UTC seconds since 2000-01-01
+#   0xF3 GBCS Command, hub -> device: the GBCS message bytes as the DCC sent them (MAC header,
+#        general-signing APDU, signature, MAC); a commissioned HCALCS takes CS06 (and CS08)
+#        this way only, and refuses 0xF0 (NOT_AUTHORIZED)
+#   0xF4 GBCS Response, device -> hub: reason u8 (0 none, else 1 + its index in
+#        hanfw.activation.REFUSALS) || the GBCS response or alert (CS06 response, accepted
+#        NULL, 8F66/8F67 alert; empty when the command did not decode)
 try:
     from micropython import const
 except ImportError:
@@ -64,6 +70,8 @@ CMD_QUERY_SPECIFIC_FILE_RESPONSE = const(0x09)      # s2c
 CMD_ACTIVATE_IMAGE = const(0xF0)                    # s2c, manufacturer-specific
 CMD_ACTIVATE_IMAGE_RESPONSE = const(0xF1)           # c2s, manufacturer-specific
 CMD_ACTIVATION_ALERT = const(0xF2)                  # c2s, manufacturer-specific
+CMD_GBCS = const(0xF3)                              # s2c, manufacturer-specific
+CMD_GBCS_RESPONSE = const(0xF4)                     # c2s, manufacturer-specific
 
 # ZCL global commands
 GLOBAL_READ_ATTRIBUTES = const(0x00)

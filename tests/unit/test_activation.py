@@ -8,47 +8,17 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from hanfw import activation, config, gbcs, p256
+from hanfw import activation, config, gbcs
 from hanfw.state import State
-
-CURVE = ec.SECP256R1()
-H = bytes.fromhex
-SUP, OTHER, ACB, DEV = 0x51_1111, 0x52_2222, 0xACB_2222, 0xDE7_3333
-SUP_EUI, DEV_EUI = H("90B3D51F30010000"), H("00DB1234567890A5")
-IMG = hashlib.sha256(b"the held image").digest()
-
-
-def public(d: int) -> bytes:
-    return ec.derive_private_key(d, CURVE).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-
-
-def sign(d: int, data: bytes) -> bytes:
-    r, s = utils.decode_dss_signature(
-        ec.derive_private_key(d, CURVE).sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def cs06(counter, at=None, recipient=DEV_EUI, code=None, key=SUP, image=IMG, originator=SUP_EUI,
-         acb=ACB) -> bytes:
-    z = p256.ecdh(acb.to_bytes(32, "big"), public(DEV))
-    m = gbcs.cs06_command(counter, originator, recipient, image, at)
-    if code is not None:
-        m.message_code = code
-    m.signature = sign(key, m.signed_bytes())
-    m.mac = gbcs.compute_mac(z, m)
-    return m.encode()
+from support.gbcskit import DEV_EUI, IMG, OTHER, SUP, SUP_EUI, H, commissioning, cs06, public
 
 
 def device_config(commissioned=True):
     d = {"eui64": DEV_EUI.hex(), "role": "hcalcs", "manufacturer": 0x1234, "hw_version": 0x100,
          "keys": [public(SUP).hex()], "install_code": "00" * 18}
     if commissioned:
-        d["gbcs"] = {"supplier_ds": public(SUP).hex(), "supplier_id": SUP_EUI.hex(),
-                     "acb_ka": public(ACB).hex(), "ka_priv": "%064x" % DEV}
+        d["gbcs"] = commissioning()
     return config.from_dict(d)
 
 
