@@ -68,7 +68,10 @@ class Postgres:
 
     def __init__(self) -> None:
         try:
-            import pgserver  # noqa: F401
+            import warnings
+            with warnings.catch_warnings():  # platformdirs on XDG_RUNTIME_DIR, at import
+                warnings.simplefilter("ignore")
+                import pgserver  # noqa: F401
             from pgserver._commands import POSTGRES_BIN_PATH
         except ImportError as e:
             raise ServerUnavailable("the pgserver package is not installed (%s)" % e) from None

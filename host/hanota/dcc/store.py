@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import HanotaError
+from . import dialect
 
 SCHEMA_VERSION = 1
 
@@ -296,10 +297,15 @@ class DccStore:
 
     def __init__(self, path: str | os.PathLike | None = None, *,
                  clock: Callable[[], float] = time.time):
-        p = Path(path) if path is not None else default_db_path()
-        self.path = str(p)
         self.clock = clock
         self._depth = 0
+        if dialect.is_postgres(path):
+            self._open_postgres(str(path))
+            return
+        self.postgres = False
+        self.integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+        p = Path(path) if path is not None else default_db_path()
+        self.path = str(p)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None,
@@ -317,6 +323,54 @@ class DccStore:
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise DccStoreError("%s is not a usable DCC database: %s" % (p, e)) from None
+
+    def _open_postgres(self, uri: str) -> None:
+        """The same store on PostgreSQL (dialect.py says what differs)."""
+        try:
+            import psycopg
+        except ImportError:
+            raise DccStoreError("--db %s needs psycopg (pip install 'psycopg[binary]')"
+                                % dialect.redact(uri)) from None
+        self.postgres = True
+        self.uri = uri
+        self.path = dialect.redact(uri)
+        self.integrity_errors = (psycopg.IntegrityError,)
+        self._pg_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        try:
+            self.conn = dialect.PgConnection(uri)
+            self._migrate_postgres()
+        except psycopg.Error as e:
+            raise DccStoreError("cannot use DCC database %s: %s" % (self.path, e)) from None
+
+    def _reconnect(self) -> None:
+        """A PostgreSQL connection lost (the server restarted): open a new one."""
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
+        self.conn = dialect.PgConnection(self.uri)
+
+    def _migrate_postgres(self) -> None:
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            c.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
+            row = c.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+            if row[0]:
+                v = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if v is not None and int(v[0]) != SCHEMA_VERSION:
+                    raise DccStoreError("%s has DCC schema %s; this hanota knows %d"
+                                        % (self.path, v[0], SCHEMA_VERSION), reason="db-schema")
+            if not row[0] or v is None:
+                for stmt in _split_sql(dialect.pg_schema(_SCHEMA)):
+                    c.execute_raw(stmt)
+                c.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT DO NOTHING",
+                          (str(SCHEMA_VERSION),))
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -353,8 +407,9 @@ class DccStore:
     # -- plumbing
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE); nested uses join the outer one."""
+    def tx(self) -> Iterator[Any]:
+        """A write transaction, one writer at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+        BEGIN and the write advisory lock); nested uses join the outer one."""
         if self._depth:
             self._depth += 1
             try:
@@ -362,33 +417,69 @@ class DccStore:
             finally:
                 self._depth -= 1
             return
+        errors = self._pg_errors if self.postgres else (sqlite3.Error,)
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
+            self._begin()
+        except errors as e:
             raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
         self._depth = 1
         try:
             yield self.conn
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         self._depth = 0
         try:
             self.conn.execute("COMMIT")
-        except sqlite3.Error as e:
+        except errors as e:
+            self._rollback()
+            raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
+
+    def _begin(self) -> None:
+        if not self.postgres:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        if self.conn.broken:
+            self._reconnect()
+        try:
+            self.conn.execute("BEGIN")
+        except self._pg_errors:  # the server restarted since: one new connection
+            self._reconnect()
+            self.conn.execute("BEGIN")
+        self.conn.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
+
+    def _rollback(self) -> None:
+        try:
             self.conn.execute("ROLLBACK")
-            raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
+        except Exception:  # noqa: BLE001 - a lost connection rolled back by itself
+            if not self.postgres:
+                raise
 
-    def all(self, sql: str, args: tuple | dict = ()) -> list[sqlite3.Row]:
-        try:
-            return self.conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as e:
-            raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
+    def all(self, sql: str, args: tuple | dict = ()) -> list[Any]:
+        return self._read(sql, args, False)
 
-    def one(self, sql: str, args: tuple | dict = ()) -> sqlite3.Row | None:
+    def one(self, sql: str, args: tuple | dict = ()) -> Any:
+        return self._read(sql, args, True)
+
+    def _read(self, sql: str, args: tuple | dict, one: bool) -> Any:
+        if self.postgres:
+            if self.conn.broken and not self._depth:
+                self._reconnect()
+            try:
+                cur = self.conn.execute(sql, args)
+            except self._pg_errors as e:
+                if self._depth:
+                    raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
+                try:  # outside a transaction a read may go again on a new connection
+                    self._reconnect()
+                    cur = self.conn.execute(sql, args)
+                except self._pg_errors as e2:
+                    raise DccStoreError("DCC database %s: %s" % (self.path, e2)) from None
+            return cur.fetchone() if one else cur.fetchall()
         try:
-            return self.conn.execute(sql, args).fetchone()
+            cur = self.conn.execute(sql, args)
+            return cur.fetchone() if one else cur.fetchall()
         except sqlite3.OperationalError as e:
             raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
 
@@ -735,6 +826,25 @@ class DccStore:
                                                     json.dumps(body, sort_keys=True),
                                                     self.clock()))
             return cur.rowcount == 1
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a schema script; a PL/pgSQL body between $$ marks stays whole."""
+    out: list[str] = []
+    cur = ""
+    for i, part in enumerate(script.split("$$")):
+        if i % 2:  # inside a body
+            cur += "$$" + part + "$$"
+            continue
+        pieces = part.split(";")
+        cur += pieces[0]
+        for piece in pieces[1:]:
+            if cur.strip():
+                out.append(cur)
+            cur = piece
+    if cur.strip():
+        out.append(cur)
+    return out
 
 
 def _found(row: dict[str, Any] | None) -> dict[str, Any]:
