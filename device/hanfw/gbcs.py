@@ -584,6 +584,14 @@ def _eq(a, b):
     return d == 0
 
 
+def sign_message(m, priv):
+    """Sign m (its fields: the APDU after DF through the payload) with a 32-byte private key,
+    RFC 6979 deterministic ECDSA: how a device signs its responses and alerts."""
+    from hanfw import p256
+    m.signature = p256.sign(priv, hashlib.sha256(m.signed_bytes()).digest())
+    return m
+
+
 def check_signature(m, pub, received=False):
     """GbcsError 'unsigned' or 'bad-signature' unless the Supplier's key pub (65-byte point)
     signed m: over its fields, or (received=True, a decoded message) the bytes received."""

@@ -248,3 +248,47 @@ def ecdh(priv, pub):
     if r is None:
         raise ValueError("shared point is infinity")
     return r[0].to_bytes(32, "big")
+
+
+# HMAC-SHA256 (RFC 2104) from hashlib alone: not every port has the hmac module.
+def _hmac(key, data):
+    k = key + bytes(64 - len(key))
+    h = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+    h.update(data)
+    o = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    o.update(h.digest())
+    return o.digest()
+
+
+# ECDSA signature (64 bytes r || s) of a 32-byte digest with a 32-byte private key, the
+# nonce derived deterministically from both (RFC 6979 with HMAC-SHA256), so a device with a
+# weak random source never reuses or leaks a nonce, and the same input gives the same
+# signature as any RFC 6979 signer. For a device's GBCS responses and alerts. Not constant
+# time (see _mul). ValueError for a key out of range or a digest that is not 32 bytes.
+def sign(priv, digest):
+    d = _scalar(priv)
+    digest = _as_bytes(digest, _DIGEST_LEN)
+    if digest is None:
+        raise ValueError("digest must be 32 bytes")
+    z = int.from_bytes(digest, "big")
+    x = d.to_bytes(32, "big")
+    h1 = (z % N).to_bytes(32, "big")
+    v = b"\x01" * 32
+    k = bytes(32)
+    k = _hmac(k, v + b"\x00" + x + h1)
+    v = _hmac(k, v)
+    k = _hmac(k, v + b"\x01" + x + h1)
+    v = _hmac(k, v)
+    while True:
+        v = _hmac(k, v)
+        n = int.from_bytes(v, "big")
+        if 0 < n < N:
+            pt = _mul(n, GX, GY)
+            if pt is not None:
+                r = pt[0] % N
+                if r:
+                    s = pow(n, N - 2, N) * (z + r * d) % N
+                    if s:
+                        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        k = _hmac(k, v + b"\x00")
+        v = _hmac(k, v)

@@ -105,6 +105,8 @@ def cases():
                     "%s %s %s" % (d["kdf_other_info"], d["mac_key"], d["mac"])))
         out.append(({"op": "sig", "msg": d["command"],
                      "pub": "04" + SRC["supplier_a"]["ds_public_key"]}, "ok"))
+        out.append(({"op": "sign", "msg": d["precommand"],
+                     "priv": SRC["supplier_a"]["ds_private_key"]}, d["signature"]))
     for key, iv, aad, pt in gcm_cases:
         want = AESGCM(key).encrypt(iv, pt, aad)
         out.append(({"op": "gcm", "key": key.hex(), "iv": iv.hex(), "aad": aad.hex(),

@@ -87,6 +87,26 @@ def test_gcm_nist_example_and_agreement_with_cryptography():
             assert gcm.Gcm(key).gmac(iv, (aad[:cut], aad[cut:])) == want
 
 
+def test_sign_is_rfc6979_the_derived_signatures_and_cryptography_agree():
+    d = H(SUPPLIER_A["ds_private_key"])
+    for name in ("cs06_immediate", "cs06_future_dated", "cs06_cancellation"):
+        m = gbcs.decode(H(DER[name]["precommand"]))
+        assert gbcs.sign_message(m, d).signature == H(DER[name]["signature"])
+    image_hash = H(DER["manufacturer_image_hash_sha256"])
+    assert p256.sign(d, image_hash) == H(DER["supplier_signature_over_manufacturer_image"])
+    rng = random.Random(7)
+    det = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
+    for _ in range(10):
+        k, digest = rng.randrange(1, p256.N), rng.randbytes(32)
+        r, s = utils.decode_dss_signature(ec.derive_private_key(k, CURVE).sign(digest, det))
+        sig = p256.sign(k.to_bytes(32, "big"), digest)
+        assert sig == r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        assert p256.verify(public(k), digest, sig)
+    for priv, digest in ((bytes(32), bytes(32)), (b"\x01" * 32, bytes(31))):
+        with pytest.raises(ValueError):
+            p256.sign(priv, digest)
+
+
 def test_ecs04b_every_intermediate_value():
     e = EXP["ecs04b"]
     m = gbcs.decode(H(SRC["ecs04b_command"]["hex"]))

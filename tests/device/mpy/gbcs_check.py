@@ -67,6 +67,9 @@ def run(i, c):
         z = h(c["z"])
         mac = timed("gmac", gbcs.compute_mac, z, m, m.raw[m.apdu_start:m.sig_end])
         return "%s %s %s" % (x(gbcs.kdf_other_info(m)), x(gbcs.mac_key(z, m)), x(mac))
+    if op == "sign":  # -> the RFC 6979 signature of a pre-command's signed bytes
+        m = gbcs.decode(h(c["msg"]))
+        return x(timed("ecdsa-sign", gbcs.sign_message, m, h(c["priv"])).signature)
     if op == "sig":  # -> ok / reason
         m = gbcs.decode(h(c["msg"]))
         return timed("ecdsa", reason_of, gbcs.check_signature, m, h(c["pub"]), True)
