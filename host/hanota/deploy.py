@@ -139,18 +139,21 @@ class _AmpySession(_Session):
         self.pb.close()
 
 
+# The bank goes over in pieces of BANK_PIECE bytes, one exec each: a 4 KiB piece (5.5 KiB
+# of base64 in the script, and the REPL's copy of the script) did not fit a 64 KiB nRF
+# heap in pieces. A page is erased with its first piece; the others are offset writes,
+# which do not erase (nrf.Flash). Pieces are padded with 0xFF to whole words for the chip.
+BANK_PIECE = 2048
+
+
 def _bank_write_code() -> str:
-    # small-heap friendly: collect first, one 4 KiB buffer, no temporary 4 KiB bytes
+    # small-heap friendly: collect first, nothing bigger than one piece
     return ("import binascii, gc\n"
             "gc.collect()\n"
-            "def _w(fl, n, b64):\n"
-            "    b = binascii.a2b_base64(b64)\n"
-            "    buf = bytearray(4096)\n"
-            "    buf[:len(b)] = b\n"
-            "    for i in range(len(b), 4096):\n"
-            "        buf[i] = 255\n"
-            "    b = None\n"
-            "    fl.writeblocks(n, buf)\n")
+            "def _w(fl, n, off, b64):\n"
+            "    if not off:\n"
+            "        fl.ioctl(6, n)\n"
+            "    fl.writeblocks(n, binascii.a2b_base64(b64), off)\n")
 
 
 def deploy(port: str, board: str, role: str, keys: list[str | os.PathLike], *,
@@ -255,9 +258,11 @@ def _write_app_bank(sess, spec, romfs: bytes, version: int) -> dict:
     ctl = spec.region("bootctl")
     # each chunk carries its own setup: ampy soft-resets the board before every exec
     setup = _bank_write_code() + "import nrf\n_fl = nrf.Flash(start=%d, len=%d)\n" % (bank.offset, bank.size)
-    for n in range(0, (len(romfs) + 4095) // 4096):
-        chunk = base64.b64encode(romfs[n * 4096:(n + 1) * 4096]).decode()
-        sess.exec(setup + "_w(_fl, %d, '%s')" % (n, chunk))
+    for at in range(0, len(romfs), BANK_PIECE):
+        piece = romfs[at:at + BANK_PIECE]
+        piece += b"\xff" * (-len(piece) % 4)
+        chunk = base64.b64encode(piece).decode()
+        sess.exec(setup + "_w(_fl, %d, %d, '%s')" % (at // 4096, at % 4096, chunk))
     digest = hashlib.sha256(romfs).hexdigest()
     check = ("import hashlib, binascii, nrf\n"
              "fl = nrf.Flash(start=%d, len=%d)\nh = hashlib.sha256()\nbuf = bytearray(4096)\n"

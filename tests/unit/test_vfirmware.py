@@ -198,7 +198,7 @@ def test_device_command(tmp_path, app, romfs):
     firmware.install_firmware(ESP, path, app)
     argv, env = layout.device_command(ESP, path, run_main=False, reset_cause="hard",
                                       eui64="00-0d-6f-00-00-00-00-01", env={})
-    heap = 128 * 1024 + layout.RT_HEAP + len(romfs)
+    heap = 128 * 1024 + layout.RT_HEAP["esp32"] + len(romfs)
     assert argv[1:] == ["-X", "heapsize=%d" % (-(-heap // 1024) * 1024), "-i",
                         str(layout.RT_DIR / "esp32boot.py")]
     assert env["MICROPYPATH"] == str(layout.RT_DIR)
@@ -207,7 +207,7 @@ def test_device_command(tmp_path, app, romfs):
     assert env["HANOTA_VB_RESET_FILE"] == str(path) + ".reset"
     layout.create_flash(NRF, tmp_path / "n.bin")
     argv, env = layout.device_command(NRF, tmp_path / "n.bin", env={}, heap="64K")
-    assert argv[-1].endswith("nrfboot.py") and argv[2] == "heapsize=%d" % (64 * 1024 + layout.RT_HEAP)
+    assert argv[-1].endswith("nrfboot.py") and argv[2] == "heapsize=%d" % (64 * 1024 + layout.RT_HEAP["nrf52840"])
     assert env["HANOTA_VB_NRF_FS"] == "%d,%d" % (0xB4000, 0x40000)  # stock XIAO layout (docs/ports.md)
 
 

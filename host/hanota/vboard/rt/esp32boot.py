@@ -306,9 +306,14 @@ def main():
     if booted is None:
         hang()
     table, entry, info = booted
+    import gc
     esp32.attach(flash, table)
     romfs = romfs_image(flash, entry, info)
+    gc.collect()
+    own = gc.mem_alloc()
     mount_filesystems(flash, romfs)
+    gc.collect()
+    own = gc.mem_alloc() - own  # the mounted filesystems: a real board's heap holds them too
     os.chdir("/")
     sys.path.clear()
     sys.path.extend(SYS_PATH)
@@ -316,7 +321,7 @@ def main():
     if port:  # from here on, the real port's modules and identity
         import json
         vport.apply(json.loads(port))
-    import gc
+    vbrun.heap_report(len(romfs) if romfs is not None else 0, own)
     gc.collect()
 
 

@@ -53,15 +53,20 @@ def mount_flash():
 
 
 def main():
+    import gc
     nrf.attach(vflash.NorFlash(os.getenv("HANOTA_VB_FLASH"), os.getenv("HANOTA_VB_CTL") or None))
+    gc.collect()
+    own = gc.mem_alloc()
     mount_flash()
+    gc.collect()
+    own = gc.mem_alloc() - own  # the mounted filesystem: a real board's heap holds it too
     sys.path.clear()
     sys.path.extend(SYS_PATH)
     port = os.getenv("HANOTA_VB_PORT")
     if port:  # from here on, the real port's modules and identity
         import json
         vport.apply(json.loads(port))
-    import gc
+    vbrun.heap_report(0, own)
     gc.collect()
 
 

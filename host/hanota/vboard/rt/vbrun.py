@@ -36,6 +36,19 @@ def pyexec_file(name, g):
         sys.print_exception(e)
 
 
+def heap_report(romfs, own):
+    """With env HANOTA_VB_HEAP_REPORT=1, print what the board process holds when the
+    emulation has booted: ``vboard heap: held H romfs R own O`` (bytes, after a collection;
+    R: the ROMFS copy, O: what a real board's heap holds too, the mounted filesystems).
+    H - R - O - the bare interpreter's share is the emulation's, which the launcher adds
+    to the board's heap (layout.RT_HEAP); tests/device/test_vboard_heap.py checks it."""
+    if os.getenv("HANOTA_VB_HEAP_REPORT") != "1":
+        return
+    import gc
+    gc.collect()
+    print("vboard heap: held %d romfs %d own %d" % (gc.mem_alloc(), romfs, own))
+
+
 def start(g):
     """Clean g (keeping __name__) and run boot.py / main.py in it."""
     for k in list(g):
