@@ -6,7 +6,9 @@
   message, or over an image's Manufacturer Image) and, given the two key-agreement keys, the
   GBCS MAC. The certificate only gives the public key, as on a device: no validity dates are
   checked (the DCC Boxed test certificates expired in 2025/26 and still verify);
-- `build cs06 ...`: a Supplier-signed CS06 Activate Firmware, MAC'd when KA keys are given.
+- `build cs06 ...`: a Supplier-signed CS06 Activate Firmware, MAC'd when KA keys are given;
+- `sign FILE --key KEY`: a User signs a pre-command (either form); `mac FILE --ka-cert
+  --ka-key`: the DCC wraps a signed pre-command in the MAC header.
 
 The codec is the device's own (hanfw.gbcs), so what the host writes is what a device reads.
 """
@@ -350,21 +352,73 @@ def build_cs06(image_hash: str, counter: int, recipient: bytes, at: str | None, 
     priv = load_private_key(key)
     z = _mac_secret(ka_cert, ka_key)
     m = gbcs.cs06_command(counter, originator, recipient, h, parse_at(at))
-    r, s = utils.decode_dss_signature(priv.sign(m.signed_bytes(), ec.ECDSA(hashes.SHA256())))
-    m.signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    if z is None:
-        m.mac_header = False
-    else:
+    _finish(m, priv, z, output, binary)
+
+
+def _finish(m: gbcs.Message, priv: ec.EllipticCurvePrivateKey | None, z: bytes | None,
+            output: str | None, binary: bool) -> None:
+    """Sign m (when a key is given), MAC it (when z is: else no MAC header) and write it."""
+    if priv is not None:
+        r, s = utils.decode_dss_signature(priv.sign(m.signed_bytes(),
+                                                    ec.ECDSA(hashes.SHA256())))
+        m.signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    m.mac_header = z is not None
+    if z is not None:
         m.mac = gbcs.compute_mac(z, m)
     data = m.encode()
     out = data if binary else (data.hex().upper() + "\n").encode()
     if output:
         Path(output).write_bytes(out)
-        click.echo("wrote %s: CS06 counter %d to %s, %d bytes%s" % (
-            output, counter, recipient.hex().upper(), len(data),
-            ", MAC'd" if z is not None else " (signed pre-command, no MAC header)"), err=True)
+        click.echo("wrote %s: %s counter %d to %s, %d bytes%s" % (
+            output, m.describe(), m.counter, m.recipient.hex().upper(), len(data),
+            ", MAC'd" if z is not None else " (no MAC header)"), err=True)
     else:
         sys.stdout.buffer.write(out)
+
+
+def _message(file: str) -> gbcs.Message:
+    obj = decode_any(read_input(file))
+    if not isinstance(obj, gbcs.Message):
+        raise GbcsFileError("%s is an OTA file, not a GBCS message" % file)
+    return obj
+
+
+@gbcs_group.command("sign")
+@click.argument("file")
+@click.option("--key", required=True, metavar="KEY",
+              help="The signer's digital-signature private key (PEM): the Supplier's.")
+@click.option("--ka-cert", metavar="CERT", help="The device's key-agreement certificate.")
+@click.option("--ka-key", metavar="KEY", help="The ACB's key-agreement private key (PEM).")
+@click.option("-o", "--output", metavar="OUT", help="Write here (default: stdout).")
+@click.option("--binary", is_flag=True, help="Write bytes rather than hex text.")
+@domain_errors
+def sign_cmd(file: str, key: str, ka_cert: str | None, ka_key: str | None,
+             output: str | None, binary: bool) -> None:
+    """Sign a pre-command (DUIS's signed pre-command flow: the DCC returns it, the User
+    signs it). Both forms are read: without a signature-length byte (RTDS, DCC Boxed before
+    1.4.1) and with a trailing 00 (Green Book); any signature or MAC it had is replaced.
+    With --ka-cert/--ka-key the result is also MAC'd, as the DCC sends it."""
+    _finish(_message(file), load_private_key(key), _mac_secret(ka_cert, ka_key), output,
+            binary)
+
+
+@gbcs_group.command("mac")
+@click.argument("file")
+@click.option("--ka-cert", required=True, metavar="CERT",
+              help="The other party's key-agreement certificate (the device's).")
+@click.option("--ka-key", required=True, metavar="KEY",
+              help="A key-agreement private key (PEM): the ACB's.")
+@click.option("-o", "--output", metavar="OUT", help="Write here (default: stdout).")
+@click.option("--binary", is_flag=True, help="Write bytes rather than hex text.")
+@domain_errors
+def mac_cmd(file: str, ka_cert: str, ka_key: str, output: str | None, binary: bool) -> None:
+    """Wrap a signed pre-command (or any GBCS message) in the MAC header with its MAC, as
+    the DCC does before it sends a command; a message with no signature field gets the
+    00 length byte (unsigned)."""
+    m = _message(file)
+    if m.signature is None:
+        m.signature = b""
+    _finish(m, None, _mac_secret(ka_cert, ka_key), output, binary)
 
 
 def register(main: click.Group) -> None:

@@ -138,6 +138,27 @@ def test_verify_refusals_name_their_reason(tmp_path, keys):
     assert r.exit_code == 2 and "not a date-time" in r.output
 
 
+def test_precommand_signed_by_the_user_then_maced_by_the_dcc(tmp_path, keys):
+    d = V["derived_examples"]["cs06_future_dated"]
+    for form, pre in (("rtds", d["precommand"]), ("green-book", d["precommand"] + "00")):
+        f = tmp_path / ("pre-%s.hex" % form)
+        f.write_text(pre)
+        signed = tmp_path / ("signed-%s.hex" % form)
+        run("gbcs", "sign", f, "--key", keys["sup_key"], "-o", signed, ok=0)
+        m = gbcs.decode(bytes.fromhex(signed.read_text()))
+        assert not m.mac_header and len(m.signature) == 64
+        assert m.precommand() == bytes.fromhex(d["precommand"])
+        run("gbcs", "verify", signed, "--cert", keys["sup_cert"], ok=0)
+        wrapped = tmp_path / ("cmd-%s.bin" % form)
+        run("gbcs", "mac", signed, "--ka-cert", keys["dev_ka_cert"], "--ka-key",
+            keys["acb_ka_key"], "--binary", "-o", wrapped, ok=0)
+        run("gbcs", "verify", wrapped, "--cert", keys["sup_cert"], "--ka-cert",
+            keys["acb_ka_cert"], "--ka-key", keys["dev_ka_key"], ok=0)
+        assert gbcs.decode(wrapped.read_bytes()).signature == m.signature
+    r = run("gbcs", "sign", tmp_path / "cmd-rtds.bin", "--key", keys["other_cert"])
+    assert r.exit_code == 2 and "private key" in r.output
+
+
 def test_derived_ota_file_decodes_and_verifies(tmp_path):
     d = V["derived_examples"]
     f = tmp_path / "image.zigbee"
@@ -185,6 +206,13 @@ def test_rtds_cs06_commands_and_the_11_1_image_verify_with_dcc_boxed_keys(tmp_pa
     for f in commands:
         run("gbcs", "verify", f, "--cert", cert, "--ka-cert", dev, "--ka-key", acb, ok=0)
         assert "bad-signature" in run("gbcs", "verify", f, "--cert", wrong, ok=1).output
+        # the DCC's step: the RTDS signed pre-command wrapped in the MAC header gives the RTDS
+        # command byte for byte
+        signed = tmp_path / "signed.hex"
+        signed.write_text(gbcs.decode(bytes.fromhex(f.read_text().strip())).apdu().hex())
+        out = tmp_path / "wrapped.hex"
+        run("gbcs", "mac", signed, "--ka-cert", dev, "--ka-key", acb, "-o", out, ok=0)
+        assert out.read_text().strip() == f.read_text().strip().upper()
     xml = gpl_path("duis-templates", "templates", "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML").read_text()
     image = tmp_path / "11.1.zigbee"
     image.write_bytes(base64.b64decode(re.search(r"<sr:FirmwareImage>([^<]+)<", xml).group(1)))
