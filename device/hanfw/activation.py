@@ -21,10 +21,11 @@
 # Module functions and one module global (the Verifier, whose ECDH secret is worth keeping):
 # the OTA client's instance dict is full (29 slots), so nothing here is a client attribute.
 
-from hanfw import gbcs, clock, zcl
+from hanfw import gbcs, clock
 
-CMD_GBCS = zcl.CMD_GBCS  # hub -> device: a GBCS command
-CMD_GBCS_RESPONSE = zcl.CMD_GBCS_RESPONSE  # device -> hub: reason u8 || GBCS response or alert
+# hanfw.zcl's CMD_GBCS (0xF3, hub -> device: a GBCS command) and CMD_GBCS_RESPONSE (0xF4,
+# device -> hub: reason u8 || GBCS response or alert); zcl itself is imported only by the
+# client's hooks below, where the client has it loaded already
 
 # Why a command was refused (the 0xF4 reason byte is 1 + the index): gbcs.REASONS, then the
 # device's own.
@@ -175,8 +176,9 @@ def due_alert(cfg, state, banks, running_version):
 
 
 def _answer(client, reason, msg, tsn, mfr):
+    from hanfw import zcl
     body = bytes((reason_code(reason),)) + (msg.encode() if msg is not None else b"")
-    client._zsend(0x11 | zcl.FC_MANUFACTURER, CMD_GBCS_RESPONSE, body, tsn, mfr)
+    client._zsend(0x11 | zcl.FC_MANUFACTURER, zcl.CMD_GBCS_RESPONSE, body, tsn, mfr)
 
 
 def on_command(client, data, tsn, mfr):
@@ -191,6 +193,7 @@ def on_command(client, data, tsn, mfr):
         client.log("gbcs: refused: %s" % reason)
     _answer(client, reason, msg, tsn, mfr)
     if action == "activate":
+        from hanfw import zcl
         clock.due = None
         client.status = zcl.UPGRADE_COUNT_DOWN
         client._cancel("end")
@@ -215,6 +218,7 @@ def on_timer(client):
     alert, go = due_alert(client.cfg, client.state, client.banks, client.running_version())
     _answer(client, None if go else "activation-failure", alert, None, client.cfg.manufacturer)
     if go:
+        from hanfw import zcl
         clock.due = None
         client.status = zcl.UPGRADE_COUNT_DOWN
         client._cancel("end")

@@ -4,6 +4,7 @@ signed and MAC'd with `cryptography`/hanfw.p256 as the Supplier and the DCC do."
 from __future__ import annotations
 
 import hashlib
+import json
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -45,3 +46,23 @@ def commissioning(sup=SUP, sup_eui=SUP_EUI, acb=ACB, dev=DEV) -> dict:
     """The device configuration's "gbcs" block for these keys."""
     return {"supplier_ds": public(sup).hex(), "supplier_id": sup_eui.hex(),
             "acb_ka": public(acb).hex(), "ka_priv": "%064x" % dev}
+
+
+def run_activation_check(tmp_path, cases, heapsize=None, on_host=False):
+    """Run tests/device/mpy/activation_check.py over `cases` (its ops: run, sweep) with a
+    commissioned HCALCS holding IMG; ([answer fields of each case], [heap kept per "run"])."""
+    from support.mpy import MPY_TESTS, run_mpy_ok
+    held = {"bank": 1, "version": 0x20, "length": 1000, "secver": 0, "hash": IMG.hex()}
+    config = {"eui64": DEV_EUI.hex(), "role": "hcalcs", "manufacturer": 0x1234,
+              "hw_version": 0x100, "keys": [public(SUP).hex()], "install_code": "00" * 18,
+              "gbcs": commissioning()}
+    path = tmp_path / "cases.json"
+    head = {"config": config, "held": held, "hash": IMG.hex()}
+    if on_host:
+        head["state"] = str(tmp_path / "ota.json")
+    path.write_text(json.dumps(head) + "\n" + "".join(json.dumps(c) + "\n" for c in cases))
+    out = run_mpy_ok(MPY_TESTS / "activation_check.py", str(path), heapsize=heapsize,
+                     timeout=300).splitlines()
+    assert out[-1] == "done %d" % len(cases), out[-5:]
+    return [ln.split()[2:] for ln in out if ln.startswith("R ")], \
+        [int(ln.split()[2]) for ln in out if ln.startswith("H run")]
