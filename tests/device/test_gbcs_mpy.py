@@ -107,10 +107,11 @@ def cases():
                      "pub": "04" + SRC["supplier_a"]["ds_public_key"]}, "ok"))
         out.append(({"op": "sign", "msg": d["precommand"],
                      "priv": SRC["supplier_a"]["ds_private_key"]}, d["signature"]))
-    for key, iv, aad, pt in gcm_cases:
+    for i, (key, iv, aad, pt) in enumerate(gcm_cases):
         want = AESGCM(key).encrypt(iv, pt, aad)
         out.append(({"op": "gcm", "key": key.hex(), "iv": iv.hex(), "aad": aad.hex(),
-                     "pt": pt.hex()}, ((want[:-16].hex() or "-") + " " + want[-16:].hex()).upper()))
+                     "pt": pt.hex(), "pure": i % 2 == 1},
+                    ((want[:-16].hex() or "-") + " " + want[-16:].hex()).upper()))
     items = [(good, 5), (cs06(11, gbcs.CANCEL_TIME), 10), (good, 10), (cs06(12, key=SUP + 1), 11),
              (cs06(12, recipient=H("00DB1234567890A0")), 11), (cs06(12, code=0x00B3), 11),
              (bytes(flipped), 5), (good[:-1], 5), (good[:40], 5)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -105,6 +106,17 @@ def test_sign_is_rfc6979_the_derived_signatures_and_cryptography_agree():
     for priv, digest in ((bytes(32), bytes(32)), (b"\x01" * 32, bytes(31))):
         with pytest.raises(ValueError):
             p256.sign(priv, digest)
+
+
+def test_gcm_without_cryptolib_or_cryptography_uses_hanfw_aes(monkeypatch):
+    # the nRF port's path (no cryptolib): the same tags as with a C AES
+    monkeypatch.setitem(sys.modules, "cryptolib", None)
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers", None)
+    enc = gcm._encryptor(bytes(16))
+    assert getattr(enc, "__self__", None).__class__.__name__ == "Aes128"
+    e = EXP["ecs04b"]
+    assert gcm.Gcm(H(e["mac_key"])).gmac(H(e["gcm_iv"]), [H(e["gmac_aad"])]) == \
+        H(e["gmac_tag_16"])
 
 
 def test_ecs04b_every_intermediate_value():
