@@ -7,6 +7,7 @@
   GBCS MAC. The certificate only gives the public key, as on a device: no validity dates are
   checked (the DCC Boxed test certificates expired in 2025/26 and still verify);
 - `build cs06 ...`: a Supplier-signed CS06 Activate Firmware, MAC'd when KA keys are given;
+  `build image ...`: a GBCS OTA file, the Supplier's signature over the Manufacturer Image;
 - `sign FILE --key KEY`: a User signs a pre-command (either form); `mac FILE --ka-cert
   --ka-key`: the DCC wraps a signed pre-command in the MAC header.
 
@@ -14,6 +15,7 @@ The codec is the device's own (hanfw.gbcs), so what the host writes is what a de
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from datetime import datetime, timezone
@@ -353,6 +355,53 @@ def build_cs06(image_hash: str, counter: int, recipient: bytes, at: str | None, 
     z = _mac_secret(ka_cert, ka_key)
     m = gbcs.cs06_command(counter, originator, recipient, h, parse_at(at))
     _finish(m, priv, z, output, binary)
+
+
+@build_group.command("image")
+@click.option("--image", "image_path", required=True, metavar="FILE",
+              help="The Manufacturer Image (the firmware itself).")
+@click.option("--key", required=True, metavar="KEY",
+              help="The Supplier's digital-signature private key (PEM).")
+@click.option("--manufacturer", required=True, type=BasedInt(16), help="Manufacturer code.")
+@click.option("--image-type", required=True, type=BasedInt(16), help="Image type.")
+@click.option("--file-version", required=True, type=BasedInt(32), help="File version.")
+@click.option("--min-hw", type=BasedInt(16), default=0, show_default=True)
+@click.option("--max-hw", type=BasedInt(16), default=0xFFFF, show_default=True)
+@click.option("--header-string", default="", help="Up to 32 bytes of text (zero-filled).")
+@click.option("--force-replace", type=BasedInt(8), default=0, show_default=True,
+              help="The Upgrade Image's Force-Replace byte (used by the Comms Hub).")
+@click.option("-o", "--output", required=True, metavar="OUT", help="The OTA file to write.")
+@domain_errors
+def build_image(image_path: str, key: str, manufacturer: int, image_type: int,
+                file_version: int, min_hw: int, max_hw: int, header_string: str,
+                force_replace: int, output: str) -> None:
+    """A GBCS OTA file (SR 11.1's FirmwareImage): the 60-byte Zigbee OTA header, then the
+    Upgrade Image = Manufacturer Image || Force-Replace || 40 || the Supplier's signature
+    over the Manufacturer Image (deterministic ECDSA, RFC 6979), with no sub-element tag.
+    Prints the Manufacturer Image Hash, which an SR 11.3 / CS06 names."""
+    from hanfw import otafile
+    try:
+        image = Path(image_path).read_bytes()
+    except OSError as e:
+        raise GbcsFileError("cannot read %s: %s" % (image_path, e.strerror)) from None
+    if not image:
+        raise GbcsFileError("%s is empty: a Manufacturer Image has at least one byte"
+                            % image_path)
+    hs = header_string.encode()
+    if len(hs) > 32:
+        raise click.BadParameter("at most 32 bytes", param_hint="--header-string")
+    priv = load_private_key(key)
+    r, s = utils.decode_dss_signature(priv.sign(
+        image, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
+    upgrade = gbcs.upgrade_image(image, r.to_bytes(32, "big") + s.to_bytes(32, "big"),
+                                 force_replace)
+    hdr = otafile.Header(manufacturer=manufacturer, image_type=image_type,
+                         file_version=file_version, header_string=hs.ljust(32, b"\x00"),
+                         min_hw=min_hw, max_hw=max_hw)
+    data = gbcs.ota_file(hdr, upgrade)
+    Path(output).write_bytes(data)
+    click.echo("wrote %s: %d bytes; manufacturer image hash %s"
+               % (output, len(data), hashlib.sha256(image).hexdigest().upper()))
 
 
 def _finish(m: gbcs.Message, priv: ec.EllipticCurvePrivateKey | None, z: bytes | None,

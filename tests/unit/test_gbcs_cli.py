@@ -179,6 +179,25 @@ def test_derived_ota_file_decodes_and_verifies(tmp_path):
     assert "bad-signature" in run("gbcs", "verify", f, "--cert", pem, ok=1).output
 
 
+def test_build_image_reproduces_the_derived_ota_file(tmp_path):
+    d = V["derived_examples"]
+    img = tmp_path / "firmware.bin"
+    img.write_bytes(bytes.fromhex(d["manufacturer_image"]))
+    key = write_key(tmp_path / "supplier-a.key.pem", ec.derive_private_key(
+        int(V["copied_from_source"]["supplier_a"]["ds_private_key"], 16), CURVE))
+    out = tmp_path / "gbcs.zigbee"
+    r = run("gbcs", "build", "image", "--image", img, "--key", key, "--manufacturer", "0x1234",
+            "--image-type", 1, "--file-version", 2, "-o", out, ok=0)
+    assert d["manufacturer_image_hash_sha256"] in r.output
+    # RFC 6979 signatures: the same file as the vector, byte for byte
+    assert out.read_bytes() == bytes.fromhex(d["ota_file"]["hex"])
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    r = run("gbcs", "build", "image", "--image", empty, "--key", key, "--manufacturer", 1,
+            "--image-type", 1, "--file-version", 1, "-o", out)
+    assert r.exit_code == 2 and "empty" in r.output
+
+
 # ---- local: the DCC's own data (GPL, not committed) -----------------------------------
 
 
