@@ -351,6 +351,13 @@ def board_flash(kind, port, fw, offset, erase):
                % (facts["size"], facts["offset"], port, facts["chip"], facts["mac"]))
 
 
+def _read(path):
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @board.command("deploy")
 @click.option("--board", "kind", required=True,
               type=BoardChoice())
@@ -368,9 +375,15 @@ def board_flash(kind, port, fw, offset, erase):
 @click.option("--hub", default=None, help="Hub link (udp:HOST:PORT); virtual boards use their own link.")
 @click.option("--wifi", default=None, metavar="SSID", help="Wi-Fi network the board joins (ESP32).")
 @click.option("--wifi-key", default="", metavar="KEY", help="Its passphrase (with --wifi).")
+@click.option("--supplier-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="GBCS: the responsible Supplier's DS Organisation certificate (CS06 signatures; "
+                   "dates not checked). Re-deploy with another to change Supplier.")
+@click.option("--acb-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="GBCS: the ACB's KA certificate (with --supplier-cert); the device's own KA key "
+                   "pair is made here and its public key printed for the DCC's registration data.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer, hw_version, version, hub,
-                 wifi, wifi_key, as_json):
+                 wifi, wifi_key, supplier_cert, acb_cert, as_json):
     """Copy the device code and configuration to a board, verify by hashing on the device, reset it.
 
     Prints the board's EUI-64 and install code: register them with the hub
@@ -380,9 +393,12 @@ def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer
 
     if wifi_key and not wifi:
         raise click.UsageError("--wifi-key goes with --wifi SSID")
+    if (supplier_cert is None) != (acb_cert is None):
+        raise click.UsageError("--supplier-cert and --acb-cert go together (GBCS commissioning)")
     res = deploy.deploy(port, kind, role, list(keys_), via=via, eui64=eui64, install_code=install_code,
                         manufacturer=manufacturer, hw_version=hw_version, version=version, hub=hub,
-                        settings={"wifi": {"ssid": wifi, "key": wifi_key}} if wifi else None)
+                        settings={"wifi": {"ssid": wifi, "key": wifi_key}} if wifi else None,
+                        supplier_cert=_read(supplier_cert), acb_cert=_read(acb_cert))
     if as_json:
         click.echo(json.dumps(res.as_dict()))
         return
@@ -392,6 +408,8 @@ def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer
         click.echo("  app bank %d: %d bytes, sha256 %s  verified" % (res.bank["bank"], res.bank["length"],
                                                                    res.bank["sha256"][:16]))
     click.echo("deployed %s as %s, EUI-64 %s, install code %s" % (port, role, res.eui64, res.install_code))
+    if res.ka_public:
+        click.echo("GBCS: Supplier %s; device KA public key %s" % (res.supplier_id, res.ka_public))
 
 
 @board.command("doctor")

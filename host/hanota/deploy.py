@@ -40,10 +40,53 @@ class DeployResult:
     fs_root: str
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256
     bank: dict | None = None
+    # GBCS commissioning: the device's KA public key (65 bytes hex) made at deploy, for the
+    # DCC's registration data (the ACB MACs to it), and the Supplier commissioned
+    ka_public: str | None = None
+    supplier_id: str | None = None
 
     def as_dict(self) -> dict:
         return {"eui64": self.eui64, "role": self.role, "install_code": self.install_code,
-                "fs_root": self.fs_root, "files": self.files, "bank": self.bank}
+                "fs_root": self.fs_root, "files": self.files, "bank": self.bank,
+                "ka_public": self.ka_public, "supplier_id": self.supplier_id}
+
+
+def gbcs_commissioning(supplier_cert: bytes, acb_cert: bytes,
+                       ka_private: bytes | None = None) -> tuple[dict, str]:
+    """The device configuration's "gbcs" block and the device's KA public key (hex).
+
+    supplier_cert: the responsible Supplier's Organisation certificate for digital signing
+    (its public key checks a CS06 signature, its entity ID must be the CS06's originator);
+    acb_cert: the ACB's key-agreement certificate (the DCC MACs every command with that key).
+    Validity dates are not checked, as a device does not (the DCC Boxed certificates expired).
+    The device's KA key pair is made here unless ka_private (32 bytes) is given."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from .dcc import pki
+    point = serialization.PublicFormat.UncompressedPoint
+    x962 = serialization.Encoding.X962
+    sup = pki.describe(supplier_cert)
+    if sup.usage != "ds":
+        raise DeployError("--supplier-cert is a %s certificate: give the Supplier's "
+                          "digital-signing (ds) certificate" % sup.usage)
+    if sup.role != pki.ROLE_SUPPLIER:
+        raise DeployError("--supplier-cert belongs to a %s (role %02X), not a Supplier"
+                          % (pki.ROLE_NAMES.get(sup.role, "?"), sup.role))
+    acb = pki.describe(acb_cert)
+    if acb.usage != "ka" or acb.role != pki.ROLE_ACB:
+        raise DeployError("--acb-cert must be the ACB's key-agreement certificate (role 04, "
+                          "keyAgreement); it is a %s %s certificate" % (
+                              pki.ROLE_NAMES.get(acb.role, "?"), acb.usage))
+    if ka_private is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = ec.derive_private_key(int.from_bytes(ka_private, "big"), ec.SECP256R1())
+    ka_pub = key.public_key().public_bytes(x962, point)
+    block = {"supplier_ds": sup.cert.public_key().public_bytes(x962, point).hex(),
+             "supplier_id": sup.entity_hex, "acb_ka": acb.cert.public_key().public_bytes(x962, point).hex(),
+             "ka_priv": key.private_numbers().private_value.to_bytes(32, "big").hex()}
+    return block, ka_pub.hex()
 
 
 def new_install_code() -> str:
@@ -160,20 +203,34 @@ def deploy(port: str, board: str, role: str, keys: list[str | os.PathLike], *,
            via: str = "mpremote", eui64: str | None = None, install_code: str | None = None,
            manufacturer: int = images.DEFAULT_MANUFACTURER, hw_version: int = DEFAULT_HW_VERSION,
            version: int = 1, hub: str | None = None, settings: dict | None = None,
-           app_romfs: bytes | None = None, reset: bool = True) -> DeployResult:
-    """Deploy role `role` onto the board at `port`; returns what was written (and the install code)."""
+           app_romfs: bytes | None = None, reset: bool = True,
+           supplier_cert: bytes | None = None, acb_cert: bytes | None = None) -> DeployResult:
+    """Deploy role `role` onto the board at `port`; returns what was written (and the install code).
+
+    supplier_cert and acb_cert (PEM/DER bytes, both or neither) commission GBCS (see
+    gbcs_commissioning): the result's ka_public is the device's new KA public key."""
     if role not in images.ROLE_IMAGE_TYPES:
         raise DeployError("unknown role %r" % role)
+    ka_public = supplier_id = None
+    if (supplier_cert is None) != (acb_cert is None):
+        raise DeployError("GBCS commissioning needs both the Supplier's certificate and the ACB's "
+                          "KA certificate")
+    if supplier_cert is not None:
+        block, ka_public = gbcs_commissioning(supplier_cert, acb_cert)
+        supplier_id = block["supplier_id"]
+        settings = dict(settings or {}, gbcs=block)
     spec = boardspec.load_board(board)
     points = [load_public_key(k).hex() for k in keys]
     if not points:
         raise DeployError("give at least one public key to pin (--key)")
     sess = (_AmpySession if via == "ampy" else _Session)(port)
     try:
-        return _deploy(sess, spec, role, points, eui64, install_code or new_install_code(), manufacturer,
-                       hw_version, version, hub, settings or {}, app_romfs, reset)
+        res = _deploy(sess, spec, role, points, eui64, install_code or new_install_code(), manufacturer,
+                      hw_version, version, hub, settings or {}, app_romfs, reset)
     finally:
         sess.close()
+    res.ka_public, res.supplier_id = ka_public, supplier_id
+    return res
 
 
 def _deploy(sess, spec, role, points, eui64, install_code, manufacturer, hw_version, version, hub,
