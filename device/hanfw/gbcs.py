@@ -404,7 +404,8 @@ def _need(buf, pos, n, end, what):
 
 def decode(data):
     """Decode a whole GBCS message (bytes-like). GbcsError: 'truncated' when it ends early,
-    'malformed' for anything else that is not a GBCS message of this shape."""
+    'malformed' for anything else that is not a GBCS message of this shape. The message's
+    `raw` is a view of data, not a copy: do not change data while using it."""
     buf = memoryview(data) if not isinstance(data, memoryview) else data
     n = len(buf)
     pos = 0
@@ -527,9 +528,18 @@ def cs06_response(command, code=None, firmware_version=b"", date_time=None):
                    MSG_CS06, kind, f, date_time=date_time, signature=b"")
 
 
+def dlms_date_time(year, month, day, hour=0, minute=0, second=0):
+    """The 12-byte DLMS date-time of a grouping header, as the RTDS responses carry it:
+    weekday not specified (FF), hundredths 00, deviation not specified (8000), status FF."""
+    return (year.to_bytes(2, "big") + bytes((month, day, 0xFF, hour, minute, second, 0))
+            + b"\x80\x00\xFF")
+
+
 def fd_alert(counter, device, supplier, command_counter, at, code, firmware_version):
     """The 0x00CA alert: 8F66 (actioned, code 0) or 8F67 (not actioned) when a future-dated
-    CS06 falls due."""
+    CS06 falls due. counter is the device's own originator counter (RTDS: 2000, 2001), not
+    the command's, which goes in the payload (command_counter); at is the command's
+    execution date-time."""
     f = {"alert_code": ALERT_FD_ACTIONED if code == CS06_SUCCESS else ALERT_FD_NOT_ACTIONED,
          "execution_date_time": at, "payload_originator_counter": command_counter,
          "response_code": code, "firmware_version": bytes(firmware_version)}

@@ -169,7 +169,10 @@ def test_derived_cs06_decode_build_and_round_trip(name):
 
 def test_responses_and_alerts_build_as_the_reference_lays_them_out():
     cmd = gbcs.decode(H(DER["cs06_immediate"]["command"]))
-    r = gbcs.cs06_response(cmd, gbcs.CS06_SUCCESS, b"\x01\x23\xAB\xCE")
+    stamp = gbcs.dlms_date_time(2015, 1, 1)
+    assert stamp == H("07DF0101FF000000008000FF")  # the RTDS responses' date-time
+    r = gbcs.cs06_response(cmd, gbcs.CS06_SUCCESS, b"\x01\x23\xAB\xCE", stamp)
+    assert gbcs.decode(r.encode()).date_time == stamp
     raw = r.encode()
     # gbcs_duis.md section 8: the outcome after the message code, then the signature length
     assert raw[-13:] == H("0B3009020100040401 23ABCE 00".replace(" ", ""))

@@ -208,3 +208,44 @@ def test_every_signed_rtds_file_verifies_with_the_key_the_index_names():
                     gbcs.check_signature(msg, pub, received=True)
         n += 1
     assert n == 38
+
+
+def _rtds_named(part: str) -> bytes:
+    for e in index():
+        if e["path"].endswith(part):
+            return rtds(e["path"])
+    raise AssertionError(part)
+
+
+def test_the_device_builders_give_the_rtds_responses_and_alerts_byte_for_byte():
+    """What a device sends, built by hanfw.gbcs from the command it answers, equals the
+    DCC's reference bytes once the reference's own signature (or MAC) is put in."""
+    d = "11.3_CS06/CS06_11.3_"
+    stamp = gbcs.dlms_date_time(2015, 1, 1)
+    for case, code, version in (("IMMEDIATE_SUCCESS", 0, "0123ABCE"),
+                                ("IMMEDIATE_ERROR", 1, "0123ABCF"),
+                                ("FUTURE_DATED_SUCCESS", None, None),
+                                ("CANCELLATION_SUCCESS", None, None)):
+        cmd = gbcs.decode(_rtds_named(d + case + "_COMMAND_GBCS.HEX"))
+        want = _rtds_named(d + case + "_RESPONSE_GBCS.HEX")
+        r = gbcs.cs06_response(cmd, code, bytes.fromhex(version or ""), stamp)
+        r.signature = gbcs.decode(want).signature
+        assert r.encode() == want, case
+    fut = gbcs.decode(_rtds_named(d + "FUTURE_DATED_SUCCESS_COMMAND_GBCS.HEX"))
+    err = gbcs.decode(_rtds_named(d + "FUTURE_DATED_ERROR_COMMAND_GBCS.HEX"))
+    for name, cmd, counter, code in (("8F66_FUTURE_DATED_SUCCESS", fut, 2000, 0),
+                                     ("8F67_FUTURE_DATED_ERROR", err, 2001, 2)):
+        want = _rtds_named(d + name + "_ALERT_GBCS.HEX")
+        a = gbcs.fd_alert(counter, cmd.recipient, cmd.originator, cmd.counter,
+                          cmd.fields["execution_date_time"], code, bytes.fromhex("0123ABCF"))
+        a.signature = gbcs.decode(want).signature
+        assert a.encode() == want, name
+    # CS08 responses are MAC'd, not signed: the MAC is computed here (device KA with the
+    # ACB's, the same Z as the ACB's private key with the device's certificate)
+    acb_ka_priv = private_scalar(keystore_entry("Z1-accessControlBroker-ka")["privateKey"])
+    for case, version, ok in (("SUCCESS", "0123ABCD", True), ("ERROR", "00000000", False)):
+        cmd = gbcs.decode(_rtds_named("11.2_CS08/CS08_11.2_%s_COMMAND_GBCS.HEX" % case))
+        want = _rtds_named("11.2_CS08/CS08_11.2_%s_RESPONSE_GBCS.HEX" % case)
+        r = gbcs.cs08_response(cmd, bytes.fromhex(version), ok)
+        r.mac = gbcs.compute_mac(p256.ecdh(acb_ka_priv, device_ka(cmd.recipient.hex())), r)
+        assert r.encode() == want, case
