@@ -159,3 +159,42 @@ def test_encoded_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, pag
     hub.add_image(path)
     alert = hub.wait_event("alert", eui, timeout=180)[0]
     assert alert[2:5] == (V2, V1, False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_server_sends_the_delta_and_falls_back_after_wrong_base(vboards, keys, payloads,
+                                                                    tmp_path, kind):
+    """The default server policy holding full, compressed and delta files of V2 and a V1
+    file: a board on V1 gets the delta. When the hub's V1 is not what the board runs (its V1
+    file differs by one byte, and the delta was made against it), the board refuses the delta
+    (wrong-base) and the next offer is the compressed file, which it applies."""
+    key = load_private_key(keys / "private.pem")
+    v1 = payloads[kind, 1]["app"].read_bytes()
+    v2 = payloads[kind, 2]["app"].read_bytes()
+    for believed, want in ((v1, "delta"), (v1[:100] + bytes([v1[100] ^ 1]) + v1[101:], "zlib")):
+        h = HubThread(block_cap=64)
+        try:
+            b, eui = bring_up(vboards, h, keys, payloads, kind, "ppmid")
+            h.wait_event("hello", eui, timeout=30)  # deployed: offers from now on
+            built = {}
+            # V1 and the delta first: a query between two additions must not find a V2
+            # the delta would not yet compete with
+            for name, payload, kw in (("v1", believed, dict(version=V1)),
+                                      ("delta", v2, dict(version=V2, encoding="delta",
+                                                         base=believed)),
+                                      ("zlib", v2, dict(version=V2, encoding="zlib")),
+                                      ("full", v2, dict(version=V2))):
+                p = tmp_path / ("%s-%s.ota" % (want, name))
+                p.write_bytes(images.build_image(payload, key=key, role="ppmid", **kw))
+                built[name] = p
+            files = {name: h.add_image(p) for name, p in built.items()}
+            alert = h.wait_event("alert", eui, timeout=180)[0]
+            assert alert[2:5] == (V2, V1, False)
+            ends = [(e[2], e[3]) for e in h.events("upgrade_end", eui)]
+            if want == "delta":
+                assert ends == [(files["delta"], zcl.SUCCESS)]
+            else:  # refused (wrong-base: tests above), then the compressed file
+                assert ends == [(files["delta"], zcl.INVALID_IMAGE), (files["zlib"], zcl.SUCCESS)]
+            b.stop()
+        finally:
+            h.stop()

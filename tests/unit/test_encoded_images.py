@@ -275,3 +275,38 @@ def test_a_resume_record_that_does_not_fit_starts_over():
     d.resume({"id": [0x1234, 0x85, 2], "size": 5000, "head": "00", "poff": 200, "dur": 0,
               "seg": [999999, "00" * 32, 0, 0]}, Banks())
     assert d.offset == 0 and not d.body and d.stream is not None and d.dec is None
+
+
+def test_the_server_policy_offers_the_smallest_file_the_device_can_apply(tmp_path, key):
+    """Full, compressed and delta files of V2: a device on V1 (whose hash the policy knows
+    from its V1 file) gets the delta; on an unknown base, or after refusing a delta, the
+    compressed file; with no full or compressed file it gets nothing it cannot apply."""
+    from hanota.server.policy import Policy, ServedImage
+
+    eui = bytes(range(8))
+    other = bytes(range(8, 16))
+    paths = {}
+    for name, payload, kw in (("v1", BASE, dict(version=1)),
+                              ("full", TARGET, dict(encoding="full")),
+                              ("zlib", TARGET, dict(encoding="zlib")),
+                              ("delta", TARGET, dict(encoding="delta", base=BASE))):
+        kw.setdefault("version", 2)
+        p = tmp_path / (name + ".ota")
+        p.write_bytes(images.build_image(payload, key=key, role="althan", payload_kind=0, **kw))
+        paths[name] = ServedImage.from_file(p)
+    assert paths["delta"].encoding == otafile.ENC_DELTA
+    assert paths["delta"].base_hash == paths["v1"].image_hash == hashlib.sha256(BASE).digest()
+    assert paths["zlib"].image_hash == paths["full"].image_hash == hashlib.sha256(TARGET).digest()
+    pol = Policy(images=[paths[n] for n in ("v1", "full", "zlib", "delta")])
+    m, t = paths["full"].manufacturer, paths["full"].image_type
+    assert pol.offer(eui, m, t, 1, None) is paths["delta"]
+    assert pol.offer(eui, m, t, 0, None) is paths["zlib"]  # runs a version the hub has no file of
+    pol.on_upgrade_end(eui, paths["delta"], zcl_invalid := 0x96)
+    assert pol.offer(eui, m, t, 1, None) is paths["zlib"]  # it refused the delta (wrong-base)
+    assert pol.offer(other, m, t, 1, None) is paths["delta"]  # others still get it
+    only_delta = Policy(images=[paths["delta"]])  # nothing tells it what V1's bytes are
+    assert only_delta.offer(eui, m, t, 1, None) is None
+    with_v1 = Policy(images=[paths["v1"], paths["delta"]])
+    assert with_v1.offer(eui, m, t, 0, None) is paths["v1"]  # the full V1 first, then the delta
+    assert with_v1.offer(eui, m, t, 1, None) is paths["delta"]
+    assert zcl_invalid == 0x96

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from hanfw import link as hlink
+from hanfw.otafile import ENC_DELTA, ENC_FULL
 from hanfw.roles import row as role_row
 
 from .common import UPGRADE_NOW, UPGRADE_WAIT
@@ -17,7 +18,9 @@ class ServedImage:
     """An upgrade file the server may serve: its path and the header facts it needs.
 
     `size` is the OTA total image size (the bytes served); `image_hash` is the Manufacturer
-    Image Hash (SHA-256 of the manufacturer image) that activation commands carry.
+    Image Hash (SHA-256 of the manufacturer image, the decoded target's for a compressed or
+    delta file) that activation commands carry. `encoding` is the body's (hanfw.otafile
+    ENC_*: full, zlib, delta) and `base_hash` a delta's base: the image it applies to.
     """
 
     path: str
@@ -29,6 +32,8 @@ class ServedImage:
     min_hw: int | None = None
     max_hw: int | None = None
     destination: bytes | None = None
+    encoding: int = 0
+    base_hash: bytes | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ServedImage":
@@ -36,9 +41,12 @@ class ServedImage:
         from ..images import parse_file
         s = parse_file(path)
         h = s.header
-        digest = s.descriptor.image_hash if s.descriptor is not None else s.image_sha256
+        d = s.descriptor
+        digest = d.image_hash if d is not None else s.image_sha256
         return cls(os.fspath(path), h.manufacturer, h.image_type, h.file_version, h.total_size,
-                   digest, h.min_hw, h.max_hw, h.destination)
+                   digest, h.min_hw, h.max_hw, h.destination,
+                   d.encoding if d is not None else ENC_FULL,
+                   d.base_hash if d is not None and d.encoding == ENC_DELTA else None)
 
     @property
     def identity(self) -> tuple[int, int, int]:
@@ -53,6 +61,19 @@ class ServedImage:
         if self.min_hw is not None and (hw is None or not self.min_hw <= hw <= self.max_hw):
             return False
         return True
+
+
+def choose_variant(variants: Iterable[ServedImage], running_hash: bytes | None,
+                   no_delta: bool = False) -> ServedImage | None:
+    """Of the files of one target (full, compressed, deltas against various bases), the one
+    to send a device: the smallest it can apply. A delta only when its base is the image the
+    device runs (running_hash: the target hash of the version it reports, as the hub knows
+    it; None, unknown: no delta) and the device has not refused one (no_delta: it answered a
+    delta with anything but success, e.g. wrong-base). None: nothing it can apply."""
+    ok = [v for v in variants
+          if v.encoding != ENC_DELTA
+          or (not no_delta and running_hash is not None and v.base_hash == running_hash)]
+    return min(ok, key=lambda v: v.size) if ok else None
 
 
 class Policy:
@@ -72,6 +93,7 @@ class Policy:
         self.upgrade_times: dict[bytes, tuple[int, int]] = {}
         self.counter = 1
         self.events: list[tuple] = []
+        self.no_delta: set[bytes] = set()  # devices that refused a delta: full or compressed
 
     # -- link and registry
     def install_code(self, eui: bytes) -> str | None:
@@ -122,14 +144,21 @@ class Policy:
     # -- images
     def offer(self, eui: bytes, manufacturer: int, image_type: int, file_version: int,
               hw_version: int | None) -> ServedImage | None:
-        """The image to offer a querying device: compatible, newer, meant for it; or None."""
-        best = None
-        for img in self.images:
-            if img.suits(eui, manufacturer, image_type, hw_version) \
-                    and img.file_version > file_version \
-                    and (best is None or img.file_version > best.file_version):
-                best = img
-        return best
+        """The image to offer a querying device: compatible, newer, meant for it; or None.
+        Of several files of the newest version, the smallest the device can apply
+        (choose_variant: a delta only against the image it runs)."""
+        suiting = [img for img in self.images
+                   if img.suits(eui, manufacturer, image_type, hw_version)
+                   and img.file_version > file_version]
+        running = next((img.image_hash for img in self.images
+                        if (img.manufacturer, img.image_type, img.file_version)
+                        == (manufacturer, image_type, file_version)), None)
+        for v in sorted({img.file_version for img in suiting}, reverse=True):
+            best = choose_variant([i for i in suiting if i.file_version == v], running,
+                                  eui in self.no_delta)
+            if best is not None:
+                return best
+        return None
 
     def lookup(self, eui: bytes, manufacturer: int, image_type: int,
                file_version: int) -> ServedImage | None:
@@ -160,6 +189,8 @@ class Policy:
 
     def on_upgrade_end(self, eui: bytes, image: ServedImage | None, status: int) -> None:
         """Upgrade End Request; image is None if the device named one the hub cannot find."""
+        if image is not None and image.encoding == ENC_DELTA and status != 0:
+            self.no_delta.add(eui)  # not its base after all: full or compressed from now on
         self.events.append(("upgrade_end", eui, image, status))
 
     def on_alert(self, eui: bytes, running: int, previous: int, rolled_back: bool,
