@@ -108,6 +108,14 @@ OUTCOME_RESPONSES: dict[str, tuple[str, str | None, int | None]] = {
     "ota_unsupported": (REFUSAL_CODES["wrong-device-type"], None, None),
     "ota_unavailable_after_tcso": (duis.E_OTA_UNAVAILABLE, None, None),
 }
+# Where the SR decides the use case: a PPMID or Alt HAN device activates an SR 11.4 image by
+# itself, and GBCS reports that with the CS09 PPMID Firmware Activation Alert (0 success,
+# 1 failure), not with a CS06 response (CS06 answers an SR 11.3 command). The Comms Hub's
+# GBCS payload for these outcomes is CS09 too (`gbcs.for_outcome`).
+SR_OUTCOME_RESPONSES: dict[tuple[str, str], tuple[str, str | None, int | None]] = {
+    ("11.4", "activated"): (SUCCESS, "CS09", 0),
+    ("11.4", "rolled_back"): (SUCCESS, "CS09", 1),
+}
 OUTCOME_TEXT = {
     "joined": "the device joined the Comms Hub",
     "join_failed": "the Comms Hub could not join the device",
@@ -486,7 +494,8 @@ class Dcc:
                                           kind="alert")
             return
         # an outcome this DCC does not know is reported as a failure to reach the device
-        code, case, gbcs_code = OUTCOME_RESPONSES.get(outcome, ("E20", None, None))
+        code, case, gbcs_code = SR_OUTCOME_RESPONSES.get(
+            (req["srv"], outcome), OUTCOME_RESPONSES.get(outcome, ("E20", None, None)))
         result: dict[str, Any] = {"DeviceID": duis.eui_text(bytes.fromhex(req["device"]))
                                   if req["device"] else None,
                                   "Outcome": outcome, "OutcomeText": outcome_text(outcome)}

@@ -121,12 +121,14 @@ def report_data(db: HubDB) -> dict[str, Any]:
 
 # The GBCS response codes a Comms Hub outcome carries in its DUIS response (GBCSUseCase,
 # GBCSResponseCode; hanota.dcc.service.OUTCOME_RESPONSES), as issue 12 names them: CCS08 for
-# distribution, CS06 for activation, CS08 for a version read.
+# distribution, CS06 for activation, CS08 for a version read, CS09 for a PPMID's activation
+# of an SR 11.4 image.
 GBCS_MEANINGS = {
     ("CCS08", "0"): "success", ("CCS08", "1"): "image discarded",
     ("CCS08", "2"): "hardware version mismatch", ("CCS08", "3"): "file transfer failure",
     ("CS06", "0"): "success", ("CS06", "1"): "no image held", ("CS06", "2"): "hash mismatch",
     ("CS06", "3"): "activation failure", ("CS08", "0"): "success", ("CS08", "1"): "failure",
+    ("CS09", "0"): "success", ("CS09", "1"): "failure",
 }
 
 
