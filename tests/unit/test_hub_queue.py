@@ -144,3 +144,22 @@ def test_deadlines_and_commands_due(db, clock, images):
     assert [r["id"] for r in queue.commands_due(db, 1000)] == [rv]
     queue.attempt_failed(db, rv, "asleep", RETRY, 1000, "device_unreachable")
     assert queue.commands_due(db, 1001) == [] and queue.commands_due(db, 1002)
+
+
+def test_a_future_dated_activation_waits_at_the_hub_until_its_lead(db, clock, images):
+    """SR 11.3 at a future time stays queued at the hub (where the DCC's cancellation can
+    still end it) until `activation_lead` seconds before that time; an immediate activation
+    and a version read are due at once."""
+    later = rq.activate(db, register(db, 3, role="hcalcs", premises="P3"), "ab" * 32,
+                        SUPPLIER, at=1100.0).id
+    now_ = rq.activate(db, register(db, 4, role="hcalcs", premises="P4"), "cd" * 32,
+                       SUPPLIER).id
+    rv = rq.read_version(db, register(db, 5, premises="P5"), SUPPLIER).id
+
+    def due(t: float, lead: float) -> list[int]:
+        return [r["id"] for r in queue.commands_due(db, t, lead)]
+    assert due(1000, 60) == [now_, rv]
+    assert due(1039.9, 60) == [now_, rv]
+    assert due(1040, 60) == [later, now_, rv]
+    assert due(1099, 0) == [now_, rv] and due(1100, 0) == [later, now_, rv]
+    assert db.request(later)["state"] == "queued"

@@ -61,7 +61,9 @@ class HubOptions:
     without block requests; request_timeout, request_retries: for each hub -> device
     command (Image Notify, Activate Image, Read Attributes); hold_s: WAIT_FOR_DATA time told
     to a device whose request is queued; priorities: class priority per role, stored in the
-    database at start (None: keep the stored ones).
+    database at start (None: keep the stored ones); activation_lead: a future-dated SR 11.3
+    activation is sent to the device this many seconds before its time, and until then
+    stays at the hub, where a cancellation can still end it (`queue.commands_due`).
     """
 
     max_in_flight: int = 1
@@ -76,6 +78,7 @@ class HubOptions:
     heartbeat_interval: float = 1.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     priorities: dict[str, int] | None = None
+    activation_lead: float = 60.0
 
 
 class Hub:
@@ -286,7 +289,7 @@ class Hub:
         for row in queue.in_slot(self.db):
             if row["state"] == "notifying":
                 self.spawn(("notify", row["id"]), self._notify_loop(row["id"], row["eui"]))
-        for row in queue.commands_due(self.db, now):
+        for row in queue.commands_due(self.db, now, self.options.activation_lead):
             if ("command", row["id"]) not in self._tasks \
                     and self.db.set_state(row["id"], "running", "command_sent",
                                           {"attempt": row["attempts"] + 1},

@@ -131,10 +131,18 @@ def attempt_failed(db: HubDB, request_id: int, reason: str, retry: RetryPolicy, 
         return "retry"
 
 
-def commands_due(db: HubDB, now: float) -> list[sqlite3.Row]:
-    """Queued activate / read-version requests whose (re)try time has come, oldest first."""
+def commands_due(db: HubDB, now: float, activation_lead: float = 0.0) -> list[sqlite3.Row]:
+    """Queued activate / read-version requests whose (re)try time has come, oldest first.
+
+    A future-dated activation (SR 11.3) comes due `activation_lead` seconds before its time:
+    until then it waits here, where the DCC's cancellation (`dcc.wan`, cancel_activation)
+    can still end it. Once sent, the device keeps the time itself (hanota's Activate Image
+    has no way to take it back), so a request sent as soon as it arrived could never be
+    cancelled."""
     return db.all("SELECT * FROM requests WHERE kind IN ('activate', 'read_version') "
-                  "AND state = 'queued' AND coalesce(next_attempt, 0) <= ? ORDER BY id", (now,))
+                  "AND state = 'queued' AND coalesce(next_attempt, 0) <= ? "
+                  "AND (activate_at IS NULL OR activate_at - ? <= ?) ORDER BY id",
+                  (now, activation_lead, now))
 
 
 def expired(db: HubDB, now: float) -> list[sqlite3.Row]:
