@@ -58,7 +58,7 @@ def test_decodes_to_the_target_in_a_64k_heap(files, enc):
     assert got["target_bytes"] == len(TARGET) and got["segments"] > 1
     # the bound: at most 16 KiB more heap while applying, with a 1 KiB window (the
     # decoder's buffers, DeflateIO's window and state); the module's code comes on top on
-    # the unix port, which loads .mpy bytecode into the heap (about 8.6 KiB)
+    # the unix port, which loads .mpy bytecode into the heap (about 7 KiB)
     assert got["data_heap"] <= 16 * 1024, got
     assert got["extra_heap"] <= 20 * 1024, got
     print("%s: data heap %d, module %d bytes, %d segments"
