@@ -29,7 +29,8 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 async def _serve(service: Any, host: str, port: int, max_body: int | None,
-                 wan_auth: bool) -> None:
+                 wan_auth: bool, wan_url: str | None = None, worker: str | None = None
+                 ) -> None:
     from .http import DccHttp
 
     stop = asyncio.Event()
@@ -37,11 +38,13 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = DccHttp(service, max_body=max_body,
-                     wan_secret=wan_secret(service.store) if wan_auth else None)
+                     wan_secret=wan_secret(service.store) if wan_auth else None,
+                     wan_url=wan_url, worker=worker)
     h, p = await server.start(host, port)
     click.echo("hanota dcc serving on http://%s:%d (DUIS: POST /api/v1/serviceD; WAN: "
-               "/wan/<hub EUI>%s; database %s)" % (h, p, ", hub tokens required" if wan_auth
-                                                    else "", service.store.path))
+               "/wan/<hub EUI>%s%s; database %s)" % (
+                   h, p, ", hub tokens required" if wan_auth else "",
+                   ", NATS %s" % wan_url if wan_url else "", service.store.path))
     try:
         await stop.wait()
     finally:
@@ -51,10 +54,17 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
 
 @dcc.command("serve")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-              envvar="HANOTA_DCC_DB", help="DCC database (default $HANOTA_HOME/dcc.db).")
+              envvar="HANOTA_DCC_DB", help="DCC database: a SQLite file (default "
+              "$HANOTA_HOME/dcc.db) or postgresql://USER@HOST:PORT/DB, which several "
+              "dcc serve workers share.")
 @click.option("--pki", "pki_dir", type=click.Path(file_okay=False), required=True,
               help="PKI directory (hanota pki init): Users' certificates and the DCC's "
                    "signing key.")
+@click.option("--wan", "wan_url", default=None, envvar="HANOTA_WAN", metavar="nats://HOST:PORT",
+              help="Carry the WAN on NATS JetStream too (hub serve --wan the same URL); the "
+                   "websocket /wan/<hub EUI> stays served.")
+@click.option("--worker", default=None, metavar="NAME",
+              help="This worker's name in the WAN leases (default host:pid).")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Address to serve HTTP on (port 0: any free one, printed).")
 @click.option("--max-body", type=click.IntRange(1024), default=None, metavar="BYTES",
@@ -64,16 +74,21 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @domain_errors
-def dcc_serve(db_path, pki_dir, listen, max_body, wan_auth, log_level):
+def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
     /api/v1/subscribe), and the WAN the Comms Hubs (hanota hub serve) dial."""
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = _listen(listen)
+    if wan_url is not None:
+        from .wan_nats import is_nats
+        if not is_nats(wan_url):
+            raise click.BadParameter("give the NATS server as nats://HOST:PORT",
+                                     param_hint="--wan")
     service = open_dcc(db_path, pki_dir)
     try:
-        asyncio.run(_serve(service, host, port, max_body, wan_auth))
+        asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker))
     finally:
         service.store.close()
 

@@ -152,6 +152,12 @@ class PgConnection:
         self.conn.close()
 
 
+def skip_locked(postgres: bool, table: str) -> str:
+    """The clause that claims rows without waiting for another worker's claim (PostgreSQL);
+    SQLite has one writer at a time, so nothing."""
+    return " FOR UPDATE OF %s SKIP LOCKED" % table if postgres else ""
+
+
 def pg_schema(sqlite_schema: str) -> str:
     """The DCC schema for PostgreSQL, derived from the SQLite one (one source of truth for
     the columns and CHECK constraints) plus the triggers as PL/pgSQL."""

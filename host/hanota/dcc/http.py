@@ -100,11 +100,17 @@ class DccHttp:
 
     def __init__(self, dcc: Any, *, max_body: int | None = None, wan_poll: float = 0.5,
                  push_poll: float = 1.0, push_backoff: tuple[float, float] = PUSH_BACKOFF,
-                 wan_secret: bytes | None = None):
+                 wan_secret: bytes | None = None, wan_url: str | None = None,
+                 worker: str | None = None):
         self.dcc = dcc
         self.max_body = max_body if max_body is not None else _max_body_default()
         self.wan = WanEndpoint(dcc, poll=wan_poll, secret=wan_secret)
         self.wan.on_received = lambda: self._push_wake.set()
+        self.nats = None  # the WAN on NATS JetStream (wan_nats.py), with wan_url nats://...
+        if wan_url is not None:
+            from .wan_nats import NatsWanDcc
+            self.nats = NatsWanDcc(dcc, wan_url, worker=worker, poll=wan_poll)
+            self.nats.on_received = lambda: self._push_wake.set()
         self.push_poll = push_poll
         self.push_backoff = push_backoff
         self._push_wake = asyncio.Event()
@@ -148,9 +154,13 @@ class DccHttp:
         sock = site._server.sockets[0]  # the port actually bound (port 0)
         self.address = sock.getsockname()[:2]
         self._push_task = asyncio.get_running_loop().create_task(self._push_loop())
+        if self.nats is not None:
+            await self.nats.start()
         return self.address
 
     async def stop(self) -> None:
+        if self.nats is not None:
+            await self.nats.stop()
         if self._push_task is not None:
             self._push_task.cancel()
             await asyncio.gather(self._push_task, return_exceptions=True)
@@ -199,6 +209,8 @@ class DccHttp:
             return self._error(400, "%s" % (e.reason if hasattr(e, "reason") else e))
         reply = self.dcc.submit(bytes(body))
         self.wan.notify()  # an accepted device request is in a hub's outbox now
+        if self.nats is not None:
+            self.nats.notify()
         self._push_wake.set()
         return web.Response(body=reply, content_type="application/xml")
 

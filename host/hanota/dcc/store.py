@@ -214,9 +214,15 @@ CREATE TABLE IF NOT EXISTS wan_out (
     request INTEGER REFERENCES requests (id),
     body TEXT NOT NULL,
     created REAL NOT NULL,
-    acked REAL
+    acked REAL,
+    published REAL
 );
 CREATE INDEX IF NOT EXISTS wan_out_by_hub ON wan_out (hub_eui, id);
+CREATE TABLE IF NOT EXISTS wan_leases (
+    hub_eui TEXT PRIMARY KEY,
+    worker TEXT,
+    until REAL
+);
 CREATE TRIGGER IF NOT EXISTS wan_ack_is_kept BEFORE UPDATE OF acked ON wan_out
     WHEN OLD.acked IS NOT NULL
     BEGIN SELECT RAISE(IGNORE); END;
@@ -394,6 +400,11 @@ class DccStore:
             cols = [r[1] for r in self.conn.execute("PRAGMA table_info(devices)")]
             if "lost_with_hub" not in cols:  # databases made before the column existed
                 self.conn.execute("ALTER TABLE devices ADD COLUMN lost_with_hub TEXT")
+            if "published" not in [r[1] for r in self.conn.execute(
+                    "PRAGMA table_info(wan_out)")]:  # made before the WAN on NATS
+                self.conn.execute("ALTER TABLE wan_out ADD COLUMN published REAL")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS wan_leases (hub_eui TEXT PRIMARY "
+                              "KEY, worker TEXT, until REAL)")
             return
         try:
             self.conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA
@@ -407,9 +418,11 @@ class DccStore:
     # -- plumbing
 
     @contextmanager
-    def tx(self) -> Iterator[Any]:
+    def tx(self, exclusive: bool = True) -> Iterator[Any]:
         """A write transaction, one writer at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL:
-        BEGIN and the write advisory lock); nested uses join the outer one."""
+        BEGIN and the write advisory lock); nested uses join the outer one. On PostgreSQL
+        `exclusive=False` leaves the lock out, for writes whose rows are claimed with
+        FOR UPDATE SKIP LOCKED or that touch one row (workers then run side by side)."""
         if self._depth:
             self._depth += 1
             try:
@@ -419,7 +432,7 @@ class DccStore:
             return
         errors = self._pg_errors if self.postgres else (sqlite3.Error,)
         try:
-            self._begin()
+            self._begin(exclusive)
         except errors as e:
             raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
         self._depth = 1
@@ -436,7 +449,7 @@ class DccStore:
             self._rollback()
             raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
 
-    def _begin(self) -> None:
+    def _begin(self, exclusive: bool = True) -> None:
         if not self.postgres:
             self.conn.execute("BEGIN IMMEDIATE")
             return
@@ -447,7 +460,8 @@ class DccStore:
         except self._pg_errors:  # the server restarted since: one new connection
             self._reconnect()
             self.conn.execute("BEGIN")
-        self.conn.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
+        if exclusive:
+            self.conn.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
 
     def _rollback(self) -> None:
         try:
@@ -630,8 +644,10 @@ class DccStore:
                       (n, now, o))
             reqs = c.execute("UPDATE requests SET hub_eui = ?, updated = ? WHERE hub_eui = ? "
                              "AND outcome IS NULL", (n, now, o)).rowcount
-            msgs = c.execute("UPDATE wan_out SET hub_eui = ? WHERE hub_eui = ? AND "
-                             "acked IS NULL", (n, o)).rowcount
+            msgs = c.execute("UPDATE wan_out SET hub_eui = ?, published = NULL WHERE "
+                             "hub_eui = ? AND acked IS NULL", (n, o)).rowcount
+            if msgs:
+                c.execute("INSERT OR IGNORE INTO wan_leases (hub_eui) VALUES (?)", (n,))
         return {"premises": mpxns, "requests": reqs, "messages": msgs, "alt_han_lost": lost}
 
     # -- Central Products List
@@ -797,7 +813,53 @@ class DccStore:
             body["id"] = mid
             c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
                       (json.dumps(body, sort_keys=True), mid))
+            c.execute("INSERT OR IGNORE INTO wan_leases (hub_eui) VALUES (?)", (hub,))
         return mid
+
+    # -- several workers: who publishes which hub's messages (the WAN on NATS)
+
+    def wan_claim_hubs(self, worker: str, lease: float, limit: int = 100) -> list[str]:
+        """Claim (or renew) the right to publish the unpublished messages of up to `limit`
+        Comms Hubs for `lease` seconds: hubs nobody holds, whose lease ran out (a worker
+        that died), or that `worker` holds already. One worker per hub at a time keeps
+        each hub's messages in id order. On PostgreSQL the rows are claimed with
+        FOR UPDATE SKIP LOCKED outside the global write lock, so workers claim in
+        parallel and never wait for each other; SQLite has one writer anyway."""
+        now = self.clock()
+        with self.tx(exclusive=False) as c:
+            hubs = [r[0] for r in c.execute(
+                "SELECT l.hub_eui FROM wan_leases l WHERE (l.until IS NULL OR l.until < ? "
+                "OR l.worker = ?) AND EXISTS (SELECT 1 FROM wan_out o WHERE o.hub_eui = "
+                "l.hub_eui AND o.published IS NULL AND o.acked IS NULL) ORDER BY l.until "
+                "NULLS FIRST, l.hub_eui LIMIT ?" + dialect.skip_locked(self.postgres, "l"),
+                (now, worker, int(limit))).fetchall()]
+            for h in hubs:
+                c.execute("UPDATE wan_leases SET worker = ?, until = ? WHERE hub_eui = ?",
+                          (worker, now + lease, h))
+        return hubs
+
+    def wan_release(self, worker: str) -> int:
+        """A worker stopping gives its hubs back at once (a killed one's leases run out)."""
+        with self.tx(exclusive=False) as c:
+            return c.execute("UPDATE wan_leases SET worker = NULL, until = NULL WHERE "
+                             "worker = ?", (worker,)).rowcount
+
+    def wan_unpublished(self, hub_eui: bytes | str, limit: int = 1000) -> list[dict]:
+        """The hub's messages not handed to the broker yet (nor acknowledged), in order."""
+        return [json.loads(r[0]) for r in self.all(
+            "SELECT body FROM wan_out WHERE hub_eui = ? AND published IS NULL AND acked IS "
+            "NULL ORDER BY id LIMIT ?", (eui_hex(hub_eui), int(limit)))]
+
+    def wan_published(self, msg_ids: int | list[int]) -> int:
+        """The broker has stored these messages (they reach their hub from there); how many
+        were not marked before."""
+        ids = [int(msg_ids)] if isinstance(msg_ids, int) else [int(i) for i in msg_ids]
+        now, n = self.clock(), 0
+        with self.tx(exclusive=False) as c:
+            for i in ids:
+                n += c.execute("UPDATE wan_out SET published = ? WHERE id = ? AND published "
+                               "IS NULL", (now, i)).rowcount
+        return n
 
     def wan_outbox(self, hub_eui: bytes | str, after: int = 0) -> list[dict]:
         """The hub's messages not yet acknowledged, with ids above `after`, in order."""

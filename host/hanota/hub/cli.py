@@ -430,8 +430,8 @@ async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
     await hub.start()
     wan = None
     if dcc_url is not None:  # the Comms Hub service: the WAN to the DCC as well
-        from ..dcc.wan import CommsHubWan
-        wan = CommsHubWan(hub, dcc_url, premises=premises, token=wan_token)
+        from ..dcc.wan_nats import make_hub_wan
+        wan = make_hub_wan(hub, dcc_url, premises=premises, token=wan_token)
         await wan.start()
     where = ["udp %s:%d" % hub.udp_address] if hub.udp_address else []
     where += ["serial %s" % n for n in hub.serial_names]
@@ -517,9 +517,12 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
 
 
 @hub_group.command("serve")
-@click.option("--dcc", "dcc_url", required=True, metavar="URL",
+@click.option("--dcc", "dcc_url", default=None, metavar="URL",
               help="The DCC's HTTP server (hanota dcc serve), e.g. http://127.0.0.1:8080; "
                    "the hub dials its WAN websocket /wan/<hub EUI>.")
+@click.option("--wan", "wan_url", default=None, envvar="HANOTA_WAN", metavar="nats://HOST:PORT",
+              help="The WAN on NATS JetStream instead of the websocket (the URL dcc serve "
+                   "--wan was given).")
 @click.option("--premises", default=None, metavar="MPXN",
               help="The premises this Comms Hub serves (devices the DCC pre-notifies are "
                    "registered there; default CH-<hub EUI>).")
@@ -529,7 +532,7 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
 @_serve_options
 @_db_option
 @domain_errors
-def hub_serve(dcc_url, premises, wan_token, images_dir, udp, serial, max_in_flight, block_cap,
+def hub_serve(dcc_url, wan_url, premises, wan_token, images_dir, udp, serial, max_in_flight, block_cap,
               priority, poll, retry_base, retry_max, max_attempts, answer_timeout,
               stall_timeout, activation_timeout, request_timeout, log_level, db_path):
     """Run the Comms Hub of one premises: `hanota serve` plus the WAN to the DCC.
@@ -538,7 +541,15 @@ def hub_serve(dcc_url, premises, wan_token, images_dir, udp, serial, max_in_flig
     are stored, acknowledged and carried out on this hub; its outcomes and activation alerts
     go back to the DCC. The WAN reconnects by itself; nothing is lost while it is down.
     """
-    if not dcc_url.startswith(("http://", "https://")):
+    if wan_url is not None:
+        if not wan_url.startswith(("nats://", "tls://")):
+            raise click.BadParameter("give the NATS server as nats://HOST:PORT",
+                                     param_hint="--wan")
+        dcc_url = wan_url
+    elif dcc_url is None:
+        raise click.UsageError("give --dcc http://HOST:PORT (the websocket WAN) or --wan "
+                               "nats://HOST:PORT")
+    elif not dcc_url.startswith(("http://", "https://")):
         raise click.BadParameter("give the DCC's address as http://HOST:PORT (hanota dcc "
                                  "serve prints it)", param_hint="--dcc")
     _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,

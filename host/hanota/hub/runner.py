@@ -105,8 +105,8 @@ class HubRunner(LoopThread):
 
     @staticmethod
     async def _make_wan(hub: Hub, dcc_url: str, premises: str | None, token: str | None):
-        from ..dcc.wan import CommsHubWan  # the DCC package sits above the hub
-        wan = CommsHubWan(hub, dcc_url, premises=premises, token=token)
+        from ..dcc.wan_nats import make_hub_wan  # the DCC package sits above the hub
+        wan = make_hub_wan(hub, dcc_url, premises=premises, token=token)
         await wan.start()
         return wan
 

@@ -1,0 +1,380 @@
+"""The WAN on NATS JetStream (`--wan nats://HOST:PORT` on `hanota dcc serve` and `hanota hub
+serve`): the same messages as the websocket WAN (wan.py), carried by a broker, so that the DCC
+can run as several workers on several machines and a Comms Hub that was offline gets what it
+missed from the broker's store.
+
+Subjects, all in one file-stored stream `HANOTA_WAN` (limits retention, a duplicate window of
+`DEDUP_WINDOW` seconds):
+
+- `hanota.wan.<hub EUI>.down`: DCC -> CH: the DCC's messages (`{"id": n, "type": ...}`,
+  published with `Nats-Msg-Id: dcc-<hub>-<n>`) and the DCC's acknowledgements of the CH's
+  messages (`{"ack": m}`, `Nats-Msg-Id: dcc-ack-<hub>-<m>`). Each Comms Hub reads them
+  through its own durable pull consumer `ch-<hub EUI>`, so what arrives while it is offline
+  waits for it.
+- `hanota.wan.<hub EUI>.up`: CH -> DCC: its hello (`{"hello": ..., "replaces": [...]}`, at
+  start and after a Trust Centre Swap-Out), its outcomes and alerts (`Nats-Msg-Id:
+  ch-<hub>-<m>`) and its acknowledgements of the DCC's messages (`{"ack": n}`). Every DCC
+  worker reads them through the one shared durable pull consumer `hanota-dcc`, so each
+  message goes to one worker, and to another after `ack_wait` if that one died first.
+
+Delivery is at least once and every step is idempotent on ids, as over the websocket: each
+end stores a message (DCC: `wan_in`, CH: `ch_wan_in`, keyed by id) before it acknowledges it
+to the broker, and takes an id it has seen as a duplicate. A CH's outcome counts as delivered
+when the DCC's `{"ack": m}` comes back (the CH publishes again what stays unacknowledged for
+`resend` seconds); a DCC message when the CH's ack comes back (`wan_out.acked`, as before).
+
+Several DCC workers: each worker claims Comms Hubs with a lease (`DccStore.wan_claim_hubs`:
+FOR UPDATE SKIP LOCKED on PostgreSQL) and publishes their unpublished messages in id order,
+marking each `published` once JetStream has stored it. A killed worker's leases run out and
+another worker takes its hubs over; a message it had published but not marked yet goes
+again with the same Nats-Msg-Id, and JetStream drops the copy (within the duplicate window;
+after it, the CH's id check does).
+
+NATS has its own authentication (user credentials, nkeys, TLS); `--wan-auth` tokens are the
+websocket's and are not used here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from ..errors import HanotaError
+from .wan import CommsHubWan, WanEndpoint, WanError, decode, encode, eui_hex
+
+log = logging.getLogger(__name__)
+
+STREAM = "HANOTA_WAN"
+SUBJECTS = "hanota.wan.>"
+DOWN = "hanota.wan.%s.down"
+UP = "hanota.wan.%s.up"
+DCC_CONSUMER = "hanota-dcc"
+DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
+MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
+
+
+def is_nats(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("nats://", "tls://"))
+
+
+def check_url(url: str, option: str = "--wan") -> str:
+    if not is_nats(url):
+        raise WanError("%s %r: give the NATS server as nats://HOST:PORT" % (option, url),
+                       reason="usage")
+    return url
+
+
+def _nats_errors() -> tuple[type[BaseException], ...]:
+    import nats.errors
+
+    return (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+async def connect(url: str, name: str) -> tuple[Any, Any]:
+    """A NATS connection that reconnects by itself, and its JetStream context with the WAN
+    stream made if missing. Raises what nats-py raises when the server is unreachable."""
+    import nats
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.5, connect_timeout=2)
+    js = nc.jetstream()
+    try:
+        await js.stream_info(STREAM)
+    except NotFoundError:
+        try:
+            await js.add_stream(StreamConfig(
+                name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS, duplicate_window=DEDUP_WINDOW,
+                max_age=MAX_AGE))
+        except Exception:  # noqa: BLE001 - another process made it first
+            await js.stream_info(STREAM)
+    return nc, js
+
+
+def _consumer_config(durable: str, subject: str, ack_wait: float) -> Any:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(durable_name=durable, filter_subject=subject, ack_wait=ack_wait,
+                          ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                          max_ack_pending=10000)
+
+
+# ==================================================================== the DCC's end
+
+class NatsWanDcc:
+    """One DCC worker's end of the WAN on NATS, over the DCC service (`Dcc`) and its store.
+
+    `start()`/`stop()` on the serving event loop; `notify()` after a submission makes the
+    publisher look at once (it also looks every `poll` seconds: another worker's or
+    process's submissions). `worker` names this worker in the leases (default host:pid)."""
+
+    def __init__(self, dcc: Any, url: str, *, worker: str | None = None, lease: float = 15.0,
+                 poll: float = 0.5, ack_wait: float = 10.0, batch: int = 100):
+        self.dcc = dcc
+        self.url = check_url(url)
+        self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
+        self.lease = lease
+        self.poll = poll
+        self.ack_wait = ack_wait
+        self.batch = batch
+        self.on_received: Any = None  # called after a CH message is taken (push responses)
+        self._hello = WanEndpoint(dcc)  # its swap-out handling, as over the websocket
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._nc: Any = None
+        self._js: Any = None
+        self._up = asyncio.Event()
+        self.published = 0
+        self.received = 0
+        self.connected: set[str] = set()  # for /api/v1/health: hubs heard from
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            self.dcc.store.wan_release(self.worker)
+        except HanotaError as e:
+            log.warning("NATS WAN: could not release this worker's hubs: %s", e)
+        if self._nc is not None:
+            try:
+                await self._nc.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._nc = None
+
+    def notify(self, hub: str | None = None) -> None:
+        self._wake.set()
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._up.wait(), timeout)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self._nc, self._js = await connect(self.url, "hanota-dcc " + self.worker)
+                break
+            except _nats_errors() as e:
+                log.info("NATS WAN %s: %s; retrying", self.url, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.info("NATS WAN up: %s (worker %s)", self.url, self.worker)
+        self._up.set()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._publisher()), loop.create_task(self._consumer())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- DCC -> CH
+
+    async def _publisher(self) -> None:
+        errors = _nats_errors() + (HanotaError,)
+        while True:
+            self._wake.clear()
+            try:
+                await self.publish_once()
+            except errors as e:  # the broker or the database: the next pass tries again
+                log.warning("NATS WAN publishing: %s", e)
+            except Exception:  # a bug must not end the WAN for good; it is logged
+                log.exception("NATS WAN publishing")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            except asyncio.TimeoutError:
+                pass
+
+    async def publish_once(self) -> int:
+        """Claim hubs and publish their unpublished messages in order; how many."""
+        store = self.dcc.store
+        n = 0
+        for hub in store.wan_claim_hubs(self.worker, self.lease, self.batch):
+            done: list[int] = []
+            try:
+                for msg in store.wan_unpublished(hub):
+                    await self._js.publish(DOWN % hub, encode(msg).encode(), headers={
+                        "Nats-Msg-Id": "dcc-%s-%d" % (hub, msg["id"])})
+                    done.append(msg["id"])
+            finally:  # what the broker has stored is marked even if the rest failed
+                if done:
+                    store.wan_published(done)
+                    n += len(done)
+        self.published += n
+        return n
+
+    # -- CH -> DCC
+
+    async def _consumer(self) -> None:
+        import nats.errors
+
+        errors = _nats_errors() + (HanotaError,)
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await self._js.pull_subscribe(
+                        UP % "*", durable=DCC_CONSUMER, stream=STREAM,
+                        config=_consumer_config(DCC_CONSUMER, UP % "*", self.ack_wait))
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                for m in msgs:
+                    await self._take(m)
+            except errors as e:
+                log.warning("NATS WAN receiving: %s", e)
+                sub = None
+                await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - logged, the loop goes on
+                log.exception("NATS WAN receiving")
+                sub = None
+                await asyncio.sleep(0.5)
+
+    async def _take(self, m: Any) -> None:
+        """One CH message: act on it (idempotently), then acknowledge it to the broker; a
+        message that could not be stored is left unacknowledged (the broker redelivers)."""
+        parts = m.subject.split(".")
+        try:
+            hub = eui_hex(parts[2])
+            msg = decode(m.data)
+        except (WanError, IndexError) as e:
+            log.error("NATS WAN: dropped a message on %s: %s", m.subject, e)
+            await m.term()
+            return
+        key = bytes.fromhex(hub)
+        self.connected.add(hub)
+        if "hello" in msg:
+            self._hello._hello(hub, msg)
+        elif "ack" in msg:
+            self.dcc.wan_acked(key, msg["ack"])
+        elif "id" in msg:
+            try:
+                self.dcc.wan_received(key, msg)
+            except HanotaError as e:
+                if getattr(e, "reason", "") != "bad-wan-message":
+                    log.error("Comms Hub %s message %s not taken: %s", hub, msg["id"], e)
+                    await m.nak(delay=1.0)
+                    return
+                log.error("Comms Hub %s message %s dropped: %s", hub, msg["id"], e)
+            await self._js.publish(DOWN % hub, encode({"ack": msg["id"]}).encode(),
+                                   headers={"Nats-Msg-Id": "dcc-ack-%s-%d" % (hub, msg["id"])})
+            self.received += 1
+            if self.on_received is not None:
+                self.on_received()
+        await m.ack()
+
+
+# ==================================================================== the Comms Hub's end
+
+class NatsCommsHubWan(CommsHubWan):
+    """The Comms Hub's end on NATS: the same store, `work()`, `apply()` and `collect()` as
+    over the websocket (wan.py); only the carriage differs (`run`). Its durable consumer
+    `ch-<hub EUI>` keeps what the DCC sent while it was offline."""
+
+    def __init__(self, hub: Any, url: str, *, premises: str | None = None, poll: float = 0.2,
+                 backoff: tuple[float, float] = (0.2, 5.0), token: str | None = None,
+                 resend: float = 30.0, ack_wait: float = 10.0):
+        super().__init__(hub, "http://nats.invalid", premises=premises, poll=poll,
+                         backoff=backoff, token=None)
+        self.url = check_url(url)
+        self.resend = resend
+        self.ack_wait = ack_wait
+        if token:
+            log.info("a WAN token is for the websocket WAN; on NATS it is not used")
+
+    async def run(self) -> None:
+        delay = self.backoff[0]
+        nc = None
+        try:
+            while not self._stopping:
+                try:
+                    if nc is None:
+                        nc, js = await connect(self.url, "hanota-ch")
+                    delay = self.backoff[0]
+                    await self._session(js)  # returns when the hub's identity changes
+                except _nats_errors() + (HanotaError,) as e:
+                    (log.warning if self.connected.is_set() else log.info)(
+                        "NATS WAN %s: %s; again in %.1f s", self.url, e, delay)
+                except Exception:  # a bug must not end the WAN for good; it is logged
+                    log.exception("NATS WAN %s", self.url)
+                finally:
+                    self.connected.clear()
+                if not self._stopping:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff[1])
+        finally:
+            if nc is not None:
+                try:
+                    await nc.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def _session(self, js: Any) -> None:
+        import nats.errors
+
+        hub, previous = self._identity()
+        durable = "ch-" + hub
+        sub = await js.pull_subscribe(DOWN % hub, durable=durable, stream=STREAM,
+                                      config=_consumer_config(durable, DOWN % hub,
+                                                              self.ack_wait))
+        await js.publish(UP % hub, encode(self._hello(hub, previous)).encode())
+        self.connections += 1
+        self.connected.set()
+        log.info("NATS WAN up: %s as hub %s", self.url, hub)
+        loop = asyncio.get_running_loop()
+        sent: dict[int, float] = {}  # CH message id -> when published
+        while not self._stopping:
+            switching = self._identity()[0] != hub
+            if switching:
+                self.collect()  # what the old identity has to say goes under it
+            now = loop.time()
+            for msg in self.store.outbox():
+                if now - sent.get(msg["id"], -1e9) >= self.resend:
+                    await js.publish(UP % hub, encode(msg).encode(),
+                                     headers={"Nats-Msg-Id": "ch-%s-%d" % (hub, msg["id"])})
+                    sent[msg["id"]] = now
+            if switching:
+                return
+            try:
+                msgs = await sub.fetch(100, timeout=self.poll)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            for m in msgs:
+                try:
+                    msg = decode(m.data)
+                except WanError as e:
+                    log.warning("DCC: %s", e)
+                    await m.term()
+                    continue
+                if "ack" in msg:
+                    self.store.acked(msg["ack"])
+                    sent.pop(msg["ack"], None)
+                elif "id" in msg:
+                    try:
+                        self.store.store_in(msg)
+                    except HanotaError as e:
+                        log.error("DCC message %s not stored: %s", msg["id"], e)
+                        await m.nak(delay=1.0)
+                        continue
+                    await js.publish(UP % hub, encode({"ack": msg["id"]}).encode())
+                    self.wake()
+                await m.ack()
+
+
+def make_hub_wan(hub: Any, url: str, **kw: Any) -> CommsHubWan:
+    """The Comms Hub's WAN for a DCC URL: http(s):// the websocket, nats:// JetStream."""
+    if is_nats(url):
+        return NatsCommsHubWan(hub, url, **kw)
+    return CommsHubWan(hub, url, **kw)

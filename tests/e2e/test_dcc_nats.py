@@ -1,0 +1,283 @@
+"""The WAN on NATS JetStream and several DCC workers sharing one PostgreSQL database.
+
+Each test starts its own nats-server (JetStream, a loopback port chosen at run time; its
+store survives a restart) so that streams and consumers of one test never reach another;
+PostgreSQL is the session's server with a fresh database per test (tests/conftest.py). Both
+skip, saying why, where the server cannot start.
+
+The DCC's end is `NatsWanDcc` over a real `DccStore`, with a stand-in for the DCC service
+that records what the hubs send (the service's DUIS logic has its own tests); the Comms
+Hub's end is `NatsCommsHubWan` over a real hub database, carrying messages only (`run`
+without `work`: what the hub does with them is the websocket WAN's tests' business).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from hanota.dcc.store import DccStore
+from hanota.hub import HubDB
+
+pytestmark = pytest.mark.timeout(120)
+
+nats = pytest.importorskip("nats", reason="nats-py is not installed")
+from hanota.dcc import wan_nats  # noqa: E402
+from hanota.dcc.wan import ChStore, eui_hex  # noqa: E402
+
+
+class FakeDcc:
+    """The DCC service's WAN calls, straight onto its store (inbound ids recorded once)."""
+
+    def __init__(self, store: DccStore):
+        self.store = store
+        self.taken: list[tuple[str, int]] = []
+
+    def wan_acked(self, key: bytes, msg_id: int) -> None:
+        self.store.wan_acked(key, msg_id)
+
+    def wan_received(self, key: bytes, msg: dict) -> None:
+        if self.store.wan_seen(key, msg["id"], msg):
+            self.taken.append((key.hex().upper(), msg["id"]))
+
+
+@pytest.fixture
+def natsd():
+    from support.servers import Nats, ServerUnavailable
+
+    try:
+        server = Nats()
+    except ServerUnavailable as e:
+        pytest.skip("nats-server cannot start here: %s" % e)
+    yield server
+    server.cleanup()
+
+
+def hub_side(tmp_path, name: str, url: str) -> tuple[wan_nats.NatsCommsHubWan, HubDB, str]:
+    db = HubDB.open(tmp_path / (name + ".db"))
+    eui = eui_hex(db.current_hub()["eui"])
+    wan = wan_nats.NatsCommsHubWan(SimpleNamespace(db=db), url, poll=0.05,
+                                   backoff=(0.05, 0.3), resend=2.0, ack_wait=2.0)
+    wan.store = ChStore(db)
+    return wan, db, eui
+
+
+async def until(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for " + what)
+        await asyncio.sleep(0.05)
+
+
+async def stream_messages(url: str, subject: str) -> list[tuple[str, dict]]:
+    """Every message the stream holds on `subject` (wildcards allowed), in stream order, as
+    (subject, body), read with an ephemeral consumer."""
+    nc, js = await wan_nats.connect(url, "test-reader")
+    try:
+        sub = await js.pull_subscribe(subject, stream=wan_nats.STREAM)
+        out: list[tuple[str, dict]] = []
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+            for m in msgs:
+                out.append((m.subject, json.loads(m.data)))
+                await m.ack()
+        return out
+    finally:
+        await nc.close()
+
+
+async def stream_bodies(url: str, subject: str) -> list[dict]:
+    return [b for _, b in await stream_messages(url, subject)]
+
+
+def down_ids(bodies: list[dict]) -> list[int]:
+    return [b["id"] for b in bodies if "id" in b]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_hub_offline_during_a_burst_gets_everything(backend, natsd, tmp_path, request):
+    """The DCC publishes a burst while the Comms Hub is off; when it comes back it receives
+    every message once, in order, the DCC sees every one acknowledged, and the hub's own
+    messages reach the DCC once each."""
+    target = request.getfixturevalue("pg_uri") if backend == "postgresql" \
+        else tmp_path / "dcc.db"
+    store = DccStore(target)
+    dcc = FakeDcc(store)
+    wan, db, hub = hub_side(tmp_path, "hub", natsd.url)
+
+    async def main():
+        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
+        await worker.start()
+        await worker.wait_connected()
+        ids = [store.wan_queue(hub, {"type": "read_version", "request": "r%d" % i,
+                                     "device": "00DB123456789001"}) for i in range(60)]
+        worker.notify()
+        await until(lambda: worker.published == len(ids), 20, "the burst published")
+        assert store.wan_outbox(hub) and len(store.wan_outbox(hub)) == len(ids)  # none acked
+        for i in range(5):  # what the hub has to say, queued while it was off
+            wan.store.queue({"type": "alert", "alert": "activation", "request": None,
+                             "device": "00DB123456789001", "detail": {"n": i}})
+        task = asyncio.get_running_loop().create_task(wan.run())  # the hub comes back
+        try:
+            await until(lambda: not store.wan_outbox(hub), 30, "every message acknowledged")
+            await until(lambda: not wan.store.outbox(), 30, "the hub's messages acknowledged")
+        finally:
+            wan._stopping = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.stop()
+        got = [r[0] for r in db.all("SELECT id FROM ch_wan_in ORDER BY rowid")]
+        assert got == ids  # each once, in the order the DCC queued them
+        assert sorted(i for h, i in dcc.taken if h == hub) == [1, 2, 3, 4, 5]
+        assert len(dcc.taken) == 5
+        bodies = await stream_bodies(natsd.url, wan_nats.DOWN % hub)
+        assert down_ids(bodies) == ids  # the broker holds each message once
+
+    asyncio.run(main())
+    store.close()
+    db.close()
+
+
+def test_nats_restarted_mid_run_loses_nothing(natsd, tmp_path, pg_uri):
+    """nats-server killed (SIGKILL) in the middle of a run and started again on the same
+    store: both directions go on, nothing is lost and nothing is taken twice."""
+    store = DccStore(pg_uri)
+    dcc = FakeDcc(store)
+    wan, db, hub = hub_side(tmp_path, "hub", natsd.url)
+
+    async def main():
+        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
+        await worker.start()
+        await worker.wait_connected()
+        task = asyncio.get_running_loop().create_task(wan.run())
+        await until(wan.connected.is_set, 10, "the hub's WAN up")
+        ids = [store.wan_queue(hub, {"type": "read_version", "request": "a%d" % i,
+                                     "device": "00DB123456789001"}) for i in range(30)]
+        worker.notify()
+        await until(lambda: len(store.wan_outbox(hub)) < 30, 20, "the first messages taken")
+        natsd.kill()
+        ids += [store.wan_queue(hub, {"type": "read_version", "request": "b%d" % i,
+                                      "device": "00DB123456789001"}) for i in range(30)]
+        for i in range(10):
+            wan.store.queue({"type": "alert", "alert": "activation", "request": None,
+                             "device": "00DB123456789001", "detail": {"n": i}})
+        await asyncio.sleep(1.0)  # both ends find the broker gone
+        natsd.start()
+        try:
+            await until(lambda: not store.wan_outbox(hub), 40, "every message acknowledged")
+            await until(lambda: not wan.store.outbox(), 40, "the hub's messages acknowledged")
+        finally:
+            wan._stopping = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.stop()
+        got = [r[0] for r in db.all("SELECT id FROM ch_wan_in ORDER BY id")]
+        assert got == ids
+        assert sorted(i for _, i in dcc.taken) == list(range(1, 11))
+
+    asyncio.run(main())
+    store.close()
+    db.close()
+
+
+def test_leases_split_hubs_between_workers_and_expire(pg_uri):
+    """Two workers claim disjoint Comms Hubs; a worker's claims are its own until its lease
+    runs out, then another worker takes them over."""
+    now = [1000.0]
+    a = DccStore(pg_uri, clock=lambda: now[0])
+    b = DccStore(pg_uri, clock=lambda: now[0])
+    hubs = ["00DB0000000000%02X" % i for i in range(6)]
+    for h in hubs:
+        a.wan_queue(h, {"type": "read_version", "request": None, "device": None})
+    got_a = a.wan_claim_hubs("A", lease=10.0, limit=3)
+    got_b = b.wan_claim_hubs("B", lease=10.0, limit=10)
+    assert len(got_a) == 3 and set(got_a).isdisjoint(got_b) and set(got_a) | set(got_b) \
+        == set(hubs)
+    assert set(b.wan_claim_hubs("B", lease=10.0)) == set(got_b)  # B renews its own only
+    now[0] += 5.0
+    assert set(a.wan_claim_hubs("A", lease=10.0)) == set(got_a)  # A's are still A's
+    now[0] += 11.0  # A died: its leases run out
+    assert set(b.wan_claim_hubs("B", lease=10.0)) == set(hubs)
+    assert a.wan_claim_hubs("A", lease=10.0) == []  # B holds them now
+    a.close()
+    b.close()
+
+
+WORKER = r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[4])
+from hanota.dcc.store import DccStore
+from hanota.dcc import wan_nats
+from test_dcc_nats import FakeDcc
+
+async def main():
+    w = wan_nats.NatsWanDcc(FakeDcc(DccStore(sys.argv[1])), sys.argv[2], worker=sys.argv[3],
+                            lease=1.5, poll=0.05, batch=4)
+    await w.start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_two_workers_share_the_outbox_and_one_is_killed(natsd, pg_uri, tmp_path):
+    """Two `NatsWanDcc` worker processes on one PostgreSQL database publish 24 hubs' messages;
+    worker A is SIGKILLed half-way; B takes A's hubs over when their leases run out. Every
+    message is published, the broker holds each exactly once and each hub's in id order."""
+    store = DccStore(pg_uri)
+    hubs = ["00DB00000000A0%02X" % i for i in range(24)]
+    ids: dict[str, list[int]] = {h: [] for h in hubs}
+    for n in range(25):
+        for h in hubs:
+            ids[h].append(store.wan_queue(h, {"type": "read_version", "request": "r%d" % n,
+                                              "device": None}))
+    total = sum(len(v) for v in ids.values())
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here, os.path.join(here, ".."), os.environ.get("PYTHONPATH", "")]))
+    procs = {name: subprocess.Popen([sys.executable, "-c", WORKER, pg_uri, natsd.url, name,
+                                     here], env=env)
+             for name in ("A", "B")}
+    try:
+        def published() -> int:
+            return store.one("SELECT count(*) FROM wan_out WHERE published IS NOT NULL")[0]
+
+        end = time.monotonic() + 30
+        while published() < total // 3:
+            assert time.monotonic() < end, "the workers published %d of %d" % (
+                published(), total)
+            time.sleep(0.02)
+        held = store.one("SELECT count(*) FROM wan_leases WHERE worker = 'A'")[0]
+        procs["A"].send_signal(signal.SIGKILL)
+        procs["A"].wait(10)
+        assert held > 0, "worker A held no hub when it was killed"
+        end = time.monotonic() + 40
+        while published() < total:
+            assert time.monotonic() < end, "B finished %d of %d" % (published(), total)
+            time.sleep(0.05)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+
+    async def check():
+        held: dict[str, list[int]] = {h: [] for h in hubs}
+        for subject, body in await stream_messages(natsd.url, wan_nats.DOWN % "*"):
+            held[subject.split(".")[2]].append(body["id"])
+        for h in hubs:
+            assert held[h] == ids[h], "hub %s: %s" % (h, held[h])
+
+    asyncio.run(check())
+    store.close()
