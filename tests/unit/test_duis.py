@@ -370,12 +370,18 @@ def test_unknown_srv_and_mismatched_sr():
     ("11.3", 1, "E12"), ("11.3", 8, "E12"), ("8.7.1", 2, "E12"),
     ("11.2", 4, "E12"), ("8.7.2", 8, "E12"), ("11.2", 9, "E12"), ("11.2", 0, "E12"),
     ("11.2", 2, "E17"), ("11.2", 3, "E17"), ("11.3", 6, "E17"), ("8.8.1", 7, "E17"),
-    ("11.3", 5, duis.E_UNSUPPORTED),
+    ("8.7.1", 5, duis.E_UNSUPPORTED),
 ])
 def test_command_variant_refused(srv, cv, code):
     e = refused(build(srv, command_variant=cv))
     assert e.code == code
     assert "CommandVariant %d" % cv in str(e)
+
+
+def test_signed_precommand_body_is_required_with_cv5():
+    # SR 11.3 CV 5 is read (host/hanota/dcc/precommand.py), with its own body
+    e = refused(build("11.3", command_variant=5))
+    assert e.code == duis.E_MALFORMED and "SignedPreCommand" in str(e)
 
 
 def test_target_rules():

@@ -324,8 +324,19 @@ def check_command_variant(svc: Service, cv: int, request_id: str | None = None) 
     if cv in (2, 3, 6, 7):
         raise DuisError("E17", "CommandVariant %d asks for local delivery, which hanota's DCC "
                         "does not offer; use %d" % (cv, svc.cv), **rid)
-    raise DuisError(E_UNSUPPORTED, "CommandVariant %d (a Signed Pre-Command) is not read by "
-                    "hanota's DCC yet; submit the request with CommandVariant 4" % cv, **rid)
+    if svc.srv in SIGNED_PRECOMMAND_SRVS:
+        return  # CV 5: the Signed Pre-Command of an earlier CV 4 request
+    raise DuisError(E_UNSUPPORTED, "CommandVariant %d (a Signed Pre-Command) is read by "
+                    "hanota's DCC for SR %s only; submit the request with CommandVariant 4"
+                    % (cv, ", ".join(SIGNED_PRECOMMAND_SRVS)), **rid)
+
+
+# SRs whose CV 4 request the DCC answers with a Pre-Command and whose CV 5 Signed Pre-Command
+# it sends (GBCS on the HAN: CS06 to an HCALCS). A CV 5 request's body is, as DCC Boxed's
+# Node-RED nodes build it: sr:SignedPreCommand / sr:GBCSPayload (base64 of the pre-command
+# with the User's signature appended: signature length 0x40 || r || s); its RequestID is the
+# CV 4 request's (host/hanota/dcc/precommand.py).
+SIGNED_PRECOMMAND_SRVS = ("11.3",)
 
 
 # --- request parsing -------------------------------------------------------------------------
@@ -660,6 +671,18 @@ def parse_request(xml: bytes) -> DuisRequest:
         raise DuisError(E_TARGET, "SR %s (%s) is a device service: the RequestID target must "
                         "be the device, not the DCC" % (srv, svc.name), request_id=rid, srv=srv)
     b = _Reader(body, "Body", rid, srv)
+    if cv == 5:
+        el = b.element("SignedPreCommand")
+        assert el is not None
+        b.end()
+        r = _Reader(el, "Body/SignedPreCommand", rid, srv)
+        try:
+            payload = _b64(r.text("GBCSPayload"), "Body/SignedPreCommand/GBCSPayload")
+        except DuisError as e:
+            r.fail(e.reason)
+        r.end()
+        return DuisRequest(request_id, cv, sr, srv, "SignedPreCommand",
+                           {"signed_precommand": payload}, bytes(xml))
     el = b.element(svc.body)
     assert el is not None
     b.end()

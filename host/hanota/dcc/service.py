@@ -47,7 +47,7 @@ from typing import Any
 from hanfw import otafile
 from hanfw.otafile import OtaError
 
-from . import duis, xmlsig
+from . import duis, precommand, xmlsig
 from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,13 @@ class Dcc:
         self.store = store
         self.keystore = keystore
         self.key, self.cert = signer
+        # device EUI (hex) -> its GBCS KA public key (65 bytes), from its commissioning
+        # (`board deploy --acb-cert` prints it): SR 11.3 to such a device goes by Pre-Command
+        self.device_ka: dict[str, bytes] = {}
+
+    def register_device_ka(self, eui: bytes | str, ka_public: bytes) -> None:
+        """Record a GBCS-commissioned device's KA public key (from its deploy)."""
+        self.device_ka[eui_hex(eui)] = bytes(ka_public)
 
     # ------------------------------------------------------------ submission
 
@@ -194,7 +201,9 @@ class Dcc:
                 raise Refusal("not-originator", "the RequestID's originator %s is not the "
                               "signer's entity ID %s" % (user, eui_hex(signer.entity_id)))
             counter = int(req.request_id.counter)
-            if not self.store.take_counter(user, counter):
+            if req.command_variant == 5:
+                pass  # a Signed Pre-Command: its CV 4 request took the counter (_signed_precommand)
+            elif not self.store.take_counter(user, counter):
                 raise Refusal("replay", "RequestID counter %d is not above %d, the last this "
                               "User used (a replayed or reordered request)"
                               % (counter, self.store.last_counter(user) or 0))
@@ -206,6 +215,9 @@ class Dcc:
             return self._dispatch(req, user, counter)
         except Refusal as r:
             log.info("refused %s: %s", req.request_id, r.reason)
+            if req.command_variant == 5:  # the CV 4 request's row is the record
+                return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
+                                                       srv=req.service_reference_variant))
             self.store.add_request(str(req.request_id), user, counter,
                                    req.service_reference_variant, device=_device_of(req),
                                    outcome="refused", code=r.code, reason=r.reason,
@@ -217,6 +229,8 @@ class Dcc:
         srv = req.service_reference_variant
         if srv in ("11.1", "11.4"):
             return self._update_firmware(req, user, counter)
+        if srv == "11.3" and req.command_variant == 5:
+            return self._signed_precommand(req, user)
         if srv == "11.3":
             return self._activate(req, user, counter)
         if srv == "11.2":
@@ -313,9 +327,44 @@ class Dcc:
             raise Refusal("malformed", "SR 11.3 needs a FirmwareHash of 32 bytes")
         at = f.get("execution_datetime")
         cancel = bool(f.get("cancel")) or (at is not None and at.year >= CANCEL_YEAR)
+        if dev["eui"] in self.device_ka:
+            # GBCS-commissioned: the User signs a CS06 (CV 4 -> Pre-Command, then CV 5)
+            pre = precommand.precommand(req.request_id, bytes(h), at, cancel)
+            self.store.add_request(str(req.request_id), user, counter, "11.3", device=dev["eui"],
+                                   hub_eui=dev["hub_eui"],
+                                   detail={"precommand": pre.hex(), "cancel": cancel,
+                                           "wan_type": "gbcs"})
+            return self._sign(precommand.precommand_response(req.request_id, pre))
         msg = {"type": "cancel_activation" if cancel else "activate",
                "hash": bytes(h).hex(), "at": None if cancel else _iso(at)}
         return self._to_hub(req, user, counter, dev, msg, detail={"cancel": cancel})
+
+    def _signed_precommand(self, req: Any, user: str) -> bytes:
+        """CV 5: the Signed Pre-Command of a CV 4 request this DCC answered with a
+        Pre-Command; checked (exactly that pre-command, the User's DS signature), MAC'd with
+        the ACB's KA key to the device's KA key and sent to the Comms Hub as GBCS bytes."""
+        row = self.store.request_by_text(str(req.request_id))
+        detail = (row or {}).get("detail") or {}
+        if row is None or row["user"] != user or "precommand" not in detail:
+            raise Refusal("malformed", "no Pre-Command was issued for RequestID %s: submit SR "
+                          "11.3 with CommandVariant 4 first" % req.request_id)
+        if row["outcome"] is not None or row.get("state") != "accepted":
+            raise Refusal("replay", "the Signed Pre-Command of RequestID %s was already taken"
+                          % req.request_id)
+        try:
+            msg = precommand.check_and_mac(req.fields["signed_precommand"],
+                                           bytes.fromhex(detail["precommand"]),
+                                           req.request_id.originator, self.keystore,
+                                           self.device_ka[row["device"]])
+        except (precommand.PrecommandError, KeyError) as e:
+            raise Refusal("bad-signature", "Signed Pre-Command refused: %s" % e) from None
+        body = {"request": str(req.request_id), "device": row["device"], "type": "gbcs",
+                "gbcs_b64": base64.b64encode(msg).decode("ascii"),
+                "cancel": bool(detail.get("cancel"))}
+        with self.store.tx():
+            self.store.wan_queue(row["hub_eui"], body, request=row["id"])
+            self.store.set_request_state(row["id"], "sent")
+        return self._sign(duis.acknowledgement(req.request_id, ACCEPTED, None, srv="11.3"))
 
     # -- join / unjoin
 

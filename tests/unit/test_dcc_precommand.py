@@ -1,0 +1,151 @@
+"""SR 11.3 to a GBCS-commissioned HCALCS through DUIS's Pre-Command flow: CV 4 -> the DCC's
+Pre-Command (ResponseMessage/PreCommand/GBCSPayload: the CS06 APDU without signature), the
+User signs it (`precommand.sign`) and submits CV 5 (SignedPreCommand/GBCSPayload, the same
+RequestID); the DCC checks it is exactly its pre-command signed with the User's DS key, adds
+the ACB MAC for the device's KA key and queues the GBCS bytes for the Comms Hub, where the
+device's check (hanfw.activation) accepts them. Each refusal is named and queues nothing."""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from hanfw import activation, config, gbcs, p256
+from hanota.dcc import duis, pki, precommand, xmlsig
+from hanota.dcc.service import Dcc
+from hanota.dcc.store import DccStore
+from hanota.deploy import gbcs_commissioning
+from hanfw.state import State
+from support.fakedevice import install_code
+
+pytestmark = pytest.mark.timeout(60)
+
+SUP_A = pki.ORGS["supplier-a"][1]
+HUB = bytes.fromhex("00DB1234567800C1")
+HCALCS = bytes.fromhex("00DB123456789001")
+IMG = hashlib.sha256(b"held image").digest()
+
+
+@pytest.fixture(scope="module")
+def pkidir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    pki.init(d)
+    return d
+
+
+@pytest.fixture
+def world(tmp_path, pkidir):
+    store = DccStore(tmp_path / "dcc.db")
+    store.add_premises("MPAN-1", [SUP_A], HUB)
+    store.add_device(HCALCS, "HCALCS", "MPAN-1", manufacturer=0x1234, model=0x0086,
+                     hw_version=0x0100, install_code=install_code(1))
+    dcc = Dcc(store, pki.KeyStore(pkidir), pki.signing_pair(pkidir, "dcc.xml"))
+    block, ka_pub = gbcs_commissioning((pkidir / "supplier-a.ds.cert.pem").read_bytes(),
+                                       (pkidir / "acb.ka.cert.pem").read_bytes())
+    dcc.register_device_ka(HCALCS, bytes.fromhex(ka_pub))
+    cfg = config.from_dict({"eui64": HCALCS.hex(), "role": "hcalcs", "manufacturer": 0x1234,
+                            "hw_version": 0x100, "keys": [block["supplier_ds"]],
+                            "install_code": "00" * 18, "gbcs": block})
+    yield dcc, cfg, pkidir
+    store.close()
+
+
+def ds_key(pkidir, name="supplier-a"):
+    return serialization.load_pem_private_key((pkidir / ("%s.ds.key.pem" % name)).read_bytes(), None)
+
+
+def submit(dcc, pkidir, xml, who="supplier-a"):
+    key, cert = pki.signing_pair(pkidir, who + ".xml")
+    out = dcc.submit(xmlsig.sign(xml, key, cert))
+    xmlsig.verify(out, dcc.cert)
+    return out
+
+
+def cv4(dcc, pkidir, counter, at=None, cancel=False):
+    xml = duis.build_request("11.3", SUP_A, HCALCS, counter, firmware_hash=IMG,
+                             execution_datetime=at, cancel=cancel)
+    return submit(dcc, pkidir, xml)
+
+
+def outbox(dcc):
+    return [m for m in dcc.wan_outbox(HUB) if m.get("type") == "gbcs"]
+
+
+def device_check(cfg, tmp_path, data):
+    class Banks:
+        def target_sha256(self, n):
+            return IMG
+    st = State(str(tmp_path / "ota.json"))
+    st.update(held={"version": 2, "length": 9, "hash": IMG.hex()})
+    return activation.process(cfg, st, Banks(), data, 1)
+
+
+def test_cv4_precommand_then_cv5_reaches_the_device_which_accepts_it(world, tmp_path):
+    dcc, cfg, pkidir = world
+    resp = cv4(dcc, pkidir, 5001)
+    rid, srv, pre = precommand.from_response(resp)
+    assert (str(rid), srv) == ("%s:%s:5001" % (duis.eui_text(SUP_A), duis.eui_text(HCALCS)), "11.3")
+    m = gbcs.decode(pre)
+    assert m.signature is None and m.kind == "cs06-command" and m.counter == 5001
+    assert m.originator == SUP_A and m.recipient == HCALCS
+    assert m.fields["manufacturer_image_hash"] == IMG
+    assert not outbox(dcc)  # nothing goes to the hub before the User signed it
+    signed = precommand.sign(pre, ds_key(pkidir))
+    ack = duis.parse_response(submit(dcc, pkidir, precommand.signed_request(rid, signed)))
+    assert ack["code"] == "I99", ack["reason"]
+    (msg,) = outbox(dcc)
+    data = base64.b64decode(msg["gbcs_b64"])
+    assert device_check(cfg, tmp_path, data)[::2] == (None, "activate")
+    # the same Signed Pre-Command again: refused, nothing more queued
+    again = duis.parse_response(submit(dcc, pkidir, precommand.signed_request(rid, signed)))
+    assert again["code"] != "I99"
+    assert len(outbox(dcc)) == 1
+
+
+def tampered(pre, signed, pkidir):
+    b = bytearray(signed)
+    b[-70] ^= 1  # inside the payload (the hash): no longer the pre-command issued
+    return bytes(b)
+
+
+@pytest.mark.parametrize("how,why", [
+    ("changed-field", "not the pre-command the DCC issued"),
+    ("other-supplier-key", "does not verify with the Supplier's key"),
+    ("bad-signature", "does not verify with the Supplier's key"),
+    ("no-cv4", "no Pre-Command was issued")])
+def test_signed_precommand_refusals(world, how, why):
+    dcc, cfg, pkidir = world
+    rid, _, pre = precommand.from_response(cv4(dcc, pkidir, 6001))
+    if how == "changed-field":
+        signed = precommand.sign(tampered(pre, pre, pkidir), ds_key(pkidir))
+    elif how == "other-supplier-key":
+        signed = precommand.sign(pre, ds_key(pkidir, "supplier-b"))
+    elif how == "bad-signature":
+        b = bytearray(precommand.sign(pre, ds_key(pkidir)))
+        b[-1] ^= 1
+        signed = bytes(b)
+    else:
+        signed = precommand.sign(pre, ds_key(pkidir))
+        rid = duis.RequestID(rid.originator, rid.target, 6002)
+    out = duis.parse_response(submit(dcc, pkidir, precommand.signed_request(rid, signed)))
+    assert out["code"] != "I99" and why in out["reason"], out["reason"]
+    assert not outbox(dcc)
+
+
+def test_precommand_round_trip_and_mac_matches_the_device_side(pkidir):
+    rid = duis.RequestID(SUP_A, HCALCS, 77)
+    pre = precommand.precommand(rid, IMG, cancel=True)
+    assert gbcs.decode(pre).fields["execution_date_time"] == gbcs.CANCEL_TIME
+    assert precommand.from_response(precommand.precommand_response(rid, pre))[2] == pre
+    req = duis.parse_request(precommand.signed_request(rid, precommand.sign(pre, ds_key(pkidir))))
+    assert req.command_variant == 5 and gbcs.decode(req.fields["signed_precommand"]).signature
+    dev = 0x1234567
+    data = precommand.add_mac(req.fields["signed_precommand"], ds_key(pkidir),
+                              p256.public_key(dev.to_bytes(32, "big")))
+    m = gbcs.decode(data)
+    acb_pub = ds_key(pkidir).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    z = p256.ecdh(dev.to_bytes(32, "big"), acb_pub)
+    assert gbcs.compute_mac(z, m, m.raw[m.apdu_start:m.sig_end]) == m.mac
