@@ -149,3 +149,25 @@ def test_precommand_round_trip_and_mac_matches_the_device_side(pkidir):
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     z = p256.ecdh(dev.to_bytes(32, "big"), acb_pub)
     assert gbcs.compute_mac(z, m, m.raw[m.apdu_start:m.sig_end]) == m.mac
+
+
+def test_cli_sign_precommand(world, tmp_path):
+    from click.testing import CliRunner
+
+    from hanota.cli import cli as main
+    dcc, cfg, pkidir = world
+    resp = tmp_path / "pre.xml"
+    resp.write_bytes(cv4(dcc, pkidir, 7001))
+    out = tmp_path / "cv5.xml"
+    r = CliRunner().invoke(main, ["duis", "sign-precommand", str(resp), "--ds-key",
+                                  str(pkidir / "supplier-a.ds.key.pem"), "--key",
+                                  str(pkidir / "supplier-a.xml.key.pem"), "--cert",
+                                  str(pkidir / "supplier-a.xml.cert.pem"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ack = duis.parse_response(dcc.submit(out.read_bytes()))
+    assert ack["code"] == "I99", ack["reason"]
+    assert len(outbox(dcc)) == 1
+    # not a Pre-Command response: named, exit code of a domain error
+    r = CliRunner().invoke(main, ["duis", "sign-precommand", str(out), "--ds-key",
+                                  str(pkidir / "supplier-a.ds.key.pem")])
+    assert r.exit_code != 0 and "PreCommand" in r.output

@@ -110,6 +110,37 @@ def duis_sign(request: str, key: str, cert: str, output: str) -> None:
         Path(output).write_bytes(signed)
 
 
+@duis.command("sign-precommand")
+@click.argument("response", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ds-key", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The Supplier's GBCS digital-signing key (PEM), e.g. supplier-a.ds.key.pem: "
+                   "signs the CS06.")
+@click.option("--key", "key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The XML-signing key (PEM) for the CV 5 request; without it the request is "
+                   "written unsigned (sign it with `hanota duis sign`).")
+@click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The XML-signing certificate (PEM), with --key.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="-",
+              help="Where to write the CV 5 request (default: standard output).")
+@domain_errors
+def duis_sign_precommand(response: str, ds_key: str, key: str | None, cert: str | None,
+                         output: str) -> None:
+    """Sign the Pre-Command a DCC returned for a CV 4 request (SR 11.3) and write the CV 5
+    request carrying it (SignedPreCommand/GBCSPayload, the same RequestID)."""
+    from . import precommand
+    if (key is None) != (cert is None):
+        raise click.UsageError("--key and --cert go together")
+    rid, srv, pre = precommand.from_response(Path(response).read_bytes())
+    signed = precommand.sign(pre, pkimod.load_key(Path(ds_key).read_bytes()))
+    doc = precommand.signed_request(rid, signed, srv)
+    if key is not None:
+        doc = xmlsig.sign(doc, Path(key).read_bytes(), Path(cert).read_bytes())
+    if output == "-":
+        click.echo(doc.decode("utf-8"), nl=False)
+    else:
+        Path(output).write_bytes(doc)
+
+
 @duis.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), default=None,
