@@ -368,3 +368,72 @@ def test_verify_command_one_shot_and_cs08_needs_only_the_mac():
     c.mac = gbcs.compute_mac(z(), c)
     assert verifier().verify(c.encode(), 1299).kind == "cs08-command"
     assert refused(c.encode(), last=1300) == "replayed-counter"
+
+
+# ---- round trip of everything the builders make ----------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EUI = st.binary(min_size=8, max_size=8)
+_TIME = st.builds(lambda y, mo, d, h, mi, s: "%04d%02d%02d%02d%02d%02dZ" % (y, mo, d, h, mi, s),
+                  st.integers(2000, 9999), st.integers(1, 12), st.integers(1, 28),
+                  st.integers(0, 23), st.integers(0, 59), st.integers(0, 59))
+_COUNTER = st.integers(0, (1 << 63) - 1)
+
+
+@st.composite
+def messages(draw):
+    kind = draw(st.sampled_from(["cs06-command", "cs06-response", "cs06-accepted", "fd-alert",
+                                 "cs08-command", "cs08-response", "ccs08-alert", "cs09-alert",
+                                 "raw"]))
+    code = {"cs06": gbcs.MSG_CS06, "fd": gbcs.MSG_FD_ALERT, "cs08": gbcs.MSG_CS08,
+            "ccs08": gbcs.MSG_CCS08, "cs09": gbcs.MSG_CS09}.get(kind.split("-")[0], 0x00B3)
+    cra = gbcs.CRA_ALERT if kind.endswith("alert") else \
+        gbcs.CRA_RESPONSE if kind in ("cs06-response", "cs06-accepted", "cs08-response") \
+        else gbcs.CRA_COMMAND
+    code_i = st.integers(0, 3)
+    fw = st.binary(min_size=4, max_size=4)
+    f = {
+        "cs06-command": lambda: {"manufacturer_image_hash": draw(st.binary(min_size=32,
+                                                                           max_size=32)),
+                                 "payload_originator_counter": draw(_COUNTER),
+                                 "execution_date_time": draw(st.none() | _TIME)},
+        "cs06-response": lambda: {"response_code": draw(code_i), "firmware_version": draw(fw)},
+        "fd-alert": lambda: {"alert_code": draw(st.sampled_from([0x8F66, 0x8F67])),
+                             "execution_date_time": draw(_TIME),
+                             "payload_originator_counter": draw(_COUNTER),
+                             "response_code": draw(code_i), "firmware_version": draw(fw)},
+        "cs08-response": lambda: {"firmware_version": draw(fw), "response_code": draw(code_i)},
+        "ccs08-alert": lambda: {"alert_code": 0x8F8A, "date_time": draw(_TIME),
+                                "entity_id": draw(_EUI), "firmware_version": draw(fw),
+                                "response_code": draw(code_i)},
+        "cs09-alert": lambda: {"alert_code": 0x8F8B, "date_time": draw(_TIME),
+                               "firmware_version": draw(fw), "activation_result": draw(code_i)},
+    }.get(kind, dict)()
+    supp = draw(st.integers(0, 3))
+    m = gbcs.Message(cra, draw(_COUNTER), draw(_EUI), draw(_EUI), code, kind, f,
+                     payload=draw(st.binary(max_size=300)) if kind == "raw" else None,
+                     date_time=draw(st.none() | st.binary(min_size=12, max_size=12)),
+                     supp_id=draw(_EUI) if supp else None,
+                     supp_counter=draw(_COUNTER) if supp else None,
+                     supp_orig_counter=draw(_COUNTER) if supp > 1 else None,
+                     certificate=draw(st.binary(min_size=1, max_size=200)) if supp > 2 else None,
+                     signature=draw(st.none() | st.just(b"") | st.binary(min_size=64,
+                                                                          max_size=64)))
+    if m.signature is not None and draw(st.booleans()):
+        m.mac_header, m.mac = True, draw(st.binary(min_size=12, max_size=12))
+    return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages())
+def test_every_built_message_decodes_to_its_fields_and_the_same_bytes(m):
+    raw = m.encode()
+    d = gbcs.decode(raw)
+    assert d.encode() == raw
+    assert (d.kind, d.fields, d.payload) == (m.kind, m.fields, m.payload)
+    for a in ("cra", "counter", "originator", "recipient", "date_time", "message_code",
+              "supp_id", "supp_counter", "supp_orig_counter", "certificate", "signature",
+              "mac_header", "mac"):
+        assert getattr(d, a) == getattr(m, a), a
