@@ -281,3 +281,57 @@ def test_two_workers_share_the_outbox_and_one_is_killed(natsd, pg_uri, tmp_path)
 
     asyncio.run(check())
     store.close()
+
+
+def test_two_workers_push_each_response_once(pg_uri):
+    """Two DCC HTTP workers on one PostgreSQL database push a subscribed User's responses:
+    the User's lease keeps them to one worker, so each arrives once and in order."""
+    from aiohttp import web
+
+    from hanota.dcc.http import DccHttp
+
+    user = "90B3D51F30010000"
+    store = DccStore(pg_uri)
+    for i in range(20):
+        store.queue_response(user, b"<r%d/>" % i, "I0")
+    got: list[int] = []
+
+    async def main():
+        async def take(request):
+            got.append(int(request.headers["X-Hanota-Seq"]))
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/in", take)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        workers = []
+        for name in ("A", "B"):
+            s = DccStore(pg_uri)
+            dcc = SimpleNamespace(store=s, responses=s.responses)
+            w = DccHttp(dcc, push_poll=0.02, worker=name)
+            workers.append((w, s))
+        try:
+            for w, _ in workers:
+                await w.start("127.0.0.1", 0)
+            async with __import__("aiohttp").ClientSession() as session:
+                async with session.post("http://%s:%d/api/v1/subscribe" % workers[1][0].address,
+                                        json={"user": user, "url": "http://127.0.0.1:%d/in"
+                                              % port}) as r:
+                    assert r.status == 200, await r.text()
+            await until(lambda: len(got) >= 20, 20, "20 responses pushed")
+            await asyncio.sleep(0.5)  # time for a second worker's copy, were there one
+        finally:
+            for w, s in workers:
+                await w.stop()
+                s.close()
+            await runner.cleanup()
+        seqs = [seq for seq, _ in store.responses(user)]
+        assert got == seqs
+        assert sum(w.pushed for w, _ in workers) == 20
+
+    asyncio.run(main())
+    store.close()

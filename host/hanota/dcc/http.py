@@ -53,8 +53,11 @@ CREATE TABLE IF NOT EXISTS http_push (
     user TEXT PRIMARY KEY,
     url TEXT,
     delivered INTEGER NOT NULL DEFAULT 0,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    worker TEXT,
+    until REAL
 )"""
+PUSH_LEASE = 30.0  # seconds a worker holds a User's pushes (several dcc serve workers)
 
 
 def open_dcc(db_path: str | None, pki_dir: str) -> Any:
@@ -119,10 +122,15 @@ class DccHttp:
         self.pushed = 0
         self._runner = None
         self.address: tuple[str, int] | None = None
+        import os as _os
+        import socket as _socket
+        self.worker = worker or "%s:%d" % (_socket.gethostname(), _os.getpid())
         store = getattr(dcc, "store", None)
         if store is not None:
             with store.tx() as c:
                 c.execute(_PUSH_SCHEMA)
+            for col, decl in (("worker", "TEXT"), ("until", "REAL")):  # older databases
+                store.add_column("http_push", col, decl)
 
     # -- lifetime
 
@@ -157,6 +165,16 @@ class DccHttp:
         if self.nats is not None:
             await self.nats.start()
         return self.address
+
+    def _lease(self, user: str) -> bool:
+        """Hold (or renew) the right to push this User's responses: one worker at a time
+        per User keeps them in order and unrepeated; a dead worker's lease runs out."""
+        wall = time.time()
+        with self.dcc.store.tx() as c:
+            return c.execute("UPDATE http_push SET worker = ?, until = ? WHERE user = ? AND "
+                             "(until IS NULL OR until < ? OR worker = ?)",
+                             (self.worker, wall + PUSH_LEASE, user, wall, self.worker)
+                             ).rowcount == 1
 
     async def stop(self) -> None:
         if self.nats is not None:
@@ -301,6 +319,8 @@ class DccHttp:
             user, url, delivered = row[0], row[1], row[2]
             when, delay = self._retry_at.get(user, (0.0, 0.0))
             if now < when:
+                continue
+            if not self._lease(user):  # another dcc serve worker pushes this User's
                 continue
             for seq, xml in self.dcc.responses(bytes.fromhex(user), after=delivered):
                 try:

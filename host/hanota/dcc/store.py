@@ -497,6 +497,18 @@ class DccStore:
         except sqlite3.OperationalError as e:
             raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
 
+    def add_column(self, table: str, column: str, decl: str) -> None:
+        """Add a column to a table made before it existed (both dialects; a no-op when it
+        is there), for the tables other modules own (http.py's http_push)."""
+        if self.postgres:
+            with self.tx() as c:
+                c.execute_raw("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s"
+                              % (table, column, dialect._pg_types(decl)))
+            return
+        if column not in [r[1] for r in self.all("PRAGMA table_info(%s)" % table)]:
+            with self.tx() as c:
+                c.execute("ALTER TABLE %s ADD COLUMN %s %s" % (table, column, decl))
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.one("SELECT value FROM meta WHERE key = ?", (key,))
         return row[0] if row is not None else default
