@@ -335,3 +335,76 @@ def test_two_workers_push_each_response_once(pg_uri):
 
     asyncio.run(main())
     store.close()
+
+
+def test_commands_two_dcc_workers_postgresql_and_nats(tmp_path, pg_uri, natsd):
+    """`hanota dcc serve --db postgresql://... --wan nats://...` twice (two workers, one
+    database) and `hanota hub serve --wan nats://...`: a pre-notification POSTed to one
+    worker reaches the Comms Hub through NATS (the hub registers the device), and a read the
+    hub must refuse, POSTed to the other worker, comes back as its one signed final response
+    (fetched from the first); both workers and the hub stop cleanly on SIGTERM."""
+    from test_dcc_wan import MPAN, World, _start, msb
+
+    from hanota import images
+    from hanota.dcc import duis, xmlsig
+    from support.fakedevice import install_code
+
+    w = World(tmp_path)
+    w.store.close()
+    with DccStore(pg_uri) as store:
+        store.add_premises(MPAN, [w.user], w.hub_eui)
+        store.add_device(msb(12), "PPMID", MPAN)
+    env = dict(os.environ, HANOTA_HOME=str(tmp_path / "home"))
+    procs = []
+    urls = []
+    try:
+        for name in ("a", "b"):
+            log = tmp_path / ("dcc-%s.log" % name)
+            procs.append(_start(["dcc", "serve", "--db", pg_uri, "--pki", str(w.pki_dir),
+                                 "--listen", "127.0.0.1:0", "--wan", natsd.url, "--worker",
+                                 name], log, "serving on http://", env))
+            line = [x for x in log.read_text().splitlines() if "serving on http://" in x][0]
+            urls.append(line.split("serving on ")[1].split(" ")[0])
+        procs.append(_start(["hub", "serve", "--wan", natsd.url, "--db", w.hub_db, "--udp",
+                             "127.0.0.1:0"], tmp_path / "hub.log", "serving on udp", env))
+
+        def send(name: str, xml: bytes, url: str, *extra: str) -> subprocess.CompletedProcess:
+            f = tmp_path / name
+            f.write_bytes(xml)
+            return subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
+                                   "duis", "send", str(f), "--dcc", url, *extra],
+                                  capture_output=True, text=True, env=env, timeout=60)
+
+        r = send("12.2.xml", w.request("12.2", duis.DCC_EUI, device_id=msb(11),
+                                       manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
+                                       model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
+                                       device_type="PPMID", smets_chts_version="V1.0",
+                                       firmware_version="00000001",
+                                       install_code=bytes.fromhex(install_code(11))), urls[0])
+        assert r.returncode == 0 and r.stdout.startswith("I0 "), (r.stdout, r.stderr)
+        r = send("11.2.xml", w.request("11.2", msb(12)), urls[1], "--wait", "40", "-o",
+                 str(tmp_path / "final.xml"))
+        lines = r.stdout.splitlines()
+        assert r.returncode == 1 and lines[0].startswith("I99 "), (r.stdout, r.stderr)
+        assert "not_authorized" in lines[1], r.stdout
+        xmlsig.verify((tmp_path / "final.xml").read_bytes(), w.dcc_cert)
+        from hanota.hub import registry as reg
+        from support.hubfixtures import eui_str
+        with HubDB.open(w.hub_db) as db:  # the pre-notification reached the hub
+            assert reg.device(db, eui_str(11)) is not None
+        with DccStore(pg_uri) as store:
+            end = time.monotonic() + 10
+            while store.wan_outbox(w.hub_eui):  # every DCC message acknowledged
+                assert time.monotonic() < end, store.wan_outbox(w.hub_eui)
+                time.sleep(0.1)
+            rows = store.all("SELECT outcome FROM requests WHERE srv = '11.2'")
+            assert [r[0] for r in rows] == ["not_authorized"]
+            assert store.one("SELECT count(*) FROM wan_out WHERE published IS NULL")[0] == 0
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(15) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
