@@ -36,7 +36,7 @@ from support.hubfixtures import fast_options
 pytestmark = pytest.mark.timeout(600)
 
 MPAN = "1100000000042"
-V1, V2 = 0x00010000, 0x00020000
+V1, V2, V3 = 0x00010000, 0x00020000, 0x00030000
 SETTINGS = {"query_interval": 1, "health_timeout": 20, "block_timeout_ms": 800}
 
 T_11_1 = "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML"
@@ -244,8 +244,24 @@ def test_template_as_published_is_refused_for_its_placeholder_signature(world, n
 # ---------------------------------------------------------------- 2. signed: end to end
 
 class Board:
-    def __init__(self, vb, eui: bytes, image: bytes, image_hash: bytes):
-        self.vb, self.eui, self.image, self.image_hash = vb, eui, image, image_hash
+    """A deployed virtual board, its EUI-64, and its signed version 2 image with that
+    image's Manufacturer Image Hash; `upgrade(version)` makes and lists another."""
+
+    def __init__(self, vb, role: str, eui: bytes, app: bytes, key, world: World):
+        self.vb, self.role, self.eui, self.app, self.key = vb, role, eui, app, key
+        self.world = world
+        self.image, self.image_hash = self.upgrade(V2)
+
+    def upgrade(self, version: int) -> tuple[bytes, bytes]:
+        """The board's app as a signed OTA file of `version`, on the CPL: (file, hash)."""
+        data = images.build_image(self.app, version=version, role=self.role, key=self.key)
+        f = self.world.tmp / ("%s-%08x.ota" % (self.role, version))
+        f.write_bytes(data)
+        h = images.parse_file(f).descriptor.image_hash
+        with DccStore(self.world.dcc_db) as store:
+            store.cpl_add(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES[self.role],
+                          version, h)
+        return data, h
 
 
 @pytest.fixture(scope="module")
@@ -288,14 +304,7 @@ def boards(world, request):
                 firmware_version="%08X" % V1, install_code=bytes.fromhex(res.install_code)),
                 u.key, u.cert))
             assert ack["code"] == "I0", ack
-            f = tmp / ("%s-v2.ota" % role)
-            f.write_bytes(images.build_image(v2["app"].read_bytes(), version=V2, role=role,
-                                             key=key))
-            h = images.parse_file(f).descriptor.image_hash
-            with DccStore(world.dcc_db) as store:
-                store.cpl_add(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES[role], V2,
-                              h)
-            out[role] = Board(vb, eui, f.read_bytes(), h)
+            out[role] = Board(vb, role, eui, v2["app"].read_bytes(), key, world)
         yield out
     finally:
         for vb in made:
@@ -386,3 +395,32 @@ def test_hcalcs_11_1_11_3_and_11_2_templates_signed_by_the_supplier(world, board
     assert resp["code"] == "I0" and o["Outcome"] == "version_read", resp
     assert (o["GBCSUseCase"], str(o["GBCSResponseCode"])) == ("CS08", "0"), resp
     assert o["FirmwareVersion"] == "%08X" % V2, resp
+
+
+def test_hcalcs_future_dated_11_3_template_activates_at_its_time(world, boards):
+    """The FUTURE_DATED template's own success: after a new SR 11.1 (version 3), the 11.3
+    future-dated a few seconds ahead is not cancelled; the hub sends it ahead of its time
+    (activation_lead) and the board activates at that time, by the hub's clock, not before:
+    the final response is I0, CS06 success, version 3; SR 11.2 reads version 3."""
+    b = boards["hcalcs"]
+    u = world.user
+    image, image_hash = b.upgrade(V3)
+    ack = world.post(as_user(template(T_11_1), u, counter=u.next(), device=b.eui,
+                             image=image, version=V3))
+    assert ack["code"] == "I99", ack
+    resp = world.final(ack["request_id"])
+    assert outcome(resp)["Outcome"] == "distributed", resp
+    at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=8)
+    ack = world.post(as_user(template(T_11_3_LATER), u, counter=u.next(), device=b.eui,
+                             image_hash=image_hash, at=at))
+    assert ack["code"] == "I99", ack
+    resp = world.final(ack["request_id"])
+    o = outcome(resp)
+    assert resp["code"] == "I0" and o["Outcome"] == "activated", resp
+    assert (o["GBCSUseCase"], str(o["GBCSResponseCode"])) == ("CS06", "0"), resp
+    assert o["FirmwareVersion"] == "%08X" % V3, resp
+    resets = [e[0] for e in list(b.vb.events) if e[1:] == ("exited", "hard")]
+    assert resets and resets[-1] >= at.timestamp() - 0.5, (resets[-1:], at.timestamp())
+    ack = world.post(as_user(template(T_11_2), u, counter=u.next(), device=b.eui))
+    resp = world.final(ack["request_id"])
+    assert outcome(resp)["FirmwareVersion"] == "%08X" % V3, resp
