@@ -1,6 +1,7 @@
 """`hanota dcc init|submit|responses|cpl|registry`: the DCC's records and a local submission.
 
-Every command takes `--db FILE` (default $HANOTA_HOME/dcc.db, or $HANOTA_DCC_DB). `dcc init
+Every command takes `--db FILE` (default $HANOTA_HOME/dcc.db, or $HANOTA_DCC_DB) or `--db
+postgresql://...` (the database several `dcc serve` workers share). `dcc init
 --pki DIR` records the PKI directory (the key store Users' signatures are checked against, and
 the DCC's own XML-signing pair `dcc.xml`) in the database, so `submit` finds it again.
 Exit codes: 0 done (including a request the DCC refused: the signed refusal is printed); 1 the
@@ -24,7 +25,8 @@ from .store import DEVICE_TYPES, DEVICE_STATUSES, DccStore, DccUsageError, eui_h
 def _db_option(fn):
     return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
                         envvar="HANOTA_DCC_DB",
-                        help="DCC database (default $HANOTA_HOME/dcc.db).")(fn)
+                        help="DCC database: a SQLite file (default $HANOTA_HOME/dcc.db) "
+                             "or postgresql://USER@HOST:PORT/DB.")(fn)
 
 
 def _json_option(fn):
