@@ -76,6 +76,7 @@ class AgentDevice(FakeDevice):
         self.upgrade_ends: list[tuple] = []
         self.join_status: int | None = None
         self.held_version: int | None = None
+        self.gbcs_answers: list[tuple] = []  # (refusal reason or None, GBCS answer)
         self._update: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
 
@@ -131,6 +132,9 @@ class AgentDevice(FakeDevice):
                           zcl.pack_activate_image_response(zcl.ACTIVATE_FAILURE, self.version,
                                                            a.counter), mfr)
             return
+        if cmd == zcl.CMD_GBCS and mfr is not None and self.gbcs_cfg is not None:
+            self._gbcs(buf[off:], tsn, mfr)
+            return
         held = self.held_hash
         super()._zcl(buf)
         if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
@@ -140,6 +144,43 @@ class AgentDevice(FakeDevice):
                 if a.execution_time:
                     delay = a.execution_time - zigbee_time(time.time())
                 self._spawn(self._activate(delay, self.held_version))
+
+    # GBCS on the HAN (hanfw/activation.py, the device's own check, run here on CPython):
+    # gbcs_cfg is a hanfw.config.Config with a "gbcs" commissioning block
+    gbcs_cfg = None
+    gbcs_state: dict | None = None
+
+    def _gbcs(self, data: bytes, tsn: int, mfr: int) -> None:
+        from hanfw import activation
+
+        class _State(dict):
+            def update(self, **kw):  # hanfw.state.State's: None removes
+                for k, v in kw.items():
+                    if v is None:
+                        self.pop(k, None)
+                    else:
+                        self[k] = v
+
+        dev = self
+
+        class _Banks:
+            def target_sha256(self, length):
+                return dev.held_hash
+
+        if self.gbcs_state is None:
+            self.gbcs_state = _State()
+        st = self.gbcs_state
+        st.update(held={"version": self.held_version, "length": 0,
+                        "hash": self.held_hash.hex()} if self.held_hash else None)
+        reason, msg, action = activation.process(self.gbcs_cfg, st, _Banks(), bytes(data),
+                                                 self.version)
+        self.gbcs_answers.append((reason, msg))
+        self.send_zcl(zcl.FC_CLUSTER | zcl.FC_MANUFACTURER | zcl.FC_DISABLE_DEFAULT_RESPONSE,
+                      tsn, zcl.CMD_GBCS_RESPONSE,
+                      bytes((activation.reason_code(reason),)) + (msg.encode() if msg else b""),
+                      mfr)
+        if action == "activate":
+            self._spawn(self._activate(0.0, self.held_version))
 
     def kick(self) -> None:
         """Run the OTA client once (query, download, end) unless it is running."""

@@ -560,7 +560,18 @@ class Dcc:
                     result[name] = detail[k]
         body = {"CommsHubOutcome": result}
         rid_obj = duis.RequestID.parse(req["request_id"])
-        xml = self._sign(duis.response(rid_obj, code, req["srv"], body=body))
+        if (req.get("detail") or {}).get("wan_type") == "gbcs" and msg.get("gbcs_b64"):
+            # a relayed CS06: the device's own GBCS response is the answer, GBCSPayload
+            try:
+                payload = base64.b64decode(str(msg["gbcs_b64"]), validate=True)
+            except ValueError:
+                payload = b""
+            xml = self._sign(duis.response(
+                rid_obj, code, req["srv"], gbcs_payload=payload,
+                reason="%s%s" % (outcome, ": %s" % result["Reason"] if result.get("Reason")
+                                 else "")))
+        else:
+            xml = self._sign(duis.response(rid_obj, code, req["srv"], body=body))
         with self.store.tx():
             if not self.store.finish_request(req["id"], outcome, code,
                                              result["OutcomeText"]):

@@ -9,7 +9,9 @@ with T one of `DCC_TYPES` and per type: update_firmware: `image_b64`, `kind` ("1
 "11.4"), `at` (ISO-8601 UTC or null); activate: `hash` (64 hex digits), `at`;
 cancel_activation: (`hash`); read_version; prenotify: `install_code`, `role`, optional
 `manufacturer`, `image_type`, `hw_version`, `premises`, `ota_supported`; join: `role`,
-`install_code`; unjoin; set_suppliers: `suppliers` (entity IDs as hex), optional `premises`.
+`install_code`; unjoin; set_suppliers: `suppliers` (entity IDs as hex), optional `premises`;
+gbcs: `gbcs_b64` (a Supplier-signed, ACB-MAC'd CS06, SR 11.3 CV 5: relayed on the HAN in ZCL
+0xF3; the device's GBCS answer is the outcome's `gbcs_b64`), `cancel`.
 
 CH -> DCC: `{"ack": n}` once the CH has stored DCC message n durably (in its database, before
 acting on it); `{"id": m, "type": "outcome", "request": ..., "device": ..., "outcome": O,
@@ -60,7 +62,7 @@ from ..errors import HanotaError
 log = logging.getLogger(__name__)
 
 DCC_TYPES = ("update_firmware", "activate", "cancel_activation", "read_version", "prenotify",
-             "join", "unjoin", "set_suppliers")
+             "join", "unjoin", "set_suppliers", "gbcs")
 CH_TYPES = ("outcome", "alert")
 CH_OUTCOMES = ("prenotified", "joined", "join_failed", "unjoined", "unjoin_failed",
                "cancelled", "not_cancelled", "applied", "refused")
@@ -579,6 +581,9 @@ class CommsHubWan:
                 msg = {"type": "outcome", "request": r["dcc_request"],
                        "device": eui_hex(r["eui"]), "outcome": r["outcome"], "detail": detail}
                 g = self._gbcs(r)
+                resp = db.get_meta("gbcs.resp.%d" % r["id"])
+                if resp:  # the device's own GBCS answer to a relayed CS06
+                    g = (0x0012, bytes.fromhex(resp))
                 if g is not None:
                     msg["gbcs_message_code"] = "%04X" % g[0]
                     msg["gbcs_b64"] = base64.b64encode(g[1]).decode("ascii")
@@ -726,6 +731,37 @@ class _Actions:
         who = self._mirror_supplier(eui) if reg.device(self.db, eui) else self._supplier()
         sub = rq.activate(self.db, eui, str(self.msg["hash"]), who,
                           self._at(self.msg.get("at")))
+        return self._track(sub)
+
+    def do_gbcs(self) -> str:
+        """A GBCS CS06 (`gbcs_b64`: the Supplier-signed, ACB-MAC'd message, SR 11.3 CV 5):
+        an SR 11.3 hub request whose command is these bytes (meta gbcs.<request id>), relayed
+        to the device on the HAN (ZCL 0xF3) at its execution time less the hub's lead (the
+        device itself waits for the time and alerts 8F66/8F67)."""
+        from datetime import datetime, timezone
+
+        from hanfw import gbcs as hgbcs
+
+        from ..hub import registry as reg
+        from ..hub import requests as rq
+
+        eui = self._eui()
+        who = self._mirror_supplier(eui) if reg.device(self.db, eui) else self._supplier()
+        try:
+            data = base64.b64decode(str(self.msg.get("gbcs_b64") or ""), validate=True)
+            m = hgbcs.decode(data)
+        except (ValueError, hgbcs.GbcsError) as e:
+            raise WanError("gbcs_b64 is not a GBCS message: %s" % e,
+                           reason="bad-wan-message") from None
+        if m.kind != "cs06-command":
+            raise WanError("the Comms Hub relays GBCS CS06 commands only, not %s"
+                           % m.describe(), reason="bad-wan-message")
+        t = m.fields["execution_date_time"]
+        at = None
+        if t is not None and t != hgbcs.CANCEL_TIME:
+            at = datetime.strptime(t, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+        sub = rq.activate(self.db, eui, m.fields["manufacturer_image_hash"], who, at)
+        self.db.set_meta("gbcs.%d" % sub.id, data.hex())
         return self._track(sub)
 
     def do_read_version(self) -> str:

@@ -425,6 +425,8 @@ class Hub:
                 else:
                     self.db.finish(row["id"], "read_failed", "Read Attributes status %s" % (
                         zcl.status_name(rec.status) if rec is not None else "missing"))
+            elif self.db.get_meta("gbcs.%d" % row["id"]):
+                await self._gbcs(row, b)
             else:
                 dev = self.db.one("SELECT manufacturer FROM devices WHERE eui = ?",
                                   (row["eui"],))
@@ -440,6 +442,35 @@ class Hub:
                 self.fail_attempt(row["id"], "the device did not answer: %s" % e,
                                   "device_unreachable")
         self.wake()
+
+    async def _gbcs(self, row, b: bytes) -> None:
+        """SR 11.3 as GBCS (the DCC's CS06, Supplier-signed and ACB-MAC'd): relayed to the
+        device (0xF3), whose answer (0xF4) decides: a CS06 response Success or an accepted
+        future-dated command waits for the Activation Alert, like Activate Image Success; a
+        refusal finishes the request with the device's reason. The device's GBCS answer is
+        kept (meta gbcs.resp.<id>) for the outcome the Comms Hub reports to the DCC."""
+        from hanfw import activation, gbcs
+
+        o = self.options
+        dev = self.db.one("SELECT manufacturer FROM devices WHERE eui = ?", (row["eui"],))
+        reason, resp = await self.server.gbcs(
+            b, bytes.fromhex(self.db.get_meta("gbcs.%d" % row["id"]) or ""),
+            manufacturer=dev["manufacturer"] if dev else None, timeout=o.request_timeout,
+            retries=o.request_retries)
+        self.db.set_meta("gbcs.resp.%d" % row["id"], resp.hex())
+        try:
+            m = gbcs.decode(resp) if resp else None
+        except gbcs.GbcsError:
+            m = None
+        code = m.fields.get("response_code") if m is not None else None
+        version = int.from_bytes(m.fields.get("firmware_version") or b"", "big") \
+            if m is not None else 0
+        if reason == 0 and (m is not None and m.kind == "cs06-accepted" or code == 0):
+            self.policy.activate_result(row["eui"], row["id"], zcl.ACTIVATE_SUCCESS, version)
+            return
+        why = activation.reason_name(reason) or "response code %s" % code
+        outcome = {1: "no_image_held", 2: "hash_mismatch"}.get(code, "activation_failed")
+        self.db.finish(row["id"], outcome, "the device refused the GBCS CS06: %s" % why)
 
     async def _readback(self, request_id: int) -> None:
         """No Activation Alert in time: read the version to learn what the device runs."""

@@ -25,7 +25,7 @@ from .transfers import Serving
 
 @dataclass(eq=False)
 class _Pending:
-    expect: str  # "activate", "attributes" or "default"
+    expect: str  # "activate", "attributes", "default" or "gbcs"
     command_id: int
     future: asyncio.Future
 
@@ -84,6 +84,14 @@ class Commands:
         p = self._pending.get((dev.eui, tsn))
         if p is not None and p.expect == "activate" and not p.future.done():
             p.future.set_result(r)
+
+    def gbcs_response(self, dev: DeviceState, tsn: int, reason: int, data: bytes) -> bool:
+        """A 0xF4 GBCS Response; False when no GBCS command waits for it (an alert)."""
+        p = self._pending.get((dev.eui, tsn))
+        if p is not None and p.expect == "gbcs" and not p.future.done():
+            p.future.set_result((reason, bytes(data)))
+            return True
+        return False
 
     # -- sending
 
@@ -165,6 +173,32 @@ class Commands:
             now_utc = zigbee_time(self.clock())
             self.serving.arm_alert(dev, img, now_utc if execution_time else 0, execution_time)
         return (r.code, r.file_version, r.counter)
+
+    async def gbcs(self, eui: bytes, data: bytes, manufacturer: int | None,
+                   timeout: float | None, retries: int | None) -> tuple[int, bytes]:
+        """Relay a GBCS command (0xF3, the bytes as the DCC sent them); (reason byte, the
+        device's GBCS response) from its 0xF4 (hanfw/activation.py)."""
+        dev = self.sessions.route(eui)
+        mfr = manufacturer if manufacturer is not None else dev.manufacturer
+        if mfr is None:
+            raise ServerError("manufacturer code of %s unknown; pass manufacturer="
+                              % hlink.eui_str(eui), reason="bad-argument")
+        reason, resp = await self._request(eui, "gbcs", S2C_RESPONSE, zcl.CMD_GBCS,
+                                           bytes(data), mfr, timeout, retries)
+        if reason == 0 and resp:
+            from hanfw import gbcs as hgbcs
+            try:
+                m = hgbcs.decode(resp)
+            except hgbcs.GbcsError:
+                m = None
+            if m is not None and m.kind == "cs06-response" and m.fields["response_code"] == 0:
+                # activating now, as after a successful Activate Image: an Activation Alert
+                # is expected
+                t = self.serving.transfers.get(eui)
+                img = next((i for i in (dev.offered, getattr(t, "image", None))
+                            if i is not None), None)
+                self.serving.arm_alert(dev, img, 0, 0)
+        return reason, resp
 
     async def read_attributes(self, eui: bytes, attr_ids: Iterable[int], timeout: float | None,
                               retries: int | None) -> list[zcl.AttrRecord]:

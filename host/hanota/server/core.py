@@ -202,6 +202,14 @@ class OtaServer:
         return await self.commands.activate(eui, image_hash, execution_time, counter,
                                             manufacturer, timeout, retries)
 
+    async def gbcs(self, eui: bytes, data: bytes, *, manufacturer: int | None = None,
+                   timeout: float | None = None,
+                   retries: int | None = None) -> tuple[int, bytes]:
+        """GBCS Command (0xF3): relays a GBCS message (a CS06 the DCC MAC'd) to the device;
+        returns its 0xF4 answer: (reason byte: 0 or 1 + the index in
+        hanfw.activation.REFUSALS, its GBCS response, possibly empty)."""
+        return await self.commands.gbcs(eui, data, manufacturer, timeout, retries)
+
     async def read_attributes(self, eui: bytes, attr_ids: Iterable[int], *,
                               timeout: float | None = None,
                               retries: int | None = None) -> list[zcl.AttrRecord]:
@@ -333,6 +341,10 @@ class OtaServer:
             dev.file_version = r.file_version
             self.commands.activate_response(dev, tsn, r)
             guard(self.policy.on_activate_response, dev.eui, r.code, r.file_version, r.counter)
+        elif cmd == zcl.CMD_GBCS_RESPONSE and len(buf) > off:
+            # reason u8 || GBCS response or alert (hanfw/activation.py)
+            if not self.commands.gbcs_response(dev, tsn, buf[off], bytes(buf[off + 1:])):
+                guard(self.policy.on_gbcs_alert, dev.eui, buf[off], bytes(buf[off + 1:]))
         elif cmd == zcl.CMD_ACTIVATION_ALERT:
             a = zcl.parse_activation_alert(buf, off)
             dev.file_version = a.file_version

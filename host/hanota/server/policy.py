@@ -201,6 +201,11 @@ class Policy:
                              counter: int) -> None:
         self.events.append(("activate_response", eui, code, file_version, counter))
 
+    def on_gbcs_alert(self, eui: bytes, reason: int, data: bytes) -> None:
+        """A GBCS message the device sent unasked (an 8F66/8F67 future-dated activation
+        alert, hanfw/activation.py)."""
+        self.events.append(("gbcs_alert", eui, reason, data))
+
     def on_stall(self, eui: bytes, image: ServedImage, offset: int) -> None:
         """No block request from a transferring device for stall_timeout seconds."""
         self.events.append(("stall", eui, image, offset))
