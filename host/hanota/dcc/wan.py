@@ -738,30 +738,17 @@ class _Actions:
         an SR 11.3 hub request whose command is these bytes (meta gbcs.<request id>), relayed
         to the device on the HAN (ZCL 0xF3) at its execution time less the hub's lead (the
         device itself waits for the time and alerts 8F66/8F67)."""
-        from datetime import datetime, timezone
-
-        from hanfw import gbcs as hgbcs
-
         from ..hub import registry as reg
         from ..hub import requests as rq
+        from ..hub.db import HubUsageError
 
         eui = self._eui()
         who = self._mirror_supplier(eui) if reg.device(self.db, eui) else self._supplier()
         try:
             data = base64.b64decode(str(self.msg.get("gbcs_b64") or ""), validate=True)
-            m = hgbcs.decode(data)
-        except (ValueError, hgbcs.GbcsError) as e:
-            raise WanError("gbcs_b64 is not a GBCS message: %s" % e,
-                           reason="bad-wan-message") from None
-        if m.kind != "cs06-command":
-            raise WanError("the Comms Hub relays GBCS CS06 commands only, not %s"
-                           % m.describe(), reason="bad-wan-message")
-        t = m.fields["execution_date_time"]
-        at = None
-        if t is not None and t != hgbcs.CANCEL_TIME:
-            at = datetime.strptime(t, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
-        sub = rq.activate(self.db, eui, m.fields["manufacturer_image_hash"], who, at)
-        self.db.set_meta("gbcs.%d" % sub.id, data.hex())
+            sub = rq.activate_gbcs(self.db, eui, data, who)
+        except (ValueError, HubUsageError) as e:
+            raise WanError("gbcs_b64: %s" % e, reason="bad-wan-message") from None
         return self._track(sub)
 
     def do_read_version(self) -> str:

@@ -297,6 +297,30 @@ def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str
                    refusal=refusal, target_version=target, image_hash=hx, activate_at=at)
 
 
+def activate_gbcs(db: HubDB, eui: str | bytes, data: bytes, supplier: str) -> Submission:
+    """Submit SR 11.3 as GBCS: `data` is a CS06 the Supplier signed and the DCC MAC'd, relayed
+    to the device as it is (ZCL 0xF3) at its execution time (less the hub's activation lead),
+    kept as meta gbcs.<request id>. HubUsageError unless it is a CS06 command."""
+    from datetime import datetime, timezone
+
+    from hanfw import gbcs
+
+    try:
+        m = gbcs.decode(bytes(data))
+    except gbcs.GbcsError as e:
+        raise HubUsageError("not a GBCS message: %s" % e, reason="bad-argument") from None
+    if m.kind != "cs06-command":
+        raise HubUsageError("the Comms Hub relays GBCS CS06 commands only, not %s"
+                            % m.describe(), reason="bad-argument")
+    t = m.fields["execution_date_time"]
+    at = None
+    if t is not None and t != gbcs.CANCEL_TIME:
+        at = datetime.strptime(t, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    sub = activate(db, eui, m.fields["manufacturer_image_hash"], supplier, at)
+    db.set_meta("gbcs.%d" % sub.id, bytes(data).hex())
+    return sub
+
+
 def read_version(db: HubDB, eui: str | bytes, supplier: str) -> Submission:
     """Submit SR 11.2 / CS08: read the device's running firmware version."""
     e = eui_text(eui)
