@@ -408,3 +408,26 @@ def test_commands_two_dcc_workers_postgresql_and_nats(tmp_path, pg_uri, natsd):
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_store_survives_a_postgresql_restart(postgres_server, pg_uri):
+    """PostgreSQL SIGKILLed and started again: while it is down the store says so (a
+    DccStoreError naming the database, not a driver traceback) and writes nothing half;
+    after, the same DccStore object goes on with everything committed before kept."""
+    from hanota.dcc.store import DccStoreError
+
+    store = DccStore(pg_uri)
+    hub = "00DB0000000000F1"
+    first = store.wan_queue(hub, {"type": "read_version", "request": None, "device": None})
+    postgres_server.kill()
+    try:
+        with pytest.raises(DccStoreError, match="DCC database postgresql://"):
+            store.wan_queue(hub, {"type": "read_version", "request": None, "device": None})
+        with pytest.raises(DccStoreError, match="DCC database postgresql://"):
+            store.wan_outbox(hub)
+    finally:
+        postgres_server.start()
+    second = store.wan_queue(hub, {"type": "read_version", "request": None, "device": None})
+    assert [m["id"] for m in store.wan_outbox(hub)] == [first, second]
+    assert store.take_counter("90B3D51F30010000", 5)
+    store.close()

@@ -438,9 +438,11 @@ class DccStore:
         self._depth = 1
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as e:
             self._depth = 0
             self._rollback()
+            if self.postgres and isinstance(e, self._pg_errors):  # the server went away
+                raise DccStoreError("DCC database %s: %s" % (self.path, e)) from None
             raise
         self._depth = 0
         try:
@@ -478,9 +480,9 @@ class DccStore:
 
     def _read(self, sql: str, args: tuple | dict, one: bool) -> Any:
         if self.postgres:
-            if self.conn.broken and not self._depth:
-                self._reconnect()
             try:
+                if self.conn.broken and not self._depth:
+                    self._reconnect()
                 cur = self.conn.execute(sql, args)
             except self._pg_errors as e:
                 if self._depth:
