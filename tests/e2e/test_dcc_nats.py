@@ -431,3 +431,31 @@ def test_store_survives_a_postgresql_restart(postgres_server, pg_uri):
     assert [m["id"] for m in store.wan_outbox(hub)] == [first, second]
     assert store.take_counter("90B3D51F30010000", 5)
     store.close()
+
+
+def test_report_dcc_db_on_postgresql(tmp_path, pg_uri):
+    """`hanota report --dcc-db postgresql://...` reads the DUIS view from PostgreSQL as from
+    SQLite: the same requests and responses, in the same order."""
+    from click.testing import CliRunner
+
+    from hanota.cli import cli
+    from hanota.hub import report as rep
+
+    views = []
+    for target in (tmp_path / "dcc.db", pg_uri):
+        with DccStore(target, clock=lambda: 1700000000.0) as s:
+            s.add_premises("MPAN-1", ["90B3D51F3001A001"], "00DB1234567800C1")
+            rid = s.add_request("90-B3-D5-1F-30-01-A0-01:00-DB-12-34-56-78-90-01:1001",
+                                "90B3D51F3001A001", 1001, "11.2", device="00DB123456789001")
+            s.queue_response("90B3D51F3001A001", b"<ok/>", "I0", request=rid, final=True)
+            s.finish_request(rid, "version_read", "I0")
+            s.add_request("90-B3-D5-1F-30-01-A0-01:00-DB-12-34-56-78-90-01:1002",
+                          "90B3D51F3001A001", 1002, "11.2", device="00DB123456789001",
+                          outcome="refused", code="E4", reason="not responsible")
+            views.append(rep.duis_data(s))
+    assert views[0] == views[1] and len(views[0]["requests"]) == 2
+    HubDB.open(tmp_path / "hub.db").close()
+    r = CliRunner().invoke(cli, ["report", "--db", str(tmp_path / "hub.db"), "--dcc-db",
+                                 pg_uri, "--json"])
+    assert r.exit_code == 0, r.output
+    assert [q["code"] for q in json.loads(r.output)["duis"]["requests"]] == ["I0", "E4"]

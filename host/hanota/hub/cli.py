@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import datetime
@@ -353,7 +354,7 @@ def status(as_json, db_path):
 @_json_option
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page with per-device timelines to this file.")
-@click.option("--dcc-db", "dcc_db", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--dcc-db", "dcc_db", default=None, metavar="FILE|postgresql://...",
               help="The DCC's database (hanota dcc serve --db): add the DUIS view, per request "
                    "its RequestID, User (entity ID), SR, response code and meaning, and alerts.")
 @_db_option
@@ -365,6 +366,11 @@ def report(as_json, html_file, dcc_db, db_path):
     d = None
     if dcc_db is not None:
         from ..dcc.store import DccStore  # the DCC package sits above the hub
+
+        if not dcc_db.startswith(("postgresql://", "postgres://")) \
+                and not os.path.isfile(dcc_db):
+            raise click.BadParameter("%s is not a file (nor a postgresql:// URI)" % dcc_db,
+                                     param_hint="--dcc-db")
 
         with DccStore(dcc_db) as store:
             d = rep.duis_data(store)
