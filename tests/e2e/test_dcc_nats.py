@@ -459,3 +459,80 @@ def test_report_dcc_db_on_postgresql(tmp_path, pg_uri):
                                  pg_uri, "--json"])
     assert r.exit_code == 0, r.output
     assert [q["code"] for q in json.loads(r.output)["duis"]["requests"]] == ["I0", "E4"]
+
+
+# ---------------------------------------------------------------- the whole service over NATS
+
+def _nats_world(tmp_path, nats_url: str):
+    """test_dcc_wan's World (a DCC, a Comms Hub with fake HAN devices, a Supplier) with the
+    WAN on NATS: the DCC's HTTP server runs a `NatsWanDcc`, the hub a `NatsCommsHubWan`."""
+    from test_dcc_wan import World
+
+    class NatsWorld(World):
+        async def start_dcc(self, **kw) -> None:
+            await super().start_dcc(wan_url=nats_url, **kw)
+            await self.http.nats.wait_connected()
+
+        async def start_wan(self) -> None:
+            self.wan = wan_nats.NatsCommsHubWan(self.hub, nats_url, poll=0.05,
+                                                backoff=(0.05, 0.3))
+            await self.wan.start()
+            await asyncio.wait_for(self.wan.connected.wait(), 10)
+
+    return NatsWorld(tmp_path)
+
+
+def test_update_firmware_over_nats_end_to_end(tmp_path, natsd):
+    """12.2 then a signed 11.4 through a DCC and a Comms Hub whose WAN is NATS: the device is
+    upgraded and the Supplier gets the signed I0 response saying it was activated."""
+    from test_dcc_wan import msb, outcome
+
+    from hanota.dcc import duis
+
+    async def main():
+        w = _nats_world(tmp_path, natsd.url)
+        try:
+            await w.start_dcc()
+            await w.start_hub()
+            await w.prenotify(1)
+            dev = await w.device(1)
+            data = w.image("ppmid", 0x00000002)
+            _, ack = await w.post(w.request("11.4", duis.DCC_EUI, firmware_image=data,
+                                            firmware_version="00000002", device_ids=[msb(1)]))
+            assert ack["code"] == "I99", ack
+            resp = await w.wait_response(ack["request_id"], 60)
+            assert resp["code"] == "I0" and outcome(resp)["Outcome"] == "activated", resp
+            assert dev.activated_versions == [2]
+            await w.until(lambda: not w.store.wan_outbox(w.hub_eui), "DCC messages acked")
+        finally:
+            await w.stop()
+
+    asyncio.run(main())
+
+
+def test_trust_centre_swap_out_over_nats(tmp_path, natsd):
+    """A Trust Centre Swap-Out with the WAN on NATS: the hub's hello under its new identity
+    names the one it replaces, the DCC moves the premises, and a request sent after that
+    reaches the hub under its new subject."""
+    from test_dcc_wan import MPAN
+
+    from hanota.hub import registry as reg
+    from support.hubfixtures import eui_str
+
+    async def main():
+        w = _nats_world(tmp_path, natsd.url)
+        try:
+            await w.start_dcc()
+            await w.start_hub()
+            await w.prenotify(1)
+            old = w.hub_eui
+            new = eui_hex(reg.swap_out(w.hub.db)["new"])
+            await w.until(lambda: w.store.premises(MPAN)["hub_eui"] == new, "premises moved")
+            assert old != new
+            await w.prenotify(2)  # a 12.2 after the swap: published on the new subject
+            assert reg.device(w.hub.db, eui_str(2)) is not None
+            await w.until(lambda: not w.store.wan_outbox(new), "DCC messages acked")
+        finally:
+            await w.stop()
+
+    asyncio.run(main())

@@ -305,6 +305,7 @@ class DccStore:
                  clock: Callable[[], float] = time.time):
         self.clock = clock
         self._depth = 0
+        self.conn: Any = None  # sqlite3.Connection, or dialect.PgConnection
         if dialect.is_postgres(path):
             self._open_postgres(str(path))
             return
@@ -362,6 +363,7 @@ class DccStore:
         try:
             c.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
             row = c.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+            v = None
             if row[0]:
                 v = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if v is not None and int(v[0]) != SCHEMA_VERSION:

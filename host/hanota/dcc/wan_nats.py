@@ -296,14 +296,15 @@ class NatsCommsHubWan(CommsHubWan):
 
     async def run(self) -> None:
         delay = self.backoff[0]
-        nc = None
+        nc: Any = None
+        js: Any = None
         try:
             while not self._stopping:
                 try:
                     if nc is None:
                         nc, js = await connect(self.url, "hanota-ch")
                     delay = self.backoff[0]
-                    await self._session(js)  # returns when the hub's identity changes
+                    await self._nats_session(js)  # returns when the identity changes
                 except _nats_errors() + (HanotaError,) as e:
                     (log.warning if self.connected.is_set() else log.info)(
                         "NATS WAN %s: %s; again in %.1f s", self.url, e, delay)
@@ -321,9 +322,10 @@ class NatsCommsHubWan(CommsHubWan):
                 except Exception:  # noqa: BLE001
                     pass
 
-    async def _session(self, js: Any) -> None:
+    async def _nats_session(self, js: Any) -> None:
         import nats.errors
 
+        assert self.store is not None  # start() made it
         hub, previous = self._identity()
         durable = "ch-" + hub
         sub = await js.pull_subscribe(DOWN % hub, durable=durable, stream=STREAM,
