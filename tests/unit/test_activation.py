@@ -154,3 +154,23 @@ def test_reason_codes_round_trip():
     for name in activation.REFUSALS:
         assert activation.reason_name(activation.reason_code(name)) == name
     assert activation.reason_code(None) == 0 and activation.reason_name(0) is None
+
+
+def test_hub_keeps_an_unsolicited_8f66_as_an_event(dev, tmp_path):
+    """What the device sends when a future-dated CS06 falls due reaches the hub's events."""
+    import json
+
+    from hanota.hub import HubDB
+    from hanota.hub.policy import HubPolicy
+    cfg, st, banks = dev
+    run(dev, cs06(9, at="20270101000000Z"))
+    alert, _ = activation.due_alert(cfg, st, banks, 0x10)
+    db = HubDB.open(tmp_path / "hub.db")
+    try:
+        HubPolicy(db, None).on_gbcs_alert(bytes(reversed(DEV_EUI)), 0, alert.encode())
+        (row,) = db.all("SELECT * FROM events WHERE kind = 'gbcs_alert'")
+        d = json.loads(row["detail"])
+        assert d["alert_code"] == "8F66" and d["response_code"] == 0 and d["reason"] is None
+        assert bytes.fromhex(d["gbcs"]) == alert.encode()
+    finally:
+        db.close()

@@ -387,6 +387,22 @@ class HubPolicy(Policy):
                                running)
         self.hub.wake()
 
+    def on_gbcs_alert(self, eui: bytes, reason: int, data: bytes) -> None:
+        """A GBCS message the device sent unasked (8F66/8F67 when a future-dated CS06 fell
+        due): kept as a gbcs_alert event with its bytes; the request itself ends by the
+        Activation Alert after the reset (or its timeout)."""
+        from hanfw import activation, gbcs
+
+        detail: dict = {"reason": activation.reason_name(reason), "gbcs": bytes(data).hex()}
+        try:
+            m = gbcs.decode(bytes(data))
+            if m.kind == "fd-alert":
+                detail["alert_code"] = "%04X" % m.fields["alert_code"]
+                detail["response_code"] = m.fields["response_code"]
+        except gbcs.GbcsError as e:
+            detail["malformed"] = str(e)
+        self.db.event("gbcs_alert", eui_text(eui), None, **detail)
+
     def on_activate_response(self, eui: bytes, code: int, file_version: int,
                              counter: int) -> None:
         self.activate_result(eui_text(eui), counter, code, file_version)
