@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from hanfw import gbcs
+from hanfw import gbcs, gbcsimage
 
 from .clitypes import BasedInt, domain_errors
 from .errors import HanotaError
@@ -177,24 +177,24 @@ def describe_message(m: gbcs.Message) -> dict:
     return d
 
 
-def decode_any(data: bytes) -> gbcs.OtaFileReader | gbcs.Message:
+def decode_any(data: bytes) -> gbcsimage.OtaFileReader | gbcs.Message:
     """A GBCS OTA file (read whole) or a decoded message; GbcsFileError naming the problem
     otherwise."""
     try:
         if data[:4] == OTA_MAGIC:
-            r = gbcs.OtaFileReader()
+            r = gbcsimage.OtaFileReader()
             r.feed(data)
             if not r.done:
                 raise GbcsFileError("truncated GBCS OTA file: %d bytes of %d"
                                     % (len(data), getattr(r, "total_size", 0) or 0))
             return r
         return gbcs.decode(data)
-    except gbcs.GbcsError as e:
+    except (gbcs.GbcsError, gbcsimage.ImageError) as e:
         raise GbcsFileError("not a GBCS message or OTA file (%s): %s" % (e.reason, e),
                             reason=e.reason) from None
 
 
-def describe_ota(r: gbcs.OtaFileReader) -> dict:
+def describe_ota(r: gbcsimage.OtaFileReader) -> dict:
     img = r.image
     assert img is not None
     return {"type": "ota-file", "header_length": r.header_length,
@@ -235,7 +235,7 @@ def decode_cmd(file: str, as_json: bool) -> None:
     """Decode FILE: a GBCS message (hex text, as in the RTDS files, or binary) or a GBCS OTA
     file; every field named. Exit 2 if it is neither (the reason named)."""
     obj = decode_any(read_input(file))
-    info = describe_ota(obj) if isinstance(obj, gbcs.OtaFileReader) else describe_message(obj)
+    info = describe_ota(obj) if isinstance(obj, gbcsimage.OtaFileReader) else describe_message(obj)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -272,7 +272,7 @@ def verify_cmd(file: str, cert: str, ka_cert: str | None, ka_key: str | None,
     obj = decode_any(read_input(file))
     checked = []
     try:
-        if isinstance(obj, gbcs.OtaFileReader):
+        if isinstance(obj, gbcsimage.OtaFileReader):
             assert obj.image is not None
             obj.image.check(pub)
             checked.append("supplier signature over the manufacturer image")
@@ -287,7 +287,7 @@ def verify_cmd(file: str, cert: str, ka_cert: str | None, ka_key: str | None,
             if obj.signature or z is None:
                 gbcs.check_signature(obj, pub, received=True)
                 checked.append("signature")
-    except gbcs.GbcsError as e:
+    except (gbcs.GbcsError, gbcsimage.ImageError) as e:
         if as_json:
             click.echo(json.dumps({"valid": False, "reason": e.reason, "message": str(e)}))
         click.echo("invalid: %s (%s)" % (e, e.reason), err=True)
@@ -393,12 +393,12 @@ def build_image(image_path: str, key: str, manufacturer: int, image_type: int,
     priv = load_private_key(key)
     r, s = utils.decode_dss_signature(priv.sign(
         image, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
-    upgrade = gbcs.upgrade_image(image, r.to_bytes(32, "big") + s.to_bytes(32, "big"),
+    upgrade = gbcsimage.upgrade_image(image, r.to_bytes(32, "big") + s.to_bytes(32, "big"),
                                  force_replace)
     hdr = otafile.Header(manufacturer=manufacturer, image_type=image_type,
                          file_version=file_version, header_string=hs.ljust(32, b"\x00"),
                          min_hw=min_hw, max_hw=max_hw)
-    data = gbcs.ota_file(hdr, upgrade)
+    data = gbcsimage.ota_file(hdr, upgrade)
     Path(output).write_bytes(data)
     click.echo("wrote %s: %d bytes; manufacturer image hash %s"
                % (output, len(data), hashlib.sha256(image).hexdigest().upper()))

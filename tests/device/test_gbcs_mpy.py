@@ -128,17 +128,25 @@ def cases():
     return out
 
 
-def test_gbcs_vectors_and_device_checks_in_a_64k_heap(tmp_path):
-    cs = cases()
+def run_cases(tmp_path, cs, modules, heap="64K"):
     path = tmp_path / "gbcs_cases.json"
     path.write_text("".join(json.dumps(c) + "\n" for c, _ in cs))
-    lines = run_mpy_ok(SCRIPT, str(path), heapsize="64K", timeout=300).splitlines()
+    lines = run_mpy_ok(SCRIPT, str(path), modules, heapsize=heap, timeout=300).splitlines()
     assert lines[-1] == "done %d" % len(cs)
     answers = {int(ln.split()[1]): ln.split(None, 2)[2] for ln in lines if ln.startswith("R ")}
     wrong = [(i, want, answers.get(i)) for i, (_, want) in enumerate(cs) if answers.get(i) != want]
     assert not wrong, wrong
-    times = [ln for ln in lines if ln.startswith(("T ", "H "))]
-    print("\n".join(times))
-    heap = {ln.split()[1]: int(ln.split()[2]) for ln in lines if ln.startswith("H ")}
+    print("\n".join([modules] + [ln for ln in lines if ln.startswith(("T ", "H "))]))
+    return {ln.split()[1]: int(ln.split()[2]) for ln in lines if ln.startswith("H ")}
+
+
+def test_gbcs_image_reader_in_a_64k_heap(tmp_path):
+    image = [c for c in cases() if c[0]["op"] == "ota"]
+    assert len(image) == 1
+    run_cases(tmp_path, image, "gbcsimage,p256")
+
+
+def test_gbcs_vectors_and_device_checks_in_a_64k_heap(tmp_path):
+    heap = run_cases(tmp_path, [c for c in cases() if c[0]["op"] != "ota"], "gbcs,gcm,p256")
     # what verifying a command keeps once it returns is the decoded message (a few hundred bytes)
     assert heap["verify-cs06-retained"] < 4096, heap

@@ -3,7 +3,8 @@ coverage-guided fuzzer (atheris, run as a script: see main()).
 
 Each target takes arbitrary bytes and must only ever raise the parser's documented error
 type: `OtaError` (the streaming file parser and the signature check), `ZclError` (the ZCL
-frame parsers), `GbcsError` (the GBCS message decoder, command check and image reader),
+frame parsers), `GbcsError` (the GBCS message decoder and command check), `ImageError`
+(the GBCS OTA file / Upgrade Image reader),
 `LinkError` (the link frame decoder and its payload parsers; the SLIP decoder never raises), nothing (the boot-control record decoder: a blank, torn or corrupt
 copy is None). Anything else escaping is a crash. The targets also check what the parsers
 promise beyond not crashing (a decoded boot record packs back to the same bytes; a boot
@@ -25,22 +26,22 @@ TARGETS = ("otafile", "zcl", "link", "bootctl", "patch", "gbcs")
 
 
 def _imports():
-    from hanfw import bootctl, delta, gbcs, link, otafile, p256, zcl  # noqa: F401
-    return bootctl, link, otafile, zcl, delta, gbcs
+    from hanfw import bootctl, delta, gbcs, gbcsimage, link, otafile, p256, zcl  # noqa: F401
+    return bootctl, link, otafile, zcl, delta, gbcs, gbcsimage
 
 
-bootctl, link, otafile, zcl, delta, gbcs = None, None, None, None, None, None
+bootctl, link, otafile, zcl, delta, gbcs, gbcsimage = None, None, None, None, None, None, None
 
 
 def load(instrument: bool = False) -> None:
     """Import the device modules (inside atheris' instrumentation when asked)."""
-    global bootctl, link, otafile, zcl, delta, gbcs
+    global bootctl, link, otafile, zcl, delta, gbcs, gbcsimage
     if instrument:
         import atheris
         with atheris.instrument_imports(include=["hanfw"]):
-            bootctl, link, otafile, zcl, delta, gbcs = _imports()
+            bootctl, link, otafile, zcl, delta, gbcs, gbcsimage = _imports()
     else:
-        bootctl, link, otafile, zcl, delta, gbcs = _imports()
+        bootctl, link, otafile, zcl, delta, gbcs, gbcsimage = _imports()
 
 
 # A fixed key for the signature path (any point on the curve: signatures will not verify).
@@ -236,8 +237,8 @@ def fuzz_gbcs(data: bytes) -> None:
     """The GBCS message decoder (a message that decodes re-encodes to the same bytes), the
     device's check of a command, every payload shape's DER decoder on the raw bytes (one that
     decodes re-encodes), and the GBCS OTA file reader fed in pieces whose size the first
-    byte chooses, then its signature check. Only GbcsError with a documented reason may
-    escape."""
+    byte chooses, then its signature check. Only GbcsError (ImageError for the image) with
+    a documented reason may escape."""
     g = gbcs
     try:
         m = g.decode(data)
@@ -260,13 +261,13 @@ def fuzz_gbcs(data: bytes) -> None:
     if not data:
         return
     step = data[0] % 61 + 1
-    r = g.OtaFileReader(max_total=1 << 20)
+    r = gbcsimage.OtaFileReader(max_total=1 << 20)
     try:
         for i in range(0, len(data), step):
             r.feed(data[i:i + step])
         if r.done and r.image is not None:
             r.image.check(_KEY)
-    except g.GbcsError as e:
+    except gbcsimage.ImageError as e:
         assert e.reason in ("bad-image", "bad-signature", "truncated"), e.reason
 
 

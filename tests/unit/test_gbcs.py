@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hanfw import gbcs, gcm, otafile, p256
+from hanfw import gbcs, gbcsimage, gcm, otafile, p256
 from support.mpy import VECTORS
 
 V = json.loads((VECTORS / "gbcs" / "gbcs-18.4.json").read_text())
@@ -232,7 +232,7 @@ def test_derived_ota_file_streams_in_any_pieces_and_its_signature_verifies():
     rng = random.Random(1)
     for _ in range(20):
         seen = bytearray()
-        r = gbcs.OtaFileReader(sink=seen.extend)
+        r = gbcsimage.OtaFileReader(sink=seen.extend)
         i = 0
         while i < len(raw):
             k = rng.randrange(1, 40)
@@ -245,14 +245,14 @@ def test_derived_ota_file_streams_in_any_pieces_and_its_signature_verifies():
         assert r.image.image_hash == H(DER["manufacturer_image_hash_sha256"])
         assert r.image.force_replace == 0
         r.image.check(pub65(SUPPLIER_A["ds_public_key"]))
-    with pytest.raises(gbcs.GbcsError) as e:
+    with pytest.raises(gbcsimage.ImageError) as e:
         r.image.check(pub65(DEVICE_A["ds_public_key"]))
     assert e.value.reason == "bad-signature"
     # built back from its parts
     hdr = otafile.Header(manufacturer=0x1234, image_type=1, file_version=2, min_hw=0, max_hw=0xFFFF)
-    up = gbcs.upgrade_image(H(DER["manufacturer_image"]),
+    up = gbcsimage.upgrade_image(H(DER["manufacturer_image"]),
                             H(DER["supplier_signature_over_manufacturer_image"]))
-    assert up == H(DER["upgrade_image"]) and gbcs.ota_file(hdr, up) == raw
+    assert up == H(DER["upgrade_image"]) and gbcsimage.ota_file(hdr, up) == raw
 
 
 def test_upgrade_image_refusals():
@@ -261,22 +261,22 @@ def test_upgrade_image_refusals():
     for pos in (0, len(up) - 67, len(up) - 60, len(up) - 1):
         bad = bytearray(up)
         bad[pos] ^= 0x10
-        r = gbcs.UpgradeImageReader(len(bad))
+        r = gbcsimage.UpgradeImageReader(len(bad))
         r.feed(bad)
-        with pytest.raises(gbcs.GbcsError) as e:
+        with pytest.raises(gbcsimage.ImageError) as e:
             r.check(key)
         assert e.value.reason == "bad-signature"
     bad = bytearray(up)
     bad[-65] = 0x41
-    with pytest.raises(gbcs.GbcsError, match="0x41") as e:
-        gbcs.UpgradeImageReader(len(bad)).feed(bad)
+    with pytest.raises(gbcsimage.ImageError, match="0x41") as e:
+        gbcsimage.UpgradeImageReader(len(bad)).feed(bad)
     assert e.value.reason == "bad-image"
-    r = gbcs.UpgradeImageReader(len(up))
+    r = gbcsimage.UpgradeImageReader(len(up))
     r.feed(up[:-1])
-    with pytest.raises(gbcs.GbcsError) as e:
+    with pytest.raises(gbcsimage.ImageError) as e:
         r.check(key)
     assert e.value.reason == "truncated"
-    with pytest.raises(gbcs.GbcsError) as e:
+    with pytest.raises(gbcsimage.ImageError) as e:
         r.feed(b"ab")
     assert e.value.reason == "bad-image"
 

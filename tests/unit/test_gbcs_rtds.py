@@ -23,7 +23,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hanfw import gbcs, p256
+from hanfw import gbcs, gbcsimage, p256
 from support.gpl import ROOT, gpl_path
 
 SHARED = Path(os.environ.get("HANOTA_SHARED_DIR", ROOT.parent / "shared"))
@@ -171,7 +171,7 @@ def test_rtds_cs08_macs_verify():
 def test_dcc_11_1_sample_image_supplier_signature_verifies():
     xml = gpl_path("duis-templates", "templates", "11.1_UPDATE_FIRMWARE_REQUEST_DUIS.XML").read_text()
     image = base64.b64decode(re.search(r"<sr:FirmwareImage>([^<]+)<", xml).group(1))
-    r = gbcs.OtaFileReader()
+    r = gbcsimage.OtaFileReader()
     for i in range(0, len(image), 17):
         r.feed(image[i:i + 17])
     assert r.done and r.header_length == 60 and r.manufacturer == 0x121D
@@ -179,7 +179,7 @@ def test_dcc_11_1_sample_image_supplier_signature_verifies():
     assert r.image.image_hash.hex().upper() == \
         "7542F475E3F12EAE887D81E32C46D313741D67076B13CAEC2F82E00BA5E1BB36"
     r.image.check(point(keystore_entry("Z1-supplier-ds")["certificate"].encode()))
-    with pytest.raises(gbcs.GbcsError) as err:
+    with pytest.raises(gbcsimage.ImageError) as err:
         r.image.check(point(keystore_entry("Z1b-supplier-ds")["certificate"].encode()))
     assert err.value.reason == "bad-signature"
 

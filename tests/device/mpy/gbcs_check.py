@@ -1,12 +1,14 @@
-# Run hanfw.gbcs / hanfw.gcm / hanfw.p256's ECDH under MicroPython over cases written by
+# Run hanfw.gbcs / gbcsimage / gcm / p256 under MicroPython over cases written by
 # tests/device/test_gbcs_mpy.py.
 #
-#   micropython gbcs_check.py CASES.json
+#   micropython gbcs_check.py CASES.json MODULE[,MODULE...]
 #
+# The named hanfw modules are imported first ("H modules <bytes>": the heap they take), as a
+# device loads them: the message codec for a command, the image reader for a download.
 # CASES holds one JSON dict per line (read one at a time: the heap is small), each with "op"
-# and hex fields. For case i this prints
-# "R <i> <answer>" (see each op below), "T <label> <milliseconds>" for the timed steps, then
-# "H <label> <bytes>" for heap figures and a final "done <count>".
+# and hex fields. For case i this prints "R <i> <answer>" (see each op below),
+# "T <label> <milliseconds>" for the timed steps, "H <label> <bytes>" for heap figures and a
+# final "done <count>".
 import gc
 import json
 import sys
@@ -15,10 +17,14 @@ from binascii import hexlify, unhexlify
 
 gc.collect()
 _free0 = gc.mem_free()
-from hanfw import gbcs, gcm, p256  # noqa: E402
-
+M = {}
+for _name in sys.argv[2].split(","):
+    M[_name] = __import__("hanfw." + _name, None, None, [_name])
 gc.collect()
 print("H modules", _free0 - gc.mem_free())
+gbcs = M.get("gbcs")
+gcm = M.get("gcm")
+p256 = M.get("p256")
 
 
 def h(s):
@@ -39,7 +45,9 @@ def timed(label, fn, *args):
 def reason_of(fn, *args):
     try:
         fn(*args)
-    except gbcs.GbcsError as e:
+    except ValueError as e:  # GbcsError, gbcsimage.ImageError
+        if not hasattr(e, "reason"):
+            raise
         return e.reason
     return "ok"
 
@@ -121,7 +129,7 @@ def run(i, c):
         return " ".join("%s=%d" % kv for kv in sorted(counts.items()))
     if op == "ota":  # -> "<manufacturer image hash> <force replace> <signature check>"
         raw = h(c["file"])
-        r = gbcs.OtaFileReader()
+        r = M["gbcsimage"].OtaFileReader()
         step = c["step"]
         for k in range(0, len(raw), step):
             r.feed(raw[k:k + step])
