@@ -536,3 +536,39 @@ def test_trust_centre_swap_out_over_nats(tmp_path, natsd):
             await w.stop()
 
     asyncio.run(main())
+
+
+def test_an_image_over_max_payload_goes_through_the_object_store(natsd, tmp_path):
+    """An update_firmware whose image is larger than the NATS server's max_payload (1 MiB):
+    the hub stores the message exactly as the DCC queued it."""
+    import base64
+
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+    wan, db, hub = hub_side(tmp_path, "hub", natsd.url)
+    image = os.urandom(1536 * 1024)
+    msg = {"type": "update_firmware", "request": "r1", "device": "00DB123456789001",
+           "kind": "11.4", "at": None, "image_b64": base64.b64encode(image).decode()}
+
+    async def main():
+        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
+        await worker.start()
+        await worker.wait_connected()
+        mid = store.wan_queue(hub, msg)
+        small = store.wan_queue(hub, {"type": "read_version", "request": "r2",
+                                      "device": "00DB123456789001"})
+        task = asyncio.get_running_loop().create_task(wan.run())
+        try:
+            await until(lambda: not store.wan_outbox(hub), 30, "both messages acknowledged")
+        finally:
+            wan._stopping = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.stop()
+        rows = db.all("SELECT id, body FROM ch_wan_in ORDER BY id")
+        assert [r[0] for r in rows] == [mid, small]
+        assert json.loads(rows[0][1]) == dict(msg, id=mid)
+
+    asyncio.run(main())
+    store.close()
+    db.close()

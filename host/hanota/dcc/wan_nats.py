@@ -30,12 +30,19 @@ another worker takes its hubs over; a message it had published but not marked ye
 again with the same Nats-Msg-Id, and JetStream drops the copy (within the duplicate window;
 after it, the CH's id check does).
 
+A message larger than the server's max_payload (1 MiB by default: an update_firmware carries
+its whole image) goes with its image in the JetStream object store bucket `hanota_images`,
+named by the image's SHA-256, and `"image_obj": name` in place of `image_b64`; the Comms Hub
+fetches the image and stores the message exactly as the DCC queued it.
+
 NATS has its own authentication (user credentials, nkeys, TLS); `--wan-auth` tokens are the
 websocket's and are not used here.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
 import socket
@@ -53,6 +60,8 @@ UP = "hanota.wan.%s.up"
 DCC_CONSUMER = "hanota-dcc"
 DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
 MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
+IMAGES = "hanota_images"  # object store bucket of images too large for one message
+HEADROOM = 4096  # bytes of max_payload left for headers
 
 
 def is_nats(url: str | None) -> bool:
@@ -93,6 +102,54 @@ async def connect(url: str, name: str) -> tuple[Any, Any]:
         except Exception:  # noqa: BLE001 - another process made it first
             await js.stream_info(STREAM)
     return nc, js
+
+
+async def image_store(js: Any) -> Any:
+    """The object store bucket for large images, made if missing."""
+    from nats.js.api import ObjectStoreConfig, StorageType
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.object_store(IMAGES)
+    except BucketNotFoundError:
+        try:
+            return await js.create_object_store(IMAGES, config=ObjectStoreConfig(
+                bucket=IMAGES, storage=StorageType.FILE, ttl=MAX_AGE))
+        except Exception:  # noqa: BLE001 - another worker made it first
+            return await js.object_store(IMAGES)
+
+
+async def outgoing(nc: Any, js: Any, msg: dict) -> bytes:
+    """A DCC message as published: itself, or, over max_payload, with its image moved to
+    the object store. WanError when even that does not fit."""
+    data = encode(msg).encode()
+    limit = nc.max_payload - HEADROOM
+    if len(data) <= limit:
+        return data
+    if "image_b64" in msg:
+        image = base64.b64decode(msg["image_b64"])
+        name = "sha256-" + hashlib.sha256(image).hexdigest()
+        obs = await image_store(js)
+        await obs.put(name, image)
+        small = {k: v for k, v in msg.items() if k != "image_b64"}
+        small["image_obj"] = name
+        data = encode(small).encode()
+        if len(data) <= limit:
+            return data
+    raise WanError("WAN message %s is %d bytes, over the NATS server's max_payload (%d)"
+                   % (msg.get("id"), len(data), nc.max_payload), reason="wan-too-large")
+
+
+async def incoming(js: Any, msg: dict) -> dict:
+    """A DCC message as the DCC queued it (its image fetched back from the object store)."""
+    name = msg.get("image_obj")
+    if not isinstance(name, str):
+        return msg
+    obs = await image_store(js)
+    got = await obs.get(name)
+    out = {k: v for k, v in msg.items() if k != "image_obj"}
+    out["image_b64"] = base64.b64encode(got.data).decode()
+    return out
 
 
 def _consumer_config(durable: str, subject: str, ack_wait: float) -> Any:
@@ -185,6 +242,8 @@ class NatsWanDcc:
         errors = _nats_errors() + (HanotaError,)
         while True:
             self._wake.clear()
+            # (a WanError for a message too large even without its image is logged each
+            # pass: that hub's later messages wait behind it, in order, until it is fixed)
             try:
                 await self.publish_once()
             except errors as e:  # the broker or the database: the next pass tries again
@@ -204,7 +263,8 @@ class NatsWanDcc:
             done: list[int] = []
             try:
                 for msg in store.wan_unpublished(hub):
-                    await self._js.publish(DOWN % hub, encode(msg).encode(), headers={
+                    data = await outgoing(self._nc, self._js, msg)
+                    await self._js.publish(DOWN % hub, data, headers={
                         "Nats-Msg-Id": "dcc-%s-%d" % (hub, msg["id"])})
                     done.append(msg["id"])
             finally:  # what the broker has stored is marked even if the rest failed
@@ -364,6 +424,13 @@ class NatsCommsHubWan(CommsHubWan):
                     self.store.acked(msg["ack"])
                     sent.pop(msg["ack"], None)
                 elif "id" in msg:
+                    try:
+                        msg = await incoming(js, msg)
+                    except _nats_errors() as e:  # the image not there yet: again later
+                        log.warning("DCC message %s: image %s: %s", msg["id"],
+                                    msg.get("image_obj"), e)
+                        await m.nak(delay=1.0)
+                        continue
                     try:
                         self.store.store_in(msg)
                     except HanotaError as e:
