@@ -21,9 +21,6 @@ from pathlib import Path
 from . import boardspec, devcode
 from .errors import HanotaError
 
-# The port (`sys.platform`) each chip family's MicroPython reports (docs/ports.md).
-PLATFORMS = {"esp32": "esp32", "esp32s3": "esp32", "nrf52840": "nrf"}
-
 # Modules the device code imports inside functions that only run for one link or bank
 # kind: they count for a board only when its board.toml selects that kind (or its hal.py
 # imports them). Imports at module level always count.
@@ -104,11 +101,22 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return out
 
 
+# A device module whose first line says this is never imported on a board (the CPython
+# stand-ins the device code falls back to on the host, e.g. hanfw/hostinflate.py over zlib):
+# its imports are not needs of any board.
+HOST_ONLY_MARK = "CPython only"
+
+
+def _host_only(path: Path) -> bool:
+    with open(path) as f:
+        return HOST_ONLY_MARK in f.readline()
+
+
 def required_modules(board: boardspec.Board) -> dict[str, list[str]]:
     """The MicroPython modules the device code and the board's hal.py import, each with the
     files that import it: read from the code itself, so the list cannot go stale."""
     root = devcode.DEVICE_ROOT
-    sources = sorted(root.rglob("*.py"))
+    sources = sorted(p for p in root.rglob("*.py") if not _host_only(p))
     local = {p.stem for p in sources} | {p.name for p in root.iterdir() if p.is_dir()} | {"hal"}
     need: dict[str, list[str]] = {}
 
@@ -234,10 +242,11 @@ def _connect(port: str):
 
 
 def guess_board(platform: str) -> str | None:
-    """The real board for a port's `sys.platform` when --board is not given."""
+    """The real board for a port's `sys.platform` (its board.toml [port] platform) when
+    --board is not given: the first board in name order that has its own board support."""
     for name in boardspec.board_names(virtual=False):
         b = boardspec.load_board(name)
-        if PLATFORMS.get(b.chip) == platform and not b.hal:
+        if _port_facts(b).get("platform") == platform and not b.hal:
             return name
     return None
 
@@ -265,10 +274,14 @@ def _port_facts(spec: boardspec.Board) -> dict:
 
 def check_identity(rep: Report, spec: boardspec.Board, f: dict) -> None:
     port = _port_facts(spec)
-    want = port.get("platform") or PLATFORMS.get(spec.chip)
-    rep.add("port", f["platform"] == want,
-            "sys.platform %r%s" % (f["platform"], "" if f["platform"] == want else
-                                   ", but board %s (chip %s) needs %r" % (spec.name, spec.chip, want)))
+    want = port.get("platform")
+    if want is None:
+        rep.add("port", False, "sys.platform %r; boards/%s/board.toml has no [port] table to check it "
+                "against" % (f["platform"], spec.name))
+    else:
+        rep.add("port", f["platform"] == want,
+                "sys.platform %r%s" % (f["platform"], "" if f["platform"] == want else
+                                       ", but board %s (chip %s) needs %r" % (spec.name, spec.chip, want)))
     machine = f.get("machine")
     if port.get("machine"):
         # the firmware names the board it was built for: another board's build has another layout
@@ -279,11 +292,33 @@ def check_identity(rep: Report, spec: boardspec.Board, f: dict) -> None:
             % (f["version"], machine or "(os.uname not available)", f["mem_free"]))
 
 
-def check_modules(rep: Report, need: dict[str, list[str]], have: dict[str, bool]) -> None:
-    missing = [m for m in need if not have.get(m)]
-    for m in missing:
-        rep.add("module " + m, False, "missing: imported by %s" % ", ".join(need[m]))
-    if not missing:
+def check_modules(rep: Report, need: dict[str, list[str]], have: dict[str, bool],
+                  port: dict | None = None, board: str = "") -> None:
+    """Each module the code needs, against what the board has and what the board's port
+    facts (board.toml [port]) say stock MicroPython offers: a missing module is either
+    one the stock firmware has (this firmware is another build) or one the port never
+    has (the device code must not need it there); one the port lacks is a problem even
+    when this board has it, as a real board of that kind will not."""
+    port = port or {}
+    stock = set(port.get("modules", ())) | set(port.get("not_emulated", ()))
+    absent = set(port.get("absent", ()))
+    bad = 0
+    for m in need:
+        where = ", ".join(need[m])
+        if not have.get(m):
+            if m in stock:
+                why = "; stock MicroPython for %s has it (board.toml [port]): this firmware is another build" % board
+            elif m in absent:
+                why = "; the %s port has none (board.toml [port] absent): the device code must not need it" % board
+            else:
+                why = "; board.toml [port] of %s does not list it" % board if port else ""
+            rep.add("module " + m, False, "missing: imported by %s%s" % (where, why))
+            bad += 1
+        elif m in absent:
+            rep.add("module " + m, False, "present here, but the %s port has none (board.toml [port] absent): "
+                    "imported by %s, which a real board cannot run" % (board, where))
+            bad += 1
+    if not bad:
         rep.add("modules", True, "all %d present: %s" % (len(need), " ".join(need)))
 
 
@@ -410,7 +445,7 @@ def _visit(sess, port: str, spec: boardspec.Board | None) -> Report:
         spec = boardspec.load_board(name)
     rep = Report(port=port, board=spec.name, facts=facts)
     check_identity(rep, spec, facts)
-    check_modules(rep, required_modules(spec), facts["modules"])
+    check_modules(rep, required_modules(spec), facts["modules"], _port_facts(spec), spec.name)
     _visit_flash(sess, rep, spec, facts)
     root = facts["cwd"].rstrip("/") + "/"
     paths = [root + n for n in deployed_files(spec)] + [root + "lib/hanfw", "/rom/hanfw"]

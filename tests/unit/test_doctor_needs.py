@@ -26,3 +26,25 @@ def test_the_real_board_is_guessed_from_the_port():
     assert doctor.guess_board("esp32") == "esp32"
     assert doctor.guess_board("nrf") == "nrf52840"
     assert doctor.guess_board("linux") is None
+
+
+def test_a_module_is_checked_against_the_port_facts_of_the_board():
+    from hanota.vboard.portspec import port_facts
+    port = port_facts(boardspec.load_board("nrf52840"))
+    rep = doctor.Report("/dev/ttyACM0", "nrf52840")
+    need = {"nrf": ["boards/nrf52840/hal.py"], "socket": ["hanfw/x.py"], "zzz": ["hanfw/y.py"],
+            "json": ["hanfw/z.py"]}
+    have = {"nrf": False, "socket": True, "zzz": False, "json": True}
+    doctor.check_modules(rep, need, have, port, "nrf52840")
+    by = {f.check: f for f in rep.findings}
+    assert set(by) == {"module nrf", "module socket", "module zzz"} and not any(f.ok for f in rep.findings)
+    assert "stock MicroPython for nrf52840 has it" in by["module nrf"].detail  # another firmware build
+    # the board at hand has it, the real port does not: a real board could not run the code
+    assert "present here, but the nrf52840 port has none" in by["module socket"].detail
+    assert "does not list it" in by["module zzz"].detail
+
+
+def test_host_only_device_modules_are_not_needs():
+    # hanfw/hostinflate.py (CPython's zlib behind the device's inflate) never runs on a board
+    for name in ("esp32", "nrf52840"):
+        assert "zlib" not in doctor.required_modules(boardspec.load_board(name))
