@@ -2,7 +2,8 @@
 
 python -m bench                       everything (about 10 minutes)
 python -m bench --quick               one run of each, smaller images (a minute or two)
-python -m bench --only link,hub       some sections: boards, device, heap, link (with mpremote), hub
+python -m bench --only link,hub       some sections: boards, device, heap, link (with mpremote),
+                                      hub, encodings (full vs compressed vs delta files)
 python -m bench --only heap --repeat 20   the 64 KiB-heap boards alone, 20 times in a row
 python -m bench --out FILE            write the results elsewhere
 
@@ -21,10 +22,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import boards, common, device, hub, link, report, vs_mpremote
+from . import boards, common, device, encodings, hub, link, report, vs_mpremote
 
-SECTIONS = ("boards", "device", "heap", "link", "hub")
-DEFAULT = ("boards", "device", "link", "hub")  # "device" runs the 64 KiB-heap boards too
+SECTIONS = ("boards", "device", "heap", "link", "hub", "encodings")
+# "device" runs the 64 KiB-heap boards too
+DEFAULT = ("boards", "device", "link", "hub", "encodings")
 HERE = Path(__file__).resolve().parent
 
 
@@ -131,6 +133,8 @@ def _section(name: str, ws, scale: str, log, tag: str):
         return device.heap_section(ws, scale, log, tag)
     if name == "hub":
         return hub.run(ws, scale, log)
+    if name == "encodings":
+        return encodings.run(ws, scale, log)
     out = link.run(ws, scale, log)
     keep = out.pop("keep")
     try:

@@ -27,12 +27,17 @@ def findings(r: dict) -> list[str]:
         L += _verify_finding(dev)
         L += _wear_finding(dev)
     L += _hub_finding(r.get("hub") or [])
+    if r.get("encodings"):
+        from .encodings import finding
+
+        L += finding(r["encodings"])
     L += _retries_finding(r.get("bring_up_retries") or [])
     _number(L)
     L.append(
         "How to run: `make bench` (everything, about 10 minutes), `python -m bench --quick`, "
         "`python -m bench --only link,hub`, `python -m bench --only heap --repeat 20` (the 64 KiB-heap "
-        "boards alone, again and again); a failed section is recorded and the others kept (exit "
+        "boards alone, again and again), `python -m bench --only encodings` (full vs compressed "
+        "vs delta files, about 2 minutes); a failed section is recorded and the others kept (exit "
         "1); the smoke test `tests/unit/test_bench_smoke.py` runs `--smoke` in seconds."
     )
     return L

@@ -98,6 +98,8 @@ def write(path, results: dict, started: float, elapsed: float, scale: str) -> No
     if results.get("heap"):
         L += _section("6. The 64 KiB-heap boards alone (`--only heap`)", results["heap"],
                       _heap_runs)
+    L += _section("7. Full, compressed and delta files (`--only encodings`)",
+                  results.get("encodings"), _encodings, failed("encodings"))
     L += _findings(results)
     with open(path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
@@ -670,3 +672,9 @@ def _findings(r: dict) -> list[str]:
     from .findings import findings
 
     return findings(r)
+
+
+def _encodings(enc: dict) -> list[str]:
+    from .encodings import report
+
+    return report(enc)
