@@ -57,3 +57,15 @@ def test_acceptance_compares_zigbee_times_and_the_heap():
     assert "miss part" in encodings.finding(dict(enc, cases=[
         dict(c, files={e: dict(f, of_full=f["size"] / c["files"]["full"]["size"])
                        for e, f in c["files"].items()}) for c in enc["cases"]]))[0]
+
+
+def test_acceptance_takes_the_real_zigbee_transfers_of_b_when_there():
+    def real(enc, seconds):
+        return {"link": "zigbee", "case": "b", "encoding": enc,
+                "to_verified": {"median": seconds}}
+
+    enc = {"cases": [], "real": [real("full", 10.0), real("delta", 4.0)]}
+    (row,) = encodings.acceptance(enc)
+    assert "real" in row["what"] and row["value"] == pytest.approx(0.4) and not row["ok"]
+    enc["real"][1]["to_verified"]["median"] = 0.5
+    assert encodings.acceptance(enc)[0]["ok"]
