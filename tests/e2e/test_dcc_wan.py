@@ -423,7 +423,7 @@ def test_trust_centre_swap_out_over_the_wan(tmp_path):
         assert dev.join_status == 0
         dev.answer_notify = False  # it is not downloading when the hub is swapped out
         data = w.image("althan", 0x00000009)
-        _, ack = await w.post(w.request("11.1", duis.DCC_EUI, firmware_image=data,
+        _, ack = await w.post(w.request("11.4", duis.DCC_EUI, firmware_image=data,
                                         firmware_version="00000009", device_ids=[msb(8)]))
         assert ack["code"] == "I99", ack
         await w.until(lambda: w.hub.db.one("SELECT count(*) FROM requests WHERE eui = ? "
