@@ -74,16 +74,25 @@ def test_delta_against_another_base_is_refused_before_its_body(vboards, hub, key
 
 
 @pytest.fixture(scope="module")
-def blob_target(tmp_path_factory):
-    """v2 with 48 KiB of new incompressible data in its ROMFS (a file no code reads): a delta
-    and a compressed file of it have many segments, so a reset lands between two."""
+def blob_target(tmp_path_factory, payloads):
+    """v2 with up to 48 KiB of new incompressible data in its ROMFS (a file no code reads): a
+    delta and a compressed file of it have many segments, so a reset lands between two. The
+    blob is cut to what the board's smallest bank holds beside v2 (one sector spare): the app
+    grows with the device code, and a target larger than the bank is refused (too-big)."""
     import random
 
     from hanota import fwbuild
+    from hanota.boardspec import load_board
     d = tmp_path_factory.mktemp("blob")
-    blob = random.Random(48).randbytes(48 * 1024)
-    return {kind: fwbuild.build(kind, "2.0.0", d / kind, extra={"blob.bin": blob})["app"]
-            for kind in KINDS}
+    out = {}
+    for kind in KINDS:
+        room = min(r.size for r in load_board(kind).banks)
+        room -= payloads[kind, 2]["app"].stat().st_size + 4096
+        size = min(48 * 1024, room)
+        assert size >= 16 * 1024, "%s: v2 leaves only %d bytes of its bank for the blob" % (kind, room)
+        blob = random.Random(48).randbytes(size)
+        out[kind] = fwbuild.build(kind, "2.0.0", d / kind, extra={"blob.bin": blob})["app"]
+    return out
 
 
 def segment_starts(path):
@@ -102,16 +111,7 @@ def segment_starts(path):
             return out
 
 
-# Known defect (open, issue 15): on vboard-nrf52840 the resumed transfer ends in an Upgrade End
-# the device repeats without activating (the hub sees upgrade_end again and again, no alert).
-# It passed before the nRF heap/transport changes of issue 11 (per-chip RT_HEAP, zero-copy
-# SLIP frames, 2 KiB deploy pieces) landed beside it; cause not found yet.
-_NRF_RESUME = pytest.mark.xfail(strict=False, reason="known defect: nRF resume after a power "
-                                "cycle repeats Upgrade End without activating (issue 15)")
-
-
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=_NRF_RESUME) if "nrf" in k else k
-                                  for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("encoding", ["zlib", "delta"])
 def test_reset_mid_transfer_resumes_at_a_segment(vboards, hub, keys, payloads, blob_target,
                                                  tmp_path, kind, encoding):
