@@ -9,43 +9,22 @@ import hashlib
 import json
 import random
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hanfw import gbcs, p256
+from hanfw import gbcs
+from support import gbcskit
+from support.gbcskit import ACB, DEV, DEV_EUI, SUP, SUP_EUI, H, public
 from support.mpy import MPY_TESTS, VECTORS, run_mpy_ok
 
 SCRIPT = MPY_TESTS / "gbcs_check.py"
 V = json.loads((VECTORS / "gbcs" / "gbcs-18.4.json").read_text())
 SRC, EXP, DER = V["copied_from_source"], V["computed_expected_values"], V["derived_examples"]
-CURVE = ec.SECP256R1()
-H = bytes.fromhex
-
-
-def public(d: int) -> bytes:
-    return ec.derive_private_key(d, CURVE).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-
-
-def sign(d: int, data: bytes) -> bytes:
-    r, s = utils.decode_dss_signature(
-        ec.derive_private_key(d, CURVE).sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-SUP, ACB, DEV = 0x51_1111, 0xACB_2222, 0xDE7_3333
-SUP_EUI, DEV_EUI = H("90B3D51F30010000"), H("00DB1234567890A5")
+IMG = hashlib.sha256(b"img").digest()  # the image hash these commands carry
 
 
 def cs06(counter, at=None, recipient=DEV_EUI, code=None, key=SUP) -> bytes:
-    z = p256.ecdh(ACB.to_bytes(32, "big"), public(DEV))
-    m = gbcs.cs06_command(counter, SUP_EUI, recipient, hashlib.sha256(b"img").digest(), at)
-    if code is not None:
-        m.message_code = code
-    m.signature = sign(key, m.signed_bytes())
-    m.mac = gbcs.compute_mac(z, m)
-    return m.encode()
+    """support.gbcskit's CS06 (the same keys and EUIs) for IMG."""
+    return gbcskit.cs06(counter, at, recipient, code, key, image=IMG)
 
 
 def sweep_expected(good: bytes, last: int) -> str:
