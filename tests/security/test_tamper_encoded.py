@@ -15,7 +15,6 @@ import pytest
 
 from hanfw import otafile, reasons, zcl
 from hanota import images
-from hanota.keys import load_private_key, load_public_key
 
 import hostdev
 import tamper
@@ -29,16 +28,6 @@ BASE_LEN = 8192
 # the compressed file is some 5 KB: every byte, eight bits each, is hours in FULL mode
 pytestmark = pytest.mark.timeout(6 * 3600 if FULL else 300)
 ANNOUNCE = (images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"], V2)
-
-
-@pytest.fixture(scope="module")
-def key(kit):
-    return load_private_key(kit.keys / "private.pem")
-
-
-@pytest.fixture(scope="module")
-def pub(kit):
-    return load_public_key(kit.keys / "public.bin")
 
 
 def device(kind, snapshot, tmp_path, keys):

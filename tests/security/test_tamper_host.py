@@ -17,7 +17,6 @@ import pytest
 
 from hanfw import otafile, zcl
 from hanota import images
-from hanota.keys import load_private_key, load_public_key
 from support.otabuild import new_key, raw_pub
 
 import hostdev
@@ -32,16 +31,6 @@ MFR, ITYPE = images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"]
 V1, V2, V3 = 0x00010000, 0x00020000, 0x00030000
 PKIND = {"vboard-esp32": otafile.PAYLOAD_ESP_APP, "vboard-nrf52840": otafile.PAYLOAD_ROMFS}
 HEAD_BYTES = 192  # header + descriptor + image element header, in whole 64-byte blocks
-
-
-@pytest.fixture(scope="module")
-def key(kit):
-    return load_private_key(kit.keys / "private.pem")
-
-
-@pytest.fixture(scope="module")
-def pub(kit):
-    return load_public_key(kit.keys / "public.bin")
 
 
 def make(kind, key, payload=bytes(range(256)) * 2, version=V2, **kw):
