@@ -3,15 +3,12 @@ cluster 0x000A), under CPython with a scripted tick source: an unset clock makes
 (asking the hub for the time), never fire early, and never uses the host's wall clock."""
 from __future__ import annotations
 
-import types
-
 import pytest
 
-from hanfw import client as client_mod
-from hanfw import clock, config, link, zcl
+from hanfw import clock, link, zcl
 from hanota.simdevice import install_code
+from support.clientkit import HUB, client, run_for
 
-HUB = bytes.fromhex("0100a0b0c0d0e0f0")
 IMAGE_HASH = bytes(range(32))
 KEY = bytes.fromhex("04" + "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
                     "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5")  # P-256 G
@@ -19,59 +16,12 @@ MFR = 0x1234
 S2C = zcl.FC_CLUSTER | zcl.FC_SERVER_TO_CLIENT | zcl.FC_DISABLE_DEFAULT_RESPONSE
 
 
-class Ticks:
-    def __init__(self):
-        self.t = 1000
-
-    def __call__(self):
-        return self.t
-
-
-class State(dict):
-    def get(self, k, d=None):
-        return dict.get(self, k, d)
-
-    def update(self, **kw):
-        dict.update(self, kw)
-
-
-class Banks:
-    activated = 0
-
-    def running_version(self):
-        return 0x00010000
-
-    def target_sha256(self, length):
-        return IMAGE_HASH
-
-    def activate(self):
-        self.activated += 1
-
-
 @pytest.fixture
 def dev(monkeypatch):
-    ticks = Ticks()
-    monkeypatch.setattr(clock, "ticks", ticks)
-    monkeypatch.setattr(client_mod, "_ticks", ticks)
-    monkeypatch.setattr(clock, "base", None)  # the device's one clock, unset
-    monkeypatch.setattr(clock, "due", None)
-    cfg = config.from_dict({"eui64": "02:68:61:00:00:00:00:01", "role": "hcalcs",
-                            "manufacturer": MFR, "hw_version": 1, "keys": [KEY.hex()],
-                            "install_code": install_code(1), "query_interval": 3600})
-    state = State(held={"version": 0x00020000, "hash": IMAGE_HASH.hex(), "length": 1000})
-    role = types.SimpleNamespace(activation="command", on_link_up=lambda: None)
-    resets = []
-    c = client_mod.OtaClient(cfg, None, Banks(), state, role, lambda: resets.append(1), lambda m: None)
-    sent = []
-    c._send = lambda kind, dst, cluster, payload: sent.append((cluster, bytes(payload)))
-    c.session, c.hub, c.hub_floor = True, HUB, 0
-    return types.SimpleNamespace(c=c, ticks=ticks, sent=sent, resets=resets)
-
-
-def run_for(d, ms):
-    for _ in range(ms // 100):
-        d.ticks.t += 100
-        d.c.tick()
+    return client(monkeypatch, {"eui64": "02:68:61:00:00:00:00:01", "role": "hcalcs",
+                                "manufacturer": MFR, "hw_version": 1, "keys": [KEY.hex()],
+                                "install_code": install_code(1), "query_interval": 3600},
+                  IMAGE_HASH)
 
 
 def time_reads(d):

@@ -4,80 +4,23 @@ waits for the hub's clock and alerts 8F66, a refused one is answered with its re
 nothing happens; a commissioned HCALCS refuses the private 0xF0 Activate Image."""
 from __future__ import annotations
 
-import types
-
 import pytest
 
-from hanfw import activation, clock, config, gbcs, zcl
-from hanfw import client as client_mod
+from hanfw import activation, clock, gbcs, zcl
 from hanota.simdevice import install_code
+from support.clientkit import client, run_for
 from support.gbcskit import DEV_EUI, IMG, SUP, commissioning, cs06, public
 
-HUB = bytes.fromhex("0100a0b0c0d0e0f0")
 MFR = 0x1234
 S2C = zcl.FC_CLUSTER | zcl.FC_SERVER_TO_CLIENT | zcl.FC_DISABLE_DEFAULT_RESPONSE | zcl.FC_MANUFACTURER
 
 
-class Ticks:
-    def __init__(self):
-        self.t = 1000
-
-    def __call__(self):
-        return self.t
-
-
-class State(dict):
-    def get(self, k, d=None):
-        return dict.get(self, k, d)
-
-    def update(self, **kw):
-        for k, v in kw.items():
-            if v is None:
-                self.pop(k, None)
-            else:
-                self[k] = v
-
-
-class Banks:
-    activated = 0
-
-    def running_version(self):
-        return 0x00010000
-
-    def target_sha256(self, length):
-        return IMG
-
-    def activate(self):
-        self.activated += 1
-
-
 @pytest.fixture
 def dev(monkeypatch):
-    ticks = Ticks()
-    monkeypatch.setattr(clock, "ticks", ticks)
-    monkeypatch.setattr(client_mod, "_ticks", ticks)
-    monkeypatch.setattr(clock, "base", None)
-    monkeypatch.setattr(clock, "due", None)
-    cfg = config.from_dict({"eui64": DEV_EUI.hex(), "role": "hcalcs", "manufacturer": MFR,
-                            "hw_version": 1, "keys": [public(SUP).hex()],
-                            "install_code": install_code(1), "query_interval": 3600,
-                            "gbcs": commissioning()})
-    state = State(held={"version": 0x00020000, "hash": IMG.hex(), "length": 1000})
-    role = types.SimpleNamespace(activation="command", on_link_up=lambda: None)
-    resets = []
-    banks = Banks()
-    c = client_mod.OtaClient(cfg, None, banks, state, role, lambda: resets.append(1), lambda m: None)
-    sent = []
-    c._send = lambda kind, dst, cluster, payload: sent.append((cluster, bytes(payload)))
-    c.session, c.hub, c.hub_floor = True, HUB, 0
-    return types.SimpleNamespace(c=c, ticks=ticks, sent=sent, resets=resets, banks=banks,
-                                 state=state)
-
-
-def run_for(d, ms):
-    for _ in range(ms // 100):
-        d.ticks.t += 100
-        d.c.tick()
+    return client(monkeypatch, {"eui64": DEV_EUI.hex(), "role": "hcalcs", "manufacturer": MFR,
+                                "hw_version": 1, "keys": [public(SUP).hex()],
+                                "install_code": install_code(1), "query_interval": 3600,
+                                "gbcs": commissioning()}, IMG)
 
 
 def send_gbcs(d, data, tsn=7):
