@@ -9,8 +9,6 @@ what is not a CS06 at all (truncated, unknown message code); then the good one a
 and replaying it after is refused."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hanfw import gbcs
@@ -21,21 +19,13 @@ from hanota.hub import registry as reg
 from hanota.hub import requests as rq
 from hanota.hub.db import HubUsageError
 from hanota.keys import generate_keys, load_private_key
-from support.hubfixtures import HubInThread, fast_options
+from support.hubfixtures import HubInThread, fast_options, wait_outcome
 
 pytestmark = pytest.mark.timeout(300)
 
 V1, V2 = 0x00010000, 0x00020000
 FAST = {"query_interval": 1, "health_timeout": 20, "block_timeout_ms": 800}
 SUP = "Elec Co"
-
-
-def wait(db: HubDB, request_id: int, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while db.request(request_id)["outcome"] is None:
-        assert time.monotonic() < deadline, "no outcome for request #%d" % request_id
-        time.sleep(0.1)
-    return db.request(request_id)
 
 
 def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
@@ -62,7 +52,7 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
         f = tmp_path / "v2.ota"
         f.write_bytes(images.build_image(p2["app"].read_bytes(), version=V2, role="hcalcs",
                                          key=load_private_key(tmp_path / "keys" / "private.pem")))
-        row = wait(db, rq.update_firmware(db, res.eui64, f, SUP).id)
+        row = wait_outcome(db, rq.update_firmware(db, res.eui64, f, SUP).id)
         assert (row["outcome"], row["result"]) == ("distributed", V2)
         held = bytes.fromhex(row["image_hash"])
 
@@ -79,7 +69,7 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
             return precommand.add_mac(precommand.sign(pre, key), acb, bytes.fromhex(res.ka_public))
 
         def refused(data, outcome, why):
-            r = wait(db, rq.activate_gbcs(db, res.eui64, data, SUP).id)
+            r = wait_outcome(db, rq.activate_gbcs(db, res.eui64, data, SUP).id)
             assert r["outcome"] == outcome and why in r["reason"], dict(r)
 
         flipped = bytearray(cs06(13))
@@ -93,10 +83,10 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
             with pytest.raises(HubUsageError):
                 rq.activate_gbcs(db, res.eui64, bad, SUP)
         good = cs06(20)
-        row = wait(db, rq.activate_gbcs(db, res.eui64, good, SUP).id)
+        row = wait_outcome(db, rq.activate_gbcs(db, res.eui64, good, SUP).id)
         assert (row["outcome"], row["result"]) == ("activated", V2), dict(row)
         refused(good, "activation_failed", "replayed-counter")
-        read = wait(db, rq.read_version(db, res.eui64, SUP).id)
+        read = wait_outcome(db, rq.read_version(db, res.eui64, SUP).id)
         assert (read["outcome"], read["result"]) == ("version_read", V2)
     finally:
         hub.stop()

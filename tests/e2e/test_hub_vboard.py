@@ -3,8 +3,6 @@ flash, deployed like real boards) upgraded through `Hub`, outcomes from the boar
 Upgrade End and Activation Alert, then the version read back (SR 11.2)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hanota import deploy, flasher, fwbuild, images
@@ -12,7 +10,7 @@ from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub import requests as rq
 from hanota.keys import generate_keys, load_private_key
-from support.hubfixtures import HubInThread, fast_options
+from support.hubfixtures import HubInThread, fast_options, wait_outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,14 +23,6 @@ def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
     generate_keys(d)
     return d
-
-
-def wait(db: HubDB, request_id: int, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while db.request(request_id)["outcome"] is None:
-        assert time.monotonic() < deadline, "no outcome for request #%d" % request_id
-        time.sleep(0.1)
-    return db.request(request_id)
 
 
 @pytest.mark.parametrize("kind,role", [("vboard-esp32", "ppmid"),
@@ -60,15 +50,15 @@ def test_virtual_board_upgraded_through_the_hub(vboards, keys, tmp_path, kind, r
         f.write_bytes(images.build_image(p2["app"].read_bytes(), version=V2, role=role,
                                          key=load_private_key(keys / "private.pem")))
         sub = rq.update_firmware(db, res.eui64, f, "Gas Co")
-        row = wait(db, sub.id)
+        row = wait_outcome(db, sub.id)
         if role == "hcalcs":  # SR 11.1 then SR 11.3 with the Manufacturer Image Hash
             assert (row["outcome"], row["result"]) == ("distributed", V2)
             assert rq.activate(db, res.eui64, "00" * 32, "Elec Co").outcome is None
-            wrong = wait(db, db.one("SELECT max(id) FROM requests")[0])
+            wrong = wait_outcome(db, db.one("SELECT max(id) FROM requests")[0])
             assert wrong["outcome"] == "hash_mismatch"
-            row = wait(db, rq.activate(db, res.eui64, row["image_hash"], "Elec Co").id)
+            row = wait_outcome(db, rq.activate(db, res.eui64, row["image_hash"], "Elec Co").id)
         assert (row["outcome"], row["result"]) == ("activated", V2)
-        read = wait(db, rq.read_version(db, res.eui64, "Elec Co").id)
+        read = wait_outcome(db, rq.read_version(db, res.eui64, "Elec Co").id)
         assert (read["outcome"], read["result"]) == ("version_read", V2)
         assert reg.device(db, res.eui64)["running_version"] == V2
     finally:

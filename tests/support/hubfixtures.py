@@ -291,6 +291,16 @@ def register(db, n: int, role: str = "ppmid", premises: str = "MPAN-1",
     return eui_str(n)
 
 
+def wait_outcome(db, request_id: int, timeout: float = 90.0):
+    """Request `request_id`'s row once it has an outcome (polling the hub's database from
+    another thread); fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while db.request(request_id)["outcome"] is None:
+        assert time.monotonic() < deadline, "no outcome for request #%d" % request_id
+        time.sleep(0.1)
+    return db.request(request_id)
+
+
 # A `Hub` on its own event loop thread, for tests whose other side is synchronous (virtual
 # boards driven through their console): the package's runner, under the tests' old name.
 HubInThread = HubRunner
