@@ -12,7 +12,7 @@ from hanota import images
 from hanota.keys import load_private_key
 from support.consolelog import ConsoleLog
 from support.hubkit import HubThread
-from test_ota_device import read_reason, running_bank_regions
+from test_ota_device import bring_up_in_64k, read_reason, running_bank_regions
 from test_ota_upgrade import V1, V2, bring_up, keys, payloads, read_version  # noqa: F401
 
 KINDS = ["vboard-esp32", "vboard-nrf52840"]
@@ -157,13 +157,7 @@ def test_reset_mid_transfer_resumes_at_a_segment(vboards, hub, keys, payloads, b
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("pages", [False, True], ids=["blocks", "bundled-pages"])
 def test_encoded_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, pages):
-    orig = vboards
-
-    def small(kind_, **kw):
-        return orig(kind_, heap="64K", **kw)
-    settings = {"page_size": 4096} if pages else {}
-    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid", settings=settings)
-    hub.wait_event("hello", eui, timeout=30)
+    b, eui = bring_up_in_64k(vboards, hub, keys, payloads, kind, pages)
     path, _ = encoded_file(tmp_path, keys, payloads, kind, "zlib" if pages else "delta")
     hub.add_image(path)
     alert = hub.wait_event("alert", eui, timeout=180)[0]

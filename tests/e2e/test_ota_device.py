@@ -23,6 +23,18 @@ def hub():
     h.stop()
 
 
+def bring_up_in_64k(vboards, hub, keys, payloads, kind, pages):
+    """`bring_up` of a PPMID board in a 64 KiB heap, the smallest hanota supports; with
+    `pages`, 4 KiB pages, their blocks in bundled link frames of up to 4.4 KiB. (board, eui)
+    once the board said hello."""
+    def small(kind_, **kw):
+        return vboards(kind_, heap="64K", **kw)
+    settings = {"page_size": 4096} if pages else {}
+    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid", settings=settings)
+    hub.wait_event("hello", eui, timeout=30)
+    return b, eui
+
+
 def read_reason(hub, eui):
     recs = hub.call(hub.server.read_attributes(eui, [reasons.ATTR_LAST_REJECTION]))
     return reasons.name(recs[0][3])
@@ -262,14 +274,7 @@ def test_hcalcs_distribute_then_activate_by_hash(vboards, hub, keys, payloads, t
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("pages", [False, True], ids=["blocks", "bundled-pages"])
 def test_whole_path_in_a_64k_heap(vboards, hub, keys, payloads, tmp_path, kind, pages):
-    orig = vboards
-
-    def small(kind_, **kw):
-        return orig(kind_, heap="64K", **kw)
-    # pages: 4 KiB pages, their blocks in bundled link frames of up to 4.4 KiB
-    settings = {"page_size": 4096} if pages else {}
-    b, eui = bring_up(small, hub, keys, payloads, kind, "ppmid", settings=settings)
-    hub.wait_event("hello", eui, timeout=30)
+    b, eui = bring_up_in_64k(vboards, hub, keys, payloads, kind, pages)
     hub.add_image(ota_file(tmp_path, keys, payloads, kind, "ppmid"))
     alert = hub.wait_event("alert", eui, timeout=120)[0]
     assert alert[2:5] == (V2, V1, False)
