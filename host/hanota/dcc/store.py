@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .. import sqlitedb
 from ..errors import HanotaError
 from . import dialect
 
@@ -295,7 +296,7 @@ def _model(value: str | int) -> str:
     return t.upper().rjust(8, "0")
 
 
-class DccStore:
+class DccStore(sqlitedb.Closing):
     """One connection to the DCC database (use one per thread; `check_same_thread` is off so
     an asyncio server may hand it between its own callbacks).
 
@@ -313,23 +314,11 @@ class DccStore:
         self.integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
         p = Path(path) if path is not None else default_db_path()
         self.path = str(p)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None,
-                                        check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            raise DccStoreError("cannot open DCC database %s: %s" % (p, e)) from None
-        self.conn.row_factory = sqlite3.Row
-        try:
-            self.conn.execute("PRAGMA busy_timeout = 10000")
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
+
+        def setup(conn: sqlite3.Connection) -> None:
+            self.conn = conn
             self._migrate()
-        except sqlite3.DatabaseError as e:
-            self.conn.close()
-            raise DccStoreError("%s is not a usable DCC database: %s" % (p, e)) from None
+        sqlitedb.open_sqlite(p, "DCC database", DccStoreError, setup)
 
     def _open_postgres(self, uri: str) -> None:
         """The same store on PostgreSQL (dialect.py says what differs)."""
@@ -380,25 +369,8 @@ class DccStore:
                 c.execute("ROLLBACK")
             raise
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> "DccStore":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def _migrate(self) -> None:
-        row = None
-        try:
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        except sqlite3.OperationalError:
-            pass
-        if row is not None:
-            if int(row[0]) != SCHEMA_VERSION:
-                raise DccStoreError("%s has DCC schema %s; this hanota knows %d"
-                                    % (self.path, row[0], SCHEMA_VERSION), reason="db-schema")
+        if sqlitedb.has_schema(self.conn, self.path, "DCC", SCHEMA_VERSION, DccStoreError):
             cols = [r[1] for r in self.conn.execute("PRAGMA table_info(devices)")]
             if "lost_with_hub" not in cols:  # databases made before the column existed
                 self.conn.execute("ALTER TABLE devices ADD COLUMN lost_with_hub TEXT")
@@ -408,14 +380,8 @@ class DccStore:
             self.conn.execute("CREATE TABLE IF NOT EXISTS wan_leases (hub_eui TEXT PRIMARY "
                               "KEY, worker TEXT, until REAL)")
             return
-        try:
-            self.conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA
-                                    + "INSERT OR IGNORE INTO meta VALUES ('schema', '%d');"
-                                    % SCHEMA_VERSION + "COMMIT;")
-        except sqlite3.Error:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        sqlitedb.create_schema(self.conn, _SCHEMA + "INSERT OR IGNORE INTO meta VALUES "
+                               "('schema', '%d');" % SCHEMA_VERSION)
 
     # -- plumbing
 

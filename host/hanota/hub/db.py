@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 from hanfw import link as hlink
 from hanfw import roles as hroles
 
+from .. import sqlitedb
 from ..errors import HanotaError
 
 SCHEMA_VERSION = 1
@@ -200,7 +201,7 @@ CREATE INDEX IF NOT EXISTS events_by_eui ON events (eui, at);
        "roles": ", ".join("'%s'" % r for r in ROLES)}
 
 
-class HubDB:
+class HubDB(sqlitedb.Closing):
     """One connection to the hub database (use one per thread / process).
 
     `clock` gives Unix times for every timestamp written. `listeners` are called with each
@@ -223,52 +224,17 @@ class HubDB:
         if not create and not p.exists():
             raise HubError("no hub database at %s (register a device or run hanota serve first)"
                            % p, reason="db-missing")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(p), timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            raise HubError("cannot open hub database %s: %s" % (p, e), reason="db") from None
-        conn.row_factory = sqlite3.Row
-        db = cls(conn, str(p), clock)
-        try:
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA foreign_keys = ON")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+
+        def setup(conn: sqlite3.Connection) -> "HubDB":
+            db = cls(conn, str(p), clock)
             db._migrate()
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise HubError("%s is not a usable hub database: %s" % (p, e), reason="db") from None
-        return db
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> "HubDB":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+            return db
+        return sqlitedb.open_sqlite(p, "hub database", HubError, setup, reason="db")
 
     def _migrate(self) -> None:
-        row = None
-        try:
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        except sqlite3.OperationalError:
-            pass
-        if row is not None:
-            if int(row[0]) != SCHEMA_VERSION:
-                raise HubError("%s has hub schema %s; this hanota knows %d"
-                               % (self.path, row[0], SCHEMA_VERSION), reason="db-schema")
+        if sqlitedb.has_schema(self.conn, self.path, "hub", SCHEMA_VERSION, HubError):
             return
-        try:
-            self.conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
-        except sqlite3.Error:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        sqlitedb.create_schema(self.conn, _SCHEMA)
         with self.tx():
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                               (str(SCHEMA_VERSION),))
