@@ -12,18 +12,9 @@ from hanota import images
 from hanota.keys import load_private_key
 from support.consolelog import ConsoleLog
 from support.hubkit import HubThread
-from test_ota_device import bring_up_in_64k, read_reason, running_bank_regions
+from test_ota_device import (KINDS, bring_up_in_64k, hub, read_reason,  # noqa: F401
+                             running_bank_regions)
 from test_ota_upgrade import V1, V2, bring_up, keys, payloads, read_version  # noqa: F401
-
-KINDS = ["vboard-esp32", "vboard-nrf52840"]
-
-
-@pytest.fixture
-def hub():
-    h = HubThread(block_cap=64)
-    h.policy.force = True
-    yield h
-    h.stop()
 
 
 def encoded_file(tmp_path, keys, payloads, kind, encoding, base=None, role="ppmid"):
