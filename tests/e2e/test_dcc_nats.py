@@ -50,14 +50,10 @@ class FakeDcc:
 
 @pytest.fixture
 def natsd():
-    from support.servers import Nats, ServerUnavailable
+    """A nats-server of this test's own (tests/conftest.py's nats_server is the session's)."""
+    from support.servers import Nats, running
 
-    try:
-        server = Nats()
-    except ServerUnavailable as e:
-        pytest.skip("nats-server cannot start here: %s" % e)
-    yield server
-    server.cleanup()
+    yield from running(Nats, "nats-server")
 
 
 def hub_side(tmp_path, name: str, url: str) -> tuple[wan_nats.NatsCommsHubWan, HubDB, str]:
@@ -67,6 +63,35 @@ def hub_side(tmp_path, name: str, url: str) -> tuple[wan_nats.NatsCommsHubWan, H
                                    backoff=(0.05, 0.3), resend=2.0, ack_wait=2.0)
     wan.store = ChStore(db)
     return wan, db, eui
+
+
+async def dcc_worker(dcc: FakeDcc, url: str) -> wan_nats.NatsWanDcc:
+    """The DCC's end, started and connected to the broker at `url`."""
+    worker = wan_nats.NatsWanDcc(dcc, url, poll=0.05, ack_wait=2.0)
+    await worker.start()
+    await worker.wait_connected()
+    return worker
+
+
+async def stop_both(wan: wan_nats.NatsCommsHubWan, task: asyncio.Task,
+                    worker: wan_nats.NatsWanDcc) -> None:
+    """Stop the hub's end (`task` runs its `run`) and the DCC's worker."""
+    wan._stopping = True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await worker.stop()
+
+
+async def acked_then_stop(store: DccStore, hub: str, wan: wan_nats.NatsCommsHubWan,
+                          task: asyncio.Task, worker: wan_nats.NatsWanDcc,
+                          timeout: float) -> None:
+    """Wait until both ends' outboxes are empty (every message acknowledged), then (also on
+    a timeout) `stop_both`."""
+    try:
+        await until(lambda: not store.wan_outbox(hub), timeout, "every message acknowledged")
+        await until(lambda: not wan.store.outbox(), timeout, "the hub's messages acknowledged")
+    finally:
+        await stop_both(wan, task, worker)
 
 
 async def until(cond, timeout: float, what: str) -> None:
@@ -117,9 +142,7 @@ def test_hub_offline_during_a_burst_gets_everything(backend, natsd, tmp_path, re
     wan, db, hub = hub_side(tmp_path, "hub", natsd.url)
 
     async def main():
-        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
-        await worker.start()
-        await worker.wait_connected()
+        worker = await dcc_worker(dcc, natsd.url)
         ids = [store.wan_queue(hub, {"type": "read_version", "request": "r%d" % i,
                                      "device": "00DB123456789001"}) for i in range(60)]
         worker.notify()
@@ -129,14 +152,7 @@ def test_hub_offline_during_a_burst_gets_everything(backend, natsd, tmp_path, re
             wan.store.queue({"type": "alert", "alert": "activation", "request": None,
                              "device": "00DB123456789001", "detail": {"n": i}})
         task = asyncio.get_running_loop().create_task(wan.run())  # the hub comes back
-        try:
-            await until(lambda: not store.wan_outbox(hub), 30, "every message acknowledged")
-            await until(lambda: not wan.store.outbox(), 30, "the hub's messages acknowledged")
-        finally:
-            wan._stopping = True
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.stop()
+        await acked_then_stop(store, hub, wan, task, worker, 30)
         got = [r[0] for r in db.all("SELECT id FROM ch_wan_in ORDER BY rowid")]
         assert got == ids  # each once, in the order the DCC queued them
         assert sorted(i for h, i in dcc.taken if h == hub) == [1, 2, 3, 4, 5]
@@ -157,9 +173,7 @@ def test_nats_restarted_mid_run_loses_nothing(natsd, tmp_path, pg_uri):
     wan, db, hub = hub_side(tmp_path, "hub", natsd.url)
 
     async def main():
-        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
-        await worker.start()
-        await worker.wait_connected()
+        worker = await dcc_worker(dcc, natsd.url)
         task = asyncio.get_running_loop().create_task(wan.run())
         await until(wan.connected.is_set, 10, "the hub's WAN up")
         ids = [store.wan_queue(hub, {"type": "read_version", "request": "a%d" % i,
@@ -174,14 +188,7 @@ def test_nats_restarted_mid_run_loses_nothing(natsd, tmp_path, pg_uri):
                              "device": "00DB123456789001", "detail": {"n": i}})
         await asyncio.sleep(1.0)  # both ends find the broker gone
         natsd.start()
-        try:
-            await until(lambda: not store.wan_outbox(hub), 40, "every message acknowledged")
-            await until(lambda: not wan.store.outbox(), 40, "the hub's messages acknowledged")
-        finally:
-            wan._stopping = True
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.stop()
+        await acked_then_stop(store, hub, wan, task, worker, 40)
         got = [r[0] for r in db.all("SELECT id FROM ch_wan_in ORDER BY id")]
         assert got == ids
         assert sorted(i for _, i in dcc.taken) == list(range(1, 11))
@@ -289,6 +296,7 @@ def test_two_workers_push_each_response_once(pg_uri):
     from aiohttp import web
 
     from hanota.dcc.http import DccHttp
+    from support.dccworld import serve_one
 
     user = "90B3D51F30010000"
     store = DccStore(pg_uri)
@@ -301,13 +309,7 @@ def test_two_workers_push_each_response_once(pg_uri):
             got.append(int(request.headers["X-Hanota-Seq"]))
             return web.Response(text="ok")
 
-        app = web.Application()
-        app.router.add_post("/in", take)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, port = await serve_one("POST", "/in", take)
         workers = []
         for name in ("A", "B"):
             s = DccStore(pg_uri)
@@ -343,10 +345,9 @@ def test_commands_two_dcc_workers_postgresql_and_nats(tmp_path, pg_uri, natsd):
     worker reaches the Comms Hub through NATS (the hub registers the device), and a read the
     hub must refuse, POSTed to the other worker, comes back as its one signed final response
     (fetched from the first); both workers and the hub stop cleanly on SIGTERM."""
-    from test_dcc_wan import MPAN, World, _start, msb
-
-    from hanota import images
-    from hanota.dcc import duis, xmlsig
+    from hanota.dcc import xmlsig
+    from support.dccworld import (MPAN, World, dcc_serve, duis_send, kill_commands, msb,
+                                  start_command, stop_commands)
     from support.fakedevice import install_code
 
     w = World(tmp_path)
@@ -359,28 +360,19 @@ def test_commands_two_dcc_workers_postgresql_and_nats(tmp_path, pg_uri, natsd):
     urls = []
     try:
         for name in ("a", "b"):
-            log = tmp_path / ("dcc-%s.log" % name)
-            procs.append(_start(["dcc", "serve", "--db", pg_uri, "--pki", str(w.pki_dir),
-                                 "--listen", "127.0.0.1:0", "--wan", natsd.url, "--worker",
-                                 name], log, "serving on http://", env))
-            line = [x for x in log.read_text().splitlines() if "serving on http://" in x][0]
-            urls.append(line.split("serving on ")[1].split(" ")[0])
-        procs.append(_start(["hub", "serve", "--wan", natsd.url, "--db", w.hub_db, "--udp",
-                             "127.0.0.1:0"], tmp_path / "hub.log", "serving on udp", env))
+            p, url = dcc_serve(["--db", pg_uri, "--pki", str(w.pki_dir), "--listen",
+                                "127.0.0.1:0", "--wan", natsd.url, "--worker", name],
+                               tmp_path / ("dcc-%s.log" % name), env)
+            procs.append(p)
+            urls.append(url)
+        procs.append(start_command(["hub", "serve", "--wan", natsd.url, "--db", w.hub_db,
+                                    "--udp", "127.0.0.1:0"], tmp_path / "hub.log",
+                                   "serving on udp", env))
 
         def send(name: str, xml: bytes, url: str, *extra: str) -> subprocess.CompletedProcess:
-            f = tmp_path / name
-            f.write_bytes(xml)
-            return subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
-                                   "duis", "send", str(f), "--dcc", url, *extra],
-                                  capture_output=True, text=True, env=env, timeout=60)
+            return duis_send(tmp_path, env, url, name, xml, *extra)
 
-        r = send("12.2.xml", w.request("12.2", duis.DCC_EUI, device_id=msb(11),
-                                       manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
-                                       model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
-                                       device_type="PPMID", smets_chts_version="V1.0",
-                                       firmware_version="00000001",
-                                       install_code=bytes.fromhex(install_code(11))), urls[0])
+        r = send("12.2.xml", w.prenotification(msb(11), install_code(11)), urls[0])
         assert r.returncode == 0 and r.stdout.startswith("I0 "), (r.stdout, r.stderr)
         r = send("11.2.xml", w.request("11.2", msb(12)), urls[1], "--wait", "40", "-o",
                  str(tmp_path / "final.xml"))
@@ -400,14 +392,9 @@ def test_commands_two_dcc_workers_postgresql_and_nats(tmp_path, pg_uri, natsd):
             rows = store.all("SELECT outcome FROM requests WHERE srv = '11.2'")
             assert [r[0] for r in rows] == ["not_authorized"]
             assert store.one("SELECT count(*) FROM wan_out WHERE published IS NULL")[0] == 0
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(15) == 0
+        stop_commands(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        kill_commands(procs)
 
 
 def test_store_survives_a_postgresql_restart(postgres_server, pg_uri):
@@ -464,9 +451,9 @@ def test_report_dcc_db_on_postgresql(tmp_path, pg_uri):
 # ---------------------------------------------------------------- the whole service over NATS
 
 def _nats_world(tmp_path, nats_url: str):
-    """test_dcc_wan's World (a DCC, a Comms Hub with fake HAN devices, a Supplier) with the
+    """support.dccworld's World (a DCC, a Comms Hub with fake HAN devices, a Supplier) with the
     WAN on NATS: the DCC's HTTP server runs a `NatsWanDcc`, the hub a `NatsCommsHubWan`."""
-    from test_dcc_wan import World
+    from support.dccworld import World
 
     class NatsWorld(World):
         async def start_dcc(self, **kw) -> None:
@@ -485,7 +472,7 @@ def _nats_world(tmp_path, nats_url: str):
 def test_update_firmware_over_nats_end_to_end(tmp_path, natsd):
     """12.2 then a signed 11.4 through a DCC and a Comms Hub whose WAN is NATS: the device is
     upgraded and the Supplier gets the signed I0 response saying it was activated."""
-    from test_dcc_wan import msb, outcome
+    from support.dccworld import msb, outcome
 
     from hanota.dcc import duis
 
@@ -514,7 +501,7 @@ def test_trust_centre_swap_out_over_nats(tmp_path, natsd):
     """A Trust Centre Swap-Out with the WAN on NATS: the hub's hello under its new identity
     names the one it replaces, the DCC moves the premises, and a request sent after that
     reaches the hub under its new subject."""
-    from test_dcc_wan import MPAN
+    from support.dccworld import MPAN
 
     from hanota.hub import registry as reg
     from support.hubfixtures import eui_str
@@ -551,9 +538,7 @@ def test_an_image_over_max_payload_goes_through_the_object_store(natsd, tmp_path
            "kind": "11.4", "at": None, "image_b64": base64.b64encode(image).decode()}
 
     async def main():
-        worker = wan_nats.NatsWanDcc(dcc, natsd.url, poll=0.05, ack_wait=2.0)
-        await worker.start()
-        await worker.wait_connected()
+        worker = await dcc_worker(dcc, natsd.url)
         mid = store.wan_queue(hub, msg)
         small = store.wan_queue(hub, {"type": "read_version", "request": "r2",
                                       "device": "00DB123456789001"})
@@ -561,10 +546,7 @@ def test_an_image_over_max_payload_goes_through_the_object_store(natsd, tmp_path
         try:
             await until(lambda: not store.wan_outbox(hub), 30, "both messages acknowledged")
         finally:
-            wan._stopping = True
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.stop()
+            await stop_both(wan, task, worker)
         rows = db.all("SELECT id, body FROM ch_wan_in ORDER BY id")
         assert [r[0] for r in rows] == [mid, small]
         assert json.loads(rows[0][1]) == dict(msg, id=mid)

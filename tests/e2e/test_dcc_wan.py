@@ -5,7 +5,9 @@ its SQLite store and a test PKI), a Comms Hub (`hanota.hub.Hub` plus its WAN cli
 `CommsHubWan`, on its own database) and fake HAN devices (`AgentDevice`: they join, download,
 activate and alert by themselves). A Supplier signs DUIS requests with its key from the test
 PKI and POSTs them; it gets the synchronous acknowledgement, then the signed DUIS response
-for the device's outcome, by GET or pushed to its URL. Ports are chosen at run time.
+for the device's outcome, by GET or pushed to its URL. Ports are chosen at run time. The
+world and the command starters are in tests/support/dccworld.py (test_dcc_nats.py runs the
+same world over NATS).
 
 The last test runs `hanota dcc serve` and `hanota hub serve` as the commands, in child
 processes.
@@ -16,197 +18,25 @@ import asyncio
 import base64
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from hanota import images
-from hanota.dcc import duis, pki, xmlsig
-from hanota.dcc.http import DccHttp
-from hanota.dcc.service import Dcc
+from hanota.dcc import duis, xmlsig
 from hanota.dcc.store import DccStore
 from hanota.dcc.wan import CommsHubWan, WanEndpoint, decode, encode, eui_hex, wan_token
-from hanota.hub import HubDB
 from hanota.hub import registry as reg
 from hanota.hub.hub import Hub
-from support import otabuild
+from support.dccworld import (HANOTA, MPAN, World, dcc_serve, duis_send, kill_commands, msb,
+                              outcome, run, serve_one, start_command, stop_commands)
 from support.fakedevice import install_code
-from support.hubfixtures import AgentDevice, build_image, eui_str, fast_options
+from support.hubfixtures import eui_str, fast_options
 
 pytestmark = pytest.mark.timeout(120)
-
-MPAN = "1100000000001"
-
-
-def outcome(resp: dict) -> dict:
-    """The Comms Hub's outcome as a DUIS response body carries it."""
-    return resp["body"]["CommsHubOutcome"]
-
-
-def msb(n: int) -> bytes:
-    """Test device n's EUI-64 as DUIS writes it (most significant byte first)."""
-    return bytes.fromhex(eui_str(n).replace(":", ""))
-
-
-class World:
-    """A DCC, a Comms Hub and a Supplier on one loop (see the module docstring)."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.pki_dir = tmp / "pki"
-        pki.init(self.pki_dir)
-        self.user_key, self.user_cert = pki.signing_pair(self.pki_dir, "supplier-a.xml")
-        self.other_key, self.other_cert = pki.signing_pair(self.pki_dir, "supplier-b.xml")
-        self.user = pki.describe(self.user_cert).entity_id
-        self.other = pki.describe(self.other_cert).entity_id
-        self.dcc_cert = pki.signing_pair(self.pki_dir, "dcc.xml")[1]
-        self.store = DccStore(tmp / "dcc.db")
-        self.dcc = Dcc(self.store, pki.KeyStore(self.pki_dir),
-                       pki.signing_pair(self.pki_dir, "dcc.xml"))
-        self.hub_db = str(tmp / "hub.db")
-        with HubDB.open(self.hub_db) as db:
-            self.hub_eui = eui_hex(db.current_hub()["eui"])
-        self.store.add_premises(MPAN, [self.user], self.hub_eui)
-        self.counter = {self.user: 1000, self.other: 1000}
-        self.sign_key = otabuild.new_key()
-        self.http: DccHttp | None = None
-        self.url = ""
-        self.hub: Hub | None = None
-        self.wan: CommsHubWan | None = None
-        self.devices: list[AgentDevice] = []
-        self.session: aiohttp.ClientSession | None = None
-
-    # -- lifetime
-
-    async def start_dcc(self, **kw) -> None:
-        self.http = DccHttp(self.dcc, wan_poll=0.05, push_poll=0.05, push_backoff=(0.05, 0.4),
-                            **kw)
-        host, port = await self.http.start("127.0.0.1", 0)
-        self.url = "http://%s:%d" % (host, port)
-        self.session = aiohttp.ClientSession()
-
-    async def start_hub(self) -> None:
-        self.hub = Hub(self.hub_db, udp=("127.0.0.1", 0), options=fast_options(max_in_flight=2))
-        await self.hub.start()
-        await self.start_wan()
-
-    async def start_wan(self) -> None:
-        self.wan = CommsHubWan(self.hub, self.url, poll=0.05, backoff=(0.05, 0.3))
-        await self.wan.start()
-        await asyncio.wait_for(self.wan.connected.wait(), 10)
-
-    async def stop(self) -> None:
-        for d in self.devices:
-            d.close()
-        if self.wan is not None:
-            await self.wan.stop()
-        if self.hub is not None:
-            await self.hub.stop()
-        if self.session is not None:
-            await self.session.close()
-        if self.http is not None:
-            await self.http.stop()
-        self.store.close()
-
-    # -- the Supplier's side
-
-    def request(self, srv: str, target: bytes, *, user: bytes | None = None,
-                counter: int | None = None, **fields) -> bytes:
-        """A DUIS request signed by supplier-a (or supplier-b when user is theirs)."""
-        user = user or self.user
-        if counter is None:
-            self.counter[user] += 1
-            counter = self.counter[user]
-        key, cert = (self.user_key, self.user_cert) if user == self.user \
-            else (self.other_key, self.other_cert)
-        return xmlsig.sign(duis.build_request(srv, user, target, counter, **fields), key, cert)
-
-    async def post(self, xml: bytes, *, content_type: str = "application/xml",
-                   path: str = "/api/v1/serviceD") -> tuple[int, dict]:
-        async with self.session.post(self.url + path, data=xml,
-                                     headers={"Content-Type": content_type}) as r:
-            body = await r.read()
-            assert r.content_type == "application/xml", (r.status, body[:200])
-        xmlsig.verify(body, self.dcc_cert)  # every answer is signed by the DCC
-        return r.status, duis.parse_response(body)
-
-    async def responses(self, after: int = 0, user: bytes | None = None) -> list[dict]:
-        async with self.session.get(self.url + "/api/v1/responses", params={
-                "user": eui_hex(user or self.user), "after": str(after)}) as r:
-            assert r.status == 200
-            data = await r.json()
-        return data["responses"]
-
-    async def wait_response(self, request_id: str, timeout: float = 30.0) -> dict:
-        """The final signed DUIS response for request_id (fetched by GET), parsed."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for r in await self.responses():
-                xml = r["xml"].encode()
-                p = duis.parse_response(xml)
-                if p["request_id"] == request_id and p["kind"] == "response":
-                    xmlsig.verify(xml, self.dcc_cert)
-                    return p
-            await asyncio.sleep(0.05)
-        raise AssertionError("no response for %s within %g s; DCC requests: %s" % (
-            request_id, timeout, self.store.all("SELECT request_id, state, outcome FROM requests")
-            and [dict(r) for r in self.store.all("SELECT request_id, state, outcome, reason "
-                                                 "FROM requests")]))
-
-    # -- devices
-
-    async def prenotify(self, n: int, role: str = "ppmid") -> str:
-        """SR 12.2 for test device n; returns its RequestID text once the CH holds it."""
-        xml = self.request("12.2", duis.DCC_EUI, device_id=msb(n), manufacturer="%04X"
-                           % images.DEFAULT_MANUFACTURER,
-                           model="%08X" % images.ROLE_IMAGE_TYPES[role],
-                           device_type={"ppmid": "PPMID", "hcalcs": "HCALCS"}[role],
-                           smets_chts_version="V1.0", firmware_version="00000001",
-                           install_code=bytes.fromhex(install_code(n)))
-        status, ack = await self.post(xml)
-        assert (status, ack["code"]) == (200, "I0"), ack
-        await self.until(lambda: reg.device(self.hub.db, eui_str(n)) is not None,
-                         "device %d in the CH's device log" % n)
-        return ack["request_id"]
-
-    async def device(self, n: int, role: str = "ppmid", **kw) -> AgentDevice:
-        d = AgentDevice(n, role=role, **kw)
-        self.devices.append(d)
-        await d.start(self.hub.udp_address)
-        return d
-
-    def image(self, role: str, version: int, size: int = 2000, cpl: bool = True) -> bytes:
-        path = build_image(self.tmp, self.sign_key, role, version, size)
-        data = path.read_bytes()
-        info = images.parse_file(path)
-        if cpl:
-            self.store.cpl_add(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES[role],
-                               version, info.descriptor.image_hash)
-        return data
-
-    async def until(self, cond, what: str, timeout: float = 20.0) -> None:
-        end = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > end:
-                raise AssertionError("timed out waiting for " + what)
-            await asyncio.sleep(0.05)
-
-
-def run(tmp_path, body, **dcc_kw):
-    async def main():
-        w = World(tmp_path)
-        try:
-            await w.start_dcc(**dcc_kw)
-            await body(w)
-        finally:
-            await w.stop()
-    asyncio.run(main())
 
 
 # ---------------------------------------------------------------- end to end
@@ -311,6 +141,16 @@ def test_ch_offline_then_back_gets_queued_messages(tmp_path):
     run(tmp_path, body)
 
 
+async def take_acks(ws, into: list[int], n: int) -> None:
+    """Read WAN messages from `ws` until `n` acknowledgements have come, each id into `into`."""
+    async for m in ws:
+        d = decode(m.data)
+        if "ack" in d:
+            into.append(d["ack"])
+            if len(into) == n:
+                break
+
+
 def test_duplicates_are_harmless(tmp_path):
     """A DCC message delivered twice is acknowledged twice and applied once; a CH message
     delivered twice gives the User one response."""
@@ -328,21 +168,10 @@ def test_duplicates_are_harmless(tmp_path):
             await ws.prepare(request)
             await ws.send_str(encode(msg))
             await ws.send_str(encode(msg))
-            async for m in ws:
-                d = decode(m.data)
-                if "ack" in d:
-                    acks.append(d["ack"])
-                    if len(acks) == 2:
-                        break
+            await take_acks(ws, acks, 2)
             await ws.close()
             return ws
-        app = web.Application()
-        app.router.add_get("/wan/{eui}", fake_dcc)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, port = await serve_one("GET", "/wan/{eui}", fake_dcc)
         wan = CommsHubWan(w.hub, "http://127.0.0.1:%d" % port, poll=0.05, backoff=(0.05, 0.3))
         await wan.start()
         try:
@@ -366,12 +195,7 @@ def test_duplicates_are_harmless(tmp_path):
             await ws.send_str(encode({"hello": w.hub_eui, "replaces": []}))
             await ws.send_str(encode(outcome))
             await ws.send_str(encode(outcome))
-            async for m in ws:
-                d = decode(m.data)
-                if "ack" in d:
-                    got.append(d["ack"])
-                    if len(got) == 2:
-                        break
+            await take_acks(ws, got, 2)
         assert got == [1, 1]
         finals = [r for r in await w.responses()
                   if duis.parse_response(r["xml"].encode())["request_id"] == rid
@@ -411,12 +235,7 @@ def test_trust_centre_swap_out_over_the_wan(tmp_path):
     under its new identity, naming the one it replaces."""
     async def body(w: World):
         await w.start_hub()
-        xml = w.request("12.2", duis.DCC_EUI, device_id=msb(8), manufacturer="%04X"
-                        % images.DEFAULT_MANUFACTURER,
-                        model="%08X" % images.ROLE_IMAGE_TYPES["althan"], device_type="ALTHAN",
-                        smets_chts_version="V1.0", firmware_version="00000001",
-                        install_code=bytes.fromhex(install_code(8)))
-        _, ack = await w.post(xml)
+        _, ack = await w.post(w.prenotification(msb(8), install_code(8), "althan"))
         assert ack["code"] == "I0", ack
         await w.until(lambda: reg.device(w.hub.db, eui_str(8)) is not None, "the device log")
         dev = await w.device(8, role="althan")
@@ -487,13 +306,7 @@ def test_push_url_delivery_with_retry(tmp_path):
                 return web.Response(status=503)
             got.append((int(request.headers["X-Hanota-Seq"]), await request.read()))
             return web.Response(status=204)
-        app = web.Application()
-        app.router.add_post("/duis", endpoint)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, port = await serve_one("POST", "/duis", endpoint)
         try:
             async with w.session.post(w.url + "/api/v1/subscribe", json={
                     "user": eui_hex(w.user), "url": "http://127.0.0.1:%d/duis" % port}) as r:
@@ -625,19 +438,6 @@ def test_wan_endpoint_refuses_bad_hub_path(tmp_path):
 
 # ---------------------------------------------------------------- the commands
 
-def _start(args: list[str], log: Path, ready: str, env: dict) -> subprocess.Popen:
-    with open(log, "w") as f:  # the child keeps its own descriptor
-        p = subprocess.Popen([sys.executable, "-c", "from hanota.cli import main; main()",
-                              *args], stdout=f, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env)
-    end = time.monotonic() + 20
-    while ready not in log.read_text():
-        assert p.poll() is None, "%s exited: %s" % (args[:2], log.read_text())
-        assert time.monotonic() < end, "%s did not start: %s" % (args[:2], log.read_text())
-        time.sleep(0.05)
-    return p
-
-
 def test_dcc_serve_and_hub_serve_commands(tmp_path):
     """`hanota dcc serve` and `hanota hub serve --dcc URL` as processes: the CH dials in
     (the DCC's health lists it), and both stop cleanly on SIGTERM."""
@@ -646,20 +446,17 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
     env = dict(os.environ, HANOTA_HOME=str(tmp_path / "home"))
     procs = []
     try:
-        dcc = _start(["dcc", "serve", "--db", str(tmp_path / "dcc.db"), "--pki",
-                      str(w.pki_dir), "--listen", "127.0.0.1:0", "--wan-auth"],
-                     tmp_path / "dcc.log", "serving on http://", env)
+        dcc, url = dcc_serve(["--db", str(tmp_path / "dcc.db"), "--pki", str(w.pki_dir),
+                              "--listen", "127.0.0.1:0", "--wan-auth"], tmp_path / "dcc.log",
+                             env)
         procs.append(dcc)
-        line = [x for x in (tmp_path / "dcc.log").read_text().splitlines()
-                if "serving on http://" in x][0]
-        url = line.split("serving on ")[1].split(" ")[0]
-        token = subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
-                                "dcc", "wan-token", "--hub", w.hub_eui, "--db",
+        token = subprocess.run([*HANOTA, "dcc", "wan-token", "--hub", w.hub_eui, "--db",
                                 str(tmp_path / "dcc.db")], capture_output=True, text=True,
                                env=env, timeout=30, check=True).stdout.strip()
         assert len(token) == 32
-        hub = _start(["hub", "serve", "--dcc", url, "--db", w.hub_db, "--udp", "127.0.0.1:0",
-                      "--wan-token", token], tmp_path / "hub.log", "serving on udp", env)
+        hub = start_command(["hub", "serve", "--dcc", url, "--db", w.hub_db, "--udp",
+                             "127.0.0.1:0", "--wan-token", token], tmp_path / "hub.log",
+                            "serving on udp", env)
         procs.append(hub)
 
         async def health():
@@ -675,18 +472,9 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
         assert asyncio.run(health()) == [w.hub_eui]
 
         def send(name: str, xml: bytes, *extra: str) -> subprocess.CompletedProcess:
-            f = tmp_path / name
-            f.write_bytes(xml)
-            return subprocess.run([sys.executable, "-c", "from hanota.cli import main; main()",
-                                   "duis", "send", str(f), "--dcc", url, *extra],
-                                  capture_output=True, text=True, env=env, timeout=60)
+            return duis_send(tmp_path, env, url, name, xml, *extra)
         # hanota duis send: a pre-notification answered at once (I0) ...
-        r = send("12.2.xml", w.request("12.2", duis.DCC_EUI, device_id=msb(11),
-                                       manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
-                                       model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
-                                       device_type="PPMID", smets_chts_version="V1.0",
-                                       firmware_version="00000001",
-                                       install_code=bytes.fromhex(install_code(11))))
+        r = send("12.2.xml", w.prenotification(msb(11), install_code(11)))
         assert r.returncode == 0 and r.stdout.startswith("I0 "), (r.stdout, r.stderr)
         # ... a read for a device the Comms Hub does not hold: I99, then its refusal (exit 1)
         with DccStore(tmp_path / "dcc.db") as store:
@@ -700,14 +488,9 @@ def test_dcc_serve_and_hub_serve_commands(tmp_path):
         # a placeholder-free but unsigned request: refused at once
         r = send("unsigned.xml", duis.build_request("11.2", w.user, msb(12), 99999))
         assert r.returncode == 1 and r.stdout.startswith("E"), (r.stdout, r.stderr)
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(15) == 0
+        stop_commands(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        kill_commands(procs)
 
 
 # ---------------------------------------------------------------- a virtual board
@@ -748,12 +531,7 @@ def test_virtual_board_through_duis(vboards, tmp_path):
                             settings={"query_interval": 1, "health_timeout": 20,
                                       "block_timeout_ms": 800})
         eui = bytes.fromhex(res.eui64.replace(":", ""))
-        ack = post(w.request("12.2", duis.DCC_EUI, device_id=eui,
-                             manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
-                             model="%08X" % images.ROLE_IMAGE_TYPES["ppmid"],
-                             device_type="PPMID", smets_chts_version="V1.0",
-                             firmware_version="%08X" % v1,
-                             install_code=bytes.fromhex(res.install_code)))
+        ack = post(w.prenotification(eui, res.install_code, firmware_version="%08X" % v1))
         assert ack["code"] == "I0", ack
         f = tmp_path / "v2.ota"
         f.write_bytes(images.build_image(p2["app"].read_bytes(), version=v2, role="ppmid",
