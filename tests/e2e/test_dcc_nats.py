@@ -469,6 +469,22 @@ def _nats_world(tmp_path, nats_url: str):
     return NatsWorld(tmp_path)
 
 
+def run_over_nats(tmp_path, nats_url: str, body) -> None:
+    """`body(world)` in the NATS world with its DCC and Comms Hub started and test device 1
+    pre-notified; the world stopped after."""
+    async def main():
+        w = _nats_world(tmp_path, nats_url)
+        try:
+            await w.start_dcc()
+            await w.start_hub()
+            await w.prenotify(1)
+            await body(w)
+        finally:
+            await w.stop()
+
+    asyncio.run(main())
+
+
 def test_update_firmware_over_nats_end_to_end(tmp_path, natsd):
     """12.2 then a signed 11.4 through a DCC and a Comms Hub whose WAN is NATS: the device is
     upgraded and the Supplier gets the signed I0 response saying it was activated."""
@@ -476,25 +492,17 @@ def test_update_firmware_over_nats_end_to_end(tmp_path, natsd):
 
     from hanota.dcc import duis
 
-    async def main():
-        w = _nats_world(tmp_path, natsd.url)
-        try:
-            await w.start_dcc()
-            await w.start_hub()
-            await w.prenotify(1)
-            dev = await w.device(1)
-            data = w.image("ppmid", 0x00000002)
-            _, ack = await w.post(w.request("11.4", duis.DCC_EUI, firmware_image=data,
-                                            firmware_version="00000002", device_ids=[msb(1)]))
-            assert ack["code"] == "I99", ack
-            resp = await w.wait_response(ack["request_id"], 60)
-            assert resp["code"] == "I0" and outcome(resp)["Outcome"] == "activated", resp
-            assert dev.activated_versions == [2]
-            await w.until(lambda: not w.store.wan_outbox(w.hub_eui), "DCC messages acked")
-        finally:
-            await w.stop()
-
-    asyncio.run(main())
+    async def body(w):
+        dev = await w.device(1)
+        data = w.image("ppmid", 0x00000002)
+        _, ack = await w.post(w.request("11.4", duis.DCC_EUI, firmware_image=data,
+                                        firmware_version="00000002", device_ids=[msb(1)]))
+        assert ack["code"] == "I99", ack
+        resp = await w.wait_response(ack["request_id"], 60)
+        assert resp["code"] == "I0" and outcome(resp)["Outcome"] == "activated", resp
+        assert dev.activated_versions == [2]
+        await w.until(lambda: not w.store.wan_outbox(w.hub_eui), "DCC messages acked")
+    run_over_nats(tmp_path, natsd.url, body)
 
 
 def test_trust_centre_swap_out_over_nats(tmp_path, natsd):
@@ -506,23 +514,15 @@ def test_trust_centre_swap_out_over_nats(tmp_path, natsd):
     from hanota.hub import registry as reg
     from support.hubfixtures import eui_str
 
-    async def main():
-        w = _nats_world(tmp_path, natsd.url)
-        try:
-            await w.start_dcc()
-            await w.start_hub()
-            await w.prenotify(1)
-            old = w.hub_eui
-            new = eui_hex(reg.swap_out(w.hub.db)["new"])
-            await w.until(lambda: w.store.premises(MPAN)["hub_eui"] == new, "premises moved")
-            assert old != new
-            await w.prenotify(2)  # a 12.2 after the swap: published on the new subject
-            assert reg.device(w.hub.db, eui_str(2)) is not None
-            await w.until(lambda: not w.store.wan_outbox(new), "DCC messages acked")
-        finally:
-            await w.stop()
-
-    asyncio.run(main())
+    async def body(w):
+        old = w.hub_eui
+        new = eui_hex(reg.swap_out(w.hub.db)["new"])
+        await w.until(lambda: w.store.premises(MPAN)["hub_eui"] == new, "premises moved")
+        assert old != new
+        await w.prenotify(2)  # a 12.2 after the swap: published on the new subject
+        assert reg.device(w.hub.db, eui_str(2)) is not None
+        await w.until(lambda: not w.store.wan_outbox(new), "DCC messages acked")
+    run_over_nats(tmp_path, natsd.url, body)
 
 
 def test_an_image_over_max_payload_goes_through_the_object_store(natsd, tmp_path):
