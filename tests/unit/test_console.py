@@ -73,8 +73,22 @@ def soft_reset():
 # -- what this process holds ------------------------------------------------------------
 
 
+_OTHERS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _others_before():
+    """Children this process had before the test (a session's PostgreSQL or nats-server, say,
+    when an earlier test on this worker started one) are not the test's to answer for."""
+    _OTHERS.clear()
+    _OTHERS.update(child_pids())
+    yield
+    _OTHERS.clear()
+
+
 def child_pids() -> list[int]:
-    """Processes (running or zombie) whose parent is this process."""
+    """Processes (running or zombie) whose parent is this process, other than those it had
+    before the test began."""
     me, found = os.getpid(), []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -84,7 +98,7 @@ def child_pids() -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me and int(name) not in _OTHERS:
             found.append(int(name))
     return found
 
