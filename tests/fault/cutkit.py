@@ -101,6 +101,13 @@ class Kit:
                     payload = payloads[kind, n]["app"].read_bytes()
                     p.write_bytes(images.build_image(payload, key=key, version=V2, role=ROLE))
                 files[kind, scenario] = p
+            # V1 as the hub served it before: a delta is offered only against the image the
+            # hub knows the device runs (server.policy.choose_variant)
+            p = root / ("%s-v1.ota" % kind)
+            if not p.exists():
+                p.write_bytes(images.build_image(payloads[kind, 1]["app"].read_bytes(),
+                                                 key=key, version=V1, role=ROLE))
+            files[kind, "v1"] = p
             for scenario in ENCODED_SCENARIOS:
                 p = root / ("%s-%s.ota" % (kind, scenario))
                 if not p.exists():  # also into a kit built before these scenarios existed
@@ -417,11 +424,13 @@ def run_iteration(kit: Kit, snap: Snapshot, scenario: str, workdir: Path, cuts: 
                                    hw_version=deploy.DEFAULT_HW_VERSION, file_version=V1)
     hub.add_device(snap.eui64, snap.install_code)
     hub.add_image(kit.files[kind, scenario])
+    if scenario == "upgrade-delta":
+        hub.add_image(kit.files[kind, "v1"])
     b = SweepBoard(d, board=kind, name=d.name, eui64=snap.eui64, trace=trace,
                    power_cut_at=cuts[0] if cuts else None, torn=torn, hub=hub.udp,
                    then_cuts=cuts[1:])
     b.marks = policy.marks
-    log = None
+    log, text = None, ""
     want_version, want_rolled_back = expected_final(scenario)
     eui = snap.eui
     fired = 0
@@ -498,6 +507,8 @@ def run_iteration(kit: Kit, snap: Snapshot, scenario: str, workdir: Path, cuts: 
         if problems:
             out.verdict = "stuck"
     out.why = "; ".join(problems) + (" [%s]" % state.detail if problems else "")
+    if problems and text:
+        out.why += "; the board's console ended: " + " | ".join(text.splitlines()[-12:])
     if out.ok:
         shutil.rmtree(d, ignore_errors=True)
     return out
