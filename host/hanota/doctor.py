@@ -101,22 +101,11 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return out
 
 
-# A device module whose first line says this is never imported on a board (the CPython
-# stand-ins the device code falls back to on the host, e.g. hanfw/hostinflate.py over zlib):
-# its imports are not needs of any board.
-HOST_ONLY_MARK = "CPython only"
-
-
-def _host_only(path: Path) -> bool:
-    with open(path) as f:
-        return HOST_ONLY_MARK in f.readline()
-
-
 def required_modules(board: boardspec.Board) -> dict[str, list[str]]:
     """The MicroPython modules the device code and the board's hal.py import, each with the
     files that import it: read from the code itself, so the list cannot go stale."""
     root = devcode.DEVICE_ROOT
-    sources = sorted(p for p in root.rglob("*.py") if not _host_only(p))
+    sources = [root / rel for rel in devcode.device_sources(root)]
     local = {p.stem for p in sources} | {p.name for p in root.iterdir() if p.is_dir()} | {"hal"}
     need: dict[str, list[str]] = {}
 

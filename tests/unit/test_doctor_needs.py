@@ -48,3 +48,12 @@ def test_host_only_device_modules_are_not_needs():
     # hanfw/hostinflate.py (CPython's zlib behind the device's inflate) never runs on a board
     for name in ("esp32", "nrf52840"):
         assert "zlib" not in doctor.required_modules(boardspec.load_board(name))
+
+
+def test_host_only_stand_ins_are_never_built_for_a_board(tmp_path):
+    # what fwbuild, deploy and the on-board tier put on a board: no hostinflate (it imports
+    # zlib, which no MicroPython port has), but the decoder that falls back to it
+    from hanota import devcode
+    built = {p.relative_to(tmp_path).as_posix() for p in devcode.compile_tree(tmp_path)}
+    assert "hanfw/delta.mpy" in built
+    assert "hanfw/hostinflate.mpy" not in built
