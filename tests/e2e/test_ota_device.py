@@ -1,6 +1,7 @@
 """The device's OTA behaviour end to end on virtual boards: rejections, rollback, resume,
 hcalcs activation, a 64 KiB heap. Each test drives a real board through a real hub server."""
 import re
+import threading
 import time
 
 import pytest
@@ -226,8 +227,26 @@ def test_resume_after_reset_continues_from_the_persisted_offset(vboards, hub, ke
             if t is not None and t.offset >= target:
                 break
             time.sleep(0.002)
-        cut_at = hub.server.transfers[eui].offset
-        b.power_cycle()
+        # the cut's offset: the most the hub served before the board said hello again (blocks
+        # already on their way when the host pulled the power count too), watched as it runs
+        hellos, served = len(hub.events("hello", eui)), [hub.server.transfers[eui].offset]
+        watching = threading.Event()
+
+        def watch():
+            while not watching.is_set() and len(hub.events("hello", eui)) == hellos:
+                t = hub.server.transfers.get(eui)
+                served.append(t.offset if t is not None else 0)
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            b.power_cycle()
+            hub.wait_event("hello", eui, timeout=60, count=hellos + 1)
+        finally:
+            watching.set()
+            watcher.join()
+        cut_at = max(served)
         hub.wait_event("alert", eui, timeout=120)
         starts = [int(m) for m in re.findall(r"from offset (\d+)", log.text)]
         assert starts[0] == 0 and len(starts) >= 2, log.text[-2000:]
