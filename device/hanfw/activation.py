@@ -52,7 +52,7 @@ def verifier(cfg):
     g = getattr(cfg, "gbcs", None)
     if not g:
         return None
-    key = (g["supplier_ds"], g["supplier_id"], g["acb_ka"])
+    key = (g["supplier_ds"], g["supplier_id"], g["acb_ka"], g["ka_priv"], cfg.eui64_gbcs)
     if _verifier is None or _verifier[0] != key:
         _verifier = (key, gbcs.Verifier(g["supplier_ds"], g["acb_ka"], g["ka_priv"],
                                         cfg.eui64_gbcs, g["supplier_id"]))

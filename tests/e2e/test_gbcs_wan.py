@@ -29,8 +29,9 @@ async def post_raw(w: World, xml: bytes) -> bytes:
 async def commissioned_hcalcs(w: World, n: int):
     block, ka_pub = gbcs_commissioning((w.pki_dir / "supplier-a.ds.cert.pem").read_bytes(),
                                        (w.pki_dir / "acb.ka.cert.pem").read_bytes())
-    w.dcc.register_device_ka(msb(n), bytes.fromhex(ka_pub))
     await w.prenotify(n, "hcalcs")
+    # the device's KA key from its commissioning into its registration data
+    w.dcc.register_device_ka(msb(n), ka_pub)
     dev = await w.device(n, role="hcalcs")
     dev.gbcs_cfg = config.from_dict({"eui64": msb(n).hex(), "role": "hcalcs",
                                      "manufacturer": 0x1234, "hw_version": 0x100,

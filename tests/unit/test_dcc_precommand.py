@@ -35,21 +35,41 @@ def pkidir(tmp_path_factory):
     return d
 
 
-@pytest.fixture
-def world(tmp_path, pkidir):
-    store = DccStore(tmp_path / "dcc.db")
-    store.add_premises("MPAN-1", [SUP_A], HUB)
-    store.add_device(HCALCS, "HCALCS", "MPAN-1", manufacturer=0x1234, model=0x0086,
-                     hw_version=0x0100, install_code=install_code(1))
-    dcc = Dcc(store, pki.KeyStore(pkidir), pki.signing_pair(pkidir, "dcc.xml"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """The DCC's store on SQLite, or on a fresh PostgreSQL database (skipped, saying why,
+    where the server cannot start)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_uri")
+    return tmp_path / "dcc.db"
+
+
+def open_dcc(db_target, pkidir):
+    store = DccStore(db_target)
+    return Dcc(store, pki.KeyStore(pkidir), pki.signing_pair(pkidir, "dcc.xml"))
+
+
+def commissioning(pkidir):
+    """A GBCS commissioning of the HCALCS (as `board deploy --supplier-cert --acb-cert`):
+    (its device configuration, its KA public key as hex)."""
     block, ka_pub = gbcs_commissioning((pkidir / "supplier-a.ds.cert.pem").read_bytes(),
                                        (pkidir / "acb.ka.cert.pem").read_bytes())
-    dcc.register_device_ka(HCALCS, bytes.fromhex(ka_pub))
     cfg = config.from_dict({"eui64": HCALCS.hex(), "role": "hcalcs", "manufacturer": 0x1234,
                             "hw_version": 0x100, "keys": [block["supplier_ds"]],
                             "install_code": "00" * 18, "gbcs": block})
+    return cfg, ka_pub
+
+
+@pytest.fixture
+def world(db_target, pkidir):
+    dcc = open_dcc(db_target, pkidir)
+    dcc.store.add_premises("MPAN-1", [SUP_A], HUB)
+    dcc.store.add_device(HCALCS, "HCALCS", "MPAN-1", manufacturer=0x1234, model=0x0086,
+                         hw_version=0x0100, install_code=install_code(1))
+    cfg, ka_pub = commissioning(pkidir)
+    dcc.register_device_ka(HCALCS, bytes.fromhex(ka_pub))
     yield dcc, cfg, pkidir
-    store.close()
+    dcc.store.close()
 
 
 def ds_key(pkidir, name="supplier-a"):
@@ -171,3 +191,148 @@ def test_cli_sign_precommand(world, tmp_path):
     r = CliRunner().invoke(main, ["duis", "sign-precommand", str(out), "--ds-key",
                                   str(pkidir / "supplier-a.ds.key.pem")])
     assert r.exit_code != 0 and "PreCommand" in r.output
+
+
+def signed_cv5(dcc, pkidir, resp):
+    rid, srv, pre = precommand.from_response(resp)
+    signed = precommand.sign(pre, ds_key(pkidir))
+    return duis.parse_response(submit(dcc, pkidir, precommand.signed_request(rid, signed, srv)))
+
+
+def test_the_device_ka_key_is_registration_data_kept_across_a_restart(db_target, pkidir,
+                                                                      tmp_path):
+    dcc = open_dcc(db_target, pkidir)
+    dcc.store.add_premises("MPAN-1", [SUP_A], HUB)
+    cfg, ka_pub = commissioning(pkidir)
+    # recorded with the device at registration (`dcc registry add-device --ka-pub`)
+    dcc.store.add_device(HCALCS, "HCALCS", "MPAN-1", manufacturer=0x1234, model=0x0086,
+                         install_code=install_code(1), ka_public=ka_pub)
+    dcc.store.close()
+    dcc = open_dcc(db_target, pkidir)  # the DCC restarted: a new service over the same store
+    try:
+        assert dcc.store.device(HCALCS)["ka_public"] == ka_pub
+        ack = signed_cv5(dcc, pkidir, cv4(dcc, pkidir, 8001))
+        assert ack["code"] == "I99", ack["reason"]
+        (msg,) = outbox(dcc)
+        # MAC'd to the key the registration data holds: the device accepts it
+        assert device_check(cfg, tmp_path, base64.b64decode(msg["gbcs_b64"]))[::2] == \
+            (None, "activate")
+        # a new commissioning (a change of Supplier re-deploys the board) replaces the key;
+        # a CS06 MAC'd to the old one no longer passes the device's check
+        cfg2, ka2 = commissioning(pkidir)
+        dcc.register_device_ka(HCALCS, ka2)
+        dcc.store.close()
+        dcc = open_dcc(db_target, pkidir)
+        assert dcc.store.device(HCALCS)["ka_public"] == ka2
+        ack = signed_cv5(dcc, pkidir, cv4(dcc, pkidir, 8002))
+        assert ack["code"] == "I99", ack["reason"]
+        new = base64.b64decode(outbox(dcc)[-1]["gbcs_b64"])
+        (tmp_path / "b").mkdir()
+        (tmp_path / "c").mkdir()
+        assert device_check(cfg2, tmp_path / "b", new)[::2] == (None, "activate")
+        assert device_check(cfg, tmp_path / "c", new)[0] == "bad-mac"
+    finally:
+        dcc.store.close()
+
+
+def test_a_cs06_for_a_device_without_a_ka_key_is_refused_naming_it(world):
+    dcc, cfg, pkidir = world
+    dev = duis.eui_text(HCALCS).replace("-", "")
+    # the key removed after the Pre-Command was issued: the CV 5 cannot be MAC'd
+    resp = cv4(dcc, pkidir, 9001)
+    dcc.register_device_ka(HCALCS, None)
+    assert dcc.store.device(HCALCS)["ka_public"] is None
+    ack = signed_cv5(dcc, pkidir, resp)
+    assert ack["code"] == duis.E_NO_KA_KEY, ack
+    assert dev in ack["reason"] and "key-agreement" in ack["reason"], ack["reason"]
+    assert not outbox(dcc)
+    # never commissioned for GBCS: SR 11.3 goes as hanota's own activation, and a Signed
+    # Pre-Command for that RequestID is refused with the same named error
+    rid = duis.RequestID(SUP_A, HCALCS, 9002)
+    ack = duis.parse_response(cv4(dcc, pkidir, 9002))
+    assert ack["code"] == "I99"
+    assert [m["type"] for m in dcc.wan_outbox(HUB)] == ["activate"]
+    pre = precommand.precommand(rid, IMG)
+    out = duis.parse_response(submit(dcc, pkidir, precommand.signed_request(
+        rid, precommand.sign(pre, ds_key(pkidir)))))
+    assert out["code"] == duis.E_NO_KA_KEY and dev in out["reason"], out
+    assert not outbox(dcc)
+
+
+@pytest.mark.parametrize("value,why", [
+    ("zz" * 65, "not hex"), ("04" + "00" * 32, "33 bytes"),
+    ("04" + "01" * 64, "not a point on P-256"), ("02" + "01" * 64, "65-byte uncompressed")])
+def test_a_bad_ka_key_is_refused_and_the_stored_one_kept(world, value, why):
+    from hanota.dcc.store import DccUsageError
+
+    dcc, cfg, pkidir = world
+    before = dcc.store.device(HCALCS)["ka_public"]
+    with pytest.raises(DccUsageError) as e:
+        dcc.register_device_ka(HCALCS, value)
+    assert why in str(e.value) and duis.eui_text(HCALCS).replace("-", "") in str(e.value)
+    assert dcc.store.device(HCALCS)["ka_public"] == before
+    with pytest.raises(DccUsageError, match="not registered"):
+        dcc.register_device_ka(b"\x00" * 8, before)
+
+
+def test_cli_registry_set_ka(tmp_path, pkidir):
+    import json
+
+    from click.testing import CliRunner
+
+    from hanota.cli import cli as main
+    db = str(tmp_path / "dcc.db")
+    cfg, ka_pub = commissioning(pkidir)
+    eui = duis.eui_text(HCALCS).replace("-", "")
+
+    def hanota(*args):
+        return CliRunner().invoke(main, ["dcc", *args, "--db", db])
+    assert hanota("registry", "add-premises", "MPAN-1", "--supplier", SUP_A.hex(), "--hub",
+                  HUB.hex()).exit_code == 0
+    r = hanota("registry", "add-device", eui, "--type", "HCALCS", "--premises", "MPAN-1",
+               "--ka-pub", "04" + "01" * 64)
+    assert r.exit_code == 1 and "not a point on P-256" in r.output, r.output
+    r = hanota("registry", "add-device", eui, "--type", "HCALCS", "--premises", "MPAN-1")
+    assert r.exit_code == 0, r.output
+    # from the board's deploy output (`hanota board deploy --json ... --acb-cert`)
+    dep = tmp_path / "deploy.json"
+    dep.write_text(json.dumps({"eui64": ":".join("%02x" % b for b in HCALCS),
+                               "ka_public": ka_pub, "role": "hcalcs"}))
+    r = hanota("registry", "set-ka", "--deploy-json", str(dep))
+    assert r.exit_code == 0 and ka_pub in r.output, r.output
+    r = hanota("registry", "list")
+    assert "GBCS KA key" in r.output
+    with DccStore(db) as store:
+        assert store.device(HCALCS)["ka_public"] == ka_pub
+    # from the device's KA certificate (here: a KA certificate of the test PKI)
+    r = hanota("registry", "set-ka", eui, "--ka-cert", str(pkidir / "supplier-b.ka.cert.pem"))
+    assert r.exit_code == 0, r.output
+    # a DS certificate is not a key-agreement one: named, exit 1, the key kept
+    r = hanota("registry", "set-ka", eui, "--ka-cert", str(pkidir / "supplier-a.ds.cert.pem"))
+    assert r.exit_code == 1 and "keyAgreement" in r.output, r.output
+    r = hanota("registry", "set-ka", eui, "--ka-pub", "04" + "00" * 10)
+    assert r.exit_code == 1 and "11 bytes" in r.output, r.output
+    r = hanota("registry", "set-ka", "00DB000000000000", "--ka-pub", ka_pub)
+    assert r.exit_code == 1 and "not registered" in r.output, r.output
+    r = hanota("registry", "set-ka", eui)
+    assert r.exit_code == 2 and "exactly one" in r.output
+    r = hanota("registry", "set-ka", eui, "--clear")
+    assert r.exit_code == 0 and "no GBCS KA key" in r.output
+
+
+def test_a_dcc_database_made_before_the_ka_key_gains_the_column(db_target, pkidir):
+    """A store made before devices had ka_public opens with the column added (both dialects),
+    its devices kept, without a key."""
+    store = DccStore(db_target)
+    store.add_premises("MPAN-1", [SUP_A], HUB)
+    store.add_device(HCALCS, "HCALCS", "MPAN-1", install_code=install_code(1))
+    with store.tx() as c:
+        c.execute("ALTER TABLE devices DROP COLUMN ka_public")
+    store.close()
+    dcc = open_dcc(db_target, pkidir)
+    try:
+        assert dcc.store.device(HCALCS)["ka_public"] is None
+        _, ka_pub = commissioning(pkidir)
+        assert dcc.register_device_ka(HCALCS, ka_pub)["ka_public"] == ka_pub
+    finally:
+        dcc.store.close()

@@ -255,17 +255,96 @@ def registry_add_premises(mpxn: str, suppliers: tuple[str, ...], hub: str, db_pa
 @click.option("--install-code", default=None, help="Install code (hex, with its CRC-16).")
 @click.option("--status", type=click.Choice(DEVICE_STATUSES), default="commissioned",
               show_default=True)
+@click.option("--ka-pub", default=None,
+              help="GBCS: the device's key-agreement public key (130 hex digits, as `hanota "
+                   "board deploy --acb-cert` prints it); see `registry set-ka`.")
 @_db_option
 @_usage_errors
 def registry_add_device(eui, device_type, premises, manufacturer, model, firmware_version,
-                        hw_version, install_code, status, db_path) -> None:
+                        hw_version, install_code, status, ka_pub, db_path) -> None:
     """Register a device at premises."""
     with DccStore(db_path) as store:
         d = store.add_device(_eui(eui), device_type, premises, model=model,
                              manufacturer=manufacturer, firmware_version=firmware_version,
-                             install_code=install_code, hw_version=hw_version, status=status)
-    click.echo("device %s: %s at %s (%s)" % (d["eui"], d["device_type"], d["premises"],
-                                            d["status"]))
+                             install_code=install_code, hw_version=hw_version, status=status,
+                             ka_public=ka_pub)
+    click.echo("device %s: %s at %s (%s)%s" % (d["eui"], d["device_type"], d["premises"],
+                                              d["status"], "; GBCS KA key recorded"
+                                              if d["ka_public"] else ""))
+
+
+def _ka_from_cert(path: str) -> str:
+    """The public key of a device's key-agreement certificate (PEM or DER), as hex."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = Path(path).read_bytes()
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data \
+            else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise DccUsageError("--ka-cert %s is not an X.509 certificate: %s" % (path, e),
+                            reason="bad-ka-key") from None
+    pub = cert.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+        raise DccUsageError("--ka-cert %s does not hold a P-256 key" % path, reason="bad-ka-key")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_agreement:
+            raise DccUsageError("--ka-cert %s is not a key-agreement certificate (its Key Usage "
+                                "lacks keyAgreement)" % path, reason="bad-ka-key")
+    except x509.ExtensionNotFound:
+        pass
+    return pub.public_bytes(serialization.Encoding.X962,
+                            serialization.PublicFormat.UncompressedPoint).hex()
+
+
+@registry.command("set-ka")
+@click.argument("eui", required=False)
+@click.option("--ka-pub", default=None,
+              help="The device's KA public key: the 65-byte uncompressed P-256 point as 130 hex "
+                   "digits (`hanota board deploy --acb-cert` prints it).")
+@click.option("--ka-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The device's key-agreement certificate (PEM or DER): its public key.")
+@click.option("--deploy-json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The output of `hanota board deploy --json` with --supplier-cert/--acb-cert: "
+                   "its eui64 and ka_public (EUI may then be left out).")
+@click.option("--clear", is_flag=True, help="Remove the device's KA key (SR 11.3 then goes as "
+                                            "hanota's own activation command).")
+@_db_option
+@_usage_errors
+def registry_set_ka(eui, ka_pub, ka_cert, deploy_json, clear, db_path) -> None:
+    """Record a GBCS-commissioned device's key-agreement public key in its registration data.
+
+    The DCC MACs every CS06 (SR 11.3 by the Pre-Command flow) to this key; a device without
+    one is activated by hanota's own command, and a Signed Pre-Command for it is refused (EH13).
+    A new commissioning (a change of Supplier re-deploys the board) replaces it."""
+    given = [x for x in (ka_pub, ka_cert, deploy_json) if x] + (["clear"] if clear else [])
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --ka-pub, --ka-cert, --deploy-json, --clear")
+    if deploy_json:
+        try:
+            dep = json.loads(Path(deploy_json).read_text())
+        except (ValueError, OSError) as e:
+            raise DccUsageError("--deploy-json %s is not JSON: %s" % (deploy_json, e),
+                                reason="bad-argument") from None
+        if not isinstance(dep, dict) or not dep.get("ka_public") or not dep.get("eui64"):
+            raise DccUsageError("--deploy-json %s has no eui64 and ka_public: deploy the board "
+                                "with --supplier-cert and --acb-cert, and --json"
+                                % deploy_json, reason="bad-argument")
+        if eui and eui_hex(eui) != eui_hex(str(dep["eui64"])):
+            raise DccUsageError("EUI %s is not the deployed board's %s" % (
+                eui_hex(eui), eui_hex(str(dep["eui64"]))), reason="bad-argument")
+        eui, ka_pub = str(dep["eui64"]), str(dep["ka_public"])
+    elif ka_cert:
+        ka_pub = _ka_from_cert(ka_cert)
+    if not eui:
+        raise click.UsageError("give the device's EUI-64 (or --deploy-json)")
+    with DccStore(db_path) as store:
+        d = store.update_device(_eui(eui), ka_public=None if clear else ka_pub)
+    click.echo("device %s: %s" % (d["eui"], "GBCS KA public key %s" % d["ka_public"]
+                                  if d["ka_public"] else "no GBCS KA key"))
 
 
 @registry.command("list")
@@ -286,6 +365,7 @@ def registry_list(as_json: bool, db_path: str | None) -> None:
                                                       p["hub_eui"]))
         for d in devs:
             if d["premises"] == p["mpxn"]:
-                click.echo("  %s  %-7s %-12s %s %s fw %s" % (
+                click.echo("  %s  %-7s %-12s %s %s fw %s%s" % (
                     d["eui"], d["device_type"], d["status"], d["manufacturer"] or "-",
-                    d["model"] or "-", d["firmware_version"] or "-"))
+                    d["model"] or "-", d["firmware_version"] or "-",
+                    "  GBCS KA key" if d["ka_public"] else ""))

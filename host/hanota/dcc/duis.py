@@ -123,6 +123,7 @@ E_ALTHAN_JOIN = "EH9"
 E_OTA_UNAVAILABLE = "EH10"
 E_UNSUPPORTED = "EH11"
 E_SUPERSEDED = "EH12"
+E_NO_KA_KEY = "EH13"
 HANOTA_RESPONSE_CODES: dict[str, str] = {
     E_MALFORMED: "(hanota) malformed request: not well-formed XML, a DTD or entity, the wrong "
                  "root or namespace, or a missing, unexpected or ill-formed element",
@@ -144,6 +145,8 @@ HANOTA_RESPONSE_CODES: dict[str, str] = {
     E_UNSUPPORTED: "(hanota) valid DUIS that hanota's DCC does not serve",
     E_SUPERSEDED: "(hanota) the request was superseded by a later one for the same device "
                   "before it completed",
+    E_NO_KA_KEY: "(hanota) the device has no key-agreement public key in the DCC's "
+                 "registration data: the DCC cannot MAC a GBCS command to it",
 }
 RESPONSE_CODES: dict[str, str] = {**DUIS_RESPONSE_CODES, **HANOTA_RESPONSE_CODES}
 

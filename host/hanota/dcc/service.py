@@ -71,6 +71,7 @@ REFUSAL_CODES = {
     "alt-han-join": duis.E_ALTHAN_JOIN,  # MP170: an Alt HAN device is not joined by SR 8.7.x
     "ota-unavailable": duis.E_OTA_UNAVAILABLE,  # Alt HAN device after a Trust Centre Swap-Out
     "bad-request": duis.E_MALFORMED,  # the body names something the DCC cannot act on
+    "no-ka-key": duis.E_NO_KA_KEY,  # SR 11.3 CV 5: no KA key for the device to MAC the CS06 to
 }
 
 # hanota.hub.db.OUTCOMES -> (DUIS response code, GBCS use case, its response code), for the
@@ -168,13 +169,14 @@ class Dcc:
         self.store = store
         self.keystore = keystore
         self.key, self.cert = signer
-        # device EUI (hex) -> its GBCS KA public key (65 bytes), from its commissioning
-        # (`board deploy --acb-cert` prints it): SR 11.3 to such a device goes by Pre-Command
-        self.device_ka: dict[str, bytes] = {}
 
-    def register_device_ka(self, eui: bytes | str, ka_public: bytes) -> None:
-        """Record a GBCS-commissioned device's KA public key (from its deploy)."""
-        self.device_ka[eui_hex(eui)] = bytes(ka_public)
+    def register_device_ka(self, eui: bytes | str, ka_public: bytes | str | None) -> dict:
+        """Record a GBCS-commissioned device's KA public key (65-byte point, from its
+        commissioning: `board deploy --supplier-cert/--acb-cert` prints it) in its
+        registration data, where it outlives a DCC restart: SR 11.3 to such a device goes by
+        the Pre-Command flow, and the DCC MACs the CS06 to this key. None removes it.
+        DccUsageError names an unregistered device or a key that is not a P-256 point."""
+        return self.store.update_device(eui, ka_public=ka_public)
 
     # ------------------------------------------------------------ submission
 
@@ -327,7 +329,7 @@ class Dcc:
             raise Refusal("malformed", "SR 11.3 needs a FirmwareHash of 32 bytes")
         at = f.get("execution_datetime")
         cancel = bool(f.get("cancel")) or (at is not None and at.year >= CANCEL_YEAR)
-        if dev["eui"] in self.device_ka:
+        if dev["ka_public"]:
             # GBCS-commissioned: the User signs a CS06 (CV 4 -> Pre-Command, then CV 5)
             pre = precommand.precommand(req.request_id, bytes(h), at, cancel)
             self.store.add_request(str(req.request_id), user, counter, "11.3", device=dev["eui"],
@@ -345,17 +347,28 @@ class Dcc:
         the ACB's KA key to the device's KA key and sent to the Comms Hub as GBCS bytes."""
         row = self.store.request_by_text(str(req.request_id))
         detail = (row or {}).get("detail") or {}
+        dev = self.store.device(row["device"]) if row is not None and row["device"] else None
+        if row is not None and row["user"] == user and row["srv"] == "11.3" \
+                and (dev is None or not dev["ka_public"]):
+            raise Refusal("no-ka-key", "device %s has no key-agreement public key in the DCC's "
+                          "registration data, so the DCC cannot MAC a CS06 to it%s: record the "
+                          "one its GBCS commissioning printed (hanota dcc registry set-ka %s "
+                          "--ka-pub HEX), then submit a new SR 11.3 with CommandVariant 4"
+                          % (row["device"], "" if "precommand" in detail else
+                             " (RequestID %s went to the Comms Hub as hanota's own activation "
+                             "command)" % req.request_id, row["device"]))
         if row is None or row["user"] != user or "precommand" not in detail:
             raise Refusal("malformed", "no Pre-Command was issued for RequestID %s: submit SR "
                           "11.3 with CommandVariant 4 first" % req.request_id)
         if row["outcome"] is not None or row.get("state") != "accepted":
             raise Refusal("replay", "the Signed Pre-Command of RequestID %s was already taken"
                           % req.request_id)
+        assert dev is not None
         try:
             msg = precommand.check_and_mac(req.fields["signed_precommand"],
                                            bytes.fromhex(detail["precommand"]),
                                            req.request_id.originator, self.keystore,
-                                           self.device_ka[row["device"]])
+                                           bytes.fromhex(dev["ka_public"]))
         except (precommand.PrecommandError, KeyError) as e:
             raise Refusal("bad-signature", "Signed Pre-Command refused: %s" % e) from None
         body = {"request": str(req.request_id), "device": row["device"], "type": "gbcs",

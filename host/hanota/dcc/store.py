@@ -148,6 +148,7 @@ CREATE TABLE IF NOT EXISTS devices (
     install_code TEXT,
     status TEXT NOT NULL CHECK (status IN (%(statuses)s)),
     lost_with_hub TEXT,
+    ka_public TEXT CHECK (ka_public IS NULL OR length(ka_public) = 130),
     added REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -363,6 +364,9 @@ class DccStore(sqlitedb.Closing):
                     c.execute_raw(stmt)
                 c.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT DO NOTHING",
                           (str(SCHEMA_VERSION),))
+            else:  # made before the device's GBCS KA key was kept
+                c.execute_raw("ALTER TABLE devices ADD COLUMN IF NOT EXISTS ka_public TEXT "
+                              "CHECK (ka_public IS NULL OR length(ka_public) = 130)")
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -374,6 +378,9 @@ class DccStore(sqlitedb.Closing):
             cols = [r[1] for r in self.conn.execute("PRAGMA table_info(devices)")]
             if "lost_with_hub" not in cols:  # databases made before the column existed
                 self.conn.execute("ALTER TABLE devices ADD COLUMN lost_with_hub TEXT")
+            if "ka_public" not in cols:  # made before the device's GBCS KA key was kept
+                self.conn.execute("ALTER TABLE devices ADD COLUMN ka_public TEXT CHECK "
+                                  "(ka_public IS NULL OR length(ka_public) = 130)")
             if "published" not in [r[1] for r in self.conn.execute(
                     "PRAGMA table_info(wan_out)")]:  # made before the WAN on NATS
                 self.conn.execute("ALTER TABLE wan_out ADD COLUMN published REAL")
@@ -528,10 +535,11 @@ class DccStore(sqlitedb.Closing):
     def add_device(self, eui: bytes | str, device_type: str, premises: str, *,
                    model: str | int | None = None, manufacturer: str | int | None = None,
                    firmware_version: str | int | None = None, install_code: str | None = None,
-                   hw_version: int | None = None, status: str = "commissioned"
-                   ) -> dict[str, Any]:
+                   hw_version: int | None = None, status: str = "commissioned",
+                   ka_public: bytes | str | None = None) -> dict[str, Any]:
         """Register a device at premises (which must exist). DccUsageError names an unknown
-        device type, unknown premises, a malformed value, or a device already registered."""
+        device type, unknown premises, a malformed value, or a device already registered.
+        `ka_public`: a GBCS-commissioned device's key-agreement public key (`ka_key`)."""
         e = eui_hex(eui)
         t = str(device_type).strip().upper()
         if t not in DEVICE_TYPES:
@@ -547,7 +555,8 @@ class DccStore(sqlitedb.Closing):
                                 reason="bad-argument")
         row = (e, t, m, _manufacturer(manufacturer) if manufacturer is not None else None,
                _model(model) if model is not None else None, _version8(firmware_version),
-               hw_version, code, status)
+               hw_version, code, status,
+               ka_key(ka_public, e) if ka_public is not None else None)
         now = self.clock()
         with self.tx() as c:
             if c.execute("SELECT 1 FROM premises WHERE mpxn = ?", (m,)).fetchone() is None:
@@ -557,15 +566,17 @@ class DccStore(sqlitedb.Closing):
             if c.execute("SELECT 1 FROM devices WHERE eui = ?", (e,)).fetchone() is not None:
                 raise DccUsageError("device %s is already registered" % e, reason="exists")
             c.execute("INSERT INTO devices (eui, device_type, mpxn, manufacturer, model, "
-                      "firmware_version, hw_version, install_code, status, added, updated) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, now, now))
+                      "firmware_version, hw_version, install_code, status, ka_public, added, "
+                      "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, now, now))
         return _found(self.device(e))
 
     def update_device(self, eui: bytes | str, **fields: Any) -> dict[str, Any]:
-        """Change a registered device's inventory fields (SR 8.4, a join's status)."""
+        """Change a registered device's inventory fields (SR 8.4, a join's status; its GBCS
+        KA key, `ka_public`, from its commissioning: None removes it)."""
         e = eui_hex(eui)
         conv = {"manufacturer": _manufacturer, "model": _model,
-                "firmware_version": _version8, "install_code": _install_code}
+                "firmware_version": _version8, "install_code": _install_code,
+                "ka_public": lambda v: ka_key(v, e)}
         cols = {}
         for k, v in fields.items():
             if k == "device_type":
@@ -912,6 +923,31 @@ def _install_code(code: str) -> str:
         raise DccUsageError("install code %r: %s" % (code, e), reason="bad-install-code") \
             from None
     return text
+
+
+def ka_key(value: bytes | str, eui: str = "") -> str:
+    """A device's GBCS key-agreement public key as the registration data keeps it: the
+    65-byte uncompressed P-256 point as 130 lower-case hex digits. DccUsageError names a
+    value that is not hex, not 65 bytes, or not a point on the curve."""
+    from hanfw import p256
+
+    who = " of device %s" % eui if eui else ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+    else:
+        try:
+            b = bytes.fromhex(str(value).strip().replace(":", "").replace(" ", ""))
+        except ValueError:
+            raise DccUsageError("the KA public key%s %r is not hex" % (who, value),
+                                reason="bad-ka-key") from None
+    if len(b) != 65 or b[0] != 4:
+        raise DccUsageError("the KA public key%s is %d bytes: give the 65-byte uncompressed "
+                            "P-256 point (04 || X || Y, 130 hex digits)" % (who, len(b)),
+                            reason="bad-ka-key")
+    if not p256.is_valid_point(b):
+        raise DccUsageError("the KA public key%s is not a point on P-256" % who,
+                            reason="bad-ka-key")
+    return b.hex()
 
 
 def _premises_dict(row: sqlite3.Row) -> dict[str, Any]:
