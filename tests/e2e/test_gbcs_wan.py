@@ -4,8 +4,13 @@ distributes; SR 11.3 CV 4 gets the DCC's Pre-Command; the Supplier signs it and 
 the DCC MACs it (ACB KA key -> the device's KA key from its commissioning), the Comms Hub
 relays the GBCS bytes on the HAN (ZCL 0xF3) and the device's GBCS answer (0xF4) comes back as
 the DUIS response's GBCSPayload. A wrong hash is refused by the device (CS06 Hash Mismatch),
-a replayed or altered Signed Pre-Command by the DCC; nothing is activated by either."""
+a replayed or altered Signed Pre-Command by the DCC; nothing is activated by either. The
+sweep: a replayed originator counter, another device's CS06 and another Supplier's CS06 are
+refused by the device (its CS06 response and reason reach the User), a Supplier that is not
+(or no longer) responsible and another Supplier's signature by the DCC (E4, EH6)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -14,6 +19,7 @@ from hanota.dcc import duis, pki, precommand, xmlsig
 from hanota.deploy import gbcs_commissioning
 
 from e2e.test_dcc_wan import World, msb, outcome, run  # noqa: F401
+from support.dccworld import MPAN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,20 +46,57 @@ async def commissioned_hcalcs(w: World, n: int):
     return dev
 
 
-async def activate(w: World, n: int, image_hash: bytes, *, tamper=None) -> tuple[dict, dict]:
-    """CV 4 then the signed CV 5; (the CV 5 acknowledgement, the final response or {})."""
-    pre_xml = await post_raw(w, w.request("11.3", msb(n), firmware_hash=image_hash))
-    assert duis.parse_response(pre_xml)["code"] == "I0"
-    rid, srv, pre = precommand.from_response(pre_xml)
-    key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
+async def precommand_for(w: World, n: int, image_hash: bytes, *, user: bytes | None = None,
+                         **fields) -> tuple[duis.RequestID, str, bytes]:
+    """SR 11.3 CV 4: (RequestID, SRV, the DCC's Pre-Command)."""
+    pre_xml = await post_raw(w, w.request("11.3", msb(n), user=user, firmware_hash=image_hash,
+                                          **fields))
+    r = duis.parse_response(pre_xml)
+    assert r["code"] == "I0", r
+    return precommand.from_response(pre_xml)
+
+
+async def submit_signed(w: World, rid, srv: str, pre: bytes, *, ds: str = "supplier-a",
+                        tamper=None) -> tuple[dict, dict]:
+    """SR 11.3 CV 5: the Pre-Command signed with `ds`'s DS key, the DUIS request XML-signed
+    by the RequestID's originator; (its acknowledgement, the final response or {})."""
+    key = pki.load_key((w.pki_dir / ("%s.ds.key.pem" % ds)).read_bytes())
     signed = precommand.sign(pre, key)
     if tamper is not None:
         signed = tamper(signed)
-    cv5 = xmlsig.sign(precommand.signed_request(rid, signed, srv), w.user_key, w.user_cert)
+    xkey, xcert = (w.user_key, w.user_cert) if rid.originator == w.user \
+        else (w.other_key, w.other_cert)
+    cv5 = xmlsig.sign(precommand.signed_request(rid, signed, srv), xkey, xcert)
     ack = duis.parse_response(await post_raw(w, cv5))
     if ack["code"] != "I99":
         return ack, {}
-    return ack, await w.wait_response(str(rid))
+    return ack, await w.wait_response(str(rid), user=rid.originator)
+
+
+async def activate(w: World, n: int, image_hash: bytes, *, tamper=None, user=None,
+                   ds: str = "supplier-a", **fields) -> tuple[dict, dict]:
+    """CV 4 then the signed CV 5; (the CV 5 acknowledgement, the final response or {})."""
+    rid, srv, pre = await precommand_for(w, n, image_hash, user=user, **fields)
+    return await submit_signed(w, rid, srv, pre, tamper=tamper, ds=ds)
+
+
+def device_refusal(resp: dict, reason: str) -> gbcs.Message:
+    """The final DUIS response to a CS06 the device refused: I0 (the DCC heard from the
+    device), the device's CS06 response Activation Failure as the GBCSPayload, its reason."""
+    assert resp["code"] == "I0", resp
+    m = gbcs.decode(resp["gbcs_payload"])
+    assert m.kind == "cs06-response", m.describe()
+    assert m.fields["response_code"] == gbcs.CS06_ACTIVATION_FAILURE, m.fields
+    assert "activation_failed" in resp["reason"] and reason in resp["reason"], resp["reason"]
+    return m
+
+
+async def distribute(w: World, n: int, version: int) -> None:
+    data = w.image("hcalcs", version)
+    _, ack = await w.post(w.request("11.1", duis.DCC_EUI, firmware_image=data,
+                                    firmware_version="%08X" % version, device_ids=[msb(n)]))
+    resp = await w.wait_response(ack["request_id"])
+    assert outcome(resp)["Outcome"] == "distributed", resp
 
 
 def test_11_1_then_supplier_signed_11_3_activates(tmp_path):
@@ -83,4 +126,90 @@ def test_11_1_then_supplier_signed_11_3_activates(tmp_path):
         assert m.kind == "cs06-response" and m.fields["response_code"] == gbcs.CS06_SUCCESS
         assert m.originator == msb(2) and m.recipient == w.user
         assert dev.activated_versions == [3]
+    run(tmp_path, body)
+
+
+def test_every_refusal_reaches_the_user_and_nothing_is_activated(tmp_path):
+    """Issue 13's sweep end to end: each refusal reaches the User as its DUIS/GBCS response,
+    from the device (replayed counter, another device's CS06, another Supplier's) or from the
+    DCC (a Supplier no longer responsible at CV 5, another Supplier's signature in a CV 5),
+    and the device activates nothing and keeps the image it holds."""
+    async def body(w: World):
+        await w.start_hub()
+        dev = await commissioned_hcalcs(w, 2)
+        other_dev = await commissioned_hcalcs(w, 3)
+        await distribute(w, 2, 3)
+        held = dev.held_hash
+
+        def untouched():
+            assert dev.activated_versions == [] and other_dev.activated_versions == []
+            assert dev.held_hash == held
+
+        # a replayed CS06: the Pre-Command for the right hash is issued first, then a CS06
+        # with a later counter (wrong hash) is accepted by the device, so the first one's
+        # originator counter is old by the time it arrives
+        old_rid, srv, old_pre = await precommand_for(w, 2, held)
+        ack, resp = await activate(w, 2, bytes(32))
+        assert gbcs.decode(resp["gbcs_payload"]).fields["response_code"] == \
+            gbcs.CS06_HASH_MISMATCH
+        ack, resp = await submit_signed(w, old_rid, srv, old_pre)
+        assert ack["code"] == "I99", ack
+        m = device_refusal(resp, "replayed-counter")
+        assert m.originator == msb(2) and m.recipient == w.user and m.counter == old_rid.counter
+        assert dev.gbcs_answers[-1][0] == "replayed-counter"
+        untouched()
+
+        # a CS06 for another device: device 3's command, MAC'd to device 3's key, is carried to
+        # device 2 (the WAN message altered on its way to the Comms Hub); device 2 refuses it
+        # by its recipient and has no GBCS answer to give; the User still gets the outcome
+        await w.wan.stop()
+        rid, srv, pre = await precommand_for(w, 3, held)
+        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
+        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
+                          w.user_key, w.user_cert)
+        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        row = [r for r in w.store.all("SELECT id, body FROM wan_out WHERE acked IS NULL")
+               if '"gbcs"' in r[1]]
+        assert len(row) == 1
+        msg = json.loads(row[0][1])
+        assert msg["device"] == msb(3).hex().upper()
+        msg["device"] = msb(2).hex().upper()
+        with w.store.tx() as c:
+            c.execute("UPDATE wan_out SET body = ? WHERE id = ?", (json.dumps(msg), row[0][0]))
+        await w.start_wan()
+        resp = await w.wait_response(str(rid))
+        assert resp["code"] == "I0", resp
+        assert gbcs.decode(resp["gbcs_payload"]).fields["response_code"] == \
+            gbcs.CS06_ACTIVATION_FAILURE
+        assert "wrong-recipient" in resp["reason"], resp["reason"]
+        assert dev.gbcs_answers[-1] == ("wrong-recipient", None)
+        assert other_dev.gbcs_answers == []
+        untouched()
+
+        # an altered Signed Pre-Command, and one signed with another Supplier's DS key: the
+        # DCC refuses both at CV 5 (EH6), nothing reaches the Comms Hub
+        n = len(dev.gbcs_answers)
+        ack, _ = await activate(w, 2, held, tamper=lambda s: s[:-1] + bytes((s[-1] ^ 1,)))
+        assert ack["code"] == duis.E_SIGNATURE and "signature" in ack["reason"], ack
+        rid, srv, pre = await precommand_for(w, 2, held)
+        ack, _ = await submit_signed(w, rid, srv, pre, ds="supplier-b")
+        assert ack["code"] == duis.E_SIGNATURE, ack
+        assert "does not verify with the Supplier's key" in ack["reason"], ack
+
+        # a Supplier that is not the Responsible Supplier: refused at CV 4 (E4) ...
+        status, ack = await w.post(w.request("11.3", msb(2), user=w.other, firmware_hash=held))
+        assert ack["code"] == "E4" and "not a Responsible Supplier" in ack["reason"], ack
+        # ... and at CV 5 when the Supplier changed after the Pre-Command was issued
+        rid, srv, pre = await precommand_for(w, 2, held)
+        w.store.add_premises(MPAN, [w.other], w.hub_eui)  # Change of Supplier to supplier-b
+        ack, _ = await submit_signed(w, rid, srv, pre)
+        assert ack["code"] == "E4" and duis.eui_text(w.user).replace("-", "") in ack["reason"]
+        assert len(dev.gbcs_answers) == n  # none of these reached the device
+        # ... and by the device: the new Supplier's CS06 passes the DCC (it is responsible
+        # now) but the device was commissioned with supplier-a and was not re-commissioned
+        ack, resp = await activate(w, 2, held, user=w.other, ds="supplier-b")
+        assert ack["code"] == "I99", ack
+        device_refusal(resp, "wrong-originator")
+        assert dev.gbcs_answers[-1][0] == "wrong-originator"
+        untouched()
     run(tmp_path, body)

@@ -139,11 +139,13 @@ class World:
             data = await r.json()
         return data["responses"]
 
-    async def wait_response(self, request_id: str, timeout: float = 30.0) -> dict:
-        """The final signed DUIS response for request_id (fetched by GET), parsed."""
+    async def wait_response(self, request_id: str, timeout: float = 30.0,
+                            user: bytes | None = None) -> dict:
+        """The final signed DUIS response for request_id (fetched by GET for `user`, default
+        supplier-a), parsed."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            for r in await self.responses():
+            for r in await self.responses(user=user):
                 xml = r["xml"].encode()
                 p = duis.parse_response(xml)
                 if p["request_id"] == request_id and p["kind"] == "response":

@@ -363,7 +363,9 @@ class Dcc:
         if row["outcome"] is not None or row.get("state") != "accepted":
             raise Refusal("replay", "the Signed Pre-Command of RequestID %s was already taken"
                           % req.request_id)
-        assert dev is not None
+        # the rules of the CV 4 request hold at CV 5 too: a Change of Supplier (or the
+        # device's withdrawal) since the Pre-Command was issued ends the User's right to it
+        dev = self._device_for(req, user, row["device"])
         try:
             msg = precommand.check_and_mac(req.fields["signed_precommand"],
                                            bytes.fromhex(detail["precommand"]),
