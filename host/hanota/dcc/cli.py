@@ -23,9 +23,14 @@ def duis() -> None:
     """DUIS requests: build, sign, verify."""
 
 
+@click.group()
+def campaign() -> None:
+    """Firmware campaigns: one image to many devices in waves, driven by the DCC's workers."""
+
+
 def register(main: click.Group) -> None:
-    """Add the three groups to the top-level `hanota` command."""
-    for group in (dcc, pki, duis):
+    """Add the groups to the top-level `hanota` command."""
+    for group in (dcc, pki, duis, campaign):
         main.add_command(group)
 
 
@@ -34,3 +39,4 @@ from . import cli_pki  # noqa: E402,F401
 from . import cli_http  # noqa: E402,F401
 from . import cli_duis  # noqa: E402,F401
 from . import cli_dcc  # noqa: E402,F401
+from . import cli_campaign  # noqa: E402,F401

@@ -189,7 +189,14 @@ def duis_data(store: Any, names: dict[str, str] | None = None) -> dict[str, Any]
             "finished": row["finished"], "finished_iso": iso(row["finished"]),
             "responses": responses.get(row["id"], [])})
     codes = Counter(q["code"] or "pending" for q in reqs)
-    return {"requests": reqs, "alerts": responses.get(None, []),
+    from ..dcc import campaign
+
+    camps = campaign.report_data(store)
+    for c in camps:
+        c["created_iso"] = iso(c["created"])
+        for d in c.get("devices", []):
+            d["finished_iso"] = iso(d["finished"])
+    return {"requests": reqs, "alerts": responses.get(None, []), "campaigns": camps,
             "codes": dict(sorted(codes.items())),
             "meanings": {c: duis.RESPONSE_CODES.get(c, "unknown code") for c in codes}}
 
@@ -226,6 +233,18 @@ def duis_lines(d: dict[str, Any]) -> list[str]:
         for r in d["alerts"]:
             out.append("     -> %s" % _sent(r))
     out.append("codes: " + ", ".join("%s %d" % kv for kv in d["codes"].items()))
+    for c in d.get("campaigns", []):
+        t = c["totals"]
+        out.append("campaign %s (%s, SR %s, Supplier %s): %s%s" % (
+            c["name"], c["version"], c["srv"], c["supplier"], c["state"],
+            " - %s" % c["reason"] if c.get("reason") else ""))
+        for w in c["waves_detail"]:
+            out.append("     wave %d%s: %d devices, %d successful, %d failed, %d in flight, "
+                       "%d waiting" % (w["wave"], "" if w["open"] else " (not open)",
+                                       w["size"], w["ok"], w["failed"], w["sent"],
+                                       w["waiting"]))
+        out.append("     %d devices: %d successful, %d failed" % (t["size"], t["ok"],
+                                                                  t["failed"]))
     return out
 
 
@@ -409,6 +428,46 @@ def _duis_html(d: dict[str, Any]) -> list[str]:
         out.append("</ul>")
     out.append("<p class=small>codes: %s</p>" % esc("; ".join(
         "%s x%d: %s" % (c, n, d["meanings"].get(c, "")) for c, n in d["codes"].items())))
+    for c in d.get("campaigns", []):
+        out += _campaign_html(c)
+    return out
+
+
+def _campaign_html(c: dict[str, Any]) -> list[str]:
+    """A campaign: its state, each wave's counts, and per device its wave, attempts,
+    outcome (a badge) and DUIS RequestIDs."""
+    esc = html.escape
+    cfg = c["config"]
+    out = ["<h2>Campaign %s</h2>" % esc(c["name"]),
+           "<p>Supplier %s, SR %s, image version %s (hash %s&hellip;), created %s: <b>%s</b>%s"
+           "</p>" % (esc(c["supplier"]), esc(c["srv"]), esc(c["version"]),
+                     esc(c["image_hash"][:16]), esc(c.get("created_iso") or ""),
+                     esc(c["state"]), " &ndash; %s" % esc(c["reason"]) if c.get("reason")
+                     else ""),
+           "<p class=small>success threshold %g %%, error threshold %g %%, rate %s, retries %d"
+           "%s</p>" % (cfg["success_threshold"] * 100, cfg["error_threshold"] * 100,
+                       "%d/min" % cfg["rate"] if cfg.get("rate") else "unlimited",
+                       cfg["retries"], ", window '%s' for %g s (%s)" % (
+                           cfg["window"]["cron"], cfg["window"]["duration"],
+                           cfg["window"]["tz"]) if cfg.get("window") else ""),
+           "<table><tr><th>wave</th><th>devices</th><th>successful</th><th>failed</th>"
+           "<th>in flight</th><th>waiting</th><th>opened</th></tr>"]
+    for w in c["waves_detail"]:
+        out.append("<tr><td>Wave %d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td>"
+                   "<td>%d</td><td>%s</td></tr>" % (w["wave"], w["size"], w["ok"],
+                                                    w["failed"], w["sent"], w["waiting"],
+                                                    "yes" if w["open"] else "no"))
+    out.append("</table><details><summary>%d devices</summary><table><tr><th>device</th>"
+               "<th>wave</th><th>state</th><th>attempts</th><th>outcome</th><th>code</th>"
+               "<th>reason</th><th>DUIS requests</th></tr>" % len(c.get("devices", [])))
+    for d in c.get("devices", []):
+        out.append("<tr><td>%s</td><td>%d</td><td>%s</td><td>%d</td><td>%s</td><td>%s</td>"
+                   "<td>%s</td><td>%s</td></tr>" % (
+                       esc(d["device"]), d["wave"], esc(d["state"]), d["attempts"],
+                       _badge(d["outcome"]) if d["outcome"] else _badge(None),
+                       esc(d["code"] or ""), esc(d["reason"] or ""),
+                       "<br>".join(esc(r) for r in d["requests"])))
+    out.append("</table></details>")
     return out
 
 

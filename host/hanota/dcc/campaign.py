@@ -1,0 +1,760 @@
+"""Campaigns: a Supplier sends one firmware image to many devices, in waves, through the DCC.
+
+A campaign (`hanota campaign create`) belongs to one Supplier, a User of the DCC: its DUIS
+XML-signing key and certificate, as `hanota duis sign` takes them, are kept with the campaign
+in the DCC's database (a test DCC: the campaign driver signs for the Supplier, so the key has
+to be where the driver runs). It targets an explicit list of devices, or every device of a
+manufacturer and model running a given firmware version at premises the Supplier is
+Responsible Supplier of (the DCC's registration data), with one image and one SR: 11.4 for
+PPMIDs and Alt HAN devices, 11.1 for HCALCS (the image is then held; its activation, the
+Supplier's SR 11.3 by Pre-Command, is not part of a campaign).
+
+**Each device gets its own DUIS request.** The driver builds the SR's request for the device,
+signs it with the Supplier's key, and submits it through `Dcc.submit`, the path a request
+POSTed to `/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible
+Supplier, device type, CPL, image checks) and the device's Comms Hub outcome becomes the one
+final DUIS response to the Supplier, as for any request. The RequestID counter is the larger
+of the Supplier's last counter + 1 and the time in milliseconds (what `duis build` uses), so
+the Supplier's own tools keep working beside a campaign.
+
+**Exactly once.** A send is one write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's
+write advisory lock): choosing the device, the Supplier's counter, the DUIS request row, its
+WAN message and the campaign's record of the send (`campaign_sends`, one row per device and
+attempt, a primary key) commit together or not at all. So any number of `dcc serve` workers
+drive the same campaign side by side without sending a device twice, and a worker killed in
+the middle of a send leaves nothing behind: the device is still waiting, and the next worker
+sends it. Outcomes are read from the DCC's requests table (the Comms Hub's outcome, or the
+DCC's refusal), so whichever worker received it, any worker moves the campaign on.
+
+**Rollout controls** (as hawkBit's groups and thresholds, AWS IoT Jobs' rate and retries):
+
+- waves: sizes as a count or a percentage of the devices; the last size repeats until every
+  device has a wave. Wave n+1 opens once the successes in wave n reach the success threshold
+  (of the wave's size); a wave whose devices all have outcomes below it stops the campaign.
+- error threshold: when the failures in any open wave reach it (of the wave's size), the
+  campaign stops: nothing more is sent, devices not sent get the outcome `not_sent`.
+- rate limit: at most N requests per minute (all workers together).
+- maintenance window: a cron-like schedule (`minute hour day-of-month month day-of-week`) or a
+  daily start time, a duration and an IANA time zone (zoneinfo): requests go out only while a
+  window is open; outcomes are taken at any time.
+- retries: a device whose outcome is `transfer_failed` or `device_unreachable` is sent a new
+  request (a new RequestID) after a backoff that doubles per attempt, up to `retries` times.
+- pause (no more sends, outcomes still taken), resume, cancel (devices not sent get the
+  outcome `cancelled`; requests already sent keep theirs).
+
+A device's campaign outcome is the outcome of its last request (`activated` for 11.4 and
+`distributed` for 11.1 are successes), or `not_sent` / `cancelled` when it never got one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+
+from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
+
+log = logging.getLogger(__name__)
+
+STATES = ("running", "paused", "stopped", "cancelled", "done")
+DEVICE_STATES = ("waiting", "sent", "done")
+SUCCESS = {"11.1": ("distributed",), "11.4": ("activated",)}
+RETRYABLE = ("transfer_failed", "device_unreachable")
+DEFAULTS = {"waves": ["100%"], "success_threshold": 0.9, "error_threshold": 0.1, "rate": None,
+            "window": None, "retries": 2, "backoff": 60.0, "backoff_max": 3600.0}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS campaigns (
+    name TEXT PRIMARY KEY,
+    supplier TEXT NOT NULL CHECK (length(supplier) = 16),
+    srv TEXT NOT NULL CHECK (srv IN ('11.1', '11.4')),
+    image BLOB NOT NULL,
+    image_hash TEXT NOT NULL,
+    version TEXT NOT NULL,
+    signer_key BLOB NOT NULL,
+    signer_cert BLOB NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN (%s)),
+    wave INTEGER NOT NULL,
+    waves INTEGER NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+)""" % ", ".join("'%s'" % s for s in STATES),
+    """CREATE TABLE IF NOT EXISTS campaign_devices (
+    campaign TEXT NOT NULL REFERENCES campaigns (name),
+    device TEXT NOT NULL CHECK (length(device) = 16),
+    seq INTEGER NOT NULL,
+    wave INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN (%s)),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    next_at REAL,
+    last_outcome TEXT,
+    outcome TEXT,
+    ok INTEGER CHECK (ok IS NULL OR ok IN (0, 1)),
+    code TEXT,
+    reason TEXT,
+    finished REAL,
+    PRIMARY KEY (campaign, device),
+    CHECK ((state = 'done') = (outcome IS NOT NULL))
+)""" % ", ".join("'%s'" % s for s in DEVICE_STATES),
+    "CREATE INDEX IF NOT EXISTS campaign_devices_by_state ON campaign_devices "
+    "(campaign, state, wave, seq)",
+    """CREATE TABLE IF NOT EXISTS campaign_sends (
+    campaign TEXT NOT NULL,
+    device TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    request_id TEXT NOT NULL UNIQUE,
+    worker TEXT,
+    sent REAL NOT NULL,
+    PRIMARY KEY (campaign, device, attempt)
+)""",
+    "CREATE INDEX IF NOT EXISTS campaign_sends_by_time ON campaign_sends (campaign, sent)",
+)
+
+
+class CampaignError(DccUsageError):
+    """A campaign cannot be created or changed as asked (exit code 1): the message names why."""
+
+    reason = "campaign"
+
+
+def ensure_schema(store: DccStore) -> None:
+    """The campaign tables, in the DCC's database (both dialects), made once per store."""
+    if getattr(store, "_campaign_schema", False):
+        return
+    with store.tx() as c:
+        for stmt in _SCHEMA:
+            c.execute(stmt)
+    store._campaign_schema = True  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- parsing the controls
+
+def fraction(text: str | float, what: str) -> float:
+    """A threshold as a percentage ("90%") or a fraction (0.9), within 0..1."""
+    if isinstance(text, (int, float)):
+        v = float(text)
+    else:
+        t = str(text).strip()
+        try:
+            v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        except ValueError:
+            raise CampaignError("%s %r: give a percentage (90%%) or a fraction (0.9)"
+                                % (what, text)) from None
+    if not 0.0 <= v <= 1.0 or math.isnan(v):
+        raise CampaignError("%s %r is outside 0%%..100%%" % (what, text))
+    return v
+
+
+def wave_sizes(specs: Iterable[str | int], total: int) -> list[int]:
+    """The size of each wave for `total` devices: each spec a count ("10") or a percentage of
+    the total ("5%"); the last spec repeats until every device has a wave."""
+    parsed: list[tuple[str, float]] = []
+    for s in specs:
+        t = str(s).strip()
+        try:
+            if t.endswith("%"):
+                p = float(t[:-1])
+                if not 0 < p <= 100:
+                    raise ValueError
+                parsed.append(("%", p))
+            else:
+                n = int(t)
+                if n < 1:
+                    raise ValueError
+                parsed.append(("n", n))
+        except ValueError:
+            raise CampaignError("wave size %r: give a count of at least 1 (10) or a "
+                                "percentage above 0 up to 100 (5%%)" % (s,)) from None
+    if not parsed:
+        parsed = [("%", 100.0)]
+    sizes: list[int] = []
+    left, i = total, 0
+    while left > 0:
+        kind, v = parsed[min(i, len(parsed) - 1)]
+        n = int(v) if kind == "n" else max(1, math.ceil(total * v / 100))
+        n = min(n, left)
+        sizes.append(n)
+        left -= n
+        i += 1
+    return sizes
+
+
+def duration(text: str | float | int) -> float:
+    """Seconds from "4h", "90m", "1h30m", "45s" or a plain number of seconds."""
+    if isinstance(text, (int, float)):
+        v = float(text)
+    else:
+        t = str(text).strip().lower()
+        m = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?", t)
+        if not t or m is None:
+            raise CampaignError("duration %r: give e.g. 4h, 90m, 1h30m or seconds" % text)
+        d, h, mi, s = m.groups()
+        v = int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+    if v <= 0:
+        raise CampaignError("duration %r must be above zero" % (text,))
+    return v
+
+
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31),
+                ("month", 1, 12), ("day of week", 0, 7))
+
+
+def _cron_field(text: str, name: str, lo: int, hi: int) -> tuple[frozenset[int], bool]:
+    """One cron field: *, N, A-B, with /STEP, comma lists. (values, restricted)."""
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", part)
+        if m is None:
+            raise CampaignError("maintenance window: %s field %r: use *, N, A-B, */STEP or "
+                                "lists of those (names like MON are not taken)" % (name, part))
+        rng, step = m.group(1), int(m.group(2) or 1)
+        if rng == "*":
+            a, b = lo, hi
+        elif "-" in rng:
+            a, b = (int(x) for x in rng.split("-"))
+        else:
+            a = int(rng)
+            b = hi if m.group(2) else a
+        if not lo <= a <= b <= hi or step < 1:
+            raise CampaignError("maintenance window: %s field %r is outside %d..%d"
+                                % (name, part, lo, hi))
+        out.update(range(a, b + 1, step))
+    return frozenset(out), text != "*"
+
+
+@dataclass
+class Window:
+    """When sends may go out: each start a cron-like schedule (in the time zone) gives,
+    for `duration` seconds."""
+
+    cron: str
+    duration: float
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            self._zone = ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise CampaignError("time zone %r is not an IANA time zone zoneinfo knows (e.g. "
+                                "Europe/London, UTC)" % self.tz) from None
+        fields = self.cron.split()
+        if len(fields) != 5:
+            raise CampaignError("maintenance window %r: give 5 cron fields (minute hour "
+                                "day-of-month month day-of-week), e.g. '0 2 * * *'" % self.cron)
+        parsed = [_cron_field(f, *spec) for f, spec in zip(fields, _CRON_FIELDS)]
+        self._min, self._hour = sorted(parsed[0][0]), sorted(parsed[1][0])
+        self._dom, self._mon = parsed[2], parsed[3][0]
+        self._dow = (frozenset(d % 7 for d in parsed[4][0]), parsed[4][1])
+        self.duration = float(self.duration)
+
+    @classmethod
+    def daily(cls, start: str, duration: float, tz: str = "UTC") -> "Window":
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(start).strip())
+        if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+            raise CampaignError("window start %r: give a time of day HH:MM" % start)
+        return cls("%d %d * * *" % (int(m.group(2)), int(m.group(1))), duration, tz)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cron": self.cron, "duration": self.duration, "tz": self.tz}
+
+    def _day(self, d: date) -> bool:
+        if d.month not in self._mon:
+            return False
+        dom_ok = d.day in self._dom[0]
+        dow_ok = (d.isoweekday() % 7) in self._dow[0]  # cron: Sunday 0
+        if self._dom[1] and self._dow[1]:
+            return dom_ok or dow_ok  # cron: either restricted day field matches
+        return dom_ok and dow_ok
+
+    def _starts(self, d: date) -> Iterable[float]:
+        if self._day(d):
+            for h in self._hour:
+                for m in self._min:
+                    yield datetime(d.year, d.month, d.day, h, m, tzinfo=self._zone).timestamp()
+
+    def is_open(self, t: float) -> bool:
+        today = datetime.fromtimestamp(t, self._zone).date()
+        for back in range(int(self.duration // 86400) + 2):
+            for s in self._starts(today - timedelta(days=back)):
+                if s <= t < s + self.duration:
+                    return True
+        return False
+
+    def next_open(self, t: float) -> float | None:
+        """`t` if a window is open then, else the next start (within a year), else None."""
+        if self.is_open(t):
+            return t
+        today = datetime.fromtimestamp(t, self._zone).date()
+        for ahead in range(367):
+            for s in self._starts(today + timedelta(days=ahead)):
+                if s > t:
+                    return s
+        return None
+
+
+def window_of(config: dict) -> Window | None:
+    w = config.get("window")
+    return Window(w["cron"], w["duration"], w.get("tz", "UTC")) if w else None
+
+
+# ---------------------------------------------------------------- creating and steering
+
+def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image: bytes,
+           devices: Iterable[bytes | str] | None = None,
+           model: tuple[str | int, str | int] | None = None,
+           from_version: str | int | None = None, srv: str | None = None,
+           waves: Iterable[str | int] = ("100%",), success_threshold: str | float = 0.9,
+           error_threshold: str | float = 0.1, rate: int | None = None,
+           window: Window | None = None, retries: int = 2, backoff: float = 60.0,
+           backoff_max: float = 3600.0) -> dict[str, Any]:
+    """Record a campaign (running at once: the DCC's workers start sending when a wave and a
+    window are open). Targets: `devices`, or `model` (manufacturer, model) with
+    `from_version` (the firmware they run) among the Supplier's premises. CampaignError
+    names what is wrong; nothing is recorded then."""
+    from hanfw import otafile
+
+    from . import pki
+    from .store import _manufacturer, _model, _version8
+
+    ensure_schema(store)
+    if not _NAME.match(name or ""):
+        raise CampaignError("campaign name %r: 1-64 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit" % name)
+    try:
+        key, cert = pki.load_key(bytes(key_pem)), pki.load_cert(bytes(cert_pem))
+    except pki.PkiError as e:
+        raise CampaignError("the Supplier's signing key or certificate: %s" % e) from None
+    if not pki.key_matches(key, cert):
+        raise CampaignError("the key is not the one the Supplier's certificate certifies")
+    try:
+        supplier = eui_hex(pki.describe(cert).entity_id)
+    except Exception as e:  # noqa: BLE001 - a certificate without an SMKI entity ID
+        raise CampaignError("the certificate names no User entity ID: %s" % e) from None
+    try:
+        s = otafile.parse_stream(bytes(image), block=4096, integrity=True, allow_raw=True)
+        s.check_integrity()
+    except otafile.OtaError as e:
+        raise CampaignError("the image is not a well-formed OTA file: %s" % e.message) \
+            from None
+    if (devices is None) == (model is None):
+        raise CampaignError("give the devices either as a list or as a model with the "
+                            "firmware version they run, not both and not neither")
+    if model is not None:
+        if from_version is None:
+            raise CampaignError("a campaign by model needs the firmware version the devices "
+                                "run (--from-version)")
+        man, mod, ver = _manufacturer(model[0]), _model(model[1]), _version8(from_version)
+        targets = [r[0] for r in store.all(
+            "SELECT d.eui FROM devices d JOIN premises p ON p.mpxn = d.mpxn WHERE "
+            "d.manufacturer = ? AND d.model = ? AND d.firmware_version = ? AND "
+            "d.status <> 'withdrawn' AND (p.supplier1 = ? OR p.supplier2 = ?) ORDER BY d.eui",
+            (man, mod, ver, supplier, supplier))]
+        if not targets:
+            raise CampaignError("no device of manufacturer %s model %s running %s is at "
+                                "premises of Supplier %s in the registration data"
+                                % (man, mod, ver, supplier))
+    else:
+        targets = list(dict.fromkeys(eui_hex(d) for d in devices or ()))
+        if not targets:
+            raise CampaignError("the campaign names no device")
+    takes = {DEVICE_TYPES[d["device_type"]][2] for d in (store.device(t) for t in targets)
+             if d is not None} - {None}
+    if srv is None:
+        if len(takes) != 1 or not takes <= set(SUCCESS):
+            raise CampaignError("cannot tell the SR from the devices (%s): give --srv 11.4 "
+                                "(PPMID, Alt HAN) or 11.1 (HCALCS)"
+                                % (", ".join(sorted(takes)) or "none registered"))
+        srv = takes.pop()
+    if srv not in SUCCESS:
+        raise CampaignError("a campaign sends SR 11.4 or 11.1, not %r" % srv)
+    if rate is not None and rate < 1:
+        raise CampaignError("rate %r: at least 1 request per minute" % rate)
+    if retries < 0 or backoff <= 0 or backoff_max < backoff:
+        raise CampaignError("retries must be >= 0 and 0 < backoff <= its maximum")
+    waves = [str(w) for w in waves]
+    sizes = wave_sizes(waves, len(targets))
+    config = {"waves": waves, "sizes": sizes,
+              "success_threshold": fraction(success_threshold, "success threshold"),
+              "error_threshold": fraction(error_threshold, "error threshold"),
+              "rate": rate, "window": window.as_dict() if window else None,
+              "retries": int(retries), "backoff": float(backoff),
+              "backoff_max": float(backoff_max)}
+    now = store.clock()
+    with store.tx() as c:
+        if c.execute("SELECT 1 FROM campaigns WHERE name = ?", (name,)).fetchone():
+            raise CampaignError("campaign %s exists already" % name)
+        c.execute("INSERT INTO campaigns (name, supplier, srv, image, image_hash, version, "
+                  "signer_key, signer_cert, config, state, wave, waves, created, updated) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)",
+                  (name, supplier, srv, bytes(image), s.image_sha256.hex(),
+                   "%08X" % s.header.file_version, bytes(key_pem), bytes(cert_pem),
+                   json.dumps(config, sort_keys=True), len(sizes), now, now))
+        seq, wave = 0, 1
+        for n in sizes:
+            for _ in range(n):
+                c.execute("INSERT INTO campaign_devices (campaign, device, seq, wave, state) "
+                          "VALUES (?, ?, ?, ?, 'waiting')", (name, targets[seq], seq, wave))
+                seq += 1
+            wave += 1
+    return status(store, name)
+
+
+def _campaign(store: DccStore, name: str) -> dict[str, Any]:
+    ensure_schema(store)
+    row = store.one("SELECT name, supplier, srv, image_hash, version, config, state, wave, "
+                    "waves, reason, created, updated FROM campaigns WHERE name = ?", (name,))
+    if row is None:
+        raise CampaignError("no campaign %r in the DCC's database" % name)
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    return d
+
+
+def _set_state(store: DccStore, name: str, to: str, allowed: tuple[str, ...],
+               reason: str | None = None) -> dict[str, Any]:
+    now = store.clock()
+    with store.tx() as c:
+        row = c.execute("SELECT state FROM campaigns WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise CampaignError("no campaign %r in the DCC's database" % name)
+        if row[0] not in allowed:
+            raise CampaignError("campaign %s is %s: it cannot be made %s" % (name, row[0], to))
+        c.execute("UPDATE campaigns SET state = ?, reason = ?, updated = ? WHERE name = ?",
+                  (to, reason, now, name))
+        if to == "cancelled":
+            _close_waiting(c, name, "cancelled", "the campaign was cancelled", now)
+    return status(store, name)
+
+
+def pause(store: DccStore, name: str) -> dict[str, Any]:
+    """No more requests (retries neither) until resumed; outcomes are still taken."""
+    ensure_schema(store)
+    return _set_state(store, name, "paused", ("running",), "paused")
+
+
+def resume(store: DccStore, name: str) -> dict[str, Any]:
+    ensure_schema(store)
+    return _set_state(store, name, "running", ("paused",))
+
+
+def cancel(store: DccStore, name: str) -> dict[str, Any]:
+    """End the campaign: devices not sent get the outcome `cancelled` (a device waiting for a
+    retry keeps its last request's outcome); requests already sent keep theirs."""
+    ensure_schema(store)
+    return _set_state(store, name, "cancelled", ("running", "paused"), "cancelled")
+
+
+def _close_waiting(c: Any, name: str, outcome: str, reason: str, now: float) -> None:
+    """Give every device still waiting its final outcome: its last request's if it had one
+    (a retry that will not happen), else `outcome`."""
+    c.execute("UPDATE campaign_devices SET state = 'done', ok = 0, finished = ?, "
+              "outcome = COALESCE(last_outcome, ?), reason = COALESCE(reason, ?) "
+              "WHERE campaign = ? AND state = 'waiting'", (now, outcome, reason, name))
+
+
+def list_campaigns(store: DccStore) -> list[dict[str, Any]]:
+    ensure_schema(store)
+    out = []
+    for row in store.all("SELECT name FROM campaigns ORDER BY created, name"):
+        s = status(store, row[0], devices=False)
+        out.append(s)
+    return out
+
+
+def status(store: DccStore, name: str, *, devices: bool = True,
+           now: float | None = None) -> dict[str, Any]:
+    """A campaign, its waves (size, successes, failures, in flight, waiting, open or not)
+    and, with `devices`, each device's state, attempts, requests and outcome."""
+    camp = _campaign(store, name)
+    cfg = camp["config"]
+    waves = []
+    for w, size in enumerate(cfg["sizes"], 1):
+        waves.append({"wave": w, "size": size, "ok": 0, "failed": 0, "sent": 0, "waiting": 0})
+    for row in store.all("SELECT wave, state, ok, count(*) FROM campaign_devices WHERE "
+                         "campaign = ? GROUP BY wave, state, ok", (name,)):
+        wv = waves[int(row[0]) - 1]
+        key = row[1] if row[1] != "done" else ("ok" if row[2] else "failed")
+        wv[key] += int(row[3])
+    for wv in waves:
+        wv["open"] = wv["wave"] <= camp["wave"]
+    camp["waves_detail"] = waves
+    camp["totals"] = {k: sum(w[k] for w in waves) for k in ("size", "ok", "failed", "sent",
+                                                              "waiting")}
+    win = window_of(cfg)
+    t = store.clock() if now is None else now
+    camp["window_open"] = None if win is None else win.is_open(t)
+    camp["next_window"] = None if win is None else win.next_open(t)
+    if devices:
+        sends: dict[str, list[str]] = {}
+        for r in store.all("SELECT device, request_id FROM campaign_sends WHERE campaign = ? "
+                           "ORDER BY device, attempt", (name,)):
+            sends.setdefault(r[0], []).append(r[1])
+        camp["devices"] = [dict(dict(r), requests=sends.get(r["device"], []))
+                           for r in store.all(
+            "SELECT device, wave, state, attempts, request_id, next_at, last_outcome, "
+            "outcome, ok, code, reason, finished FROM campaign_devices WHERE campaign = ? "
+            "ORDER BY seq", (name,))]
+    return camp
+
+
+def report_data(store: DccStore) -> list[dict[str, Any]]:
+    """Every campaign with its waves and per-device outcomes (for `hanota report`); none
+    when the database has no campaign tables."""
+    if store.postgres:
+        there = store.one("SELECT to_regclass('campaigns') IS NOT NULL")[0]
+    else:
+        there = store.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'campaigns'") is not None
+    if not there:  # a database from before campaigns
+        return []
+    names = [r[0] for r in store.all("SELECT name FROM campaigns ORDER BY created, name")]
+    return [status(store, n) for n in names]
+
+
+# ---------------------------------------------------------------- the driver
+
+class CampaignDriver:
+    """Moves every campaign on, one `step()` at a time: takes the outcomes that came in,
+    opens waves or stops campaigns, then sends what the waves, the window and the rate allow
+    (at most `batch` requests per campaign per step). Any number of drivers, in any number
+    of processes, may step the same database: each send is one write transaction.
+
+    `dcc` is a `hanota.dcc.service.Dcc` (its store is where the campaigns are); `clock`
+    gives the time for windows, rates and backoffs (injectable in tests)."""
+
+    def __init__(self, dcc: Any, *, worker: str | None = None,
+                 clock: Callable[[], float] = time.time, batch: int = 50):
+        import os
+        import socket
+
+        self.dcc = dcc
+        self.store: DccStore = dcc.store
+        self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
+        self.clock = clock
+        self.batch = batch
+        self._signers: dict[str, tuple[Any, Any]] = {}
+        self.sent = 0
+
+    def step(self) -> int:
+        """One pass over the campaigns that have work; the number of requests sent."""
+        ensure_schema(self.store)
+        names = [r[0] for r in self.store.all(
+            "SELECT c.name FROM campaigns c WHERE EXISTS (SELECT 1 FROM campaign_devices d "
+            "WHERE d.campaign = c.name AND d.state <> 'done') ORDER BY c.created, c.name")]
+        total = 0
+        for name in names:
+            self.advance(name)
+            for _ in range(self.batch):
+                if not self.send_one(name):
+                    break
+                total += 1
+            self.advance(name)
+        self.sent += total
+        return total
+
+    # -- outcomes, waves, thresholds
+
+    def advance(self, name: str) -> None:
+        """Take the outcomes of the campaign's requests, then open the next wave, stop the
+        campaign, or finish it, as the thresholds say."""
+        now = self.clock()
+        with self.store.tx() as c:
+            row = c.execute("SELECT srv, config, state, wave, waves FROM campaigns WHERE "
+                            "name = ?", (name,)).fetchone()
+            if row is None:
+                return
+            srv, cfg, state, wave, nwaves = row[0], json.loads(row[1]), row[2], int(row[3]), \
+                int(row[4])
+            for d in c.execute(
+                    "SELECT cd.device, cd.attempts, r.outcome, r.code, r.reason FROM "
+                    "campaign_devices cd JOIN requests r ON r.request_id = cd.request_id "
+                    "WHERE cd.campaign = ? AND cd.state = 'sent' AND r.outcome IS NOT NULL",
+                    (name,)).fetchall():
+                self._outcome(c, name, srv, cfg, state, d, now)
+            if state != "running":
+                self._finish_if_done(c, name, state, now)
+                return
+            while True:
+                stats = {int(r[0]): (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in
+                         c.execute("SELECT wave, count(*), sum(CASE WHEN state = 'done' AND "
+                                   "ok = 1 THEN 1 ELSE 0 END), sum(CASE WHEN state = 'done' "
+                                   "AND ok = 0 THEN 1 ELSE 0 END) FROM campaign_devices "
+                                   "WHERE campaign = ? AND wave <= ? GROUP BY wave",
+                                   (name, wave)).fetchall()}
+                stop = None
+                for w, (size, ok, failed) in sorted(stats.items()):
+                    if failed and failed >= cfg["error_threshold"] * size:
+                        stop = ("wave %d: %d of %d devices failed, at or above the error "
+                                "threshold (%s)" % (w, failed, size, _pct(cfg["error_threshold"])))
+                        break
+                size, ok, failed = stats.get(wave, (0, 0, 0))
+                need = math.ceil(cfg["success_threshold"] * size)
+                if stop is None and ok + failed == size and ok < need:
+                    stop = ("wave %d ended with %d of %d devices successful, below the success "
+                            "threshold (%s)" % (wave, ok, size, _pct(cfg["success_threshold"])))
+                if stop is not None:
+                    c.execute("UPDATE campaigns SET state = 'stopped', reason = ?, updated = ? "
+                              "WHERE name = ?", (stop, now, name))
+                    _close_waiting(c, name, "not_sent", "the campaign stopped", now)
+                    log.warning("campaign %s stopped: %s", name, stop)
+                    return
+                if ok >= need and wave < nwaves:
+                    wave += 1
+                    c.execute("UPDATE campaigns SET wave = ?, updated = ? WHERE name = ?",
+                              (wave, now, name))
+                    log.info("campaign %s: wave %d opens", name, wave)
+                    continue
+                break
+            self._finish_if_done(c, name, state, now)
+
+    def _outcome(self, c: Any, name: str, srv: str, cfg: dict, state: str, d: Any,
+                 now: float) -> None:
+        device, attempts, outcome, code, reason = d[0], int(d[1]), d[2], d[3], d[4]
+        if outcome in SUCCESS[srv]:
+            c.execute("UPDATE campaign_devices SET state = 'done', ok = 1, outcome = ?, "
+                      "last_outcome = ?, code = ?, reason = ?, finished = ? WHERE campaign = ? "
+                      "AND device = ? AND state = 'sent'",
+                      (outcome, outcome, code, reason, now, name, device))
+        elif outcome in RETRYABLE and attempts <= cfg["retries"] \
+                and state in ("running", "paused"):
+            delay = min(cfg["backoff"] * 2 ** (attempts - 1), cfg["backoff_max"])
+            c.execute("UPDATE campaign_devices SET state = 'waiting', last_outcome = ?, "
+                      "code = ?, reason = ?, next_at = ? WHERE campaign = ? AND device = ? "
+                      "AND state = 'sent'", (outcome, code, reason, now + delay, name, device))
+        else:
+            c.execute("UPDATE campaign_devices SET state = 'done', ok = 0, outcome = ?, "
+                      "last_outcome = ?, code = ?, reason = ?, finished = ? WHERE campaign = ? "
+                      "AND device = ? AND state = 'sent'",
+                      (outcome, outcome, code, reason, now, name, device))
+
+    def _finish_if_done(self, c: Any, name: str, state: str, now: float) -> None:
+        if state in ("running", "paused") and c.execute(
+                "SELECT 1 FROM campaign_devices WHERE campaign = ? AND state <> 'done' LIMIT 1",
+                (name,)).fetchone() is None:
+            c.execute("UPDATE campaigns SET state = 'done', reason = NULL, updated = ? "
+                      "WHERE name = ?", (now, name))
+            log.info("campaign %s done", name)
+
+    # -- sending
+
+    def send_one(self, name: str) -> bool:
+        """Send the campaign's next due device its DUIS request, if the campaign runs, its
+        wave is open, the window is open and the rate allows; False when nothing was sent.
+        The choice of device, the DCC's request and WAN message and the record of the send
+        are one transaction."""
+        from . import duis, xmlsig
+
+        now = self.clock()
+        with self.store.tx() as c:
+            row = c.execute("SELECT supplier, srv, image, version, config, state, wave, "
+                            "signer_key, signer_cert FROM campaigns WHERE name = ?",
+                            (name,)).fetchone()
+            if row is None or row[5] != "running":
+                return False
+            cfg = json.loads(row[4])
+            win = window_of(cfg)
+            if win is not None and not win.is_open(now):
+                return False
+            if cfg.get("rate"):
+                n = c.execute("SELECT count(*) FROM campaign_sends WHERE campaign = ? AND "
+                              "sent > ?", (name, now - 60.0)).fetchone()[0]
+                if int(n) >= int(cfg["rate"]):
+                    return False
+            d = c.execute("SELECT device, attempts FROM campaign_devices WHERE campaign = ? "
+                          "AND state = 'waiting' AND wave <= ? AND (next_at IS NULL OR "
+                          "next_at <= ?) ORDER BY seq LIMIT 1",
+                          (name, int(row[6]), now)).fetchone()
+            if d is None:
+                return False
+            device, attempt = d[0], int(d[1]) + 1
+            supplier, srv = row[0], row[1]
+            key, cert = self._signer(name, bytes(row[7]), bytes(row[8]))
+            counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000))
+            # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
+            xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter, firmware_image=bytes(row[2]),
+                                     firmware_version=row[3],
+                                     device_ids=[bytes.fromhex(device)])
+            answer = duis.parse_response(self.dcc.submit(xmlsig.sign(xml, key, cert)))
+            rid = str(duis.RequestID(bytes.fromhex(supplier), duis.DCC_EUI, counter))
+            c.execute("INSERT INTO campaign_sends (campaign, device, attempt, request_id, "
+                      "worker, sent) VALUES (?, ?, ?, ?, ?, ?)",
+                      (name, device, attempt, rid, self.worker, now))
+            if answer["code"] == "I99":
+                c.execute("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
+                          "request_id = ?, next_at = NULL WHERE campaign = ? AND device = ?",
+                          (attempt, rid, name, device))
+            else:  # refused by the DCC's rules: that is the device's outcome
+                c.execute("UPDATE campaign_devices SET state = 'done', attempts = ?, "
+                          "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
+                          "'refused', code = ?, reason = ?, finished = ? WHERE campaign = ? "
+                          "AND device = ?", (attempt, rid, answer["code"],
+                                             answer.get("reason"), now, name, device))
+        return True
+
+    def _signer(self, name: str, key_pem: bytes, cert_pem: bytes) -> tuple[Any, Any]:
+        from . import pki
+
+        got = self._signers.get(name)
+        if got is None:
+            got = self._signers[name] = (pki.load_key(key_pem), pki.load_cert(cert_pem))
+        return got
+
+
+def _pct(v: float) -> str:
+    return "%g%%" % round(v * 100, 2)
+
+
+class CampaignThread:
+    """The campaign driver in a `dcc serve` worker: a thread with its own connection to the
+    DCC's database, stepping every `poll` seconds until `stop()`."""
+
+    def __init__(self, dcc: Any, *, worker: str | None = None, poll: float = 1.0):
+        from .pki import KeyStore
+        from .service import Dcc
+
+        st = dcc.store
+        store = DccStore(st.uri if st.postgres else st.path)
+        mine = Dcc(store, KeyStore(dcc.keystore.path), (dcc.key, dcc.cert))
+        mine.device_ka = dcc.device_ka
+        self.driver = CampaignDriver(mine, worker=worker)
+        self.poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="campaigns", daemon=True)
+
+    def start(self) -> "CampaignThread":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.driver.step()
+            except Exception:  # a bug or a lost database must not end the worker; logged
+                log.exception("campaign step")
+                sent = 0
+            if not sent:
+                self._stop.wait(self.poll)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        self.driver.store.close()
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")

@@ -1,0 +1,208 @@
+"""`hanota campaign create|status|pause|resume|cancel`: firmware campaigns at the DCC
+(`campaign.py`). The DCC's workers (`hanota dcc serve`) drive them; these commands only read
+and change the campaign records in the DCC's database."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from . import campaign as camp
+from .cli import campaign
+from .cli_dcc import _usage_errors as domain_errors  # bad input exits 1
+from .store import DccStore
+
+
+def _db_option(fn):
+    return click.option("--db", "db_path", default=None, envvar="HANOTA_DCC_DB",
+                        metavar="FILE|postgresql://...",
+                        help="DCC database (hanota dcc serve --db; default "
+                             "$HANOTA_HOME/dcc.db).")(fn)
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _lines(s: dict, devices: bool = True) -> list[str]:
+    cfg = s["config"]
+    t = s["totals"]
+    out = ["campaign %s: %s%s" % (s["name"], s["state"], " (%s)" % s["reason"]
+                                  if s.get("reason") else ""),
+           "  Supplier %s, SR %s, image %s version %s" % (s["supplier"], s["srv"],
+                                                         s["image_hash"][:16], s["version"]),
+           "  %d devices: %d successful, %d failed, %d in flight, %d waiting" % (
+               t["size"], t["ok"], t["failed"], t["sent"], t["waiting"]),
+           "  success threshold %s, error threshold %s, rate %s, retries %d (backoff %g s)" % (
+               camp._pct(cfg["success_threshold"]), camp._pct(cfg["error_threshold"]),
+               "%d/min" % cfg["rate"] if cfg.get("rate") else "unlimited", cfg["retries"],
+               cfg["backoff"])]
+    if cfg.get("window"):
+        w = cfg["window"]
+        out.append("  window '%s' for %g s in %s: %s" % (
+            w["cron"], w["duration"], w["tz"], "open" if s["window_open"]
+            else "next opens %s" % _when(s["next_window"])))
+    for w in s["waves_detail"]:
+        out.append("  wave %d%s: %d devices, %d successful, %d failed, %d in flight, "
+                   "%d waiting" % (w["wave"], "" if w["open"] else " (not open)", w["size"],
+                                   w["ok"], w["failed"], w["sent"], w["waiting"]))
+    if devices and s.get("devices"):
+        out.append("  %-16s %-4s %-7s %-3s %-20s %-5s %s" % ("DEVICE", "WAVE", "STATE", "TRY",
+                                                             "OUTCOME", "CODE", "REQUEST"))
+        for d in s["devices"]:
+            what = d["outcome"] or (("retry after %s (%s)" % (_when(d["next_at"]),
+                                                              d["last_outcome"]))
+                                    if d["state"] == "waiting" and d["attempts"] else "-")
+            out.append("  %-16s %-4d %-7s %-3d %-20s %-5s %s" % (
+                d["device"], d["wave"], d["state"], d["attempts"], what, d["code"] or "-",
+                d["request_id"] or "-"))
+    return out
+
+
+@campaign.command("create")
+@click.argument("name")
+@_db_option
+@click.option("--key", "key", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The Supplier's DUIS XML-signing key (PEM), as hanota duis sign takes it; "
+                   "kept with the campaign in the DCC's database: the workers sign each "
+                   "device's request with it.")
+@click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Its certificate (PEM): its entity ID is the Supplier.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The OTA file every device gets.")
+@click.option("--srv", type=click.Choice(["11.4", "11.1"]), default=None,
+              help="The SR (default: the one the devices' type takes: 11.4 for PPMIDs and "
+                   "Alt HAN devices, 11.1 for HCALCS, whose activation, SR 11.3, is not part "
+                   "of a campaign).")
+@click.option("--device", "devices", multiple=True, metavar="EUI",
+              help="A target device (repeatable).")
+@click.option("--devices-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Target devices, one EUI-64 a line ('#' comments).")
+@click.option("--model", default=None, metavar="MANUFACTURER/MODEL",
+              help="Target every device of this manufacturer (4 hex) and model (hex) at "
+                   "premises of the Supplier, running --from-version.")
+@click.option("--from-version", default=None, metavar="HEX8",
+              help="With --model: the firmware version the devices run (registration data).")
+@click.option("--wave", "waves", multiple=True, metavar="N|P%",
+              help="A wave's size: a count or a percentage of the devices (repeatable, in "
+                   "order; the last repeats). Default one wave of 100%%.")
+@click.option("--success-threshold", default="90%", show_default=True,
+              help="Successes in a wave (of its size) that open the next wave.")
+@click.option("--error-threshold", default="10%", show_default=True,
+              help="Failures in a wave (of its size) that stop the campaign.")
+@click.option("--rate", type=click.IntRange(1), default=None, metavar="PER_MINUTE",
+              help="At most this many requests a minute (all workers together).")
+@click.option("--window", "window_cron", default=None, metavar="'MIN HOUR DOM MON DOW'",
+              help="Maintenance windows start at these times (cron fields: *, N, A-B, */S, "
+                   "lists); requests go out only while one is open.")
+@click.option("--window-start", default=None, metavar="HH:MM",
+              help="Or: a daily window starting at this time of day.")
+@click.option("--window-duration", default=None, metavar="DURATION",
+              help="How long each window is open (4h, 90m, 1h30m, seconds).")
+@click.option("--tz", default="UTC", show_default=True,
+              help="The windows' IANA time zone (e.g. Europe/London).")
+@click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
+              help="New requests for a device whose outcome is transfer_failed or "
+                   "device_unreachable.")
+@click.option("--backoff", default="60s", show_default=True,
+              help="Wait before the first retry; doubles per retry.")
+@click.option("--backoff-max", default="1h", show_default=True,
+              help="The longest wait between retries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the campaign as JSON.")
+@domain_errors
+def campaign_create(name, db_path, key, cert, image, srv, devices, devices_file, model,
+                    from_version, waves, success_threshold, error_threshold, rate,
+                    window_cron, window_start, window_duration, tz, retries, backoff,
+                    backoff_max, as_json):
+    """Create campaign NAME: the Supplier's image to many devices, in waves. The DCC's
+    workers (hanota dcc serve on the same database) send each device its own signed DUIS
+    request as the waves, window and rate allow."""
+    targets = list(devices)
+    if devices_file:
+        for line in Path(devices_file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                targets.append(line)
+    if model is not None and targets:
+        raise click.UsageError("give --model or devices (--device, --devices-file), not both")
+    if model is None and not targets:
+        raise click.UsageError("give the devices: --device / --devices-file, or --model with "
+                               "--from-version")
+    mm = None
+    if model is not None:
+        man, sep, mod = model.partition("/")
+        if not sep or not man or not mod:
+            raise click.BadParameter("give MANUFACTURER/MODEL, e.g. 1234/0084",
+                                     param_hint="--model")
+        mm = (man, mod)
+    if window_cron and window_start:
+        raise click.UsageError("give --window or --window-start, not both")
+    win = None
+    if window_cron or window_start:
+        if not window_duration:
+            raise click.UsageError("a maintenance window needs --window-duration")
+        d = camp.duration(window_duration)
+        win = (camp.Window(window_cron, d, tz) if window_cron
+               else camp.Window.daily(window_start, d, tz))
+    elif window_duration:
+        raise click.UsageError("--window-duration needs --window or --window-start")
+    with DccStore(db_path) as store:
+        s = camp.create(store, name=name, key_pem=Path(key).read_bytes(),
+                        cert_pem=Path(cert).read_bytes(), image=Path(image).read_bytes(),
+                        devices=targets if mm is None else None, model=mm,
+                        from_version=from_version, srv=srv, waves=waves or ("100%",),
+                        success_threshold=success_threshold, error_threshold=error_threshold,
+                        rate=rate, window=win, retries=retries,
+                        backoff=camp.duration(backoff), backoff_max=camp.duration(backoff_max))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo("campaign %s created: %d devices in %d waves (SR %s)"
+               % (name, s["totals"]["size"], len(s["waves_detail"]), s["srv"]))
+    click.echo("\n".join(_lines(s, devices=False)))
+
+
+@campaign.command("status")
+@click.argument("name", required=False)
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@domain_errors
+def campaign_status(name, db_path, as_json):
+    """A campaign's state, its waves (successes, failures, in flight, waiting) and each
+    device's state, attempts, outcome and DUIS RequestID; without NAME, every campaign
+    without its devices."""
+    with DccStore(db_path) as store:
+        data = camp.status(store, name) if name else camp.list_campaigns(store)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if name:
+        click.echo("\n".join(_lines(data)))
+    elif not data:
+        click.echo("no campaigns")
+    else:
+        for s in data:
+            click.echo("\n".join(_lines(s, devices=False)))
+
+
+def _change(verb: str, fn, help_text: str):
+    @campaign.command(verb, help=help_text)
+    @click.argument("name")
+    @_db_option
+    @domain_errors
+    def cmd(name, db_path):
+        with DccStore(db_path) as store:
+            s = fn(store, name)
+        click.echo("campaign %s: %s" % (name, s["state"]))
+    return cmd
+
+
+_change("pause", camp.pause, "Stop sending requests (retries too) until resumed; outcomes of "
+        "requests already sent are still taken.")
+_change("resume", camp.resume, "Send again after a pause.")
+_change("cancel", camp.cancel, "End the campaign: devices not sent get the outcome "
+        "'cancelled'; requests already sent keep theirs.")

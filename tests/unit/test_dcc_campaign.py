@@ -1,0 +1,469 @@
+"""Campaigns (issue 14 item 3): one image to many devices in waves, through the DCC's service
+path, on SQLite and on PostgreSQL (the same tests, parametrised).
+
+Each device's request is a real signed DUIS SR 11.4 that `Dcc.submit` checks; the Comms Hubs
+are in-process fakes answering the WAN messages with the outcome a test chooses. Time is an
+injectable clock, never a sleep.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from click.testing import CliRunner
+
+from hanota import images
+from hanota.cli import cli
+from hanota.dcc import campaign, pki
+from hanota.dcc.campaign import CampaignDriver, CampaignError, Window
+from hanota.dcc.service import Dcc
+from hanota.dcc.store import DccStore
+from support import otabuild
+
+pytestmark = pytest.mark.timeout(120)
+
+SUP_A = pki.ORGS["supplier-a"][1]
+SUP_B = pki.ORGS["supplier-b"][1]
+MFR = images.DEFAULT_MANUFACTURER
+HUBS = [bytes.fromhex("00DB1234567800C%d" % i) for i in range(1, 3)]
+LONDON = ZoneInfo("Europe/London")
+T0 = datetime(2026, 3, 2, 1, 0, tzinfo=LONDON).timestamp()  # a Monday, 01:00 in London
+
+
+def dev_eui(i: int) -> str:
+    return "00DB12345678%04X" % (0x9000 + i)
+
+
+@pytest.fixture(scope="module")
+def pkidir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    pki.init(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def fw():
+    """A PPMID image (on the CPL in each test's database) and one for another model."""
+    key = otabuild.new_key()
+    payload = random.Random(7).randbytes(300)
+    return {"ppmid": images.build_image(payload, key=key, version=2, role="ppmid"),
+            "hcalcs": images.build_image(payload, key=key, version=2, role="hcalcs")}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_uri")
+    return str(tmp_path / "dcc.db")
+
+
+class Clock:
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class World:
+    """A DCC's registration data with `n` PPMIDs (firmware 00000001) of Supplier A, two
+    Comms Hubs, the image on the CPL; `dcc()` makes a Dcc on its own connection."""
+
+    def __init__(self, target: str, pkidir, fw: dict, n: int = 6):
+        self.target, self.pkidir, self.fw = target, pkidir, fw
+        self.clock = Clock()
+        self.store = DccStore(target, clock=self.clock)
+        self.dccs: list[Dcc] = []
+        for i, hub in enumerate(HUBS):
+            self.store.add_premises("MPAN-%d" % i, [SUP_A], hub)
+        self.store.add_premises("MPAN-B", [SUP_B], bytes.fromhex("00DB1234567800CB"))
+        for i in range(n):
+            self.store.add_device(dev_eui(i), "PPMID", "MPAN-%d" % (i % 2), manufacturer=MFR,
+                                  model=0x0084, firmware_version=1)
+        # another Supplier's PPMID of the same model: never in Supplier A's campaign by model
+        self.store.add_device(dev_eui(99), "PPMID", "MPAN-B", manufacturer=MFR, model=0x0084,
+                              firmware_version=1)
+        h = images.otafile.parse_stream(fw["ppmid"], block=4096)
+        self.store.cpl_add(MFR, 0x0084, h.header.file_version, h.image_sha256)
+        self.hub_ids = {eui_hex(h): 0 for h in HUBS}
+        self.dcc = self.new_dcc()
+        self.answers: dict[str, list[str]] = {}  # device -> outcomes, one per request
+        self.seen: list[tuple[str, str]] = []  # (device, request) the hubs received
+
+    def new_dcc(self) -> Dcc:
+        store = self.store if not self.dccs else DccStore(self.target, clock=self.clock)
+        d = Dcc(store, pki.KeyStore(self.pkidir), pki.signing_pair(self.pkidir, "dcc.xml"))
+        self.dccs.append(d)
+        return d
+
+    def close(self) -> None:
+        for d in self.dccs:
+            d.store.close()
+
+    def create(self, name: str = "c1", **kw) -> dict:
+        key = (self.pkidir / "supplier-a.xml.key.pem").read_bytes()
+        cert = (self.pkidir / "supplier-a.xml.cert.pem").read_bytes()
+        if "devices" not in kw:
+            kw.setdefault("model", (MFR, 0x0084))
+            kw.setdefault("from_version", 1)
+        return campaign.create(self.store, name=name, key_pem=key, cert_pem=cert,
+                               image=kw.pop("image", self.fw["ppmid"]), **kw)
+
+    def hubs(self, default: str = "activated") -> int:
+        """Each fake Comms Hub takes its WAN messages and answers each firmware request
+        with the next outcome planned for its device (default `default`)."""
+        n = 0
+        for hub in self.hub_ids:
+            for msg in self.dcc.wan_outbox(hub):
+                self.dcc.wan_acked(hub, msg["id"])
+                if msg.get("type") != "update_firmware":
+                    continue
+                self.seen.append((msg["device"], msg["request"]))
+                plan = self.answers.get(msg["device"]) or []
+                outcome = plan.pop(0) if plan else default
+                self.hub_ids[hub] += 1
+                self.dcc.wan_received(hub, {"id": self.hub_ids[hub], "type": "outcome",
+                                            "request": msg["request"], "device": msg["device"],
+                                            "outcome": outcome, "detail": {}})
+                n += 1
+        return n
+
+    def requests(self) -> list[dict]:
+        return [dict(r) for r in self.store.all(
+            "SELECT request_id, device, outcome, srv FROM requests ORDER BY id")]
+
+
+def eui_hex(b: bytes) -> str:
+    return b.hex().upper()
+
+
+@pytest.fixture
+def world(db_target, pkidir, fw):
+    w = World(db_target, pkidir, fw)
+    yield w
+    w.close()
+
+
+def wave_counts(s: dict) -> list[tuple[int, int, int]]:
+    return [(w["size"], w["ok"], w["failed"]) for w in s["waves_detail"]]
+
+
+# ---------------------------------------------------------------- waves and thresholds
+
+def test_waves_open_on_success_and_each_device_gets_one_request(world):
+    s = world.create(waves=["1", "50%"], success_threshold="100%")
+    assert [w["size"] for w in s["waves_detail"]] == [1, 3, 2] and s["srv"] == "11.4"
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 1  # wave 1: one device
+    assert d.step() == 0  # nothing more before its outcome
+    world.hubs()
+    assert d.step() == 3  # wave 2 opened on wave 1's success
+    world.hubs()
+    assert d.step() == 2
+    world.hubs()
+    d.step()
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "done" and wave_counts(s) == [(1, 1, 0), (3, 3, 0), (2, 2, 0)]
+    reqs = world.requests()
+    assert sorted(r["device"] for r in reqs) == [dev_eui(i) for i in range(6)]
+    assert all(r["outcome"] == "activated" and r["srv"] == "11.4" for r in reqs)
+    assert all(x["outcome"] == "activated" and x["ok"] == 1 and x["attempts"] == 1
+               for x in s["devices"])
+    # each device's DUIS request got its one final signed response, to Supplier A
+    finals = world.store.all("SELECT count(*) FROM responses WHERE final = 1 AND user = ?",
+                             (SUP_A.hex().upper(),))
+    assert finals[0][0] == 6
+
+
+def test_error_threshold_stops_a_campaign_whose_image_fails_on_the_first_wave(world):
+    world.create(waves=["2", "100%"], error_threshold="50%")
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 2
+    world.hubs(default="rejected_by_device")
+    d.step()
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "stopped" and "error threshold" in s["reason"]
+    assert wave_counts(s)[0] == (2, 0, 2)
+    outcomes = [x["outcome"] for x in s["devices"]]
+    assert outcomes[:2] == ["rejected_by_device"] * 2 and outcomes[2:] == ["not_sent"] * 4
+    assert d.step() == 0 and len(world.requests()) == 2  # nothing more ever goes out
+
+
+def test_a_wave_below_the_success_threshold_stops_the_campaign(world):
+    world.create(waves=["2"], success_threshold="100%", error_threshold="100%")
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    d.step()
+    world.answers[dev_eui(0)] = ["rejected_by_device"]
+    world.hubs()
+    d.step()
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "stopped" and "success threshold" in s["reason"]
+    assert len(world.requests()) == 2
+
+
+def test_dcc_refusals_are_outcomes_and_count_as_failures(world):
+    # an HCALCS image to PPMIDs: the DCC refuses every request (its own rules)
+    world.create(image=world.fw["hcalcs"], srv="11.4", waves=["3"], error_threshold="100%",
+                 success_threshold="0%")
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 6  # a success threshold of 0 % opens every wave at once
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "stopped" and "error threshold" in s["reason"]
+    assert {x["outcome"] for x in s["devices"]} == {"refused"}
+    assert all(x["code"].startswith("E") and "image type" in x["reason"] for x in s["devices"])
+    refused = world.requests()
+    assert len(refused) == 6 and {r["outcome"] for r in refused} == {"refused"}
+    assert world.seen == []  # nothing reached a Comms Hub
+
+
+# ---------------------------------------------------------------- window, rate, retries
+
+def test_maintenance_window_defers_sends_until_it_opens(world):
+    win = Window.daily("02:00", campaign.duration("1h"), "Europe/London")
+    s = world.create(window=win)
+    assert s["window_open"] is False
+    assert s["next_window"] == datetime(2026, 3, 2, 2, 0, tzinfo=LONDON).timestamp()
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 0 and world.requests() == []
+    world.clock.t = T0 + 3600 + 300  # 02:05 London
+    assert d.step() == 6
+    world.hubs()
+    d.step()
+    assert campaign.status(world.store, "c1")["state"] == "done"
+
+
+def test_window_after_it_closes_and_in_summer_time():
+    w = Window("30 2 * * 1-5", 3600, "Europe/London")  # weekdays 02:30-03:30 local
+    monday = datetime(2026, 7, 6, 2, 45, tzinfo=LONDON).timestamp()  # BST: 01:45 UTC
+    assert w.is_open(monday)
+    assert not w.is_open(monday + 3600)
+    saturday = datetime(2026, 7, 4, 2, 45, tzinfo=LONDON).timestamp()
+    assert not w.is_open(saturday)
+    assert w.next_open(saturday) == datetime(2026, 7, 6, 2, 30, tzinfo=LONDON).timestamp()
+    # a window that spans midnight is open after it
+    late = Window("0 23 * * *", 4 * 3600, "UTC")
+    assert late.is_open(datetime(2026, 1, 2, 1, 0, tzinfo=ZoneInfo("UTC")).timestamp())
+
+
+@pytest.mark.parametrize("cron, why", [("0 2 * *", "5 cron fields"),
+                                       ("61 2 * * *", "outside 0..59"),
+                                       ("0 2 * * MON", "names like MON")])
+def test_bad_windows_are_named(cron, why):
+    with pytest.raises(CampaignError, match=why):
+        Window(cron, 60)
+    with pytest.raises(CampaignError, match="IANA"):
+        Window("0 2 * * *", 60, "Mars/Olympus")
+
+
+def test_rate_limit_spreads_sends_over_minutes(world):
+    world.create(rate=4)
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 4
+    world.clock.t += 30
+    assert d.step() == 0
+    world.clock.t += 31
+    assert d.step() == 2
+
+
+def test_retries_with_backoff(world):
+    world.create(devices=[dev_eui(0), dev_eui(1)], retries=2, backoff=60)
+    world.answers[dev_eui(0)] = ["transfer_failed", "device_unreachable"]
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 2
+    world.hubs()
+    assert d.step() == 0  # device 0 waits for its backoff (60 s)
+    world.clock.t += 59
+    assert d.step() == 0
+    world.clock.t += 2
+    assert d.step() == 1
+    world.hubs()
+    assert d.step() == 0  # the outcome taken: the second backoff is 120 s from now
+    world.clock.t += 119
+    assert d.step() == 0
+    world.clock.t += 2
+    assert d.step() == 1
+    world.hubs()
+    d.step()
+    s = campaign.status(world.store, "c1")
+    dev0 = s["devices"][0]
+    assert s["state"] == "done" and dev0["outcome"] == "activated" and dev0["attempts"] == 3
+    assert len(dev0["requests"]) == 3 and len(set(dev0["requests"])) == 3
+    # each of the three DUIS requests has its own single outcome
+    by_rid = {r["request_id"]: r["outcome"] for r in world.requests()}
+    assert [by_rid[r] for r in dev0["requests"]] == ["transfer_failed", "device_unreachable",
+                                                     "activated"]
+
+
+def test_retries_run_out(world):
+    world.create(devices=[dev_eui(0)], retries=1, backoff=10, error_threshold="100%",
+                 success_threshold="0%")
+    world.answers[dev_eui(0)] = ["transfer_failed", "transfer_failed"]
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    d.step()
+    world.hubs()
+    d.step()
+    world.clock.t += 10
+    assert d.step() == 1
+    world.hubs()
+    world.clock.t += 1000
+    assert d.step() == 0
+    x = campaign.status(world.store, "c1")["devices"][0]
+    assert x["outcome"] == "transfer_failed" and x["attempts"] == 2 and x["ok"] == 0
+
+
+# ---------------------------------------------------------------- pause, resume, cancel
+
+def test_pause_resume_cancel(world):
+    world.create(waves=["2", "2", "2"])
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 2
+    campaign.pause(world.store, "c1")
+    world.hubs()
+    assert d.step() == 0  # outcomes taken, wave 2 opened, but nothing sent while paused
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "paused" and wave_counts(s)[0] == (2, 2, 0)
+    with pytest.raises(CampaignError, match="is paused"):
+        campaign.pause(world.store, "c1")
+    campaign.resume(world.store, "c1")
+    assert d.step() == 2
+    campaign.cancel(world.store, "c1")
+    world.hubs()  # the requests already sent still get their outcomes
+    assert d.step() == 0
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "cancelled"
+    assert [x["outcome"] for x in s["devices"]] == ["activated"] * 4 + ["cancelled"] * 2
+    with pytest.raises(CampaignError, match="cancelled: it cannot be made running"):
+        campaign.resume(world.store, "c1")
+    assert len(world.requests()) == 4
+
+
+# ---------------------------------------------------------------- several workers
+
+def test_two_workers_share_a_campaign_without_double_sending(world):
+    world.create(waves=["100%"])
+    d1 = CampaignDriver(world.dcc, worker="w1", clock=world.clock, batch=1)
+    d2 = CampaignDriver(world.new_dcc(), worker="w2", clock=world.clock, batch=1)
+    errors: list[BaseException] = []
+
+    def run(d):
+        try:
+            for _ in range(10):
+                d.step()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(d,)) for d in (d1, d2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    devices = [r["device"] for r in world.requests()]
+    assert sorted(devices) == [dev_eui(i) for i in range(6)]  # each exactly once
+    assert d1.sent + d2.sent == 6
+    workers = {r[0] for r in world.store.all("SELECT worker FROM campaign_sends")}
+    assert workers <= {"w1", "w2"}
+    assert len(world.seen) == 0 and world.hubs() == 6
+
+
+class Killed(BaseException):
+    """A worker dying in the middle of a send."""
+
+
+def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
+    world.create(devices=[dev_eui(0)])
+    doomed = world.new_dcc()
+    real = doomed.submit
+
+    def submit_then_die(xml):
+        real(xml)
+        raise Killed()
+
+    doomed.submit = submit_then_die
+    with pytest.raises(Killed):
+        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+    assert world.requests() == [] and world.dcc.wan_outbox(HUBS[0]) == []
+    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 1
+    assert [r["device"] for r in world.requests()] == [dev_eui(0)]
+
+
+# ---------------------------------------------------------------- creating: bad input
+
+def test_bad_campaigns_are_refused_naming_the_problem(world):
+    with pytest.raises(CampaignError, match="wave size"):
+        world.create(waves=["0"])
+    with pytest.raises(CampaignError, match="error threshold"):
+        world.create(error_threshold="150%")
+    with pytest.raises(CampaignError, match="no device of manufacturer"):
+        world.create(from_version=9)
+    with pytest.raises(CampaignError, match="not a well-formed OTA file"):
+        world.create(image=b"not an image")
+    world.create()
+    with pytest.raises(CampaignError, match="exists already"):
+        world.create()
+    with pytest.raises(CampaignError, match="no campaign"):
+        campaign.pause(world.store, "nope")
+    # by model: only Supplier A's premises
+    s = campaign.status(world.store, "c1")
+    assert dev_eui(99) not in [x["device"] for x in s["devices"]]
+
+
+# ---------------------------------------------------------------- the CLI and the report
+
+def test_cli_create_status_pause_resume_cancel(tmp_path, pkidir, fw):
+    db = str(tmp_path / "dcc.db")
+    w = World(db, pkidir, fw)
+    w.close()
+    img = tmp_path / "ppmid.ota"
+    img.write_bytes(fw["ppmid"])
+    run = CliRunner().invoke
+    r = run(cli, ["campaign", "create", "spring", "--db", db,
+                  "--key", str(pkidir / "supplier-a.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem"), "--image", str(img),
+                  "--model", "%04X/0084" % MFR, "--from-version", "00000001",
+                  "--wave", "1", "--wave", "50%", "--rate", "30",
+                  "--window-start", "02:00", "--window-duration", "4h",
+                  "--tz", "Europe/London"])
+    assert r.exit_code == 0, r.output
+    assert "spring" in r.output and "6 devices" in r.output
+    r = run(cli, ["campaign", "status", "spring", "--db", db])
+    assert r.exit_code == 0, r.output
+    assert "wave 1" in r.output and dev_eui(0) in r.output and "running" in r.output
+    r = run(cli, ["campaign", "status", "spring", "--db", db, "--json"])
+    data = json.loads(r.output)
+    assert [x["size"] for x in data["waves_detail"]] == [1, 3, 2]
+    assert "signer_key" not in data and "image" not in data
+    for verb, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+        r = run(cli, ["campaign", verb, "spring", "--db", db])
+        assert r.exit_code == 0 and state in r.output, r.output
+    r = run(cli, ["campaign", "resume", "spring", "--db", db])
+    assert r.exit_code == 1 and "cancelled" in r.output
+    r = run(cli, ["campaign", "create", "x", "--db", db,
+                  "--key", str(pkidir / "supplier-a.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem"), "--image", str(img),
+                  "--device", dev_eui(0), "--window-start", "25:00",
+                  "--window-duration", "1h"])
+    assert r.exit_code != 0 and "HH:MM" in r.output
+    r = run(cli, ["campaign", "status", "--db", db])
+    assert r.exit_code == 0 and "spring" in r.output
+
+
+def test_report_shows_waves_and_outcomes(world):
+    from hanota.hub import report as rep
+
+    world.create(waves=["2", "100%"], error_threshold="50%")
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    d.step()
+    world.hubs(default="rejected_by_device")
+    d.step()
+    data = rep.duis_data(world.store)
+    assert [c["name"] for c in data["campaigns"]] == ["c1"]
+    html = "\n".join(rep._duis_html(data))
+    assert "Campaign c1" in html and "stopped" in html and "wave 2" in html.lower()
+    assert "rejected_by_device" in html and "not_sent" in html
+    text = "\n".join(rep.duis_lines(data))
+    assert "campaign c1" in text
