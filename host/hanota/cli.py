@@ -474,6 +474,10 @@ from . import gbcs_cli  # noqa: E402  (gbcs decode, verify, build)
 
 gbcs_cli.register(cli)
 
+from .fleet import cli as fleet_cli  # noqa: E402  (fleet plan, register, sim)
+
+cli.add_command(fleet_cli.fleet)
+
 
 def main(argv=None):
     """Console entry point: maps domain errors to messages and exit codes."""

@@ -119,6 +119,13 @@ class OtaServer:
         self._add_link(link)
         return link.name
 
+    def attach_link(self, make: Callable[[Any, Any], Link]) -> Link:
+        """Serve devices on another transport: make(on_frame, on_bad) returns a `Link` that
+        calls the server's handlers (the fleet simulator's in-process HAN); returns it."""
+        link = make(self._on_frame, self._on_bad)
+        self._add_link(link)
+        return link
+
     def _add_link(self, link: Link) -> None:
         if self._closed:
             link.close()

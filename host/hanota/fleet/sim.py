@@ -1,0 +1,428 @@
+"""Run a slice of a simulated fleet: a Comms Hub per premises with its simulated HAN devices,
+every hub on its WAN to one DCC (`hanota fleet sim`).
+
+One process holds many premises on one event loop: per premises a `hanota.hub.Hub` over its
+own SQLite database (under `--dir`, kept between runs), its WAN client to the DCC
+(`hanota.dcc.wan_nats.make_hub_wan`: the websocket for http(s)://, JetStream for nats://)
+and its devices (`fleet.device.SimDevice`) on an in-process HAN (`fleet.device.HanBus`):
+no thread and no socket per device, and the hubs poll their databases at `poll` seconds
+rather than the interactive hub's quarter second. `--procs P` cuts the slice into P
+ranges, each in its own process (multiprocessing, spawned); the parent adds up their
+summaries. A summary: hubs, hubs connected to the DCC, devices joined, the hubs' request
+outcomes, what the devices did, errors, time to start, CPU seconds and peak memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from ..errors import HanotaError
+from .plan import FleetPlan, FleetUsageError, Premises, split
+
+log = logging.getLogger("hanota.fleet")
+
+
+class FleetError(HanotaError):
+    """The fleet cannot run (the DCC unreachable, a database that cannot be opened)."""
+
+    reason = "fleet"
+
+
+@dataclass
+class SimConfig:
+    plan: FleetPlan
+    lo: int
+    hi: int
+    dcc_url: str
+    dir: str
+    suppliers: list[str] = field(default_factory=list)  # the premises' Responsible Suppliers
+    poll: float = 1.0  # hub scheduler and WAN poll, seconds
+    duration: float | None = None  # --for
+    report: float = 10.0  # seconds between progress lines (0: none)
+    start_rate: float = 200.0  # premises started per second (a reconnect storm is not a test)
+    max_in_flight: int = 2
+    wan_token: str | None = None
+
+
+# ---------------------------------------------------------------- checking the DCC
+
+
+def check_dcc_url(url: str) -> str:
+    """The --dcc URL, or FleetUsageError naming what is wrong with it."""
+    from ..dcc.wan_nats import is_nats
+
+    u = url.strip()
+    if is_nats(u):
+        parts = urlsplit(u)
+    elif u.startswith(("http://", "https://")):
+        parts = urlsplit(u)
+    else:
+        raise FleetUsageError("--dcc %r: give the DCC's WAN as http://HOST:PORT (hanota dcc "
+                              "serve's address) or nats://HOST:PORT (its NATS server)" % url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise FleetUsageError("--dcc %r: the port is not a number from 1 to 65535" % url) \
+            from None
+    if not parts.hostname:
+        raise FleetUsageError("--dcc %r: no host" % url)
+    if port is None and parts.scheme in ("nats", "tls"):
+        raise FleetUsageError("--dcc %r: give the NATS server's port" % url)
+    return u.rstrip("/")
+
+
+async def probe_dcc(url: str, timeout: float = 5.0) -> None:
+    """FleetError unless the DCC's WAN answers at url (its HTTP server, or the NATS server)."""
+    from ..dcc.wan_nats import is_nats
+
+    if is_nats(url):
+        import nats
+
+        try:
+            nc = await asyncio.wait_for(nats.connect(url, connect_timeout=timeout,
+                                                     allow_reconnect=False,
+                                                     max_reconnect_attempts=0), timeout + 1)
+        except Exception as e:  # noqa: BLE001 - nats-py raises many kinds
+            raise FleetError("cannot reach the NATS server at %s: %s" % (
+                url, str(e) or type(e).__name__)) from None
+        await nc.close()
+        return
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url + "/wan/0000000000000000") as r:
+                # the DCC's WAN path answers a plain GET with "upgrade to a websocket" (or a
+                # refusal without a token); anything but 404 says something serves the WAN
+                if r.status == 404:
+                    raise FleetError("%s is an HTTP server without the DCC's WAN (/wan/...): "
+                                     "give hanota dcc serve's address" % url)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        raise FleetError("cannot reach the DCC at %s: %s" % (url, str(e) or
+                                                             type(e).__name__)) from None
+
+
+# ---------------------------------------------------------------- one process
+
+
+def _raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class _Premises:
+    """One premises in the process: its hub, WAN and devices."""
+
+    def __init__(self, spec: Premises):
+        self.spec = spec
+        self.hub: Any = None
+        self.wan: Any = None
+        self.bus: Any = None
+        self.devices: list[Any] = []
+
+
+class FleetProcess:
+    """Premises [cfg.lo, cfg.hi) on the running event loop."""
+
+    def __init__(self, cfg: SimConfig, say: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.say = say
+        self.stats: Counter = Counter()  # what the devices did (shared by all of them)
+        self.premises: list[_Premises] = []
+        self.errors: Counter = Counter()
+        self.started_in: float | None = None
+        self.all_connected_in: float | None = None
+        self._t0 = 0.0
+        self._tasks: list[asyncio.Task] = []
+
+    def _hub_options(self):
+        from ..hub import HubOptions
+
+        return HubOptions(max_in_flight=self.cfg.max_in_flight, poll_interval=self.cfg.poll,
+                          heartbeat_interval=max(30.0, self.cfg.poll), progress_interval=5.0)
+
+    def _prepare_db(self, p: Premises) -> Path:
+        """The premises' hub database: its identity and devices as the plan says."""
+        from ..dcc.wan import eui_hex
+        from ..hub import HubDB
+        from ..hub import registry as reg
+
+        d = Path(self.cfg.dir) / ("p%08d" % p.index)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "hub.db"
+        with HubDB.open(path) as db:
+            cur = eui_hex(db.current_hub()["eui"])
+            if cur != p.hub_eui:
+                if db.one("SELECT count(*) FROM hubs")[0] > 1:
+                    raise FleetError("%s: this hub database is not premises %s's (hub %s, not "
+                                     "%s): give another --dir" % (path, p.mpxn, cur, p.hub_eui))
+                with db.tx() as c:
+                    c.execute("UPDATE hubs SET eui = ? WHERE retired IS NULL",
+                              (reg.eui_text(p.hub_eui),))
+            for s in p.devices:
+                if reg.device(db, s.eui) is None:
+                    reg.add_device(db, s.eui_wire, s.role, s.install_code, p.mpxn)
+            if self.cfg.suppliers and p.devices \
+                    and not reg.responsible_suppliers(db, p.devices[0].eui):
+                reg.set_suppliers(db, p.mpxn, list(self.cfg.suppliers))
+        return path
+
+    async def _start_one(self, p: Premises) -> _Premises:
+        from ..dcc.wan_nats import make_hub_wan
+        from ..hub.hub import Hub
+        from .device import HanBus, SimDevice
+
+        one = _Premises(p)
+        path = self._prepare_db(p)
+        one.hub = Hub(path, udp=None, options=self._hub_options())
+        await one.hub.start()
+        one.bus = one.hub.server.attach_link(HanBus)
+        one.wan = make_hub_wan(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
+                               backoff=(0.5, 10.0), token=self.cfg.wan_token)
+        await one.wan.start()
+        for s in p.devices:
+            dev = SimDevice(s.eui_wire, s.install_code, s.role, self.stats,
+                            version=self.cfg.plan.version)
+            dev.attach(one.bus)
+            one.devices.append(dev)
+            self._spawn(dev.start())
+        return one
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(t)
+        t.add_done_callback(self._done)
+
+    def _done(self, t: asyncio.Task) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            e = t.exception()
+            self.errors["%s: %s" % (type(e).__name__, str(e)[:120])] += 1
+
+    async def start(self) -> None:
+        _raise_fd_limit()
+        self._t0 = time.monotonic()
+        gap = 1.0 / self.cfg.start_rate if self.cfg.start_rate > 0 else 0.0
+        for p in self.cfg.plan.range(self.cfg.lo, self.cfg.hi):
+            try:
+                self.premises.append(await self._start_one(p))
+            except HanotaError as e:
+                self.errors["premises %s: %s" % (p.mpxn, e)] += 1
+            if gap:
+                await asyncio.sleep(gap)
+        self.started_in = time.monotonic() - self._t0
+        self.say("fleet started: %d premises, %d devices in %.1f s (premises %d..%d)" % (
+            len(self.premises), sum(len(p.devices) for p in self.premises), self.started_in,
+            self.cfg.lo, self.cfg.hi - 1))
+
+    async def run(self, stop: asyncio.Event) -> dict:
+        """Start, keep going until `stop` is set or cfg.duration has passed, stop; the
+        summary."""
+        end = None if self.cfg.duration is None else time.monotonic() + self.cfg.duration
+        starter = asyncio.get_running_loop().create_task(self.start())
+        last_report = time.monotonic()
+        try:
+            while not stop.is_set() and (end is None or time.monotonic() < end):
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                if starter.done() and starter.exception() is not None:
+                    raise starter.exception()
+                if self.all_connected_in is None and starter.done() and self.premises \
+                        and all(p.wan.connected.is_set() for p in self.premises):
+                    self.all_connected_in = time.monotonic() - self._t0
+                    self.say("fleet connected: all %d hubs on the WAN to %s" % (
+                        len(self.premises), self.cfg.dcc_url))
+                if self.cfg.report and time.monotonic() - last_report >= self.cfg.report:
+                    last_report = time.monotonic()
+                    self.say(progress_line(self.summary(outcomes=False)))
+        finally:
+            if not starter.done():
+                starter.cancel()
+                await asyncio.gather(starter, return_exceptions=True)
+            summary = self.summary()
+            await self.stop()
+        summary["stopped_in_s"] = round(time.monotonic() - self._t0, 2)
+        return summary
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in self.premises:
+            for d in p.devices:
+                d.close()
+            try:
+                await p.wan.stop()
+                await p.hub.stop()
+            except Exception as e:  # noqa: BLE001 - counted; the others still stop
+                self.errors["stopping %s: %s" % (p.spec.mpxn, e)] += 1
+
+    def summary(self, outcomes: bool = True) -> dict:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        s: dict[str, Any] = {
+            "premises": self.cfg.hi - self.cfg.lo,
+            "hubs": len(self.premises),
+            "hubs_connected": sum(1 for p in self.premises if p.wan.connected.is_set()),
+            "wan_connections": sum(p.wan.connections for p in self.premises),
+            "devices": sum(len(p.devices) for p in self.premises),
+            "devices_joined": sum(1 for p in self.premises for d in p.devices if d.joined),
+            "device": {k: v for k, v in sorted(self.stats.items())
+                       if not k.startswith("error: ")},
+            "errors": sum(self.errors.values()) + self.stats["errors"],
+            "error_kinds": dict(self.errors.most_common(10)) | {
+                k[7:]: v for k, v in self.stats.items() if k.startswith("error: ")},
+            "started_in_s": None if self.started_in is None else round(self.started_in, 2),
+            "all_connected_in_s": None if self.all_connected_in is None
+            else round(self.all_connected_in, 2),
+            "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+            "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            "processes": 1,
+        }
+        if outcomes:
+            oc: Counter = Counter()
+            per_device: Counter = Counter()
+            pending = 0
+            for p in self.premises:
+                for eui, outcome in p.hub.db.all(
+                        "SELECT eui, outcome FROM requests WHERE kind = 'update' "
+                        "OR kind = 'activate'"):
+                    if outcome is None:
+                        pending += 1
+                    else:
+                        oc[outcome] += 1
+                        per_device[eui] += 1
+            s["outcomes"] = dict(sorted(oc.items()))
+            s["requests_pending"] = pending
+            s["devices_with_outcome"] = len(per_device)
+            s["devices_with_two_or_more"] = sum(1 for n in per_device.values() if n > 1)
+        return s
+
+
+def progress_line(s: dict) -> str:
+    line = "fleet: %d/%d hubs connected, %d/%d devices joined, %s; %d errors, cpu %.1f s, " \
+           "rss %.0f MB" % (s["hubs_connected"], s["premises"], s["devices_joined"],
+                            s["devices"], ", ".join("%s %d" % kv for kv in s["device"].items()
+                                                    if kv[0] != "joined") or "no OTA yet",
+                            s["errors"], s["cpu_s"], s["max_rss_mb"])
+    if "outcomes" in s:
+        line += "; outcomes: %s" % (", ".join("%s %d" % kv for kv in s["outcomes"].items())
+                                    or "none")
+    return line
+
+
+def run_process(cfg: SimConfig, say: Callable[[str], None] = print) -> dict:
+    """Premises [cfg.lo, cfg.hi) in this process until SIGINT/SIGTERM or cfg.duration."""
+    async def main() -> dict:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await FleetProcess(cfg, say).run(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    return asyncio.run(main())
+
+
+def _child(cfg: SimConfig, k: int, conn) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    def say(text: str) -> None:
+        print("[proc %d] %s" % (k, text), flush=True)
+    try:
+        conn.send(("ok", run_process(cfg, say)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", "%s: %s" % (type(e).__name__, e)))
+    finally:
+        conn.close()
+
+
+def merge(parts: list[dict]) -> dict:
+    """The summaries of several processes as one."""
+    out: dict[str, Any] = {}
+    for s in parts:
+        for k, v in s.items():
+            if isinstance(v, dict):
+                d = out.setdefault(k, {})
+                for kk, vv in v.items():
+                    d[kk] = d.get(kk, 0) + vv
+            elif k in ("started_in_s", "all_connected_in_s", "stopped_in_s", "max_rss_mb"):
+                out[k] = None if v is None or (k in out and out[k] is None) \
+                    else max(out.get(k) or 0, v)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = round(out.get(k, 0) + v, 2)
+            else:
+                out[k] = v
+    if parts:
+        out["processes"] = len(parts)
+    return out
+
+
+def run(cfg: SimConfig, procs: int = 1, say: Callable[[str], None] = print) -> dict:
+    """The slice [cfg.lo, cfg.hi) in `procs` processes (1: this one); the summary."""
+    asyncio.run(probe_dcc(cfg.dcc_url))
+    Path(cfg.dir).mkdir(parents=True, exist_ok=True)
+    if procs <= 1:
+        return run_process(cfg, say)
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+    for k, (lo, hi) in enumerate(split(cfg.lo, cfg.hi, procs)):
+        a, b = ctx.Pipe(duplex=False)
+        c = SimConfig(**{**asdict(cfg), "plan": cfg.plan, "lo": lo, "hi": hi})
+        p = ctx.Process(target=_child, args=(c, k, b), name="fleet-%d" % k)
+        p.start()
+        b.close()
+        children.append((p, a))
+    stopping = []
+
+    def forward(signum, frame):  # the children stop and report; the parent waits for them
+        stopping.append(signum)
+        for p, _ in children:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    parts, failures = [], []
+    try:
+        for p, a in children:
+            while True:
+                if a.poll(0.5):
+                    try:
+                        kind, value = a.recv()
+                    except EOFError:
+                        kind, value = "error", "exited without a summary"
+                    break
+                if not p.is_alive() and not a.poll(0):
+                    kind, value = "error", "exited (code %s) without a summary" % p.exitcode
+                    break
+            (parts if kind == "ok" else failures).append(value)
+            p.join(10)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for p, _ in children:
+            if p.is_alive():
+                p.kill()
+    out = merge(parts)
+    if failures:
+        out["errors"] = out.get("errors", 0) + len(failures)
+        out.setdefault("error_kinds", {}).update({"process: " + f: 1 for f in failures})
+    return out
