@@ -727,7 +727,8 @@ class CampaignThread:
         st = dcc.store
         store = DccStore(st.uri if st.postgres else st.path)
         mine = Dcc(store, KeyStore(dcc.keystore.path), (dcc.key, dcc.cert))
-        mine.device_ka = dcc.device_ka
+        if hasattr(dcc, "device_ka"):  # (campaigns send SR 11.1 / 11.4, never 11.3)
+            mine.device_ka = dcc.device_ka
         self.driver = CampaignDriver(mine, worker=worker)
         self.poll = poll
         self._stop = threading.Event()

@@ -29,8 +29,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 async def _serve(service: Any, host: str, port: int, max_body: int | None,
-                 wan_auth: bool, wan_url: str | None = None, worker: str | None = None
-                 ) -> None:
+                 wan_auth: bool, wan_url: str | None = None, worker: str | None = None,
+                 campaigns: bool = True) -> None:
+    from .campaign import CampaignThread
     from .http import DccHttp
 
     stop = asyncio.Event()
@@ -41,6 +42,8 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
                      wan_secret=wan_secret(service.store) if wan_auth else None,
                      wan_url=wan_url, worker=worker)
     h, p = await server.start(host, port)
+    # the campaign driver: a thread with its own database connection (campaign.py)
+    driver = CampaignThread(service, worker=worker).start() if campaigns else None
     click.echo("hanota dcc serving on http://%s:%d (DUIS: POST /api/v1/serviceD; WAN: "
                "/wan/<hub EUI>%s%s; database %s)" % (
                    h, p, ", hub tokens required" if wan_auth else "",
@@ -48,6 +51,8 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
     try:
         await stop.wait()
     finally:
+        if driver is not None:
+            await asyncio.get_running_loop().run_in_executor(None, driver.stop)
         await server.stop()
         click.echo("hanota dcc stopped")
 
@@ -71,13 +76,19 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
               help="Largest DUIS request accepted (default: the DUIS parser's limit, 16 MiB).")
 @click.option("--wan-auth", is_flag=True,
               help="Comms Hubs must present their token (hanota dcc wan-token --hub EUI).")
+@click.option("--campaigns/--no-campaigns", default=True, show_default=True,
+              help="Drive the firmware campaigns in the database (hanota campaign create); "
+                   "any number of workers share them.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @domain_errors
-def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, log_level):
+def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, campaigns,
+              log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
-    /api/v1/subscribe), and the WAN the Comms Hubs (hanota hub serve) dial."""
+    /api/v1/subscribe), the WAN the Comms Hubs (hanota hub serve) dial, and the firmware
+    campaigns' sends (each device its own DUIS request, signed for the campaign's
+    Supplier)."""
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = _listen(listen)
@@ -88,7 +99,8 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, log
                                      param_hint="--wan")
     service = open_dcc(db_path, pki_dir)
     try:
-        asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker))
+        asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker,
+                           campaigns))
     finally:
         service.store.close()
 
