@@ -1,0 +1,188 @@
+"""`hanota fleet sim`: Comms Hubs with simulated HAN devices against one DCC.
+
+The DCC runs in the test's process (support.dccworld's World: its HTTP server and WAN over
+SQLite, a Supplier with a test PKI); the fleet runs as the command, in a child process.
+Every device gets its firmware SR through DUIS (11.4 for PPMIDs and Alt HAN devices, 11.1
+for HCALCS) and the DCC records exactly one outcome for each."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from hanota.dcc import duis
+from hanota.dcc.wan import eui_hex
+from hanota.fleet import plan as fp
+from support.dccworld import HANOTA, World
+
+pytestmark = pytest.mark.timeout(180)
+
+WANT = {"ppmid": "activated", "althan": "activated", "hcalcs": "distributed"}
+
+
+async def start_sim(w: World, url: str, *args: str) -> asyncio.subprocess.Process:
+    """`hanota fleet sim *args --dcc url`, once it says every hub is on the WAN."""
+    p = await asyncio.create_subprocess_exec(
+        *HANOTA, "fleet", "sim", "--dcc", url, "--poll", "0.1", "--report", "0", "--json",
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    p.lines = []  # type: ignore[attr-defined]
+    while True:
+        line = await asyncio.wait_for(p.stdout.readline(), 60)
+        assert line, "fleet sim exited before its hubs connected: %s" % p.lines
+        p.lines.append(line.decode())
+        if b"fleet connected" in line or line.startswith(b"[proc") and \
+                sum("fleet connected" in x for x in p.lines) == 2:
+            return p
+
+
+async def stop_sim(p) -> dict:
+    p.terminate()
+    out, _ = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 0, (p.lines, out)
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def firmware_to_all(w: World, plan: fp.FleetPlan, lo: int, hi: int) -> dict[str, str]:
+    """The SR each device's role takes, POSTed to the DCC for every device of premises
+    [lo, hi); once every response is in, {device EUI: outcome}."""
+    data = {r: w.image(r, 2) for r in set(plan.roles)}
+    ids = {}
+    for p in plan.range(lo, hi):
+        for s in p.devices:
+            xml = w.request(fp.ROLE_SR[s.role], duis.DCC_EUI, firmware_image=data[s.role],
+                            firmware_version="00000002", device_ids=[bytes.fromhex(s.eui)])
+            status, ack = await w.post(xml)
+            assert (status, ack["code"]) == (200, "I99"), (s, ack)
+            ids[ack["request_id"]] = s
+    got = {}
+    for rid, s in ids.items():
+        resp = await w.wait_response(rid, timeout=90)
+        assert resp["code"] == "I0", resp
+        got[s.eui] = resp["body"]["CommsHubOutcome"]["Outcome"]
+    return got
+
+
+def one_outcome_each(w: World, n: int) -> None:
+    rows = w.store.all("SELECT request_id, outcome FROM requests")
+    assert len(rows) == n and all(r[1] is not None for r in rows), rows
+
+
+def test_sim_serves_firmware_through_duis_to_every_device(tmp_path):
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(5, 3)
+            fp.register(w.store, plan, 0, 5, [eui_hex(w.user)])
+            p = await start_sim(w, w.url, "--premises", "5", "--devices", "3",
+                                "--dir", str(tmp_path / "fleet"))
+            try:
+                got = await firmware_to_all(w, plan, 0, 5)
+            finally:
+                summary = await stop_sim(p)
+            assert got == {s.eui: WANT[s.role] for q in plan.range(0, 5) for s in q.devices}
+            one_outcome_each(w, 15)
+            assert summary["hubs"] == summary["hubs_connected"] == 5
+            assert summary["devices"] == summary["devices_joined"] == 15
+            assert summary["outcomes"] == {"activated": 10, "distributed": 5}
+            assert summary["devices_with_outcome"] == 15
+            assert summary["devices_with_two_or_more"] == 0
+            assert summary["device"]["verified"] == 15 and summary["device"]["alerts"] == 10
+            assert summary["device"]["held"] == 5 and summary["errors"] == 0
+        finally:
+            await w.stop()
+    asyncio.run(main())
+
+
+def test_two_slices_in_two_processes_do_not_collide(tmp_path):
+    """--slice 1/2 and 2/2 of one fleet, the second in two processes, on one DCC: no premises,
+    hub or device twice, and every device of both gets its one outcome."""
+    a, b = fp.FleetPlan(4, 2, fleet=7), fp.FleetPlan(4, 2, fleet=7)
+    sa, sb = fp.slice_range(a, "1/2"), fp.slice_range(b, "2/2")
+    assert sa == (0, 2) and sb == (2, 4)
+    ids = [x for lo, hi in (sa, sb) for q in a.range(lo, hi)
+           for x in (q.mpxn, q.hub_eui, *(s.eui for s in q.devices))]
+    assert len(ids) == len(set(ids)) == 4 * 4
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            common = ["--premises", "4", "--devices", "2", "--fleet", "7",
+                      "--supplier", eui_hex(w.user)]
+            r = subprocess.run([*HANOTA, "fleet", "register", *common, "--db",
+                                str(tmp_path / "dcc.db")], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            assert "4 premises and 8 devices added" in r.stdout
+            p1 = await start_sim(w, w.url, *common, "--slice", "1/2", "--dir",
+                                 str(tmp_path / "m1"))
+            p2 = await start_sim(w, w.url, *common, "--slice", "2/2", "--procs", "2",
+                                 "--dir", str(tmp_path / "m2"))
+            try:
+                got = await firmware_to_all(w, a, 0, 4)
+            finally:
+                s1, s2 = await stop_sim(p1), await stop_sim(p2)
+            assert sorted(got.values()) == ["activated"] * 4 + ["distributed"] * 4
+            one_outcome_each(w, 8)
+            assert (s1["hubs_connected"], s2["hubs_connected"], s2["processes"]) == (2, 2, 2)
+            assert s1["outcomes"] == s2["outcomes"] == {"activated": 2, "distributed": 2}
+            assert s1["errors"] == s2["errors"] == 0
+        finally:
+            await w.stop()
+    asyncio.run(main())
+
+
+def test_sim_over_nats(tmp_path, nats_server):
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc(wan_url=nats_server.url)
+            await w.http.nats.wait_connected()
+            plan = fp.FleetPlan(3, 3)
+            fp.register(w.store, plan, 0, 3, [eui_hex(w.user)])
+            p = await start_sim(w, nats_server.url, "--premises", "3", "--devices", "3",
+                                "--dir", str(tmp_path / "fleet"))
+            try:
+                got = await firmware_to_all(w, plan, 0, 3)
+            finally:
+                summary = await stop_sim(p)
+            assert got == {s.eui: WANT[s.role] for q in plan.range(0, 3) for s in q.devices}
+            one_outcome_each(w, 9)
+            assert summary["outcomes"] == {"activated": 6, "distributed": 3}
+            assert summary["errors"] == 0
+        finally:
+            await w.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("url, code, says", [
+    ("ftp://127.0.0.1:80", 1, "give the DCC's WAN as http://HOST:PORT"),
+    ("http://127.0.0.1:notaport", 1, "the port is not a number"),
+    ("nats://127.0.0.1", 1, "give the NATS server's port"),
+    ("http://127.0.0.1:1", 2, "cannot reach the DCC at http://127.0.0.1:1"),
+    ("nats://127.0.0.1:1", 2, "cannot reach the NATS server at nats://127.0.0.1:1"),
+])
+def test_bad_or_unreachable_dcc_is_a_clear_error(tmp_path, url, code, says):
+    r = subprocess.run([*HANOTA, "fleet", "sim", "--premises", "2", "--dcc", url, "--dir",
+                        str(tmp_path / "f"), "--for", "5"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert says in r.stderr, r.stderr
+    assert not (tmp_path / "f").exists()  # nothing started
+
+
+def test_plan_and_slices_are_checked():
+    for args, says in ((["--premises", "0"], "--premises"),
+                       (["--premises", "3", "--slice", "4/3"], "i must be 1..n"),
+                       (["--premises", "3", "--slice", "2"], "give i/n"),
+                       (["--premises", "2", "--slice", "1/3"], "3 slices for 2 premises"),
+                       (["--premises", "2", "--roles", "ppmid,meter"], "role 'meter'")):
+        r = subprocess.run([*HANOTA, "fleet", "plan", *args], capture_output=True, text=True)
+        assert r.returncode != 0 and says in r.stderr + r.stdout, (args, r.stderr)
+    r = subprocess.run([*HANOTA, "fleet", "plan", "--premises", "5", "--devices", "2",
+                        "--slice", "2/2", "--json"], capture_output=True, text=True)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["mpxn"] for x in rows] == ["SIM0-00000002", "SIM0-00000003", "SIM0-00000004"]
+    assert [d["role"] for d in rows[0]["devices"]] == ["ppmid", "hcalcs"]
