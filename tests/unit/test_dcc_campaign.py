@@ -31,6 +31,7 @@ SUP_B = pki.ORGS["supplier-b"][1]
 MFR = images.DEFAULT_MANUFACTURER
 HUBS = [bytes.fromhex("00DB1234567800C%d" % i) for i in range(1, 3)]
 LONDON = ZoneInfo("Europe/London")
+OTHER_SUPPLIERS = "00DB12345678FFFF"  # Supplier B's PPMID
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=LONDON).timestamp()  # a Monday, 01:00 in London
 
 
@@ -85,7 +86,7 @@ class World:
             self.store.add_device(dev_eui(i), "PPMID", "MPAN-%d" % (i % 2), manufacturer=MFR,
                                   model=0x0084, firmware_version=1)
         # another Supplier's PPMID of the same model: never in Supplier A's campaign by model
-        self.store.add_device(dev_eui(99), "PPMID", "MPAN-B", manufacturer=MFR, model=0x0084,
+        self.store.add_device(OTHER_SUPPLIERS, "PPMID", "MPAN-B", manufacturer=MFR, model=0x0084,
                               firmware_version=1)
         h = images.otafile.parse_stream(fw["ppmid"], block=4096)
         self.store.cpl_add(MFR, 0x0084, h.header.file_version, h.image_sha256)
@@ -409,7 +410,7 @@ def test_bad_campaigns_are_refused_naming_the_problem(world):
         campaign.pause(world.store, "nope")
     # by model: only Supplier A's premises
     s = campaign.status(world.store, "c1")
-    assert dev_eui(99) not in [x["device"] for x in s["devices"]]
+    assert OTHER_SUPPLIERS not in [x["device"] for x in s["devices"]]
 
 
 # ---------------------------------------------------------------- the CLI and the report

@@ -544,7 +544,7 @@ class CampaignDriver:
         self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
         self.clock = clock
         self.batch = batch
-        self._signers: dict[str, tuple[Any, Any]] = {}
+        self._signers: dict[str, tuple[Any, Any, bytes]] = {}
         self.sent = 0
 
     def step(self) -> int:
@@ -658,9 +658,8 @@ class CampaignDriver:
 
         now = self.clock()
         with self.store.tx() as c:
-            row = c.execute("SELECT supplier, srv, image, version, config, state, wave, "
-                            "signer_key, signer_cert FROM campaigns WHERE name = ?",
-                            (name,)).fetchone()
+            row = c.execute("SELECT supplier, srv, NULL, version, config, state, wave "
+                            "FROM campaigns WHERE name = ?", (name,)).fetchone()
             if row is None or row[5] != "running":
                 return False
             cfg = json.loads(row[4])
@@ -680,10 +679,10 @@ class CampaignDriver:
                 return False
             device, attempt = d[0], int(d[1]) + 1
             supplier, srv = row[0], row[1]
-            key, cert = self._signer(name, bytes(row[7]), bytes(row[8]))
+            key, cert, image = self._fixed(c, name)
             counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000))
             # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
-            xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter, firmware_image=bytes(row[2]),
+            xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter, firmware_image=image,
                                      firmware_version=row[3],
                                      device_ids=[bytes.fromhex(device)])
             answer = duis.parse_response(self.dcc.submit(xmlsig.sign(xml, key, cert)))
@@ -703,12 +702,16 @@ class CampaignDriver:
                                              answer.get("reason"), now, name, device))
         return True
 
-    def _signer(self, name: str, key_pem: bytes, cert_pem: bytes) -> tuple[Any, Any]:
+    def _fixed(self, c: Any, name: str) -> tuple[Any, Any, bytes]:
+        """A campaign's signing key, certificate and image (they never change), read once."""
         from . import pki
 
         got = self._signers.get(name)
         if got is None:
-            got = self._signers[name] = (pki.load_key(key_pem), pki.load_cert(cert_pem))
+            r = c.execute("SELECT signer_key, signer_cert, image FROM campaigns WHERE name = ?",
+                          (name,)).fetchone()
+            got = self._signers[name] = (pki.load_key(bytes(r[0])), pki.load_cert(bytes(r[1])),
+                                         bytes(r[2]))
         return got
 
 
