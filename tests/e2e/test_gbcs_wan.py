@@ -10,7 +10,9 @@ refused by the device (its CS06 response and reason reach the User), a Supplier 
 (or no longer) responsible and another Supplier's signature by the DCC (E4, EH6)."""
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -213,3 +215,94 @@ def test_every_refusal_reaches_the_user_and_nothing_is_activated(tmp_path):
         assert dev.gbcs_answers[-1][0] == "wrong-originator"
         untouched()
     run(tmp_path, body)
+
+
+async def future_dated_alerts(w: World, request_id: str) -> list[dict]:
+    out = []
+    for r in await w.responses():
+        p = duis.parse_response(r["xml"].encode())
+        if p["kind"] == "future_dated_alert" and p["request_id"] == request_id:
+            xmlsig.verify(r["xml"].encode(), w.dcc_cert)
+            out.append(p)
+    return out
+
+
+def test_future_dated_activation_alerts_8f66_and_a_cancellation_removes_one(tmp_path):
+    """SR 11.3 with an ExecutionDateTime: the device accepts the CS06 (its NULL response),
+    waits for the time by the hub's clock, alerts 8F66 and activates; the 8F66 reaches the
+    User as DUIS's FutureDatedDeviceAlertMessage for the request. A DUIS cancellation
+    (ExecutionDateTime 3000-12-31: CS06 99991231235959Z) before the time removes the pending
+    one: no alert, no activation; both requests' Users see the cancellation, and a second
+    cancellation finds nothing to cancel."""
+    async def body(w: World):
+        await w.start_hub()
+        dev = await commissioned_hcalcs(w, 2)
+        await distribute(w, 2, 3)
+        held = dev.held_hash
+
+        # future-dated by a few seconds
+        at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=3)
+        rid, srv, pre = await precommand_for(w, 2, held, execution_datetime=at)
+        assert gbcs.decode(pre).fields["execution_date_time"] == at.strftime("%Y%m%d%H%M%SZ")
+        ack, resp = await submit_signed(w, rid, srv, pre)
+        assert ack["code"] == "I99", ack
+        # accepted first (the CS06 NULL response), activated only when the time came
+        reason, accepted = dev.gbcs_answers[0]
+        assert reason is None and accepted.kind == "cs06-accepted"
+        assert resp["code"] == "I0" and outcome_of(resp) == "activated", resp
+        assert gbcs.decode(resp["gbcs_payload"]).kind == "cs06-accepted"
+        assert dev.activated_versions == [3]
+        reason, alert = dev.gbcs_answers[1]
+        assert reason is None and alert.kind == "fd-alert"
+        fd = None
+        end = asyncio.get_running_loop().time() + 10
+        while not fd:
+            assert asyncio.get_running_loop().time() < end, "no future-dated alert"
+            fd = await future_dated_alerts(w, str(rid))
+            await asyncio.sleep(0.05)
+        (fd,) = fd
+        assert fd["alert_code"] == "8F66"
+        m = gbcs.decode(fd["gbcs_payload"])
+        assert m.kind == "fd-alert" and m.fields["alert_code"] == gbcs.ALERT_FD_ACTIONED
+        assert m.fields["response_code"] == gbcs.CS06_SUCCESS
+        assert m.fields["execution_date_time"] == at.strftime("%Y%m%d%H%M%SZ")
+        assert m.fields["payload_originator_counter"] == rid.counter
+        assert m.originator == msb(2) and m.recipient == w.user
+        assert m.fields["firmware_version"] == (3).to_bytes(4, "big")
+
+        # a cancellation before the time: nothing pending, nothing activated
+        await distribute(w, 2, 4)
+        held = dev.held_hash
+        at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=40)
+        rid, srv, pre = await precommand_for(w, 2, held, execution_datetime=at)
+        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
+        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
+                          w.user_key, w.user_cert)
+        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        await w.until(lambda: (dev.gbcs_state or {}).get("fdact") is not None,
+                      "the device holding the future-dated CS06")
+        cid, csrv, cpre = await precommand_for(w, 2, held, cancel=True)
+        assert gbcs.decode(cpre).fields["execution_date_time"] == gbcs.CANCEL_TIME
+        ack, cresp = await submit_signed(w, cid, csrv, cpre)
+        assert ack["code"] == "I99", ack
+        assert cresp["code"] == "I0" and outcome_of(cresp) == "cancelled", cresp
+        assert gbcs.decode(cresp["gbcs_payload"]).kind == "cs06-accepted"
+        assert "removed its pending future-dated activation" in cresp["reason"]
+        resp = await w.wait_response(str(rid))
+        assert resp["code"] == "I0" and outcome_of(resp) == "cancelled", resp
+        assert "cancelled by a GBCS CS06 cancellation" in resp["reason"]
+        assert (dev.gbcs_state or {}).get("fdact") is None and dev._fd_task is None
+        assert dev.activated_versions == [3] and dev.held_hash == held
+        assert await future_dated_alerts(w, str(rid)) == []
+        # nothing left to cancel: the device says so, the User gets not_cancelled
+        cid, csrv, cpre = await precommand_for(w, 2, held, cancel=True)
+        ack, cresp = await submit_signed(w, cid, csrv, cpre)
+        assert outcome_of(cresp) == "not_cancelled" and "no-pending" in cresp["reason"], cresp
+        assert dev.activated_versions == [3] and dev.held_hash == held
+    run(tmp_path, body)
+
+
+def outcome_of(resp: dict) -> str:
+    """The Comms Hub's outcome a relayed CS06's DUIS response names (its Reason starts with
+    it: the body is the device's GBCSPayload)."""
+    return (resp["reason"] or "").split(":")[0]

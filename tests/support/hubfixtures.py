@@ -149,38 +149,77 @@ class AgentDevice(FakeDevice):
     # gbcs_cfg is a hanfw.config.Config with a "gbcs" commissioning block
     gbcs_cfg = None
     gbcs_state: dict | None = None
+    _fd_task: asyncio.Task | None = None
 
     def _gbcs(self, data: bytes, tsn: int, mfr: int) -> None:
         from hanfw import activation
 
-        class _State(dict):
-            def update(self, **kw):  # hanfw.state.State's: None removes
-                for k, v in kw.items():
-                    if v is None:
-                        self.pop(k, None)
-                    else:
-                        self[k] = v
-
-        dev = self
-
-        class _Banks:
-            def target_sha256(self, length):
-                return dev.held_hash
-
         if self.gbcs_state is None:
-            self.gbcs_state = _State()
+            self.gbcs_state = _GbcsState()
         st = self.gbcs_state
         st.update(held={"version": self.held_version, "length": 0,
                         "hash": self.held_hash.hex()} if self.held_hash else None)
-        reason, msg, action = activation.process(self.gbcs_cfg, st, _Banks(), bytes(data),
-                                                 self.version)
+        reason, msg, action = activation.process(self.gbcs_cfg, st, _HeldBank(self),
+                                                 bytes(data), self.version)
         self.gbcs_answers.append((reason, msg))
+        self._gbcs_send(tsn, reason, msg, mfr)
+        if action == "activate":
+            self._spawn(self._activate(0.0, self.held_version))
+        elif action in ("pending", "cancel") and self._fd_task is not None:
+            self._fd_task.cancel()
+            self._fd_task = None
+        if action == "pending":
+            self._fd_task = asyncio.get_running_loop().create_task(self._fd_wait(mfr))
+            self._tasks.add(self._fd_task)
+
+    def _gbcs_send(self, tsn: int, reason: str | None, msg, mfr: int) -> None:
+        from hanfw import activation
+
         self.send_zcl(zcl.FC_CLUSTER | zcl.FC_MANUFACTURER | zcl.FC_DISABLE_DEFAULT_RESPONSE,
                       tsn, zcl.CMD_GBCS_RESPONSE,
                       bytes((activation.reason_code(reason),)) + (msg.encode() if msg else b""),
                       mfr)
-        if action == "activate":
-            self._spawn(self._activate(0.0, self.held_version))
+
+    async def hub_time(self) -> int:
+        """The hub's UTCTime (seconds since 2000-01-01), read from its Time cluster as the
+        device's clock (hanfw/clock.py) does."""
+        tsn = self._next_tsn()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[tsn] = fut
+        try:
+            self.send_raw(self.frame(hlink.KIND_DATA, zcl.pack_header(
+                zcl.FC_GLOBAL, tsn, zcl.GLOBAL_READ_ATTRIBUTES, None)
+                + zcl.pack_read_attributes([zcl.ATTR_TIME]), cluster=zcl.CLUSTER_TIME))
+            _, recs = await asyncio.wait_for(fut, self.timeout * 5)
+        finally:
+            self._pending.pop(tsn, None)
+        return recs[0].value
+
+    async def _fd_wait(self, mfr: int) -> None:
+        """A future-dated CS06 the device accepted: at its time by the hub's clock (read once,
+        then ticks elapsed), alert 8F66 and activate, or 8F67 (hanfw.activation.due_alert)."""
+        from hanfw import activation
+
+        base = await self._persist(self.hub_time)
+        t0 = time.monotonic()
+        st = self.gbcs_state
+        while True:
+            p = st.get("fdact")
+            if not p:
+                return  # cancelled
+            now = base + (time.monotonic() - t0)
+            if now >= p["at"]:
+                break
+            await asyncio.sleep(min(0.2, p["at"] - now))
+        st.update(held={"version": self.held_version, "length": 0,
+                        "hash": self.held_hash.hex()} if self.held_hash else None)
+        alert, go = activation.due_alert(self.gbcs_cfg, st, _HeldBank(self), self.version)
+        reason = None if go else "activation-failure"
+        self.gbcs_answers.append((reason, alert))
+        self._gbcs_send(self._next_tsn(), reason, alert, mfr)
+        self._fd_task = None
+        if go:
+            await self._activate(0.0, self.held_version)
 
     def kick(self) -> None:
         """Run the OTA client once (query, download, end) unless it is running."""
@@ -272,6 +311,27 @@ class AgentDevice(FakeDevice):
             return
         self.alerts_sent.append(args)
         await self._persist(self.alert, *args)
+
+
+class _GbcsState(dict):
+    """hanfw.state.State's update on a dict (None removes a key), for the fake's GBCS state."""
+
+    def update(self, **kw):
+        for k, v in kw.items():
+            if v is None:
+                self.pop(k, None)
+            else:
+                self[k] = v
+
+
+class _HeldBank:
+    """The fake's bank as hanfw.activation reads it: the SHA-256 of the image it holds."""
+
+    def __init__(self, dev: AgentDevice):
+        self.dev = dev
+
+    def target_sha256(self, length):
+        return self.dev.held_hash
 
 
 def build_image(dir: Path, key, role: str, version: int, size: int = 3000, **kw) -> Path:

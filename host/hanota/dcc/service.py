@@ -622,6 +622,8 @@ class Dcc:
                 log.warning("Comms Hub %s sent an alert for device %r it does not serve", hub,
                             eui)
                 return
+            if msg.get("alert") == "gbcs" and self._future_dated_alert(hub, dev, msg):
+                return
             users = list(dev["suppliers"])
             body["DeviceID"] = duis.eui_text(bytes.fromhex(dev["eui"]))
         else:
@@ -643,6 +645,27 @@ class Dcc:
         with self.store.tx():
             for user in users:
                 self.store.queue_response(user, xml, SUCCESS, kind="alert")
+
+    def _future_dated_alert(self, hub: str, dev: dict[str, Any], msg: dict) -> bool:
+        """A device's 8F66/8F67 (its future-dated CS06 actioned or not), relayed by the
+        Comms Hub with the SR 11.3 request it answers: to that request's User as DUIS's
+        FutureDatedDeviceAlertMessage (FutureDatedAlertCode, the device's GBCS alert as the
+        GBCSPayload). False when it is not one (the caller sends the general alert)."""
+        from hanfw import gbcs as hgbcs
+
+        req = self.store.request_by_text(str(msg.get("request") or ""))
+        try:
+            payload = base64.b64decode(str(msg.get("gbcs_b64") or ""), validate=True)
+            m = hgbcs.decode(payload)
+        except (ValueError, hgbcs.GbcsError):
+            return False
+        if m.kind != "fd-alert" or req is None or req["device"] != dev["eui"] \
+                or req["hub_eui"] != hub:
+            return False
+        xml = self._sign(duis.future_dated_alert(duis.RequestID.parse(req["request_id"]),
+                                                 req["srv"], m.fields["alert_code"], payload))
+        self.store.queue_response(req["user"], xml, SUCCESS, request=req["id"], kind="alert")
+        return True
 
     def _alert_xml(self, request_id: Any, code: str, srv: str | None, body: dict) -> bytes:
         """A DCC alert telling a User of another User's request outcome."""

@@ -21,7 +21,9 @@ join_failed, unjoined, unjoin_failed, cancelled, not_cancelled, applied, refused
 outcome GBCS has a message for also carries `gbcs_message_code` and `gbcs_b64` (the unsigned
 GBCS APDU: CCS08, CS06, CS08 or CS09, see `gbcs.py`), for the response's GBCSPayload; and
 `{"id": m, "type": "alert", "alert": A, "device": ..., "request": ... | null, "detail":
-{...}}` (A: "activation" for a device's Activation Alert, "trust_centre_swap_out"). The DCC
+{...}}` (A: "activation" for a device's Activation Alert, "trust_centre_swap_out", "gbcs"
+for a GBCS alert the device sent, 8F66/8F67 when a future-dated CS06 fell due, with its
+bytes as `gbcs_b64` and the SR 11.3 request it answers). The DCC
 acknowledges each with `{"ack": m}` after it has stored it.
 
 The first frame on a connection is the CH's `{"hello": "<hub EUI hex>", "replaces":
@@ -568,7 +570,8 @@ class CommsHubWan:
         last = int(db.get_meta("wan.events", "0") or 0)
         events = db.all("SELECT e.*, w.dcc_request FROM events e LEFT JOIN ch_wan_requests w "
                         "ON w.hub_request = e.request_id WHERE e.id > ? "
-                        "AND e.kind IN ('alert', 'swap_out') ORDER BY e.id", (last,))
+                        "AND e.kind IN ('alert', 'swap_out', 'gbcs_alert') ORDER BY e.id",
+                        (last,))
         top = db.one("SELECT coalesce(max(id), 0) FROM events")[0]
         if not rows and top == last:
             return
@@ -596,6 +599,13 @@ class CommsHubWan:
                     self.store.queue({"type": "alert", "alert": "activation",
                                       "device": eui_hex(e["eui"]) if e["eui"] else None,
                                       "request": e["dcc_request"], "detail": d})
+                elif e["kind"] == "gbcs_alert":  # the device's own GBCS alert (8F66/8F67)
+                    raw = d.pop("gbcs", "")
+                    self.store.queue({"type": "alert", "alert": "gbcs",
+                                      "device": eui_hex(e["eui"]) if e["eui"] else None,
+                                      "request": e["dcc_request"], "detail": d,
+                                      "gbcs_b64": base64.b64encode(
+                                          bytes.fromhex(raw)).decode("ascii")})
                 else:
                     self.store.queue({"type": "alert", "alert": "trust_centre_swap_out",
                                       "device": None, "request": None,

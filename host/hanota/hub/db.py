@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -57,6 +58,8 @@ OUTCOMES = {
     "distributed": "SR 11.1: the image is held by the device, awaiting SR 11.3 activation",
     "version_read": "SR 11.2: the running firmware version was read",
     "read_failed": "SR 11.2: the device could not report its firmware version",
+    "cancelled": "SR 11.3: a future-dated activation was cancelled before its time",
+    "not_cancelled": "SR 11.3: the cancellation found no future-dated activation to end",
 }
 SUCCESS_OUTCOMES = ("activated", "distributed", "version_read")
 
@@ -233,6 +236,7 @@ class HubDB(sqlitedb.Closing):
 
     def _migrate(self) -> None:
         if sqlitedb.has_schema(self.conn, self.path, "hub", SCHEMA_VERSION, HubError):
+            self._widen_outcomes()
             return
         sqlitedb.create_schema(self.conn, _SCHEMA)
         with self.tx():
@@ -243,6 +247,31 @@ class HubDB(sqlitedb.Closing):
             if self.conn.execute("SELECT 1 FROM hubs WHERE retired IS NULL").fetchone() is None:
                 self.conn.execute("INSERT INTO hubs (eui, created) VALUES (?, ?)",
                                   (new_hub_eui(), self.clock()))
+
+    def _widen_outcomes(self) -> None:
+        """A database made before some of today's OUTCOMES (the GBCS cancellation's) gets
+        them into its requests.outcome CHECK. SQLite cannot alter a CHECK; widening its list
+        changes nothing stored, so the table's SQL is rewritten in place (SQLite's documented
+        procedure for loosening a constraint: writable_schema, schema_version + 1)."""
+        row = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                                "name = 'requests'").fetchone()
+        m = re.search(r"outcome TEXT CHECK \(outcome IN \(([^)]*)\)\)", row[0] if row else "")
+        if m is None:
+            return
+        have = {x.strip().strip("'") for x in m.group(1).split(",")}
+        if set(OUTCOMES) <= have:
+            return
+        names = ", ".join("'%s'" % o for o in list(OUTCOMES) + sorted(have - set(OUTCOMES)))
+        sql = row[0][:m.start(1)] + names + row[0][m.end(1):]
+        with self.tx():
+            v = self.conn.execute("PRAGMA schema_version").fetchone()[0]
+            self.conn.execute("PRAGMA writable_schema = ON")
+            try:
+                self.conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND "
+                                  "name = 'requests'", (sql,))
+                self.conn.execute("PRAGMA schema_version = %d" % (v + 1))
+            finally:
+                self.conn.execute("PRAGMA writable_schema = OFF")
 
     # -- plumbing
 

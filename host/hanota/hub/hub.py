@@ -447,8 +447,9 @@ class Hub:
         """SR 11.3 as GBCS (the DCC's CS06, Supplier-signed and ACB-MAC'd): relayed to the
         device (0xF3), whose answer (0xF4) decides: a CS06 response Success or an accepted
         future-dated command waits for the Activation Alert, like Activate Image Success; a
-        refusal finishes the request with the device's reason. The device's GBCS answer is
-        kept (meta gbcs.resp.<id>) for the outcome the Comms Hub reports to the DCC."""
+        refusal finishes the request with the device's reason; a cancellation's answer is
+        `_gbcs_cancelled`'s. The device's GBCS answer is kept (meta gbcs.resp.<id>) for the
+        outcome the Comms Hub reports to the DCC."""
         from hanfw import activation, gbcs
 
         o = self.options
@@ -465,12 +466,31 @@ class Hub:
         code = m.fields.get("response_code") if m is not None else None
         version = int.from_bytes(m.fields.get("firmware_version") or b"", "big") \
             if m is not None else 0
+        cancel = self.db.get_meta("gbcs.cancel.%d" % row["id"])
+        if cancel is not None:
+            self._gbcs_cancelled(row, activation.reason_name(reason), json.loads(cancel))
+            return
         if reason == 0 and (m is not None and m.kind == "cs06-accepted" or code == 0):
             self.policy.activate_result(row["eui"], row["id"], zcl.ACTIVATE_SUCCESS, version)
             return
         why = activation.reason_name(reason) or "response code %s" % code
         outcome = {1: "no_image_held", 2: "hash_mismatch"}.get(code, "activation_failed")
         self.db.finish(row["id"], outcome, "the device refused the GBCS CS06: %s" % why)
+
+    def _gbcs_cancelled(self, row, why: str | None, cancel: dict) -> None:
+        """The device's answer to a CS06 cancellation: it removed its pending future-dated
+        activation (cancelled); it had none (no-pending), which is still a cancellation when
+        the one this cancellation ended was still queued here, never sent (cancelled), else
+        not_cancelled; any other refusal: not_cancelled with the device's reason."""
+        ended = ", ".join("#%d" % i for i in cancel.get("ended") or ()) or "none here"
+        if why is None:
+            self.db.finish(row["id"], "cancelled", "the device removed its pending future-dated "
+                           "activation (hub request %s)" % ended)
+        elif why == "no-pending" and cancel.get("ended") and not cancel.get("at_device"):
+            self.db.finish(row["id"], "cancelled", "the future-dated activation (hub request %s) "
+                           "was still queued at the Comms Hub, never sent" % ended)
+        else:
+            self.db.finish(row["id"], "not_cancelled", "the device did not cancel: %s" % why)
 
     async def _readback(self, request_id: int) -> None:
         """No Activation Alert in time: read the version to learn what the device runs."""

@@ -389,19 +389,34 @@ class HubPolicy(Policy):
 
     def on_gbcs_alert(self, eui: bytes, reason: int, data: bytes) -> None:
         """A GBCS message the device sent unasked (8F66/8F67 when a future-dated CS06 fell
-        due): kept as a gbcs_alert event with its bytes; the request itself ends by the
-        Activation Alert after the reset (or its timeout)."""
+        due): kept as a gbcs_alert event with its bytes, on the device's pending SR 11.3
+        request (the Comms Hub's WAN carries it to the DCC, which gives it to the User as
+        the FutureDatedDeviceAlertMessage). 8F66: the request ends by the Activation Alert
+        after the reset (or its timeout); 8F67 (not actioned) ends it now, by its code."""
         from hanfw import activation, gbcs
 
+        e = eui_text(eui)
         detail: dict = {"reason": activation.reason_name(reason), "gbcs": bytes(data).hex()}
+        code = None
         try:
             m = gbcs.decode(bytes(data))
             if m.kind == "fd-alert":
                 detail["alert_code"] = "%04X" % m.fields["alert_code"]
-                detail["response_code"] = m.fields["response_code"]
-        except gbcs.GbcsError as e:
-            detail["malformed"] = str(e)
-        self.db.event("gbcs_alert", eui_text(eui), None, **detail)
+                code = detail["response_code"] = m.fields["response_code"]
+        except gbcs.GbcsError as err:
+            detail["malformed"] = str(err)
+        with self.db.tx():
+            row = self.db.one("SELECT id FROM requests WHERE eui = ? AND kind = 'activate' AND "
+                              "outcome IS NULL AND state IN ('activating', 'running')", (e,))
+            rid = row[0] if row is not None else None
+            self.db.event("gbcs_alert", e, rid, **detail)
+            if rid is not None and code:
+                self.db.finish(rid, {1: "no_image_held", 2: "hash_mismatch"}.get(
+                    code, "activation_failed"), "future-dated activation not actioned "
+                    "(alert %s, CS06 response code %d%s)" % (
+                        detail["alert_code"], code, ": %s" % detail["reason"]
+                        if detail["reason"] else ""))
+        self.hub.wake()
 
     def on_activate_response(self, eui: bytes, code: int, file_version: int,
                              counter: int) -> None:

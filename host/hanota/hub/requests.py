@@ -25,6 +25,8 @@ superseded, so a tampered file can never replace a valid pending request.
 """
 from __future__ import annotations
 
+import json
+
 import asyncio
 import hashlib
 import os
@@ -214,7 +216,10 @@ def _refusal(db: HubDB, dev: sqlite3.Row | None, eui: str, supplier: str,
 def _record(db: HubDB, *, kind: str, sr: str, eui: str, dev: sqlite3.Row | None,
             supplier: str, refusal: tuple[str, str] | None, image: str | None = None,
             target_version: int | None = None, image_hash: str | None = None,
-            activate_at: float | None = None) -> Submission:
+            activate_at: float | None = None,
+            ends_as: tuple[str, str] | None = None) -> Submission:
+    """Record a request; a pending one of the same kind for the device ends as superseded
+    (or as `ends_as`: (outcome, reason), a GBCS cancellation's "cancelled")."""
     now = db.now()
     with db.tx() as c:
         rid = c.execute("SELECT coalesce(max(id), 0) + 1 FROM requests").fetchone()[0]
@@ -222,7 +227,8 @@ def _record(db: HubDB, *, kind: str, sr: str, eui: str, dev: sqlite3.Row | None,
         if refusal is None:
             for old in c.execute("SELECT id FROM requests WHERE eui = ? AND kind = ? "
                                  "AND outcome IS NULL", (eui, kind)).fetchall():
-                db.finish(old[0], "superseded", "superseded by request #%d" % rid)
+                outcome, why = ends_as or ("superseded", "superseded by request #%d")
+                db.finish(old[0], outcome, why % rid if "%d" in why else why)
                 superseded.append(old[0])
         outcome, reason = refusal if refusal else (None, None)
         c.execute("INSERT INTO requests (id, kind, sr, eui, role, supplier, image, "
@@ -270,7 +276,8 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
 
 
 def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str,
-             at: float | None = None) -> Submission:
+             at: float | None = None, *, ends_as: tuple[str, str] | None = None
+             ) -> Submission:
     """Submit SR 11.3 (HCALCS): activate the image the device holds if its Manufacturer
     Image Hash is image_hash, at Unix time `at` (None: now)."""
     e = eui_text(eui)
@@ -294,13 +301,17 @@ def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str
                                                                dev["image_type"]))
         target = row[0] if row is not None else None
     return _record(db, kind="activate", sr="11.3", eui=e, dev=dev, supplier=supplier,
-                   refusal=refusal, target_version=target, image_hash=hx, activate_at=at)
+                   refusal=refusal, target_version=target, image_hash=hx, activate_at=at,
+                   ends_as=ends_as)
 
 
 def activate_gbcs(db: HubDB, eui: str | bytes, data: bytes, supplier: str) -> Submission:
     """Submit SR 11.3 as GBCS: `data` is a CS06 the Supplier signed and the DCC MAC'd, relayed
     to the device as it is (ZCL 0xF3) at its execution time (less the hub's activation lead),
-    kept as meta gbcs.<request id>. HubUsageError unless it is a CS06 command."""
+    kept as meta gbcs.<request id>. A cancellation (execution time 99991231235959Z) ends the
+    pending activation as cancelled and is relayed at once (meta gbcs.cancel.<id>: what it
+    ended, and whether that had reached the device). HubUsageError unless it is a CS06
+    command."""
     from datetime import datetime, timezone
 
     from hanfw import gbcs
@@ -316,8 +327,22 @@ def activate_gbcs(db: HubDB, eui: str | bytes, data: bytes, supplier: str) -> Su
     at = None
     if t is not None and t != gbcs.CANCEL_TIME:
         at = datetime.strptime(t, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
-    sub = activate(db, eui, m.fields["manufacturer_image_hash"], supplier, at)
-    db.set_meta("gbcs.%d" % sub.id, bytes(data).hex())
+    with db.tx():
+        ends_as, ended = None, None
+        if t == gbcs.CANCEL_TIME:
+            # A cancellation (execution time 99991231235959Z): the pending activation ends as
+            # cancelled; one still queued here never reaches the device, one the device holds
+            # is removed there by this CS06 (relayed at once: hub.Hub._gbcs)
+            pending = db.all("SELECT id, state FROM requests WHERE eui = ? AND kind = "
+                             "'activate' AND outcome IS NULL", (eui_text(eui),))
+            ended = {"ended": [r["id"] for r in pending],
+                     "at_device": any(r["state"] != "queued" for r in pending)}
+            ends_as = ("cancelled", "cancelled by a GBCS CS06 cancellation (request #%d)")
+        sub = activate(db, eui, m.fields["manufacturer_image_hash"], supplier, at,
+                       ends_as=ends_as)
+        db.set_meta("gbcs.%d" % sub.id, bytes(data).hex())
+        if ended is not None and sub.outcome is None:
+            db.set_meta("gbcs.cancel.%d" % sub.id, json.dumps(ended))
     return sub
 
 
