@@ -6,8 +6,15 @@ with the device's KA public key from its deploy) are relayed by the hub (ZCL 0xF
 one is refused by the board with its named reason (wrong hash, another Supplier's key, another
 device, a flipped MAC byte, a replayed counter) and the held image stays; the Comms Hub refuses
 what is not a CS06 at all (truncated, unknown message code); then the good one activates V2,
-and replaying it after is refused."""
+and replaying it after is refused. Future-dated: the board waits for the time by the hub's
+clock and alerts 8F66 (0xF4, unasked), which the hub puts on the request; a cancellation
+removes a pending one."""
 from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -28,7 +35,11 @@ FAST = {"query_interval": 1, "health_timeout": 20, "block_timeout_ms": 800}
 SUP = "Elec Co"
 
 
-def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
+@contextmanager
+def gbcs_hcalcs(vboards, tmp_path):
+    """A GBCS-commissioned virtual HCALCS holding V2 (SR 11.1 done) behind a hub in a thread:
+    yields (hub database, the deploy result, cs06(counter, h, recipient, signer, code, at):
+    a CS06 the Supplier signed and the DCC MAC'd for it, refused(data, outcome, why))."""
     kind = "vboard-nrf52840"
     generate_keys(tmp_path / "keys")
     pkidir = tmp_path / "pki"
@@ -59,9 +70,10 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
         dev = bytes.fromhex(res.eui64.replace(":", ""))
         acb = pki.load_key((pkidir / "acb.ka.key.pem").read_bytes())
 
-        def cs06(counter, h=held, recipient=dev, signer="supplier-a", code=None):
+        def cs06(counter, h=held, recipient=dev, signer="supplier-a", code=None, at=None,
+                 cancel=False):
             rid = duis.RequestID(pki.ORGS["supplier-a"][1], recipient, counter)
-            m = gbcs.decode(precommand.precommand(rid, h))
+            m = gbcs.decode(precommand.precommand(rid, h, at, cancel))
             if code is not None:
                 m.message_code = code
             pre = m.precommand()
@@ -72,6 +84,14 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
             r = wait_outcome(db, rq.activate_gbcs(db, res.eui64, data, SUP).id)
             assert r["outcome"] == outcome and why in r["reason"], dict(r)
 
+        yield db, res, cs06, refused
+    finally:
+        hub.stop()
+        db.close()
+
+
+def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
+    with gbcs_hcalcs(vboards, tmp_path) as (db, res, cs06, refused):
         flipped = bytearray(cs06(13))
         flipped[-3] ^= 0x10  # inside the MAC
         refused(cs06(10, h=bytes(32)), "hash_mismatch", "hash-mismatch")
@@ -88,6 +108,38 @@ def test_hcalcs_checks_gbcs_cs06(vboards, tmp_path):
         refused(good, "activation_failed", "replayed-counter")
         read = wait_outcome(db, rq.read_version(db, res.eui64, SUP).id)
         assert (read["outcome"], read["result"]) == ("version_read", V2)
-    finally:
-        hub.stop()
-        db.close()
+
+
+def test_hcalcs_future_dated_cs06_alerts_8f66_and_a_cancellation_removes_one(vboards, tmp_path):
+    """The board's own clock from the hub: a future-dated CS06 waits, a cancellation removes
+    it (no alert, no activation at its time), the next future-dated one alerts 8F66 at its
+    time and activates V2; the hub puts the 8F66 on that request."""
+    with gbcs_hcalcs(vboards, tmp_path) as (db, res, cs06, refused):
+        def gbcs_alerts():
+            return [(e["request_id"], json.loads(e["detail"])) for e in db.all(
+                "SELECT * FROM events WHERE kind = 'gbcs_alert' ORDER BY id")]
+
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        first = rq.activate_gbcs(db, res.eui64, cs06(30, at=now + timedelta(seconds=6)), SUP)
+        deadline = time.monotonic() + 60
+        while db.request(first.id)["state"] != "activating":  # the board accepted it
+            assert db.request(first.id)["outcome"] is None, dict(db.request(first.id))
+            assert time.monotonic() < deadline, "the board did not accept the CS06"
+            time.sleep(0.1)
+        cancel = wait_outcome(db, rq.activate_gbcs(db, res.eui64, cs06(31, cancel=True), SUP).id)
+        assert cancel["outcome"] == "cancelled", dict(cancel)
+        assert "removed its pending future-dated activation" in cancel["reason"]
+        assert db.request(first.id)["outcome"] == "cancelled"
+        at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=8)
+        second = rq.activate_gbcs(db, res.eui64, cs06(32, at=at), SUP)
+        row = wait_outcome(db, second.id)
+        assert (row["outcome"], row["result"]) == ("activated", V2), dict(row)
+        # one alert, 8F66 for the second command, on its request; none for the cancelled one
+        ((rid, alert),) = gbcs_alerts()
+        assert rid == second.id and alert["alert_code"] == "8F66", alert
+        assert alert["response_code"] == 0 and alert["reason"] is None
+        m = gbcs.decode(bytes.fromhex(alert["gbcs"]))
+        assert m.fields["payload_originator_counter"] == 32
+        assert m.fields["execution_date_time"] == at.strftime("%Y%m%d%H%M%SZ")
+        # the time it was given is the time it acted by (the hub's clock, not the board's)
+        assert db.request(second.id)["finished"] >= at.timestamp()
