@@ -227,6 +227,16 @@ async def future_dated_alerts(w: World, request_id: str) -> list[dict]:
     return out
 
 
+async def wait_future_dated_alerts(w: World, request_id: str) -> list[dict]:
+    end = asyncio.get_running_loop().time() + 10
+    while True:
+        fd = await future_dated_alerts(w, request_id)
+        if fd:
+            return fd
+        assert asyncio.get_running_loop().time() < end, "no future-dated alert"
+        await asyncio.sleep(0.05)
+
+
 def test_future_dated_activation_alerts_8f66_and_a_cancellation_removes_one(tmp_path):
     """SR 11.3 with an ExecutionDateTime: the device accepts the CS06 (its NULL response),
     waits for the time by the hub's clock, alerts 8F66 and activates; the 8F66 reaches the
@@ -254,13 +264,7 @@ def test_future_dated_activation_alerts_8f66_and_a_cancellation_removes_one(tmp_
         assert dev.activated_versions == [3]
         reason, alert = dev.gbcs_answers[1]
         assert reason is None and alert.kind == "fd-alert"
-        fd = None
-        end = asyncio.get_running_loop().time() + 10
-        while not fd:
-            assert asyncio.get_running_loop().time() < end, "no future-dated alert"
-            fd = await future_dated_alerts(w, str(rid))
-            await asyncio.sleep(0.05)
-        (fd,) = fd
+        (fd,) = await wait_future_dated_alerts(w, str(rid))
         assert fd["alert_code"] == "8F66"
         m = gbcs.decode(fd["gbcs_payload"])
         assert m.kind == "fd-alert" and m.fields["alert_code"] == gbcs.ALERT_FD_ACTIONED
@@ -299,6 +303,35 @@ def test_future_dated_activation_alerts_8f66_and_a_cancellation_removes_one(tmp_
         ack, cresp = await submit_signed(w, cid, csrv, cpre)
         assert outcome_of(cresp) == "not_cancelled" and "no-pending" in cresp["reason"], cresp
         assert dev.activated_versions == [3] and dev.held_hash == held
+    run(tmp_path, body)
+
+
+def test_future_dated_activation_not_actioned_alerts_8f67(tmp_path):
+    """The image held changes before the time (another SR 11.1): at the time the device does
+    not activate, alerts 8F67 with CS06 Hash Mismatch, and the User gets both the alert and
+    the request's final response hash_mismatch."""
+    async def body(w: World):
+        await w.start_hub()
+        dev = await commissioned_hcalcs(w, 2)
+        await distribute(w, 2, 3)
+        at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=6)
+        rid, srv, pre = await precommand_for(w, 2, dev.held_hash, execution_datetime=at)
+        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
+        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
+                          w.user_key, w.user_cert)
+        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        await w.until(lambda: (dev.gbcs_state or {}).get("fdact") is not None,
+                      "the device holding the future-dated CS06")
+        await distribute(w, 2, 4)  # now it holds another image
+        resp = await w.wait_response(str(rid))
+        assert resp["code"] == "I0" and outcome_of(resp) == "hash_mismatch", resp
+        assert "not actioned (alert 8F67, CS06 response code 2" in resp["reason"]
+        (fd,) = await wait_future_dated_alerts(w, str(rid))
+        assert fd["alert_code"] == "8F67"
+        m = gbcs.decode(fd["gbcs_payload"])
+        assert m.fields["response_code"] == gbcs.CS06_HASH_MISMATCH
+        assert m.fields["alert_code"] == gbcs.ALERT_FD_NOT_ACTIONED
+        assert dev.activated_versions == [] and dev.held_version == 4
     run(tmp_path, body)
 
 
