@@ -221,6 +221,24 @@ def test_dcc_refusals_are_outcomes_and_count_as_failures(world):
     assert world.seen == []  # nothing reached a Comms Hub
 
 
+def test_hcalcs_campaign_is_sr_11_1_and_distributed_is_its_success(world):
+    hc = "00DB12345678A001"
+    world.store.add_device(hc, "HCALCS", "MPAN-0", manufacturer=MFR, model=0x0086)
+    h = images.otafile.parse_stream(world.fw["hcalcs"], block=4096)
+    world.store.cpl_add(MFR, 0x0086, h.header.file_version, h.image_sha256)
+    s = world.create(devices=[hc], image=world.fw["hcalcs"])
+    assert s["srv"] == "11.1"
+    with pytest.raises(CampaignError, match="cannot tell the SR"):
+        world.create("mixed", devices=[hc, dev_eui(0)], image=world.fw["hcalcs"])
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 1
+    world.hubs(default="distributed")
+    d.step()
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "done" and s["devices"][0]["outcome"] == "distributed"
+    assert world.requests()[0]["srv"] == "11.1"
+
+
 # ---------------------------------------------------------------- window, rate, retries
 
 def test_maintenance_window_defers_sends_until_it_opens(world):
