@@ -369,8 +369,8 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
         targets = list(dict.fromkeys(eui_hex(d) for d in devices or ()))
         if not targets:
             raise CampaignError("the campaign names no device")
-    takes = {DEVICE_TYPES[d["device_type"]][2] for d in (store.device(t) for t in targets)
-             if d is not None} - {None}
+    takes: set[str] = {sr for sr in (DEVICE_TYPES[d["device_type"]][2] for d in (
+        store.device(t) for t in targets) if d is not None) if sr is not None}
     if srv is None:
         if len(takes) != 1 or not takes <= set(SUCCESS):
             raise CampaignError("cannot tell the SR from the devices (%s): give --srv 11.4 "
@@ -729,9 +729,8 @@ class CampaignThread:
 
         st = dcc.store
         store = DccStore(st.uri if st.postgres else st.path)
+        # (campaigns send SR 11.1 / 11.4 only: nothing of the DCC's SR 11.3 state is needed)
         mine = Dcc(store, KeyStore(dcc.keystore.path), (dcc.key, dcc.cert))
-        if hasattr(dcc, "device_ka"):  # (campaigns send SR 11.1 / 11.4, never 11.3)
-            mine.device_ka = dcc.device_ka
         self.driver = CampaignDriver(mine, worker=worker)
         self.poll = poll
         self._stop = threading.Event()

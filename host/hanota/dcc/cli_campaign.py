@@ -176,16 +176,17 @@ def campaign_status(name, db_path, as_json):
     device's state, attempts, outcome and DUIS RequestID; without NAME, every campaign
     without its devices."""
     with DccStore(db_path) as store:
-        data = camp.status(store, name) if name else camp.list_campaigns(store)
+        one = camp.status(store, name) if name else None
+        every = camp.list_campaigns(store) if not name else []
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(one if name else every, indent=2))
         return
-    if name:
-        click.echo("\n".join(_lines(data)))
-    elif not data:
+    if one is not None:
+        click.echo("\n".join(_lines(one)))
+    elif not every:
         click.echo("no campaigns")
     else:
-        for s in data:
+        for s in every:
             click.echo("\n".join(_lines(s, devices=False)))
 
 
