@@ -143,8 +143,10 @@ def register_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, su
                                       "premises; kept, so a run resumes where one stopped).")
 @click.option("--for", "duration", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after this many seconds (default: at Ctrl-C or SIGTERM).")
-@click.option("--poll", type=click.FloatRange(0.05), default=1.0, show_default=True,
-              help="Seconds between a hub's database polls (scheduler and WAN).")
+@click.option("--poll", type=click.FloatRange(0.05), default=2.0, show_default=True,
+              help="Seconds between a hub's database polls (scheduler, WAN outbox, stall "
+                   "watchdog): an outcome reaches the DCC within about this; a longer poll "
+                   "costs less CPU per idle hub.")
 @click.option("--max-in-flight", type=click.IntRange(1), default=2, show_default=True,
               help="Transfers at once per hub.")
 @click.option("--start-rate", type=click.FloatRange(0), default=200.0, show_default=True,

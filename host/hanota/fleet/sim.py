@@ -47,7 +47,7 @@ class SimConfig:
     dcc_url: str
     dir: str
     suppliers: list[str] = field(default_factory=list)  # the premises' Responsible Suppliers
-    poll: float = 1.0  # hub scheduler and WAN poll, seconds
+    poll: float = 2.0  # hub scheduler and WAN poll, seconds
     duration: float | None = None  # --for
     report: float = 10.0  # seconds between progress lines (0: none)
     start_rate: float = 200.0  # premises started per second (a reconnect storm is not a test)
@@ -127,6 +127,31 @@ def _raise_fd_limit() -> int:
     return soft
 
 
+def _sim_hub_class():
+    """`hanota.hub.Hub` whose scheduler pass, while the hub has no open request and no task,
+    only checks that (and saves its heartbeat; device counters every 30 s): a hub's full pass
+    is a dozen queries, and a process holds thousands of idle hubs."""
+    from ..hub.hub import Hub
+
+    class SimHub(Hub):
+        _folded = 0.0
+
+        async def tick(self) -> None:
+            if self._tasks or self.server is None \
+                    or self.db.one("SELECT 1 FROM requests WHERE outcome IS NULL LIMIT 1") \
+                    or self.db.current_hub()["eui"] != self.hub_eui:
+                self._folded = self.clock()
+                await super().tick()
+                return
+            if self.server.all_transfers():
+                self._drop_stale_transfers()
+            if self.clock() - self._folded >= 30.0:
+                self._folded = self.clock()
+                self._persist_devices()
+            self._heartbeat()
+    return SimHub
+
+
 class _Premises:
     """One premises in the process: its hub, WAN and devices."""
 
@@ -151,6 +176,7 @@ class FleetProcess:
         self.all_connected_in: float | None = None
         self._t0 = 0.0
         self._tasks: list[asyncio.Task] = []
+        self._hub_cls = _sim_hub_class()
 
     def _hub_options(self):
         from ..hub import HubOptions
@@ -186,13 +212,17 @@ class FleetProcess:
 
     async def _start_one(self, p: Premises) -> _Premises:
         from ..dcc.wan_nats import make_hub_wan
-        from ..hub.hub import Hub
         from .device import HanBus, SimDevice
 
         one = _Premises(p)
         path = self._prepare_db(p)
-        one.hub = Hub(path, udp=None, options=self._hub_options())
+        # what the hub records (an outcome, an alert) wakes its WAN's work at once, so an
+        # outcome waits for the WAN's next send pass only, not for its poll as well
+        one.hub = self._hub_cls(path, udp=None, options=self._hub_options(),
+                                on_event=lambda ev: one.wan is not None and one.wan.wake())
         await one.hub.start()
+        # the server's stall watchdog at the poll's pace, not every second
+        one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
         one.bus = one.hub.server.attach_link(HanBus)
         one.wan = make_hub_wan(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
                                backoff=(0.5, 10.0), token=self.cfg.wan_token)
