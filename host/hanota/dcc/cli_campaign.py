@@ -89,7 +89,7 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
               help="With --model: the firmware version the devices run (registration data).")
 @click.option("--wave", "waves", multiple=True, metavar="N|P%",
               help="A wave's size: a count or a percentage of the devices (repeatable, in "
-                   "order; the last repeats). Default one wave of 100%%.")
+                   "order; the last repeats). Default one wave of 100%.")
 @click.option("--success-threshold", default="90%", show_default=True,
               help="Successes in a wave (of its size) that open the next wave.")
 @click.option("--error-threshold", default="10%", show_default=True,
