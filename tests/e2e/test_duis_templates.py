@@ -7,9 +7,12 @@ as they are and changed only where a real User changes them (with lxml on the pa
 not rebuilt by hanota's builder: the RequestID, the device IDs, the firmware image and its
 hash, the execution time), signed by supplier-a's XML key, run end to end: a PPMID on a
 virtual ESP32 and an HCALCS on a virtual nRF52840, both real device code over emulated
-flash, behind one Comms Hub (`HubRunner(dcc_url=)`) on the DCC's WAN. Every final DUIS
-response is fetched, its signature verified with the DCC's certificate, and its code and
-fields asserted.
+flash, behind one Comms Hub (`HubRunner(dcc_url=)`) on the DCC's WAN. The HCALCS is
+GBCS-commissioned (deployed with supplier-a's DS certificate and the ACB's KA certificate, its
+KA key recorded with `hanota dcc registry set-ka`), so each 11.3 template (CommandVariant 4)
+gets the DCC's Pre-Command, which supplier-a signs and returns as CommandVariant 5, and the
+board checks the CS06 itself. Every final DUIS response is fetched, its signature verified
+with the DCC's certificate, and its code and fields (or the board's GBCS payload) asserted.
 
 The templates are GPL: read locally through `support.gpl` (`make gpl`), never committed; the
 module skips, naming `make gpl`, without them.
@@ -26,7 +29,11 @@ import pytest
 from lxml import etree
 
 from hanota import deploy, flasher, fwbuild, images
-from hanota.dcc import duis, pki, xmlsig
+from click.testing import CliRunner
+
+from hanfw import gbcs
+from hanota.cli import cli as cli_main
+from hanota.dcc import duis, pki, precommand, xmlsig
 from hanota.dcc.store import DccStore
 from hanota.dcc.wan import eui_hex
 from hanota.hub import HubDB
@@ -145,6 +152,24 @@ class User:
         return self.counter
 
 
+def signed_cs06(world, pre_xml: bytes) -> dict:
+    """supplier-a's CommandVariant 5: the DCC's Pre-Command (a CS06) signed with its DS key,
+    sent with the same RequestID; its acknowledgement (I99)."""
+    rid, srv, pre = precommand.from_response(pre_xml)
+    ds = pki.load_key((world.pki_dir / "supplier-a.ds.key.pem").read_bytes())
+    u = world.user
+    ack = world.post(xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, ds), srv),
+                                 u.key, u.cert))
+    assert ack["code"] == "I99" and ack["request_id"] == str(rid), ack
+    return ack
+
+
+def gbcs_outcome(resp: dict) -> str:
+    """The Comms Hub's outcome of a relayed CS06 (the DUIS response's Reason starts with it;
+    its GBCSPayload is the board's own answer)."""
+    return (resp["reason"] or "").split(":")[0]
+
+
 # ---------------------------------------------------------------- the DCC and the Comms Hub
 
 class World:
@@ -189,9 +214,23 @@ class World:
 
     def post(self, xml: bytes) -> dict:
         """POST a request; the synchronous answer, its DCC signature verified."""
+        return self.post_signed(xml)[0]
+
+    def post_signed(self, xml: bytes) -> tuple[dict, bytes]:
+        """POST a request; (the synchronous answer, the signed document), verified."""
         parsed, signed = self.client().send(xml)
         xmlsig.verify(signed, self.dcc_cert)
-        return parsed
+        return parsed, signed
+
+    def future_dated_alerts(self, request_id: str) -> list[dict]:
+        """The FutureDatedDeviceAlertMessages the User has for request_id, verified."""
+        out = []
+        for _, xml in self.client().responses(self.user.eui):
+            p = duis.parse_response(xml)
+            if p["kind"] == "future_dated_alert" and p["request_id"] == request_id:
+                xmlsig.verify(xml, self.dcc_cert)
+                out.append(p)
+        return out
 
     def final(self, request_id: str, timeout: float = 150) -> dict:
         """The final DUIS response to request_id, fetched, its DCC signature verified."""
@@ -292,8 +331,13 @@ def boards(world, request):
             else:
                 world.hub.attach_serial(vb.info.link)
             vb.console.wait_ready(20)
+            gbcs_certs = {}
+            if role == "hcalcs":  # GBCS-commissioned: SR 11.3 goes as the Supplier's CS06
+                gbcs_certs = dict(
+                    supplier_cert=(world.pki_dir / "supplier-a.ds.cert.pem").read_bytes(),
+                    acb_cert=(world.pki_dir / "acb.ka.cert.pem").read_bytes())
             res = deploy.deploy(vb.console.pty_path, kind, role, [keys.public_bin], version=V1,
-                                settings=SETTINGS)
+                                settings=SETTINGS, **gbcs_certs)
             eui = bytes.fromhex(res.eui64.replace(":", ""))
             u = world.user
             ack = world.post(xmlsig.sign(duis.build_request(
@@ -304,6 +348,11 @@ def boards(world, request):
                 firmware_version="%08X" % V1, install_code=bytes.fromhex(res.install_code)),
                 u.key, u.cert))
             assert ack["code"] == "I0", ack
+            if res.ka_public:  # the installer records the deploy's KA key with the DCC
+                r = CliRunner().invoke(cli_main, ["dcc", "registry", "set-ka", res.eui64,
+                                                  "--ka-pub", res.ka_public,
+                                                  "--db", str(world.dcc_db)])
+                assert r.exit_code == 0, r.output
             out[role] = Board(vb, role, eui, v2["app"].read_bytes(), key, world)
         yield out
     finally:
@@ -333,17 +382,24 @@ def test_ppmid_11_4_template_signed_by_the_supplier_is_activated(world, boards):
 
 def test_hcalcs_11_1_11_3_and_11_2_templates_signed_by_the_supplier(world, boards):
     """HCALCS on the nRF52840, all from the templates: SR 11.1 distributes (CCS08 success);
-    SR 11.3 future-dated a few seconds ahead, then the 11.3 cancellation: cancelled, and the
-    time passes with no activation (11.2 still reads version 1); SR 11.3 immediate activates
-    (CS06 success, version 2); SR 11.2 reads version 2 (CS08 success)."""
+    SR 11.3 future-dated a few seconds ahead, then the 11.3 cancellation: both cancelled, and
+    the time passes with no activation (11.2 still reads version 1); SR 11.3 immediate
+    activates (the board's CS06 response: success, version 2); SR 11.2 reads version 2 (CS08
+    success). Each 11.3 by the Pre-Command flow, signed by supplier-a."""
     b = boards["hcalcs"]
     u = world.user
 
     def run(name: str, **kw) -> dict:
-        """The template sent by supplier-a for the HCALCS; its acknowledgement (I99)."""
-        ack = world.post(as_user(template(name), u, counter=u.next(), device=b.eui, **kw))
-        assert ack["code"] == "I99", (name, ack)
-        return ack
+        """The template sent by supplier-a for the HCALCS; its acknowledgement (I99). An
+        11.3 template (CommandVariant 4) first gets the DCC's Pre-Command (I0), which
+        supplier-a signs and sends back as CommandVariant 5: `signed_cs06`."""
+        pre, signed = world.post_signed(as_user(template(name), u, counter=u.next(),
+                                                device=b.eui, **kw))
+        if name in (T_11_3_NOW, T_11_3_LATER, T_11_3_CANCEL):
+            assert pre["code"] == "I0", (name, pre)
+            return signed_cs06(world, signed)
+        assert pre["code"] == "I99", (name, pre)
+        return pre
 
     # 11.1: distribute
     ack = run(T_11_1, image=b.image, version=V2)
@@ -362,13 +418,16 @@ def test_hcalcs_11_1_11_3_and_11_2_templates_signed_by_the_supplier(world, board
                                                  u.counter)
     cancel = run(T_11_3_CANCEL, image_hash=b.image_hash)
     resp = world.final(cancel["request_id"], timeout=30)
-    o = outcome(resp)
-    assert resp["code"] == "I0" and o["Outcome"] == "cancelled", resp
-    assert o["GBCSUseCase"] == "CS06", resp
+    # the board's GBCS answer to the cancellation (the future-dated CS06 was still held at the
+    # Comms Hub, activation_lead before its time, so the board had none pending)
+    assert resp["code"] == "I0" and gbcs_outcome(resp) == "cancelled", resp
+    assert gbcs.decode(resp["gbcs_payload"]).kind == "cs06-accepted", resp
+    assert "still queued at the Comms Hub, never sent" in resp["reason"], resp
     assert datetime.now(timezone.utc) < at, "the cancellation came too late to mean anything"
     gone = world.final(later["request_id"], timeout=30)
-    assert outcome(gone)["Outcome"] == "superseded", gone
-    assert gone["code"] == duis.E_SUPERSEDED, gone
+    # the future-dated one never reached the board: the Comms Hub's outcome, no GBCS payload
+    assert gone["code"] == "I0" and gone["gbcs_payload"] is None, gone
+    assert (outcome(gone)["Outcome"], outcome(gone)["GBCSUseCase"]) == ("cancelled", "CS06")
     while datetime.now(timezone.utc) < at + timedelta(seconds=4):
         time.sleep(0.2)
     ack = run(T_11_2)
@@ -378,13 +437,14 @@ def test_hcalcs_11_1_11_3_and_11_2_templates_signed_by_the_supplier(world, board
     assert not [e for e in list(b.vb.events) if e[0] > since and e[1:] == ("exited", "hard")], \
         "the board reset (activated) although the activation was cancelled"
 
-    # 11.3 immediate: activated
+    # 11.3 immediate: activated; the board's own CS06 response (success, version 2)
     ack = run(T_11_3_NOW, image_hash=b.image_hash)
     resp = world.final(ack["request_id"])
-    o = outcome(resp)
-    assert resp["code"] == "I0" and o["Outcome"] == "activated", resp
-    assert (o["GBCSUseCase"], str(o["GBCSResponseCode"])) == ("CS06", "0"), resp
-    assert o["FirmwareVersion"] == "%08X" % V2, resp
+    assert resp["code"] == "I0" and gbcs_outcome(resp) == "activated", resp
+    m = gbcs.decode(resp["gbcs_payload"])
+    assert (m.kind, m.fields["response_code"]) == ("cs06-response", gbcs.CS06_SUCCESS), resp
+    assert m.fields["firmware_version"] == V2.to_bytes(4, "big"), resp
+    assert m.originator == b.eui and m.recipient == u.eui
 
     # 11.2: the new version
     ack = run(T_11_2)
@@ -400,8 +460,9 @@ def test_hcalcs_11_1_11_3_and_11_2_templates_signed_by_the_supplier(world, board
 def test_hcalcs_future_dated_11_3_template_activates_at_its_time(world, boards):
     """The FUTURE_DATED template's own success: after a new SR 11.1 (version 3), the 11.3
     future-dated a few seconds ahead is not cancelled; the hub sends it ahead of its time
-    (activation_lead) and the board activates at that time, by the hub's clock, not before:
-    the final response is I0, CS06 success, version 3; SR 11.2 reads version 3."""
+    (activation_lead), the board accepts the CS06 and activates at that time, by the hub's
+    clock, not before: the User gets the board's 8F66 (FutureDatedDeviceAlertMessage) and
+    the final response I0; SR 11.2 reads version 3."""
     b = boards["hcalcs"]
     u = world.user
     image, image_hash = b.upgrade(V3)
@@ -411,14 +472,22 @@ def test_hcalcs_future_dated_11_3_template_activates_at_its_time(world, boards):
     resp = world.final(ack["request_id"])
     assert outcome(resp)["Outcome"] == "distributed", resp
     at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=8)
-    ack = world.post(as_user(template(T_11_3_LATER), u, counter=u.next(), device=b.eui,
-                             image_hash=image_hash, at=at))
-    assert ack["code"] == "I99", ack
+    pre, signed = world.post_signed(as_user(template(T_11_3_LATER), u, counter=u.next(),
+                                            device=b.eui, image_hash=image_hash, at=at))
+    assert pre["code"] == "I0", pre
+    ack = signed_cs06(world, signed)
     resp = world.final(ack["request_id"])
-    o = outcome(resp)
-    assert resp["code"] == "I0" and o["Outcome"] == "activated", resp
-    assert (o["GBCSUseCase"], str(o["GBCSResponseCode"])) == ("CS06", "0"), resp
-    assert o["FirmwareVersion"] == "%08X" % V3, resp
+    # the board accepted the future-dated CS06 (its NULL response), waited for the time by
+    # the hub's clock, alerted 8F66 and activated version 3
+    assert resp["code"] == "I0" and gbcs_outcome(resp) == "activated", resp
+    assert gbcs.decode(resp["gbcs_payload"]).kind == "cs06-accepted", resp
+    World.wait("the 8F66 at the User", lambda: world.future_dated_alerts(ack["request_id"]))
+    (fd,) = world.future_dated_alerts(ack["request_id"])
+    assert fd["alert_code"] == "8F66", fd
+    m = gbcs.decode(fd["gbcs_payload"])
+    assert m.kind == "fd-alert" and m.fields["response_code"] == gbcs.CS06_SUCCESS
+    assert m.fields["firmware_version"] == V3.to_bytes(4, "big")
+    assert m.fields["execution_date_time"] == at.strftime("%Y%m%d%H%M%SZ")
     resets = [e[0] for e in list(b.vb.events) if e[1:] == ("exited", "hard")]
     assert resets and resets[-1] >= at.timestamp() - 0.5, (resets[-1:], at.timestamp())
     ack = world.post(as_user(template(T_11_2), u, counter=u.next(), device=b.eui))
