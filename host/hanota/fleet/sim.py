@@ -152,6 +152,38 @@ def _sim_hub_class():
     return SimHub
 
 
+WAKE_EVENTS = ("outcome", "alert", "swap_out", "gbcs_alert")  # what the WAN's collect() reports
+QUIET_WORK = 30.0  # seconds between a simulated hub's WAN work passes when nothing woke it
+
+
+def _wan_classes():
+    """The Comms Hub's WAN clients (websocket, NATS) whose work loop runs when woken (a DCC
+    message stored, an outcome or alert the hub recorded: `WAKE_EVENTS`) and otherwise every
+    QUIET_WORK seconds, rather than at every poll."""
+    from ..dcc.wan import CommsHubWan
+    from ..dcc.wan_nats import NatsCommsHubWan
+
+    class QuietWork:
+        async def work(self) -> None:
+            while not self._stopping:
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001 - as CommsHubWan.work: logged, goes on
+                    log.exception("WAN work")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), QUIET_WORK)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+
+    class SimWan(QuietWork, CommsHubWan):
+        pass
+
+    class SimNatsWan(QuietWork, NatsCommsHubWan):
+        pass
+    return SimWan, SimNatsWan
+
+
 class _Premises:
     """One premises in the process: its hub, WAN and devices."""
 
@@ -177,6 +209,7 @@ class FleetProcess:
         self._t0 = 0.0
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
+        self._wan_cls = _wan_classes()
 
     def _hub_options(self):
         from ..hub import HubOptions
@@ -211,7 +244,7 @@ class FleetProcess:
         return path
 
     async def _start_one(self, p: Premises) -> _Premises:
-        from ..dcc.wan_nats import make_hub_wan
+        from ..dcc.wan_nats import is_nats
         from .device import HanBus, SimDevice
 
         one = _Premises(p)
@@ -219,13 +252,15 @@ class FleetProcess:
         # what the hub records (an outcome, an alert) wakes its WAN's work at once, so an
         # outcome waits for the WAN's next send pass only, not for its poll as well
         one.hub = self._hub_cls(path, udp=None, options=self._hub_options(),
-                                on_event=lambda ev: one.wan is not None and one.wan.wake())
+                                on_event=lambda ev: ev.get("kind") in WAKE_EVENTS
+                                and one.wan is not None and one.wan.wake())
         await one.hub.start()
         # the server's stall watchdog at the poll's pace, not every second
         one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
         one.bus = one.hub.server.attach_link(HanBus)
-        one.wan = make_hub_wan(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
-                               backoff=(0.5, 10.0), token=self.cfg.wan_token)
+        cls = self._wan_cls[1] if is_nats(self.cfg.dcc_url) else self._wan_cls[0]
+        one.wan = cls(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
+                      backoff=(0.5, 10.0), token=self.cfg.wan_token)
         await one.wan.start()
         for s in p.devices:
             dev = SimDevice(s.eui_wire, s.install_code, s.role, self.stats,
