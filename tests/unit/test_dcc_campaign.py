@@ -126,6 +126,8 @@ class World:
                 self.seen.append((msg["device"], msg["request"]))
                 plan = self.answers.get(msg["device"]) or []
                 outcome = plan.pop(0) if plan else default
+                if outcome is None:  # this Comms Hub never answers this request
+                    continue
                 self.hub_ids[hub] += 1
                 self.dcc.wan_received(hub, {"id": self.hub_ids[hub], "type": "outcome",
                                             "request": msg["request"], "device": msg["device"],
@@ -332,6 +334,128 @@ def test_retries_run_out(world):
     assert d.step() == 0
     x = campaign.status(world.store, "c1")["devices"][0]
     assert x["outcome"] == "transfer_failed" and x["attempts"] == 2 and x["ok"] == 0
+
+
+# ---------------------------------------------------------------- response deadlines
+
+def test_a_request_never_answered_gets_no_response_once_and_a_late_answer_is_kept(world):
+    world.create(devices=[dev_eui(0), dev_eui(1)])
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 2
+    world.answers[dev_eui(0)] = [None]  # its Comms Hub never answers
+    world.hubs()
+    assert world.dcc.expire_requests(300) == 0  # not late yet
+    world.clock.t += 301
+    # two workers sweep at once: one outcome, one final response
+    other = world.new_dcc()
+    got: list[int] = []
+    ts = [threading.Thread(target=lambda x=x: got.append(x.expire_requests(300)))
+          for x in (world.dcc, other)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(got) == [0, 1]
+    rid = campaign.status(world.store, "c1")["devices"][0]["request_id"]
+    req = world.store.request_by_text(rid)
+    assert req["outcome"] == "no_response" and req["code"] == "E21"
+    assert "no answer from the Comms Hub" in req["reason"]
+    finals = world.store.all("SELECT count(*) FROM responses WHERE final = 1 AND request = ?",
+                             (req["id"],))
+    assert finals[0][0] == 1
+    # the hub's late answer: kept in the WAN inbox, no second outcome, no second response
+    hub = world.store.device(dev_eui(0))["hub_eui"]
+    world.hub_ids[hub] += 1
+    late = {"id": world.hub_ids[hub], "type": "outcome", "request": rid,
+            "device": dev_eui(0), "outcome": "activated", "detail": {}}
+    world.dcc.wan_received(bytes.fromhex(hub), late)
+    assert world.store.request_by_text(rid)["outcome"] == "no_response"
+    assert world.store.all("SELECT count(*) FROM responses WHERE final = 1 AND request = ?",
+                           (req["id"],))[0][0] == 1
+    kept = world.store.all("SELECT body FROM wan_in WHERE hub_eui = ? AND msg_id = ?",
+                           (hub, late["id"]))
+    assert len(kept) == 1 and json.loads(kept[0][0])["outcome"] == "activated"
+    assert world.store.device(dev_eui(0))["firmware_version"] == "00000001"
+    with pytest.raises(Exception, match="above zero"):
+        world.dcc.expire_requests(0)
+
+
+def test_campaign_response_deadline_fails_retries_and_counts_against_thresholds(world):
+    s = world.create(devices=[dev_eui(0), dev_eui(1), dev_eui(2)], retries=1, backoff=10,
+                     response_timeout=600, error_threshold="50%", success_threshold="0%")
+    assert s["config"]["response_timeout"] == 600
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    assert d.step() == 3
+    world.answers[dev_eui(0)] = [None, "activated"]  # silent once, then answers
+    world.answers[dev_eui(1)] = [None, None]  # never answers
+    world.hubs()
+    world.clock.t += 599
+    assert d.step() == 0
+    st = campaign.status(world.store, "c1")
+    assert [x["state"] for x in st["devices"]] == ["sent", "sent", "done"]
+    world.clock.t += 2  # past the deadline: both get no_response and wait for a retry
+    assert d.step() == 0
+    st = campaign.status(world.store, "c1")
+    assert [(x["state"], x["last_outcome"]) for x in st["devices"][:2]] == \
+        [("waiting", "no_response")] * 2
+    world.clock.t += 10
+    assert d.step() == 2  # the retries, new RequestIDs
+    world.hubs()
+    world.clock.t += 601
+    d.step()
+    st = campaign.status(world.store, "c1")
+    dev = {x["device"]: x for x in st["devices"]}
+    assert dev[dev_eui(0)]["outcome"] == "activated" and dev[dev_eui(0)]["attempts"] == 2
+    assert dev[dev_eui(1)]["outcome"] == "no_response" and dev[dev_eui(1)]["ok"] == 0
+    assert dev[dev_eui(1)]["attempts"] == 2 and dev[dev_eui(1)]["code"] == "E21"
+    assert st["state"] == "done" and wave_counts(st) == [(3, 2, 1)]
+    # every request has exactly one outcome; each device's requests are distinct
+    reqs = world.requests()
+    assert len(reqs) == 5 and all(r["outcome"] for r in reqs)
+    assert sorted(r["outcome"] for r in reqs) == ["activated", "activated", "no_response",
+                                                  "no_response", "no_response"]
+
+
+def test_no_response_reaches_the_error_threshold(world):
+    world.create(devices=[dev_eui(0), dev_eui(1)], retries=0, response_timeout=60,
+                 error_threshold="50%")
+    world.answers[dev_eui(0)] = [None]
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    d.step()
+    world.hubs()
+    world.clock.t += 61
+    d.step()
+    s = campaign.status(world.store, "c1")
+    assert s["state"] == "stopped" and "error threshold" in s["reason"]
+    assert s["devices"][0]["outcome"] == "no_response"
+    with pytest.raises(CampaignError, match="response timeout"):
+        world.create("c2", devices=[dev_eui(2)], response_timeout=-1)
+
+
+def test_activation_records_the_new_firmware_version_so_no_second_campaign_targets_it(world):
+    world.create(devices=[dev_eui(0), dev_eui(1)])
+    d = CampaignDriver(world.dcc, clock=world.clock)
+    d.step()
+    world.answers[dev_eui(1)] = ["rejected_by_device"]
+    world.hubs()
+    d.step()
+    assert world.store.device(dev_eui(0))["firmware_version"] == "00000002"
+    assert world.store.device(dev_eui(1))["firmware_version"] == "00000001"  # not activated
+    s = world.create("again")  # by model, from version 1: device 0 is no longer there
+    assert dev_eui(0) not in [x["device"] for x in s["devices"]]
+    assert dev_eui(1) in [x["device"] for x in s["devices"]]
+    # a version the Comms Hub reports (the device's Activation Alert) is what is kept
+    d.step()
+    hub = world.store.device(dev_eui(1))["hub_eui"]
+    rid = campaign.status(world.store, "again")["devices"][0]["request_id"]
+    assert campaign.status(world.store, "again")["devices"][0]["device"] == dev_eui(1)
+    for msg in world.dcc.wan_outbox(hub):
+        world.dcc.wan_acked(hub, msg["id"])
+    world.hub_ids[hub] += 1
+    world.dcc.wan_received(bytes.fromhex(hub), {
+        "id": world.hub_ids[hub], "type": "outcome", "request": rid, "device": dev_eui(1),
+        "outcome": "activated", "detail": {"version": "00000003"}})
+    assert world.store.device(dev_eui(1))["firmware_version"] == "00000003"
 
 
 # ---------------------------------------------------------------- pause, resume, cancel

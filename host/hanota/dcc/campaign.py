@@ -37,8 +37,14 @@ DCC's refusal), so whichever worker received it, any worker moves the campaign o
 - maintenance window: a cron-like schedule (`minute hour day-of-month month day-of-week`) or a
   daily start time, a duration and an IANA time zone (zoneinfo): requests go out only while a
   window is open; outcomes are taken at any time.
-- retries: a device whose outcome is `transfer_failed` or `device_unreachable` is sent a new
-  request (a new RequestID) after a backoff that doubles per attempt, up to `retries` times.
+- retries: a device whose outcome is `transfer_failed`, `device_unreachable` or
+  `no_response` is sent a new request (a new RequestID) after a backoff that doubles per
+  attempt, up to `retries` times.
+- response deadline: a request without an outcome `response_timeout` seconds after it was
+  sent gets the DCC's outcome `no_response` (`Dcc.expire_request`: its final DUIS response,
+  E21), which counts as a failure for the thresholds and is retried; the Comms Hub's answer,
+  if it comes later, is kept but makes no second outcome. Without one, `dcc serve
+  --response-timeout` (for every request) is the only deadline.
 - pause (no more sends, outcomes still taken), resume, cancel (devices not sent get the
   outcome `cancelled`; requests already sent keep theirs).
 
@@ -64,9 +70,10 @@ log = logging.getLogger(__name__)
 STATES = ("running", "paused", "stopped", "cancelled", "done")
 DEVICE_STATES = ("waiting", "sent", "done")
 SUCCESS = {"11.1": ("distributed",), "11.4": ("activated",)}
-RETRYABLE = ("transfer_failed", "device_unreachable")
+RETRYABLE = ("transfer_failed", "device_unreachable", "no_response")
 DEFAULTS = {"waves": ["100%"], "success_threshold": 0.9, "error_threshold": 0.1, "rate": None,
-            "window": None, "retries": 2, "backoff": 60.0, "backoff_max": 3600.0}
+            "window": None, "retries": 2, "backoff": 60.0, "backoff_max": 3600.0,
+            "response_timeout": None}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -318,7 +325,8 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
            waves: Iterable[str | int] = ("100%",), success_threshold: str | float = 0.9,
            error_threshold: str | float = 0.1, rate: int | None = None,
            window: Window | None = None, retries: int = 2, backoff: float = 60.0,
-           backoff_max: float = 3600.0) -> dict[str, Any]:
+           backoff_max: float = 3600.0,
+           response_timeout: float | None = None) -> dict[str, Any]:
     """Record a campaign (running at once: the DCC's workers start sending when a wave and a
     window are open). Targets: `devices`, or `model` (manufacturer, model) with
     `from_version` (the firmware they run) among the Supplier's premises. CampaignError
@@ -383,6 +391,9 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
         raise CampaignError("rate %r: at least 1 request per minute" % rate)
     if retries < 0 or backoff <= 0 or backoff_max < backoff:
         raise CampaignError("retries must be >= 0 and 0 < backoff <= its maximum")
+    if response_timeout is not None and not response_timeout > 0:
+        raise CampaignError("response timeout %r: a number of seconds above zero"
+                            % (response_timeout,))
     waves = [str(w) for w in waves]
     sizes = wave_sizes(waves, len(targets))
     config = {"waves": waves, "sizes": sizes,
@@ -390,7 +401,8 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
               "error_threshold": fraction(error_threshold, "error threshold"),
               "rate": rate, "window": window.as_dict() if window else None,
               "retries": int(retries), "backoff": float(backoff),
-              "backoff_max": float(backoff_max)}
+              "backoff_max": float(backoff_max),
+              "response_timeout": float(response_timeout) if response_timeout else None}
     now = store.clock()
     with store.tx() as c:
         if c.execute("SELECT 1 FROM campaigns WHERE name = ?", (name,)).fetchone():
@@ -577,6 +589,17 @@ class CampaignDriver:
                 return
             srv, cfg, state, wave, nwaves = row[0], json.loads(row[1]), row[2], int(row[3]), \
                 int(row[4])
+            timeout = cfg.get("response_timeout")
+            if timeout:
+                # requests past the campaign's deadline get the DCC's no_response (one
+                # outcome: only where none was written; this transaction is the writer)
+                for d in c.execute(
+                        "SELECT cd.request_id FROM campaign_devices cd JOIN campaign_sends s "
+                        "ON s.request_id = cd.request_id JOIN requests r ON r.request_id = "
+                        "cd.request_id WHERE cd.campaign = ? AND cd.state = 'sent' AND "
+                        "r.outcome IS NULL AND s.sent <= ?", (name, now - timeout)).fetchall():
+                    self.dcc.expire_request(d[0], "no answer within the campaign's response "
+                                                  "deadline (%gs)" % timeout)
             for d in c.execute(
                     "SELECT cd.device, cd.attempts, r.outcome, r.code, r.reason FROM "
                     "campaign_devices cd JOIN requests r ON r.request_id = cd.request_id "
@@ -721,9 +744,12 @@ def _pct(v: float) -> str:
 
 class CampaignThread:
     """The campaign driver in a `dcc serve` worker: a thread with its own connection to the
-    DCC's database, stepping every `poll` seconds until `stop()`."""
+    DCC's database, stepping every `poll` seconds until `stop()`; with `response_timeout`,
+    it also gives every request unanswered that long its outcome `no_response`
+    (`Dcc.expire_requests`), campaigns or not."""
 
-    def __init__(self, dcc: Any, *, worker: str | None = None, poll: float = 1.0):
+    def __init__(self, dcc: Any, *, worker: str | None = None, poll: float = 1.0,
+                 response_timeout: float | None = None, campaigns: bool = True):
         from .pki import KeyStore
         from .service import Dcc
 
@@ -733,6 +759,8 @@ class CampaignThread:
         mine = Dcc(store, KeyStore(dcc.keystore.path), (dcc.key, dcc.cert))
         self.driver = CampaignDriver(mine, worker=worker)
         self.poll = poll
+        self.response_timeout = response_timeout
+        self.campaigns = campaigns
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="campaigns", daemon=True)
 
@@ -742,11 +770,17 @@ class CampaignThread:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                sent = self.driver.step()
-            except Exception:  # a bug or a lost database must not end the worker; logged
-                log.exception("campaign step")
-                sent = 0
+            sent = 0
+            if self.response_timeout:
+                try:  # every request's deadline (dcc serve --response-timeout)
+                    self.driver.dcc.expire_requests(self.response_timeout)
+                except Exception:  # noqa: BLE001 - as a step's: logged, tried again
+                    log.exception("response deadlines")
+            if self.campaigns:
+                try:
+                    sent = self.driver.step()
+                except Exception:  # a bug or a lost database must not end the worker; logged
+                    log.exception("campaign step")
             if not sent:
                 self._stop.wait(self.poll)
 

@@ -40,7 +40,9 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
            "  success threshold %s, error threshold %s, rate %s, retries %d (backoff %g s)" % (
                camp._pct(cfg["success_threshold"]), camp._pct(cfg["error_threshold"]),
                "%d/min" % cfg["rate"] if cfg.get("rate") else "unlimited", cfg["retries"],
-               cfg["backoff"])]
+               cfg["backoff"])
+           + (", response deadline %g s" % cfg["response_timeout"]
+              if cfg.get("response_timeout") else "")]
     if cfg.get("window"):
         w = cfg["window"]
         out.append("  window '%s' for %g s in %s: %s" % (
@@ -106,18 +108,23 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
 @click.option("--tz", default="UTC", show_default=True,
               help="The windows' IANA time zone (e.g. Europe/London).")
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
-              help="New requests for a device whose outcome is transfer_failed or "
-                   "device_unreachable.")
+              help="New requests for a device whose outcome is transfer_failed, "
+                   "device_unreachable or no_response.")
 @click.option("--backoff", default="60s", show_default=True,
               help="Wait before the first retry; doubles per retry.")
 @click.option("--backoff-max", default="1h", show_default=True,
               help="The longest wait between retries.")
+@click.option("--response-timeout", default=None, metavar="DURATION",
+              help="A request without an outcome this long after it was sent gets the "
+                   "DCC's outcome no_response: a failure for the thresholds, retried as "
+                   "device_unreachable (e.g. 30m; default: the DCC's dcc serve "
+                   "--response-timeout, if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print the campaign as JSON.")
 @domain_errors
 def campaign_create(name, db_path, key, cert, image, srv, devices, devices_file, model,
                     from_version, waves, success_threshold, error_threshold, rate,
                     window_cron, window_start, window_duration, tz, retries, backoff,
-                    backoff_max, as_json):
+                    backoff_max, response_timeout, as_json):
     """Create campaign NAME: the Supplier's image to many devices, in waves. The DCC's
     workers (hanota dcc serve on the same database) send each device its own signed DUIS
     request as the waves, window and rate allow."""
@@ -157,7 +164,9 @@ def campaign_create(name, db_path, key, cert, image, srv, devices, devices_file,
                         from_version=from_version, srv=srv, waves=waves or ("100%",),
                         success_threshold=success_threshold, error_threshold=error_threshold,
                         rate=rate, window=win, retries=retries,
-                        backoff=camp.duration(backoff), backoff_max=camp.duration(backoff_max))
+                        backoff=camp.duration(backoff), backoff_max=camp.duration(backoff_max),
+                        response_timeout=camp.duration(response_timeout)
+                        if response_timeout else None)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return

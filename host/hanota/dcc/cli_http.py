@@ -30,7 +30,7 @@ def _listen(text: str) -> tuple[str, int]:
 
 async def _serve(service: Any, host: str, port: int, max_body: int | None,
                  wan_auth: bool, wan_url: str | None = None, worker: str | None = None,
-                 campaigns: bool = True) -> None:
+                 campaigns: bool = True, response_timeout: float | None = None) -> None:
     from .campaign import CampaignThread
     from .http import DccHttp
 
@@ -43,7 +43,10 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
                      wan_url=wan_url, worker=worker)
     h, p = await server.start(host, port)
     # the campaign driver: a thread with its own database connection (campaign.py)
-    driver = CampaignThread(service, worker=worker).start() if campaigns else None
+    # (and the response deadline of every request, --response-timeout)
+    driver = CampaignThread(service, worker=worker, response_timeout=response_timeout,
+                            campaigns=campaigns).start() \
+        if campaigns or response_timeout else None
     click.echo("hanota dcc serving on http://%s:%d (DUIS: POST /api/v1/serviceD; WAN: "
                "/wan/<hub EUI>%s%s; database %s)" % (
                    h, p, ", hub tokens required" if wan_auth else "",
@@ -79,11 +82,17 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
 @click.option("--campaigns/--no-campaigns", default=True, show_default=True,
               help="Drive the firmware campaigns in the database (hanota campaign create); "
                    "any number of workers share them.")
+@click.option("--response-timeout", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="A request sent to a Comms Hub that has no outcome this long after gets "
+                   "the DCC's outcome no_response (DUIS E21) and its final response; a "
+                   "later answer from the hub is kept but makes no second outcome. A "
+                   "campaign retries it as device_unreachable. Default: no deadline.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @domain_errors
 def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, campaigns,
-              log_level):
+              response_timeout, log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
     /api/v1/subscribe), the WAN the Comms Hubs (hanota hub serve) dial, and the firmware
@@ -100,7 +109,7 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, cam
     service = open_dcc(db_path, pki_dir)
     try:
         asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker,
-                           campaigns))
+                           campaigns, response_timeout))
     finally:
         service.store.close()
 

@@ -39,6 +39,7 @@ premises and pending requests; the premises' Alt HAN devices are refused SR 11.4
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,6 +53,7 @@ from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
 
 log = logging.getLogger(__name__)
 
+NO_RESPONSE = "no_response"  # the outcome of a request whose deadline passed unanswered
 ACCEPTED = "I99"  # acknowledgement: the request was accepted and will be processed
 SUCCESS = "I0"  # success (a DCC-only service's answer; a device's response)
 
@@ -105,6 +107,8 @@ OUTCOME_RESPONSES: dict[str, tuple[str, str | None, int | None]] = {
     "refused": ("E20", None, None),
     "device_unreachable": ("E21", None, None),
     "superseded": ("EH12", None, None),
+    # the DCC's own outcome: no answer from the Comms Hub within the response deadline
+    NO_RESPONSE: ("E21", None, None),
     "not_authorized": (REFUSAL_CODES["not-authorised"], None, None),
     "ota_unsupported": (REFUSAL_CODES["wrong-device-type"], None, None),
     "ota_unavailable_after_tcso": (duis.E_OTA_UNAVAILABLE, None, None),
@@ -126,6 +130,7 @@ OUTCOME_TEXT = {
     "not_cancelled": "there was no future-dated activation to cancel",
     "refused": "the Comms Hub could not act on the request",
     "cancelled": "the future-dated activation was cancelled",
+    NO_RESPONSE: "no answer from the Comms Hub within the DCC's response deadline",
 }
 FIRMWARE_SRS = ("11.1", "11.3", "11.4")
 DEVICE_SRS = ("11.1", "11.2", "11.3", "11.4", "8.7.1", "8.7.2", "8.8.1", "8.8.2")
@@ -339,7 +344,8 @@ class Dcc:
             return self._sign(precommand.precommand_response(req.request_id, pre))
         msg = {"type": "cancel_activation" if cancel else "activate",
                "hash": bytes(h).hex(), "at": None if cancel else _iso(at)}
-        return self._to_hub(req, user, counter, dev, msg, detail={"cancel": cancel})
+        return self._to_hub(req, user, counter, dev, msg,
+                            detail={"cancel": cancel, "hash": bytes(h).hex()})
 
     def _signed_precommand(self, req: Any, user: str) -> bytes:
         """CV 5: the Signed Pre-Command of a CV 4 request this DCC answered with a
@@ -529,21 +535,67 @@ class Dcc:
             log.warning("Comms Hub %s sent message %d of unknown type %r", eui_hex(hub_eui),
                         mid, kind)
 
-    def _outcome(self, hub: str, msg: dict) -> None:
+    # ------------------------------------------------------------ response deadlines
+
+    def expire_requests(self, timeout: float, *, now: float | None = None,
+                        limit: int = 500) -> int:
+        """Give every request sent to a Comms Hub more than `timeout` seconds ago and still
+        without an outcome its final outcome `no_response` (DUIS E21, no response received
+        from the device), with its one final DUIS response, as if the Comms Hub had said so.
+        A Comms Hub's answer that comes later is kept (the WAN's inbox) and logged, and makes
+        no second outcome. Any number of workers may sweep at once: the outcome is written
+        only where there is none (`finish_request`), so each request still has exactly one.
+        The number of requests given their outcome."""
+        if timeout <= 0:
+            raise DccUsageError("a response deadline is a number of seconds above zero, not "
+                                "%r" % timeout, reason="usage")
+        t = self.store.clock() if now is None else now
+        rows = self.store.all("SELECT request_id FROM requests WHERE state = 'sent' AND "
+                              "outcome IS NULL AND hub_eui IS NOT NULL AND updated <= ? "
+                              "ORDER BY updated LIMIT ?", (t - timeout, int(limit)))
+        n = 0
+        for r in rows:
+            n += self.expire_request(r[0], "no answer from the Comms Hub within %gs"
+                                     % timeout)
+        return n
+
+    def expire_request(self, request_id: str, reason: str) -> bool:
+        """Give one request the outcome `no_response` now (a campaign's own deadline);
+        False when it has an outcome already (it came in first, or another worker wrote it)."""
+        req = self.store.request_by_text(str(request_id))
+        if req is None or req["outcome"] is not None or not req["hub_eui"]:
+            return False
+        done = self._outcome(req["hub_eui"], {"request": req["request_id"],
+                                              "device": req["device"], "outcome": NO_RESPONSE,
+                                              "detail": {"reason": reason}})
+        if done:
+            log.info("request %s: no answer from Comms Hub %s: %s", req["request_id"],
+                     req["hub_eui"], reason)
+        return done
+
+    def _outcome(self, hub: str, msg: dict) -> bool:
+        """Give a request its one final outcome; False when it has one already."""
         if msg.get("request") is None:  # the DCC's own messages (set_suppliers)
             log.log(logging.INFO if msg.get("outcome") == "applied" else logging.WARNING,
                     "Comms Hub %s: %s %s", hub, msg.get("outcome"), msg.get("detail"))
-            return
+            return False
         req = self.store.request_by_text(str(msg.get("request")))
         if req is None:
             log.warning("Comms Hub %s reported an outcome for unknown request %r", hub,
                         msg.get("request"))
-            return
+            return False
         if req["hub_eui"] != hub:
             log.warning("Comms Hub %s reported on request %s, which went to %s", hub,
                         req["request_id"], req["hub_eui"])
-            return
+            return False
         outcome = str(msg.get("outcome"))
+        if req["outcome"] is not None and req["outcome"] == NO_RESPONSE \
+                and msg.get("id") is not None:
+            # a late answer: kept (wan_in holds the message) but the request's one outcome
+            # stays the DCC's no_response
+            log.info("Comms Hub %s answered request %s (%s) after its deadline; its outcome "
+                     "stays %s", hub, req["request_id"], outcome, NO_RESPONSE)
+            return False
         if req["outcome"] is not None:
             if req["srv"] == "12.2" and outcome != "prenotified":
                 # 12.2 was answered at submission; the CH's failure to take the device
@@ -556,7 +608,7 @@ class Dcc:
                                           "Reason": str(detail.get("reason") or "")})
                 self.store.queue_response(req["user"], xml, "E20", request=req["id"],
                                           kind="alert")
-            return
+            return False
         # an outcome this DCC does not know is reported as a failure to reach the device
         code, case, gbcs_code = SR_OUTCOME_RESPONSES.get(
             (req["srv"], outcome), OUTCOME_RESPONSES.get(outcome, ("E20", None, None)))
@@ -590,9 +642,9 @@ class Dcc:
         with self.store.tx():
             if not self.store.finish_request(req["id"], outcome, code,
                                              result["OutcomeText"]):
-                return
+                return False
             self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
-            self._device_after(req, outcome)
+            self._device_after(req, outcome, msg.get("detail"))
             dev = self.store.device(req["device"]) if req["device"] else None
             if dev is not None and req["srv"] in FIRMWARE_SRS:
                 for other in dev["suppliers"]:
@@ -600,15 +652,44 @@ class Dcc:
                         self.store.queue_response(other, self._alert_xml(
                             rid_obj, code, req["srv"], result), code, request=req["id"],
                             kind="alert")
+        return True
 
-    def _device_after(self, req: dict, outcome: str) -> None:
-        """Registration data that a Comms Hub outcome changes."""
+    def _device_after(self, req: dict, outcome: str, detail: Any = None) -> None:
+        """Registration data that a Comms Hub outcome changes: a join's status, and the
+        firmware version a device runs once it activated a new image (what the device
+        reported, else the version of the image the request carried; for an SR 11.3, the
+        image it distributed with that hash), so a campaign by model and version does not
+        target it again."""
         if not req["device"]:
             return
         if outcome == "joined":
             self.store.update_device(req["device"], status="joined")
         elif outcome == "unjoined":
             self.store.update_device(req["device"], status="commissioned")
+        elif outcome == "activated" and req["srv"] in FIRMWARE_SRS:
+            version = detail.get("version") if isinstance(detail, dict) else None
+            rd = req.get("detail") or {}
+            if not version:
+                version = rd.get("version")
+            if not version and req["srv"] == "11.3":
+                version = self._held_version(req)
+            if version:
+                try:
+                    self.store.update_device(req["device"], firmware_version=str(version))
+                except DccUsageError as e:  # a malformed version in a hub's detail
+                    log.warning("device %s activated, but its version %r is not kept: %s",
+                                req["device"], version, e)
+
+    def _held_version(self, req: dict) -> str | None:
+        """The version of the image an SR 11.3 activates: its hash's SR 11.1 distribution."""
+        rows = self.store.all("SELECT detail FROM requests WHERE device = ? AND srv = '11.1' "
+                              "AND outcome = 'distributed' ORDER BY id DESC", (req["device"],))
+        want = (req.get("detail") or {}).get("hash")
+        for r in rows:
+            d = json.loads(r[0] or "{}")
+            if d.get("version") and (want is None or d.get("image_hash") == want):
+                return str(d["version"])
+        return None
 
     def _alert(self, hub: str, msg: dict) -> None:
         """An alert from a Comms Hub: about one of its devices (-> that premises' Responsible

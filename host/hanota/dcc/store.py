@@ -190,6 +190,7 @@ CREATE TABLE IF NOT EXISTS requests (
     CHECK ((outcome IS NULL) = (finished IS NULL))
 );
 CREATE INDEX IF NOT EXISTS requests_by_device ON requests (device, state);
+CREATE INDEX IF NOT EXISTS requests_open ON requests (state, updated);
 CREATE TRIGGER IF NOT EXISTS request_outcome_is_final BEFORE UPDATE ON requests
     WHEN OLD.outcome IS NOT NULL
     BEGIN SELECT RAISE(ABORT, 'request already has its outcome'); END;
@@ -367,6 +368,9 @@ class DccStore(sqlitedb.Closing):
             else:  # made before the device's GBCS KA key was kept
                 c.execute_raw("ALTER TABLE devices ADD COLUMN IF NOT EXISTS ka_public TEXT "
                               "CHECK (ka_public IS NULL OR length(ka_public) = 130)")
+                # ... and before response deadlines (Dcc.expire_requests sweeps by it)
+                c.execute_raw("CREATE INDEX IF NOT EXISTS requests_open ON requests "
+                              "(state, updated)")
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -386,6 +390,8 @@ class DccStore(sqlitedb.Closing):
                 self.conn.execute("ALTER TABLE wan_out ADD COLUMN published REAL")
             self.conn.execute("CREATE TABLE IF NOT EXISTS wan_leases (hub_eui TEXT PRIMARY "
                               "KEY, worker TEXT, until REAL)")
+            self.conn.execute("CREATE INDEX IF NOT EXISTS requests_open ON requests "
+                              "(state, updated)")  # made before response deadlines
             return
         sqlitedb.create_schema(self.conn, _SCHEMA + "INSERT OR IGNORE INTO meta VALUES "
                                "('schema', '%d');" % SCHEMA_VERSION)
