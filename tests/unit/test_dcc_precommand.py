@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime, timezone
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -336,3 +337,35 @@ def test_a_dcc_database_made_before_the_ka_key_gains_the_column(db_target, pkidi
         assert dcc.register_device_ka(HCALCS, ka_pub)["ka_public"] == ka_pub
     finally:
         dcc.store.close()
+
+
+def test_a_device_future_dated_alert_reaches_the_requesting_user(world):
+    """The Comms Hub's WAN alert "gbcs" (the device's 8F66/8F67 with the SR 11.3 request it
+    answers) becomes DUIS's FutureDatedDeviceAlertMessage for that request, to its User, once
+    (a redelivered WAN id is not acted on again); one that is not a future-dated alert, or
+    names no request of this hub, goes to the premises' Suppliers as the general alert."""
+    dcc, cfg, pkidir = world
+    ack = signed_cv5(dcc, pkidir, cv4(dcc, pkidir, 9101, at=datetime(2031, 1, 2, 3, 4, 5,
+                                                                     tzinfo=timezone.utc)))
+    assert ack["code"] == "I99"
+    rid = duis.RequestID(SUP_A, HCALCS, 9101)
+    alert = gbcs.fd_alert(7, HCALCS, SUP_A, 9101, "20310102030405Z", gbcs.CS06_HASH_MISMATCH,
+                          (3).to_bytes(4, "big")).encode()
+    msg = {"id": 1, "type": "alert", "alert": "gbcs", "device": HCALCS.hex().upper(),
+           "request": str(rid), "gbcs_b64": base64.b64encode(alert).decode(),
+           "detail": {"reason": "activation-failure"}}
+    dcc.wan_received(HUB, msg)
+    dcc.wan_received(HUB, msg)  # redelivered
+    got = [duis.parse_response(x) for _, x in dcc.responses(SUP_A)]
+    fd = [p for p in got if p["kind"] == "future_dated_alert"]
+    assert len(fd) == 1 and fd[0]["request_id"] == str(rid), got
+    assert fd[0]["alert_code"] == "8F67" and fd[0]["gbcs_payload"] == alert
+    assert fd[0]["service_reference_variant"] == "11.3"
+    xmlsig.verify(dcc.responses(SUP_A)[-1][1], dcc.cert)
+    # not a future-dated alert (a CS06 response) / no request: the general device alert
+    n = len(got)
+    for i, (payload, request) in enumerate(((b"\x00junk", str(rid)), (alert, None))):
+        dcc.wan_received(HUB, dict(msg, id=2 + i, request=request,
+                                   gbcs_b64=base64.b64encode(payload).decode()))
+    got = [duis.parse_response(x) for _, x in dcc.responses(SUP_A)][n:]
+    assert [p["kind"] for p in got] == ["dcc_alert", "dcc_alert"], got
