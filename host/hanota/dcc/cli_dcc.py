@@ -223,7 +223,8 @@ def cpl_remove(image_hash: str, manufacturer, model, db_path) -> None:
 
 @dcc.group("registry")
 def registry() -> None:
-    """Registration data: premises, their Responsible Suppliers and Comms Hub, devices."""
+    """Registration data: premises, their Responsible Suppliers and Comms Hub, devices (and a
+    GBCS-commissioned device's key-agreement key: set-ka)."""
 
 
 @registry.command("add-premises")
