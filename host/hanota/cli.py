@@ -410,6 +410,8 @@ def board_deploy(kind, port, role, keys_, via, eui64, install_code, manufacturer
     click.echo("deployed %s as %s, EUI-64 %s, install code %s" % (port, role, res.eui64, res.install_code))
     if res.ka_public:
         click.echo("GBCS: Supplier %s; device KA public key %s" % (res.supplier_id, res.ka_public))
+        click.echo("  record it with the DCC: hanota dcc registry set-ka %s --ka-pub %s"
+                   % (res.eui64, res.ka_public))
 
 
 @board.command("doctor")
