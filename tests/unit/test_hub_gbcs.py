@@ -55,6 +55,18 @@ def test_a_cancellation_ends_the_pending_activation_as_cancelled(db):
     assert db.request(c.id)["outcome"] == "superseded" and a.accepted
 
 
+def test_a_cancellation_after_the_8f66_is_not_cancelled_and_ends_nothing(db):
+    e = register(db, 1, role="hcalcs")
+    fd = rq.activate_gbcs(db, e, cs06(e, 10, "20991231120000Z"), SUPPLIER)
+    db.update_request(fd.id, state="activating")
+    db.event("gbcs_alert", e, fd.id, alert_code="8F66", response_code=0)  # it was actioned
+    c = rq.activate_gbcs(db, e, cs06(e, 11, gbcs.CANCEL_TIME), SUPPLIER)
+    assert (c.outcome, c.superseded) == ("not_cancelled", [])
+    assert "actioned already" in c.reason and "#%d" % fd.id in c.reason
+    assert db.request(fd.id)["outcome"] is None  # it ends by its Activation Alert
+    assert db.get_meta("gbcs.cancel.%d" % c.id) is None
+
+
 def test_an_older_hub_database_takes_the_new_outcomes(tmp_path):
     path = tmp_path / "hub.db"
     d = HubDB.open(path)

@@ -276,10 +276,12 @@ def update_firmware(db: HubDB, eui: str | bytes, image_path: str | os.PathLike, 
 
 
 def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str,
-             at: float | None = None, *, ends_as: tuple[str, str] | None = None
-             ) -> Submission:
+             at: float | None = None, *, ends_as: tuple[str, str] | None = None,
+             refuse: tuple[str, str] | None = None) -> Submission:
     """Submit SR 11.3 (HCALCS): activate the image the device holds if its Manufacturer
-    Image Hash is image_hash, at Unix time `at` (None: now)."""
+    Image Hash is image_hash, at Unix time `at` (None: now). `ends_as`: how a pending one
+    ends (superseded); `refuse`: (outcome, reason) to record it as refused at once, unless
+    a rule refuses it first."""
     e = eui_text(eui)
     if isinstance(image_hash, (bytes, bytearray)):
         hx = bytes(image_hash).hex()
@@ -293,7 +295,7 @@ def activate(db: HubDB, eui: str | bytes, image_hash: str | bytes, supplier: str
         raise HubUsageError("SR 11.3 activates HCALCS firmware; a %s activates as part of SR "
                             "11.4 (hanota request update-firmware --activate-at)" % dev["role"],
                             reason="bad-argument")
-    refusal = _refusal(db, dev, e, supplier, "activate")
+    refusal = _refusal(db, dev, e, supplier, "activate") or refuse
     target = None
     if dev is not None:
         row = db.one("SELECT file_version FROM images WHERE image_hash = ? AND manufacturer = ? "
@@ -328,7 +330,7 @@ def activate_gbcs(db: HubDB, eui: str | bytes, data: bytes, supplier: str) -> Su
     if t is not None and t != gbcs.CANCEL_TIME:
         at = datetime.strptime(t, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
     with db.tx():
-        ends_as, ended = None, None
+        ends_as, ended, refuse = None, None, None
         if t == gbcs.CANCEL_TIME:
             # A cancellation (execution time 99991231235959Z): the pending activation ends as
             # cancelled; one still queued here never reaches the device, one the device holds
@@ -338,8 +340,14 @@ def activate_gbcs(db: HubDB, eui: str | bytes, data: bytes, supplier: str) -> Su
             ended = {"ended": [r["id"] for r in pending],
                      "at_device": any(r["state"] != "queued" for r in pending)}
             ends_as = ("cancelled", "cancelled by a GBCS CS06 cancellation (request #%d)")
+            actioned = [r["id"] for r in pending if db.one(
+                "SELECT 1 FROM events WHERE request_id = ? AND kind = 'gbcs_alert'",
+                (r["id"],))]
+            if actioned:  # its 8F66 came: the device acts on it, too late to cancel
+                refuse = ("not_cancelled", "the future-dated activation (request #%d) was "
+                          "actioned already (the device alerted 8F66)" % actioned[0])
         sub = activate(db, eui, m.fields["manufacturer_image_hash"], supplier, at,
-                       ends_as=ends_as)
+                       ends_as=ends_as, refuse=refuse)
         db.set_meta("gbcs.%d" % sub.id, bytes(data).hex())
         if ended is not None and sub.outcome is None:
             db.set_meta("gbcs.cancel.%d" % sub.id, json.dumps(ended))
