@@ -3,7 +3,7 @@
 # An encoded image's body is a chain of segments (hanfw.otafile walks and hash-checks
 # them); each segment's payload is one zlib stream, decoded here once the whole segment is
 # in (MicroPython's deflate.DeflateIO pulls its input, so a segment is held: at most
-# the descriptor's segment_max bytes, 4 KiB and a little by default). For a delta image
+# the descriptor's segment_max bytes, 8 KiB by default). For a delta image
 # the inflated bytes are a sequential patch (the "sequential" format of detools, without
 # compression) of the segment's target piece against the running image (the base):
 #   header u8 (0x00: sequential, no compression) | target size (size) | 0 (size: no data
