@@ -410,13 +410,13 @@ class HubPolicy(Policy):
                               "outcome IS NULL AND state IN ('activating', 'running')", (e,))
             rid = row[0] if row is not None else None
             self.db.event("gbcs_alert", e, rid, **detail)
-            if rid is not None and code:
-                self.db.finish(rid, {1: "no_image_held", 2: "hash_mismatch"}.get(
-                    code, "activation_failed"), "future-dated activation not actioned "
-                    "(alert %s, CS06 response code %d%s)" % (
-                        detail["alert_code"], code, ": %s" % detail["reason"]
-                        if detail["reason"] else ""))
-        self.hub.wake()
+            ended = rid is not None and bool(code) and self.db.finish(
+                rid, {1: "no_image_held", 2: "hash_mismatch"}.get(code, "activation_failed"),
+                "future-dated activation not actioned (alert %s, CS06 response code %d%s)" % (
+                    detail["alert_code"], code, ": %s" % detail["reason"]
+                    if detail["reason"] else ""))
+        if ended:
+            self.hub.wake()
 
     def on_activate_response(self, eui: bytes, code: int, file_version: int,
                              counter: int) -> None:
