@@ -13,7 +13,8 @@ in a process of its own) on this machine:
   the last outcome at the DCC, and the CPU both processes spent; every device must get
   exactly one outcome.
 
-    python -m bench.fleet                          sizes 250,1000,2000; wave up to 1000
+    python -m bench.fleet                          sizes 250,1000,3000 at --poll 2 and 10;
+                                                   a wave up to 1000 premises
     python -m bench.fleet --sizes 100 --idle 5     a quick look
 """
 from __future__ import annotations
@@ -158,11 +159,12 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
     plan = fp.FleetPlan(n, k, fleet=fleet)
     t = time.monotonic()
     dcc.register(plan)
-    r: dict = {"premises": n, "devices": n * k, "register_s": round(time.monotonic() - t, 1)}
-    logf = dcc.tmp / ("sim-%d.log" % n)
+    r: dict = {"premises": n, "devices": n * k, "poll": poll,
+               "register_s": round(time.monotonic() - t, 1)}
+    logf = dcc.tmp / ("sim-%d-%s.log" % (n, poll))
     t0 = time.monotonic()
     sim = start(["fleet", "sim", "--premises", str(n), "--devices", str(k), "--fleet",
-                 str(fleet), "--dcc", url, "--dir", str(dcc.tmp / ("fleet-%d" % n)),
+                 str(fleet), "--dcc", url, "--dir", str(dcc.tmp / ("fleet-%d" % fleet)),
                  "--poll", str(poll), "--report", "0", "--start-rate", "0", "--json"],
                 logf, "fleet connected", timeout=60 + n * 0.2)
     r["connected_s"] = round(time.monotonic() - t0, 1)
@@ -229,31 +231,35 @@ def write_md(path: Path, res: dict) -> None:
          "(one event loop) against one `hanota dcc serve` (SQLite, websocket WAN) on the same "
          "machine; each premises is a Comms Hub (its own SQLite database, WAN connection and "
          "in-process HAN) with %d simulated devices (roles ppmid, hcalcs, althan in turn); "
-         "hub and WAN poll %.1f s." % (res["command"], res["date"], res["machine"],
-                                        os.cpu_count(), platform.python_version(),
-                                        res["devices"], res["poll"]), "",
-         "| premises | devices | all hubs on the WAN (s) | idle CPU, sim (% of a core) | "
-         "idle CPU, DCC | RSS (MB) | RSS per premises (KB) | fds |",
-         "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "`--poll` is the hubs' database poll (`fleet sim --poll`). Idle: every hub on the "
+         "WAN, nothing to do, over %g s." % (res["command"], res["date"], res["machine"],
+                                             os.cpu_count(), platform.python_version(),
+                                             res["devices"], res["idle"]), "",
+         "| premises | devices | --poll (s) | all hubs on the WAN (s) | idle CPU, sim (% of a "
+         "core) | idle CPU, DCC | RSS (MB) | RSS per premises (KB) | fds |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["sizes"]:
-        L.append("| %d | %d | %s | %s | %s | %s | %s | %s |" % (
-            r["premises"], r["devices"], r.get("connected_s"), r.get("idle_cpu_pct"),
+        L.append("| %d | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["premises"], r["devices"], r.get("poll"), r.get("connected_s"),
+            r.get("idle_cpu_pct"),
             r.get("idle_dcc_cpu_pct"), r.get("rss_mb"), r.get("rss_kb_per_premises"),
             r.get("fds")))
     waves = [r for r in res["sizes"] if "wave_requests" in r]
     if waves:
         L += ["", "A firmware wave: the SR each device takes (11.4; 11.1 for HCALCS) POSTed "
               "through DUIS for every device (8 at a time), 2,000-byte images:", "",
-              "| premises | requests | POSTs took (s) | last outcome after (s) | outcomes | "
-              "sim CPU (s) | DCC CPU (s) | complete |", "|---:|---:|---:|---:|---:|---:|---:|:--|"]
+              "| premises | --poll (s) | requests | POSTs took (s) | last outcome after (s) | "
+              "outcomes | sim CPU (s) | DCC CPU (s) | complete |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
         for r in waves:
-            L.append("| %d | %d | %s | %s | %d | %s | %s | %s |" % (
-                r["premises"], r["wave_requests"], r["wave_post_s"], r["wave_last_outcome_s"],
+            L.append("| %d | %s | %d | %s | %s | %d | %s | %s | %s |" % (
+                r["premises"], r["poll"], r["wave_requests"], r["wave_post_s"], r["wave_last_outcome_s"],
                 r["wave_outcomes"], r["wave_sim_cpu_s"], r["wave_dcc_cpu_s"],
                 "yes" if r["wave_complete"] else "NO"))
     L += ["", "The simulator's own summaries (`--json`) at the end of each run:", ""]
     for r in res["sizes"]:
-        L.append("- %d premises: `%s`" % (r["premises"], json.dumps(r.get("summary"))))
+        L.append("- %d premises, --poll %s: `%s`" % (r["premises"], r.get("poll"),
+                                                     json.dumps(r.get("summary") or r.get("error"))))
     if res.get("notes"):
         L += [""] + res["notes"]
     path.write_text("\n".join(L) + "\n")
@@ -261,12 +267,13 @@ def write_md(path: Path, res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="250,1000,2000", help="premises per run")
+    ap.add_argument("--sizes", default="250,1000,3000", help="premises per run")
     ap.add_argument("--devices", type=int, default=3, help="devices per premises")
     ap.add_argument("--idle", type=float, default=20.0, help="seconds of the idle window")
     ap.add_argument("--wave", type=int, default=1000,
                     help="firmware wave for sizes up to this many premises (0: none)")
-    ap.add_argument("--poll", type=float, default=2.0, help="fleet sim --poll")
+    ap.add_argument("--polls", default="2,10", help="fleet sim --poll values, each size with each")
+    ap.add_argument("--notes", help="a file whose text goes at the end of the results")
     ap.add_argument("--out", default=str(HERE / "FLEET.md"))
     ap.add_argument("--json", help="also write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -277,7 +284,10 @@ def main(argv=None) -> int:
     res = {"command": "python -m bench.fleet " + " ".join(argv if argv is not None
                                                           else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": platform.machine(), "devices": a.devices, "poll": a.poll, "sizes": []}
+           "machine": platform.machine(), "devices": a.devices, "idle": a.idle, "sizes": []}
+    if a.notes:
+        res["notes"] = Path(a.notes).read_text().rstrip().splitlines()
+    polls = [float(x) for x in a.polls.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as d:
         tmp = Path(d)
         dcc = Dcc(tmp)
@@ -287,16 +297,19 @@ def main(argv=None) -> int:
                          "serving on http://", 30)
         url = re.search(r"serving on (http://\S+)", dlog.read_text()).group(1)
         try:
-            for i, n in enumerate(sizes):
-                log("fleet of %d premises x %d devices" % (n, a.devices))
-                try:
-                    res["sizes"].append(one_size(dcc, dcc_proc, url, n, a.devices, i + 1,
-                                                 a.idle, a.wave and n <= a.wave, a.poll, log))
-                except Exception as e:  # noqa: BLE001 - recorded; the next size runs
-                    log("  FAILED: %s" % e)
-                    res["sizes"].append({"premises": n, "devices": n * a.devices,
-                                         "error": str(e)[:400]})
-                write_md(Path(a.out), res)
+            fleet = 0
+            for poll in polls:
+                for n in sizes:
+                    fleet += 1  # each run its own identities
+                    log("fleet of %d premises x %d devices, --poll %g" % (n, a.devices, poll))
+                    try:
+                        res["sizes"].append(one_size(dcc, dcc_proc, url, n, a.devices, fleet,
+                                                     a.idle, a.wave and n <= a.wave, poll, log))
+                    except Exception as e:  # noqa: BLE001 - recorded; the next size runs
+                        log("  FAILED: %s" % e)
+                        res["sizes"].append({"premises": n, "devices": n * a.devices,
+                                             "poll": poll, "error": str(e)[:400]})
+                    write_md(Path(a.out), res)
         finally:
             dcc_proc.send_signal(signal.SIGTERM)
             try:

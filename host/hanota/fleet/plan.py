@@ -149,17 +149,27 @@ def register(store: Any, plan: FleetPlan, lo: int, hi: int, suppliers: list[str]
     `hanota.dcc.store.DccStore`), as `hanota dcc registry add-premises` / `add-device` would;
     what is there already is left as it is. Counts of premises and devices added."""
     added = {"premises": 0, "devices": 0, "present": 0}
-    for p in plan.range(lo, hi):
-        if store.premises(p.mpxn) is None:
-            store.add_premises(p.mpxn, suppliers, p.hub_eui)
-            added["premises"] += 1
-        for s in p.devices:
-            if store.device(s.eui) is not None:
-                added["present"] += 1
-                continue
-            store.add_device(s.eui, DUIS_TYPES[s.role], p.mpxn,
-                             model="%08X" % images.ROLE_IMAGE_TYPES[s.role],
-                             manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
-                             firmware_version=plan.version, install_code=s.install_code)
-            added["devices"] += 1
+    for a, b in split(lo, hi, max(1, (hi - lo + REGISTER_BATCH - 1) // REGISTER_BATCH)):
+        with store.tx():  # a batch of premises per transaction: one commit, not thousands
+            for p in plan.range(a, b):
+                _register_one(store, plan, p, suppliers, added)
     return added
+
+
+REGISTER_BATCH = 200  # premises per transaction in `register`
+
+
+def _register_one(store: Any, plan: FleetPlan, p: Premises, suppliers: list[str],
+                  added: dict) -> None:
+    if store.premises(p.mpxn) is None:
+        store.add_premises(p.mpxn, suppliers, p.hub_eui)
+        added["premises"] += 1
+    for s in p.devices:
+        if store.device(s.eui) is not None:
+            added["present"] += 1
+            continue
+        store.add_device(s.eui, DUIS_TYPES[s.role], p.mpxn,
+                         model="%08X" % images.ROLE_IMAGE_TYPES[s.role],
+                         manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
+                         firmware_version=plan.version, install_code=s.install_code)
+        added["devices"] += 1
