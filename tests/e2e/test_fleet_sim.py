@@ -173,6 +173,24 @@ def test_bad_or_unreachable_dcc_is_a_clear_error(tmp_path, url, code, says):
     assert not (tmp_path / "f").exists()  # nothing started
 
 
+def test_more_premises_than_a_process_has_descriptors_for_is_refused(tmp_path):
+    """With the open-file limit at 600, 200 premises (about 6 descriptors each) do not fit one
+    process: refused before anything starts, saying how many --procs would do."""
+    import resource
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600))
+    args = [*HANOTA, "fleet", "sim", "--premises", "200", "--dcc", "http://127.0.0.1:1",
+            "--dir", str(tmp_path / "f")]
+    r = subprocess.run(args, capture_output=True, text=True, preexec_fn=low, timeout=60)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "limit is 600" in r.stderr and "give --procs 3 or more" in r.stderr, r.stderr
+    # in three processes it fits: it gets as far as finding the DCC unreachable
+    r = subprocess.run(args + ["--procs", "3"], capture_output=True, text=True,
+                       preexec_fn=low, timeout=60)
+    assert r.returncode == 2 and "cannot reach the DCC" in r.stderr, r.stderr
+
+
 def test_plan_and_slices_are_checked():
     for args, says in ((["--premises", "0"], "--premises"),
                        (["--premises", "3", "--slice", "4/3"], "i must be 1..n"),

@@ -14,6 +14,7 @@ outcomes, what the devices did, errors, time to start, CPU seconds and peak memo
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import multiprocessing
 import os
@@ -223,13 +224,14 @@ class FleetProcess:
         from ..hub import HubDB
         from ..hub import registry as reg
 
-        d = Path(self.cfg.dir) / ("p%08d" % p.index)
+        d = Path(self.cfg.dir) / ("f%d-p%08d" % (self.cfg.plan.fleet, p.index))
         d.mkdir(parents=True, exist_ok=True)
         path = d / "hub.db"
         with HubDB.open(path) as db:
             cur = eui_hex(db.current_hub()["eui"])
-            if cur != p.hub_eui:
-                if db.one("SELECT count(*) FROM hubs")[0] > 1:
+            if cur != p.hub_eui:  # a new database: it takes the plan's identity
+                if db.one("SELECT count(*) FROM hubs")[0] > 1 \
+                        or db.one("SELECT count(*) FROM devices")[0]:
                     raise FleetError("%s: this hub database is not premises %s's (hub %s, not "
                                      "%s): give another --dir" % (path, p.mpxn, cur, p.hub_eui))
                 with db.tx() as c:
@@ -255,13 +257,17 @@ class FleetProcess:
                                 on_event=lambda ev: ev.get("kind") in WAKE_EVENTS
                                 and one.wan is not None and one.wan.wake())
         await one.hub.start()
-        # the server's stall watchdog at the poll's pace, not every second
-        one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
-        one.bus = one.hub.server.attach_link(HanBus)
-        cls = self._wan_cls[1] if is_nats(self.cfg.dcc_url) else self._wan_cls[0]
-        one.wan = cls(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
-                      backoff=(0.5, 10.0), token=self.cfg.wan_token)
-        await one.wan.start()
+        try:
+            # the server's stall watchdog at the poll's pace, not every second
+            one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
+            one.bus = one.hub.server.attach_link(HanBus)
+            cls = self._wan_cls[1] if is_nats(self.cfg.dcc_url) else self._wan_cls[0]
+            one.wan = cls(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
+                          backoff=(0.5, 10.0), token=self.cfg.wan_token)
+            await one.wan.start()
+        except BaseException:
+            await one.hub.stop()
+            raise
         for s in p.devices:
             dev = SimDevice(s.eui_wire, s.install_code, s.role, self.stats,
                             version=self.cfg.plan.version)
@@ -289,6 +295,15 @@ class FleetProcess:
                 self.premises.append(await self._start_one(p))
             except HanotaError as e:
                 self.errors["premises %s: %s" % (p.mpxn, e)] += 1
+            except OSError as e:
+                if e.errno != errno.EMFILE:
+                    raise
+                self.errors["the open-file limit (%d) was reached after %d premises (each "
+                            "takes about 6 descriptors): give more --procs"
+                            % (_raise_fd_limit(), len(self.premises))] += 1
+                self.say("fleet: out of file descriptors after %d premises; not starting "
+                         "more (give more --procs)" % len(self.premises))
+                break
             if gap:
                 await asyncio.sleep(gap)
         self.started_in = time.monotonic() - self._t0
@@ -442,8 +457,26 @@ def merge(parts: list[dict]) -> dict:
     return out
 
 
+FDS_PER_PREMISES = 6  # a hub's database (3), its counter journal and lock, its WAN connection
+FDS_SPARE = 64
+
+
+def check_fds(premises: int, procs: int) -> None:
+    """FleetUsageError when a process would hold more premises than its open-file limit (the
+    hard limit, which the process raises its own to) allows."""
+    per = -(-premises // procs)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and per * FDS_PER_PREMISES + FDS_SPARE > hard:
+        most = max(1, (hard - FDS_SPARE) // FDS_PER_PREMISES)
+        raise FleetUsageError(
+            "%d premises in a process need about %d file descriptors; this machine's limit is "
+            "%d (ulimit -Hn): give --procs %d or more (a process holds at most %d premises)"
+            % (per, per * FDS_PER_PREMISES + FDS_SPARE, hard, -(-premises // most), most))
+
+
 def run(cfg: SimConfig, procs: int = 1, say: Callable[[str], None] = print) -> dict:
     """The slice [cfg.lo, cfg.hi) in `procs` processes (1: this one); the summary."""
+    check_fds(cfg.hi - cfg.lo, procs)
     asyncio.run(probe_dcc(cfg.dcc_url))
     Path(cfg.dir).mkdir(parents=True, exist_ok=True)
     if procs <= 1:
