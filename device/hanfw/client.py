@@ -28,6 +28,7 @@ _NO_VERSION = const(0xFFFFFFFF)
 # again: every state that waits for the hub has a timer (see _watchdog)
 _RETRY_MS = const(5000)
 _OOM_RESET = const(10)  # MemoryErrors in a row with no frame handled between: reset the board
+_HOLE_ASKS = const(16)  # Image Block Requests at once for the missing blocks of a page
 
 
 # UTC from the hub (Time cluster) is hanfw.clock, for every future-dated decision; clock.due
@@ -65,7 +66,8 @@ class OtaClient:
         self.status = zcl.UPGRADE_NORMAL
         self.rejection = 0
         self.min_period = 0
-        self._download = Download()  # made once, reused by every transfer (see download.py)
+        # made once, reused by every transfer (see download.py); it keeps the link's round trip
+        self._download = Download(cfg.block_timeout_ms)
         self.dl = None  # self._download while a transfer is in progress, else None
         self.pending = None  # (manufacturer, image type, version) waiting for activation
         self.timers = {}  # timer name -> due tick (ms); tick runs the timer's handler
@@ -182,7 +184,7 @@ class OtaClient:
         if not self.session and "link" not in t:
             self._at("link", _RETRY_MS)
         if self.dl is not None and "block" not in t and "next" not in t:
-            self._at("block", self.cfg.block_timeout_ms)
+            self._at("block", self.dl.wait.rto)
         if self.pending is not None and self.status == zcl.UPGRADE_DOWNLOAD_COMPLETE and "end" not in t:
             self._at("end", _RETRY_MS)
 
@@ -473,13 +475,25 @@ class OtaClient:
         d = self.dl
         if d is None:
             return
+        d.drop_held()  # a page from the frontier brings all of it again
         cmd, payload = d.request(self.cfg, self.min_period)
         self._zsend(_C2S_NODR, cmd, payload)
         self.blocks += 1
-        self._at("block", self.cfg.block_timeout_ms * (1 + min(d.tries, 4)))
+        self._sent(d, d.rtt if cmd == zcl.CMD_IMAGE_PAGE else d.rtt1)
+
+    def _sent(self, d, est):
+        # a request went out: its first answer times the round trip (est: of pages, or of
+        # single blocks) if it was sent once (Karn's rule); no answer within the RTO means
+        # it, or its answer, was lost
+        d.sent = _ticks()
+        d.timing = est if d.tries == 0 else None
+        d.wait = est
+        d.last_rx = 0
+        self._at("block", est.rto)
 
     def _on_block(self):
-        # no answer: the same offset again, with bounded backoff
+        # no answer, or a page went quiet before its end: ask again (the same offset, or
+        # the page's missing blocks), waiting twice as long each time (bounded)
         d = self.dl
         if d is None:
             return
@@ -488,7 +502,75 @@ class OtaClient:
             self.log("ota: no answer at offset %d after %d tries; will resume later" % (d.offset, d.tries - 1))
             self._suspend()
             return
-        self._request()
+        d.wait.backoff()
+        if d.held:
+            self._holes()
+        else:
+            self._request()
+
+    def _reorder(self):
+        # bytes of a page kept after a lost block (config "reorder"; -1: the page size when
+        # a link frame carries one block, none when blocks come bundled)
+        r = getattr(self.cfg, "reorder", -1)
+        if r < 0:
+            r = self.cfg.page_size if self.rx_frame <= link.MAX_FRAME else 0
+        return r
+
+    def _holes(self):
+        # the page is over (its last block came, or it went quiet) and blocks before the
+        # last one held are missing: ask for each at once (Image Block Requests); with
+        # nothing held, the page again from the first missing byte
+        d = self.dl
+        if not d.held:
+            self._request()
+            return
+        d.repair = True
+        m, t, v = d.id
+        o = d.offset
+        asked = 0
+        while o < d.htop and asked < _HOLE_ASKS:
+            if not d.is_held(o):
+                self._zsend(_C2S_NODR, zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(m, t, v, o, d.step))
+                self.blocks += 1
+                asked += 1
+                self.stats["holes"] = self.stats.get("holes", 0) + 1
+                d.ask_top = o + 1  # answers come in the order asked: past this, all came
+            o += d.step
+        self._sent(d, d.rtt1)
+
+    def _page_more(self, d, end):
+        # after a block of the page (in order or held) while some of it is still missing:
+        # wait for more, or, once the page is over, ask for what is missing
+        if d.repair and d.held and end < d.ask_top:
+            self._at("block", d.rtt1.rto)  # answers to the blocks asked for are coming
+        elif d.repair or end >= d.page_end:
+            if d.held:
+                if d.repair:  # the last block asked for came: the missing ones were lost
+                    d.tries += 1
+                    if d.tries > self.cfg.retry_limit:
+                        self._on_block()
+                        return
+                self._holes()
+            else:
+                self.stats["again"] = self.stats.get("again", 0) + 1
+                self._request()  # the rest of the page from the first missing byte
+        else:
+            self._at("block", d.rtt.silence())  # the page goes on
+
+    def _feed(self, data):
+        # one block, in order, into the download; False if the download ended on it
+        try:
+            self._take(data)
+        except otafile.OtaError as e:
+            self._fail(fail_reason(e.reason))
+            return False
+        except MemoryError:
+            self._out_of_memory()
+            return False
+        except Exception as e:  # BankError (full bank, flash error)
+            self._fail(getattr(e, "reason", "malformed"))
+            return False
+        return self.dl is not None
 
     # Our own shortage, not a bad image: never INVALID_IMAGE. Keep the resume point and
     # try again later (the next query resumes from the last persisted sector).
@@ -527,27 +609,41 @@ class OtaClient:
             self.log("ota: server aborted the transfer (%s)" % zcl.status_name(r.status))
             self._fail("server-abort", send_end=False)
             return
-        if (r.manufacturer, r.image_type, r.file_version) != d.id or r.file_offset != d.offset:
-            return  # a stale or out-of-order block: wait for the one we asked for
-        try:
-            self._take(r.data)
-        except otafile.OtaError as e:
-            self._fail(fail_reason(e.reason))
+        if (r.manufacturer, r.image_type, r.file_version) != d.id:
+            return  # a stale block
+        off = r.file_offset
+        n = len(r.data)
+        now = _ticks()
+        if d.timing is not None:
+            d.timing.sample(_diff(now, d.sent))
+            d.timing = None
+        elif d.last_rx:
+            d.rtt.arrival(_diff(now, d.last_rx))
+        d.last_rx = now
+        paging = self.cfg.page_size and d.body
+        if off != d.offset:
+            # a block after one that was lost: kept (if there is room) until the lost one
+            # comes again; an old one (already taken) is dropped
+            if paging and d.offset < off < d.page_end:
+                d.hold_block(off, r.data, self._reorder())
+                self._page_more(d, off + n)
             return
-        except MemoryError:
-            self._out_of_memory()
-            return
-        except Exception as e:  # BankError (full bank, flash error)
-            self._fail(getattr(e, "reason", "malformed"))
+        if paging and not d.step and off + n < d.page_end:
+            d.step = n  # the page's block length
+        if not self._feed(r.data):
             return
         d.tries = 0
+        while d.held and not d.stream.done:
+            m = d.unhold()  # held blocks that follow on, in order
+            if m is None or not self._feed(m):
+                break
         if self.dl is None:
             return
         if d.stream.done:
             self._cancel("block")
             self._complete()
-        elif self.cfg.page_size and d.body and d.offset < d.page_end:
-            self._at("block", self.cfg.block_timeout_ms)  # more of this page is coming
+        elif paging and d.offset < d.page_end:
+            self._page_more(d, off + n)
         else:
             if self.min_period:
                 self._cancel("block")

@@ -76,7 +76,15 @@ def from_dict(d):
     c.query_interval = d.get("query_interval", 300)  # seconds between polls of Query Next Image
     c.health_timeout = d.get("health_timeout", 60)  # seconds a trial image has to prove itself
     c.retry_limit = d.get("retry_limit", 8)
+    # the wait for an answer until the link's round trip is measured (then RFC 6298's RTO,
+    # at least 100 ms and at most 5 times this; hanfw/rtt.py)
     c.block_timeout_ms = d.get("block_timeout_ms", 1500)
+    # bytes of a page kept when a block before them is lost, so that only the lost block is
+    # asked for again; -1: the page size on a link that carries one block per frame, 0 with
+    # bundles (and on a board without the heap: the page again from the lost block)
+    c.reorder = d.get("reorder", -1)
+    if not isinstance(c.reorder, int) or c.reorder < -1:
+        raise ConfigError("bad-reorder", "reorder must be a byte count or -1, got %r" % (c.reorder,))
     c.checkpoint = d.get("checkpoint", 4096)  # bytes of payload between resume points
     # longest link frame taken (bundled block responses); 0: the transport's own limit,
     # 320: no bundles

@@ -8,6 +8,7 @@
 # format (a record without "seg" is a full image's, as before).
 
 from hanfw import zcl, otafile, reasons
+from hanfw.rtt import Rtt
 
 try:
     from micropython import const
@@ -16,6 +17,7 @@ except ImportError:
         return x
 
 _HEAD_MAX = const(69 + 6 + 116 + 6)  # header + descriptor element (v2) + image element header
+_NONE = bytearray(0)  # no reorder buffer
 
 
 def qualify(cfg, banks, mfr, itype, version, size):
@@ -59,7 +61,15 @@ class Download:
     # reuses it for every transfer: MicroPython grows an instance's attribute table one
     # rehash at a time, each leaving a hole, and holes made while a download starts
     # cost a 64 KiB board the 4.4 KiB it needs for each bundled page.
-    def __init__(self):
+    def __init__(self, timeout_ms=1500):
+        # the link's round trip, kept from one transfer to the next: to a page's first block
+        # (on a bundled link that is a whole long frame's time) and to a single block
+        self.rtt = Rtt(timeout_ms)
+        self.rtt1 = Rtt(timeout_ms)
+        # the reorder buffer of a page (blocks that came after a lost one), and one bit per
+        # block in it: made once, on the first gap, and kept (see hold)
+        self.hold = _NONE  # empty: none made yet
+        self.flags = _NONE
         self.start(None, 0)
 
     def start(self, ident, size):
@@ -77,6 +87,16 @@ class Download:
         self.dec = None  # hanfw.delta.Decoder of a compressed or delta file
         self.last_ckpt = 0  # bank bytes durable at the last resume record
         self.page_end = 0  # with Image Page Requests: blocks are awaited below this offset
+        self.sent = 0  # tick the last request went out
+        self.timing = None  # its estimator (rtt or rtt1) while its first answer is awaited
+        self.wait = self.rtt1  # the estimator of what is awaited (a page, or single blocks)
+        self.last_rx = 0  # tick the last block of the page came
+        self.hbase = 0  # file offset of hold[0]
+        self.step = 0  # the page's block length
+        self.held = 0  # blocks in the hold
+        self.htop = 0  # file offset after the highest block held
+        self.repair = False  # the page is over: its missing blocks were asked for one by one
+        self.ask_top = 0  # just past the last block asked for (the page's repair)
 
     def resume(self, saved, banks):
         # continue from a resume record; one that does not fit (a torn or foreign record)
@@ -170,6 +190,75 @@ class Download:
             return zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(m, t, v, off, cfg.max_data, page, 0)
         return zcl.CMD_IMAGE_BLOCK, zcl.pack_block_request(
             m, t, v, off, cfg.max_data, min_block_period=min_period if min_period else None)
+
+    # ---- blocks of a page that came after a lost one (selective repeat, no copy per block
+    # beyond the one into the preallocated hold)
+    def hold_block(self, off, data, size):
+        # keep a block beyond the next one awaited (one before it was lost); False if it
+        # cannot be kept (outside the page or the hold, or no hold of `size` bytes)
+        n = len(data)
+        if off <= self.offset or off + n > self.page_end or size <= 0:
+            return False
+        h = self.hold
+        if len(h) < size:
+            try:
+                self.hold = self.flags = _NONE  # the old one goes before the new one is made
+                h = self.hold = bytearray(size)
+                self.flags = bytearray((size >> 6) + 1)  # one bit per block of 8 bytes or more
+            except MemoryError:
+                self.hold = self.flags = _NONE
+                return False  # no room: the lost block's page is asked again from it
+        if self.held == 0:
+            self.hbase = self.offset
+            self.htop = self.offset
+        step = self.step
+        if not step:
+            if off + n == self.page_end:
+                return False  # the page's last block may be short: not a block length
+            step = self.step = n
+        at = off - self.hbase
+        i = at // step
+        if at % step or at + n > size or step < 8 or (n != step and off + n != self.page_end) \
+                or (i >> 3) >= len(self.flags):
+            return False
+        f = self.flags
+        if f[i >> 3] & (1 << (i & 7)):
+            return True  # already held
+        h[at:at + n] = data
+        f[i >> 3] |= 1 << (i & 7)
+        self.held += 1
+        if off + n > self.htop:
+            self.htop = off + n
+        return True
+
+    def is_held(self, off):
+        # whether the block at off is in the hold
+        if not self.held or off < self.hbase or off >= self.htop:
+            return False
+        at = off - self.hbase
+        i = at // self.step
+        return not at % self.step and bool(self.flags[i >> 3] & (1 << (i & 7)))
+
+    def unhold(self):
+        # the held block at self.offset (a memoryview into the hold), taken out; or None
+        off = self.offset
+        if not self.is_held(off):
+            return None
+        at = off - self.hbase
+        i = at // self.step
+        self.flags[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+        self.held -= 1
+        n = min(self.step, self.page_end - off)
+        return memoryview(self.hold)[at:at + n]
+
+    def drop_held(self):
+        # forget what the hold has (a new page from the frontier supersedes it)
+        if self.held:
+            f = self.flags
+            for i in range(len(f)):
+                f[i] = 0
+        self.held = 0
+        self.repair = False
 
     def head_need(self):
         # bytes still needed before the body: to the end of the image element's header

@@ -278,6 +278,43 @@ def test_blocks_served_from_arbitrary_offsets(make_image):
     run(main())
 
 
+def test_a_block_request_inside_the_page_under_way_leaves_the_page_going(make_image):
+    # a device that lost a block of a page asks for that one alone (Image Block Request)
+    # and keeps the rest of the page: the hub answers it and goes on with the page; a block
+    # request elsewhere (a device that started over) still stops the page under way
+    img = make_image(size=8000)
+    ident = (MFR, 0x84, 2)
+
+    async def page(dev, off, size):
+        tsn = dev._next_tsn()
+        q: asyncio.Queue = asyncio.Queue()
+        dev._streams[tsn] = q
+        # 64-byte blocks 10 ms apart: the page lasts about 0.3 s
+        dev.send_zcl(C2S, tsn, zcl.CMD_IMAGE_PAGE, zcl.pack_page_request(*ident, off, 64, size, 10))
+        await until(lambda: q.qsize() >= 3)
+        return q
+
+    async def main():
+        policy = Policy(images=[img])
+        async with serving(policy, block_cap=64) as (server, addr):
+            dev = await joined(policy, addr, 9)
+            await dev.query()
+            q = await page(dev, 0, 2048)
+            cmd, r = await dev.request(C2S, zcl.CMD_IMAGE_BLOCK,
+                                       zcl.pack_block_request(*ident, 1024, 64))
+            assert (r.status, r.file_offset) == (zcl.SUCCESS, 1024)
+            await until(lambda: q.qsize() >= 32)  # every block of the page came
+            assert server.stats["block-requests"] == 1
+            q = await page(dev, 2048, 2048)
+            cmd, r = await dev.request(C2S, zcl.CMD_IMAGE_BLOCK,
+                                       zcl.pack_block_request(*ident, 6000, 64))
+            assert (r.status, r.file_offset) == (zcl.SUCCESS, 6000)
+            await asyncio.sleep(0.5)
+            assert q.qsize() < 32  # stopped
+            dev.close()
+    run(main())
+
+
 # ---------------------------------------------------------------- statuses
 
 def test_past_end_is_malformed_and_unknown_image_aborts(make_image):

@@ -48,6 +48,7 @@ class DeviceState:
     queue: asyncio.Queue | None = None
     worker: asyncio.Task | None = None
     page_task: asyncio.Task | None = None
+    page_span: tuple[int, int] = (0, 0)  # the file range of the page under way
     rx_frame: int = hlink.MAX_FRAME  # longest frame it takes (its HELLO); above: bundles
 
     @property

@@ -151,7 +151,7 @@ class Serving:
 
     # Checks shared by block and page requests. Returns the image to serve or None (answered).
     def _admit(self, dev: DeviceState, tsn: int, mfr: int, itype: int, ver: int, offset: int,
-               max_data: int) -> ServedImage | None:
+               max_data: int, keep_page: bool = False) -> ServedImage | None:
         img = self.image_for(dev, mfr, itype, ver)
         if img is None:
             self.stats["unknown-image"] += 1
@@ -175,7 +175,8 @@ class Serving:
             self.sessions.send_zcl(dev, S2C_RESPONSE, tsn, zcl.CMD_IMAGE_BLOCK_RESPONSE,
                                    zcl.pack_block_wait(0, wait, period))
             return None
-        dev.cancel_page()
+        if not keep_page:
+            dev.cancel_page()
         t = self.transfers.get(dev.eui)
         if t is None or t.image != img or t.state in ("complete", "failed"):
             t = self.transfers[dev.eui] = Transfer(dev.eui, img, now, now, offset)
@@ -186,10 +187,16 @@ class Serving:
 
     async def block(self, dev: DeviceState, tsn: int, buf: bytes, off: int) -> None:
         r = zcl.parse_block_request(buf, off)
+        self.stats["block-requests"] += 1
         if r.min_block_period is not None:
             dev.min_block_period_ms = r.min_block_period
+        # a block the device lost from the page still under way: the page goes on (the
+        # device keeps what follows the lost block and asks for that one alone)
+        page = dev.page_task
+        keep = page is not None and not page.done() and \
+            dev.page_span[0] <= r.file_offset < dev.page_span[1]
         img = self._admit(dev, tsn, r.manufacturer, r.image_type, r.file_version,
-                          r.file_offset, r.max_data_size)
+                          r.file_offset, r.max_data_size, keep_page=keep)
         if img is None:
             return
         loop = asyncio.get_running_loop()
@@ -209,6 +216,7 @@ class Serving:
         img = self._admit(dev, tsn, r.manufacturer, r.image_type, r.file_version,
                           r.file_offset, r.max_data_size)
         if img is not None:
+            dev.page_span = (r.file_offset, r.file_offset + r.page_size)
             dev.page_task = asyncio.get_running_loop().create_task(
                 self.blocks.send_page(dev, tsn, img, r))
 

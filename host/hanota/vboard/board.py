@@ -78,7 +78,7 @@ class VirtualBoard:
                  role: str | None = None, eui64: str | None = None, power_cut_at: int | None = None,
                  torn: bool = False, link_rate: float | None = None, link_latency: float = 0.0,
                  hub: tuple[str, int] = DEFAULT_HUB, heap: str | None = None, drop_every: int = 0,
-                 clock_offset: float = 0.0):
+                 clock_offset: float = 0.0, drop_rate: float = 0.0, drop_seed: int = 0):
         kinds = layout.board_names(virtual=True)  # the board folders with virtual = true
         if board not in kinds:
             raise BoardError("unknown board %r (choose from %s)" % (board, ", ".join(kinds)))
@@ -97,6 +97,7 @@ class VirtualBoard:
         self.hub = hub
         self.heap = heap
         self.drop_every = drop_every
+        self.drop_rate, self.drop_seed = drop_rate, drop_seed  # UDP link only (linkrelay)
         # seconds the board's wall clock (time.time/gmtime/localtime, where the port has
         # them) is off from the host's: boards have no RTC set at boot (rt/vclock.py)
         self.clock_offset = float(clock_offset)
@@ -162,7 +163,8 @@ class VirtualBoard:
     def _start_link(self) -> None:
         if self.spec.link == "udp":
             self.link = linkrelay.UdpRelay(self.hub, rate=self.link_rate, latency=self.link_latency,
-                                           drop_every=self.drop_every).start()
+                                           drop_every=self.drop_every, drop_rate=self.drop_rate,
+                                           drop_seed=self.drop_seed).start()
             host, port = self.link.address
             self.info.link = "udp:%s:%d" % (host, port)
             self._device_link = self.info.link

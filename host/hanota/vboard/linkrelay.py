@@ -11,7 +11,9 @@ Two kinds, as on real boards:
 Both can emulate a slow link: `rate` (bytes per second, each direction) delays every
 datagram or chunk by its serialisation time, queued behind the ones before it, and
 `latency` (seconds) adds a fixed delay. A relay never drops data on its own; it counts
-what it carried.
+what it carried. A `UdpRelay` can be told to lose datagrams: every Nth towards the device
+(`drop_every`), or each one, both ways, with probability `drop_rate` from a generator seeded
+with `drop_seed` (the same seed loses the same datagrams of the same traffic).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import random
 import select
 import socket
 import threading
@@ -94,11 +97,16 @@ class UdpRelay(_Relay):
     """UDP between the device (which sends to `address`) and the hub at `hub`."""
 
     def __init__(self, hub: tuple[str, int], rate: float | None = None, latency: float = 0.0,
-                 drop_every: int = 0):
+                 drop_every: int = 0, drop_rate: float = 0.0, drop_seed: int = 0):
         super().__init__(rate, latency)
         self.hub = hub
         self.drop_every = drop_every  # lose every Nth datagram towards the device (0: none)
-        self.lost = 0
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError("drop_rate must be in [0, 1): %r" % (drop_rate,))
+        self.drop_rate = drop_rate  # lose each datagram, either way, with this probability
+        self._rng = random.Random(drop_seed)
+        self.lost = 0  # datagrams lost, both ways
+        self.lost_by = {"up": 0, "down": 0}
         self._down_count = 0
         self._dev = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._dev.bind(("127.0.0.1", 0))
@@ -126,7 +134,11 @@ class UdpRelay(_Relay):
                 with contextlib.suppress(OSError):
                     data, addr = self._dev.recvfrom(65536)
                     self._device_addr = addr
-                    self._schedule("up", data, lambda d, hub=self.hub: self._hub_side.sendto(d, hub))
+                    if self._lose("up"):
+                        self._schedule("up", data, _lost)  # it took its time on the air
+                    else:
+                        self._schedule("up", data,
+                                       lambda d, hub=self.hub: self._hub_side.sendto(d, hub))
             if self._hub_side in ready:
                 with contextlib.suppress(OSError):
                     data, addr = self._hub_side.recvfrom(65536)
@@ -134,12 +146,26 @@ class UdpRelay(_Relay):
                     self._down_count += 1
                     if self.drop_every and self._down_count % self.drop_every == 0:
                         self.lost += 1
+                        self.lost_by["down"] += 1
+                    elif self._lose("down"):
+                        self._schedule("down", data, _lost)
                     elif dev is not None:
                         self._schedule("down", data, lambda d, dev=dev: self._dev.sendto(d, dev))
+
+    def _lose(self, direction: str) -> bool:
+        if self.drop_rate and self._rng.random() < self.drop_rate:
+            self.lost += 1
+            self.lost_by[direction] += 1
+            return True
+        return False
 
     def _close(self) -> None:
         self._dev.close()
         self._hub_side.close()
+
+
+def _lost(data: bytes) -> None:
+    """Delivers nothing: a datagram lost on the emulated air (after its airtime)."""
 
 
 def _open_pty() -> tuple[int, int, str]:
