@@ -1,9 +1,10 @@
 """`python -m bench` (`make bench`): run the benchmarks and write bench/RESULTS.md.
 
-python -m bench                       everything (about 10 minutes)
+python -m bench                       everything (about 15 minutes)
 python -m bench --quick               one run of each, smaller images (a minute or two)
 python -m bench --only link,hub       some sections: boards, device, heap, link (with mpremote),
-                                      hub, encodings (full vs compressed vs delta files)
+                                      hub, encodings (full vs compressed vs delta files),
+                                      loss (1 % of the Zigbee-like link's frames lost)
 python -m bench --only heap --repeat 20   the 64 KiB-heap boards alone, 20 times in a row
 python -m bench --out FILE            write the results elsewhere
 
@@ -22,11 +23,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import boards, common, device, encodings, hub, link, report, vs_mpremote
+from . import boards, common, device, encodings, hub, link, loss, report, vs_mpremote
 
-SECTIONS = ("boards", "device", "heap", "link", "hub", "encodings")
+SECTIONS = ("boards", "device", "heap", "link", "hub", "encodings", "loss")
 # "device" runs the 64 KiB-heap boards too
-DEFAULT = ("boards", "device", "link", "hub", "encodings")
+DEFAULT = ("boards", "device", "link", "hub", "encodings", "loss")
 HERE = Path(__file__).resolve().parent
 
 
@@ -135,6 +136,8 @@ def _section(name: str, ws, scale: str, log, tag: str):
         return hub.run(ws, scale, log)
     if name == "encodings":
         return encodings.run(ws, scale, log)
+    if name == "loss":
+        return loss.run(ws, scale, log)
     out = link.run(ws, scale, log)
     keep = out.pop("keep")
     try:

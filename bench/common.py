@@ -225,6 +225,8 @@ class Board:
         latency: float = 0.0,
         heap: str | None = None,
         tap: bool = False,
+        drop_rate: float = 0.0,
+        drop_seed: int = 0,
     ):
         self.kind, self.rate, self.hub = kind, rate, hubt
         self.tap: ConsoleTap | None = None
@@ -237,6 +239,8 @@ class Board:
             link_rate=rate,
             link_latency=latency,
             heap=heap,
+            drop_rate=drop_rate,
+            drop_seed=drop_seed,
         ).start()
         try:
             if kind == "vboard-esp32":

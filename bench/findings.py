@@ -31,13 +31,18 @@ def findings(r: dict) -> list[str]:
         from .encodings import finding
 
         L += finding(r["encodings"])
+    if r.get("loss"):
+        from .loss import finding as loss_finding
+
+        L += loss_finding(r["loss"])
     L += _retries_finding(r.get("bring_up_retries") or [])
     _number(L)
     L.append(
-        "How to run: `make bench` (everything, about 10 minutes), `python -m bench --quick`, "
+        "How to run: `make bench` (everything, about 15 minutes), `python -m bench --quick`, "
         "`python -m bench --only link,hub`, `python -m bench --only heap --repeat 20` (the 64 KiB-heap "
         "boards alone, again and again), `python -m bench --only encodings` (full vs compressed "
-        "vs delta files, about 2 minutes); a failed section is recorded and the others kept (exit "
+        "vs delta files, about 2 minutes), `python -m bench --only loss` (1 % of the Zigbee-like "
+        "link's frames lost against none, about 4 minutes); a failed section is recorded and the others kept (exit "
         "1); the smoke test `tests/unit/test_bench_smoke.py` runs `--smoke` in seconds."
     )
     return L

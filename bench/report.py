@@ -100,6 +100,8 @@ def write(path, results: dict, started: float, elapsed: float, scale: str) -> No
                       _heap_runs)
     L += _section("7. Full, compressed and delta files (`--only encodings`)",
                   results.get("encodings"), _encodings, failed("encodings"))
+    L += _section("8. Loss on the Zigbee-like link (`--only loss`)", results.get("loss"),
+                  _loss, failed("loss"))
     L += _findings(results)
     with open(path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
@@ -163,6 +165,10 @@ def _headline(r: dict) -> list[str]:
                 top["lost"],
             )
         )
+    if r.get("loss"):
+        from .loss import headline
+
+        L += headline(r["loss"])
     b = r.get("boards")
     if b:
         L.append(
@@ -672,6 +678,12 @@ def _findings(r: dict) -> list[str]:
     from .findings import findings
 
     return findings(r)
+
+
+def _loss(loss: dict) -> list[str]:
+    from .loss import report
+
+    return report(loss)
 
 
 def _encodings(enc: dict) -> list[str]:
