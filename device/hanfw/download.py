@@ -91,6 +91,9 @@ class Download:
         self.timing = None  # its estimator (rtt or rtt1) while its first answer is awaited
         self.wait = self.rtt1  # the estimator of what is awaited (a page, or single blocks)
         self.last_rx = 0  # tick the last block of the page came
+        f = self.flags  # an earlier transfer's held blocks (a download cut short) are gone
+        for i in range(len(f)):
+            f[i] = 0
         self.hbase = 0  # file offset of hold[0]
         self.step = 0  # the page's block length
         self.held = 0  # blocks in the hold

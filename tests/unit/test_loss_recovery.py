@@ -122,3 +122,18 @@ def test_the_emulated_link_loses_seeded_random_frames_both_ways():
         assert r.lost_by["up"] > 0 and r.lost_by["down"] > 0
     assert runs[0] == runs[1]  # the same seed loses the same frames
     assert 140 <= sum(runs[0]) <= 260  # about 10 % of 2000
+
+
+def test_a_new_transfer_forgets_what_a_cut_short_one_held():
+    d = Download()
+    d.start((1, 2, 3), 10_000)
+    page(d, 0, 1000, 50)
+    d.step = 50
+    assert d.hold_block(200, b"a" * 50, 1000) and d.held == 1
+    d.start((1, 2, 4), 10_000)  # the download was suspended mid-page; a new one begins
+    page(d, 0, 1000, 50)
+    d.step = 50
+    assert not d.is_held(200)
+    assert d.hold_block(300, b"b" * 50, 1000)
+    d.offset = 200
+    assert d.unhold() is None  # 200 is not held in this transfer
