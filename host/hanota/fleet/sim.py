@@ -253,9 +253,11 @@ class FleetProcess:
         path = self._prepare_db(p)
         # what the hub records (an outcome, an alert) wakes its WAN's work at once, so an
         # outcome waits for the WAN's next send pass only, not for its poll as well
+        def on_event(ev: dict) -> None:
+            if ev.get("kind") in WAKE_EVENTS and one.wan is not None:
+                one.wan.wake()
         one.hub = self._hub_cls(path, udp=None, options=self._hub_options(),
-                                on_event=lambda ev: ev.get("kind") in WAKE_EVENTS
-                                and one.wan is not None and one.wan.wake())
+                                on_event=on_event)
         await one.hub.start()
         try:
             # the server's stall watchdog at the poll's pace, not every second
@@ -323,8 +325,9 @@ class FleetProcess:
                     await asyncio.wait_for(stop.wait(), 0.5)
                 except asyncio.TimeoutError:
                     pass
-                if starter.done() and starter.exception() is not None:
-                    raise starter.exception()
+                failed = starter.exception() if starter.done() else None
+                if failed is not None:
+                    raise failed
                 if self.all_connected_in is None and starter.done() and self.premises \
                         and all(p.wan.connected.is_set() for p in self.premises):
                     self.all_connected_in = time.monotonic() - self._t0
