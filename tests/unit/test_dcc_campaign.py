@@ -416,6 +416,33 @@ def test_campaign_response_deadline_fails_retries_and_counts_against_thresholds(
                                                   "no_response", "no_response"]
 
 
+def test_an_outcome_not_stored_is_taken_when_the_hub_sends_it_again(world, monkeypatch):
+    """The database fails between recording the message id and writing the outcome (a
+    PostgreSQL restart): nothing of the message is kept, so the resend is not a duplicate."""
+    from hanota.dcc.store import DccStoreError
+
+    world.create(devices=[dev_eui(0)])
+    CampaignDriver(world.dcc, clock=world.clock).step()
+    hub = world.store.device(dev_eui(0))["hub_eui"]
+    (msg,) = world.dcc.wan_outbox(hub)
+    real = world.store.finish_request
+
+    def lost(*a, **kw):
+        raise DccStoreError("DCC database: server closed the connection unexpectedly")
+
+    monkeypatch.setattr(world.store, "finish_request", lost)
+    up = {"id": 1, "type": "outcome", "request": msg["request"], "device": dev_eui(0),
+          "outcome": "activated", "detail": {}}
+    with pytest.raises(DccStoreError):
+        world.dcc.wan_received(bytes.fromhex(hub), up)
+    monkeypatch.setattr(world.store, "finish_request", real)
+    assert world.store.all("SELECT count(*) FROM wan_in")[0][0] == 0
+    world.dcc.wan_received(bytes.fromhex(hub), up)  # the hub sends it again (no ack came)
+    assert world.store.request_by_text(msg["request"])["outcome"] == "activated"
+    world.dcc.wan_received(bytes.fromhex(hub), up)  # and a real duplicate changes nothing
+    assert world.store.all("SELECT count(*) FROM responses WHERE final = 1")[0][0] == 1
+
+
 def test_no_response_reaches_the_error_threshold(world):
     world.create(devices=[dev_eui(0), dev_eui(1)], retries=0, response_timeout=60,
                  error_threshold="50%")

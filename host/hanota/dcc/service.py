@@ -524,16 +524,20 @@ class Dcc:
         if not isinstance(mid, int):
             raise DccUsageError("a Comms Hub message needs an integer id: %r" % (msg,),
                                 reason="bad-wan-message")
-        if not self.store.wan_seen(hub_eui, mid, msg):
-            return
-        kind = msg.get("type")
-        if kind == "outcome":
-            self._outcome(eui_hex(hub_eui), msg)
-        elif kind == "alert":
-            self._alert(eui_hex(hub_eui), msg)
-        else:
-            log.warning("Comms Hub %s sent message %d of unknown type %r", eui_hex(hub_eui),
-                        mid, kind)
+        # the message's record and its effect commit together: a database lost between
+        # them (PostgreSQL restarting) must not leave the id recorded and the outcome not
+        # written, or the hub's resend would be taken for a duplicate and the outcome lost
+        with self.store.tx():
+            if not self.store.wan_seen(hub_eui, mid, msg):
+                return
+            kind = msg.get("type")
+            if kind == "outcome":
+                self._outcome(eui_hex(hub_eui), msg)
+            elif kind == "alert":
+                self._alert(eui_hex(hub_eui), msg)
+            else:
+                log.warning("Comms Hub %s sent message %d of unknown type %r",
+                            eui_hex(hub_eui), mid, kind)
 
     # ------------------------------------------------------------ response deadlines
 
