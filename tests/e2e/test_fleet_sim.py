@@ -191,6 +191,28 @@ def test_more_premises_than_a_process_has_descriptors_for_is_refused(tmp_path):
     assert r.returncode == 2 and "cannot reach the DCC" in r.stderr, r.stderr
 
 
+def test_sim_register_writes_the_slice_to_the_dcc_database(tmp_path):
+    """`fleet sim --register` puts this slice's premises and devices in the DCC's database
+    (before it looks for the DCC; here there is none); without --supplier it is refused."""
+    from hanota.dcc.store import DccStore
+
+    db = str(tmp_path / "dcc.db")
+    base = [*HANOTA, "fleet", "sim", "--premises", "4", "--devices", "2", "--slice", "2/2",
+            "--dcc", "http://127.0.0.1:1", "--dir", str(tmp_path / "f"), "--register",
+            "--db", db]
+    r = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--register needs --supplier" in r.stderr, r.stderr
+    r = subprocess.run(base + ["--supplier", "90B3D51F3001A001"], capture_output=True,
+                       text=True, timeout=60)
+    assert "2 premises and 4 devices added" in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == 2 and "cannot reach the DCC" in r.stderr
+    with DccStore(db) as store:
+        assert [p["mpxn"] for p in store.list_premises()] == ["SIM0-00000002",
+                                                              "SIM0-00000003"]
+        assert {d["eui"] for d in store.list_devices()} == {
+            s.eui for q in fp.FleetPlan(4, 2).range(2, 4) for s in q.devices}
+
+
 def test_plan_and_slices_are_checked():
     for args, says in ((["--premises", "0"], "--premises"),
                        (["--premises", "3", "--slice", "4/3"], "i must be 1..n"),
