@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fault fuzz venv clean gpl
+.PHONY: demo test bench scale fault fuzz venv clean gpl
 
 venv: $(STAMP)
 
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# A firmware campaign to 10,000 simulated premises (issue 14): SQLite against PostgreSQL + NATS,
+# one DCC worker against two, and a worker kill, a NATS and a PostgreSQL restart during it;
+# writes bench/SCALE.md. Long; SCALE_ARGS="--premises 200" for a run of a few minutes.
+scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # Every power-cut point of both bank kinds, torn writes, random multi-cuts, and the long
 # fuzz budget; writes tests/fault/RESULTS.md (make test runs a fixed stride and short budgets).
