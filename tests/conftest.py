@@ -84,3 +84,34 @@ def nats_server():
     from support.servers import Nats, running
 
     yield from running(Nats, "nats-server")
+
+
+@pytest.fixture(scope="module")
+def pkidir(tmp_path_factory):
+    """A test PKI (`hanota pki init`: the Suppliers', Network Operator's and DCC's keys and
+    certificates), one per test module."""
+    from hanota.dcc import pki
+
+    d = tmp_path_factory.mktemp("pki")
+    pki.init(d)
+    return d
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where the DCC's store lives, each test run on both: an SQLite file, or a fresh
+    PostgreSQL database (pg_uri; skipped, saying why, where the server cannot start)."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_uri")
+    return str(tmp_path / "dcc.db")
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A Comms Hub database (HubDB) in the test's directory, closed at the end. (A module
+    with another `db`, e.g. on a test clock, defines its own.)"""
+    from hanota.hub import HubDB
+
+    d = HubDB.open(tmp_path / "hub.db")
+    yield d
+    d.close()

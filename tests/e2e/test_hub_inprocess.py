@@ -32,13 +32,6 @@ def key():
     return otabuild.new_key()
 
 
-@pytest.fixture
-def db(tmp_path):
-    d = HubDB.open(tmp_path / "hub.db")
-    yield d
-    d.close()
-
-
 def run(coro, timeout: float = 45.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 

@@ -40,26 +40,12 @@ def dev_eui(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def pkidir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def fw():
     """A PPMID image (on the CPL in each test's database) and one for another model."""
     key = otabuild.new_key()
     payload = random.Random(7).randbytes(300)
     return {"ppmid": images.build_image(payload, key=key, version=2, role="ppmid"),
             "hcalcs": images.build_image(payload, key=key, version=2, role="hcalcs")}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_uri")
-    return str(tmp_path / "dcc.db")
 
 
 class Clock:

@@ -22,13 +22,6 @@ PPMID = bytes.fromhex("00DB123456789002")
 HCALCS = bytes.fromhex("00DB123456789001")
 
 
-@pytest.fixture(scope="module")
-def pkidir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(d)
-    return d
-
-
 @pytest.mark.parametrize("srv,device,outcome,case,code", [
     ("11.4", "ppmid", "activated", "CS09", "0"),
     ("11.4", "ppmid", "rolled_back", "CS09", "1"),

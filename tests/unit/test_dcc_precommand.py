@@ -29,22 +29,6 @@ HCALCS = bytes.fromhex("00DB123456789001")
 IMG = hashlib.sha256(b"held image").digest()
 
 
-@pytest.fixture(scope="module")
-def pkidir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(d)
-    return d
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    """The DCC's store on SQLite, or on a fresh PostgreSQL database (skipped, saying why,
-    where the server cannot start)."""
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_uri")
-    return tmp_path / "dcc.db"
-
-
 def open_dcc(db_target, pkidir):
     store = DccStore(db_target)
     return Dcc(store, pki.KeyStore(pkidir), pki.signing_pair(pkidir, "dcc.xml"))

@@ -52,13 +52,6 @@ PLACEHOLDER = b"""<ds:Signature xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><d
 
 
 @pytest.fixture(scope="module")
-def pkidir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def signers(pkidir):
     return {name: pki.signing_pair(pkidir, name + ".xml")
             for name in ("supplier-a", "supplier-b", "network-operator", "dcc")}
@@ -67,15 +60,6 @@ def signers(pkidir):
 @pytest.fixture(scope="module")
 def fw_key():
     return otabuild.new_key()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    """Where the DCC's store lives: the SQLite file (the default) or a fresh PostgreSQL
-    database (tests/conftest.py's server; skipped, saying why, where it cannot start)."""
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_uri")
-    return tmp_path / "dcc.db"
 
 
 @pytest.fixture

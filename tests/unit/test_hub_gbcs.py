@@ -31,13 +31,6 @@ def cs06(dev_eui: str, counter: int, at: str | None) -> bytes:
     return m.encode()
 
 
-@pytest.fixture
-def db(tmp_path):
-    d = HubDB.open(tmp_path / "hub.db")
-    yield d
-    d.close()
-
-
 def test_a_cancellation_ends_the_pending_activation_as_cancelled(db):
     e = register(db, 1, role="hcalcs")
     fd = rq.activate_gbcs(db, e, cs06(e, 10, "20991231120000Z"), SUPPLIER)

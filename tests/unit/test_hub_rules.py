@@ -27,13 +27,6 @@ def key():
 
 
 @pytest.fixture
-def db(tmp_path):
-    d = HubDB.open(tmp_path / "hub.db")
-    yield d
-    d.close()
-
-
-@pytest.fixture
 def image(tmp_path, key):
     def make(role="ppmid", version=2, **kw):
         return build_image(tmp_path, key, role, version, size=400, **kw)
