@@ -26,6 +26,7 @@ from hanota.hub import HubOptions, RetryPolicy
 from hanota.hub import registry as reg
 from hanota.hub.runner import HubRunner
 from hanota.server import zigbee_time
+from support.clientkit import State
 from support.fakedevice import DeviceError, FakeDevice, install_code
 
 SUPPLIER = "SupplierA"
@@ -155,7 +156,7 @@ class AgentDevice(FakeDevice):
         from hanfw import activation
 
         if self.gbcs_state is None:
-            self.gbcs_state = _GbcsState()
+            self.gbcs_state = State()  # hanfw.state.State in memory
         st = self.gbcs_state
         st.update(held={"version": self.held_version, "length": 0,
                         "hash": self.held_hash.hex()} if self.held_hash else None)
@@ -311,17 +312,6 @@ class AgentDevice(FakeDevice):
             return
         self.alerts_sent.append(args)
         await self._persist(self.alert, *args)
-
-
-class _GbcsState(dict):
-    """hanfw.state.State's update on a dict (None removes a key), for the fake's GBCS state."""
-
-    def update(self, **kw):
-        for k, v in kw.items():
-            if v is None:
-                self.pop(k, None)
-            else:
-                self[k] = v
 
 
 class _HeldBank:
