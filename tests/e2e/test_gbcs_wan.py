@@ -59,9 +59,10 @@ async def precommand_for(w: World, n: int, image_hash: bytes, *, user: bytes | N
 
 
 async def submit_signed(w: World, rid, srv: str, pre: bytes, *, ds: str = "supplier-a",
-                        tamper=None) -> tuple[dict, dict]:
+                        tamper=None, wait: bool = True) -> tuple[dict, dict]:
     """SR 11.3 CV 5: the Pre-Command signed with `ds`'s DS key, the DUIS request XML-signed
-    by the RequestID's originator; (its acknowledgement, the final response or {})."""
+    by the RequestID's originator; (its acknowledgement, the final response or {}: also {}
+    with wait=False, which does not wait for one)."""
     key = pki.load_key((w.pki_dir / ("%s.ds.key.pem" % ds)).read_bytes())
     signed = precommand.sign(pre, key)
     if tamper is not None:
@@ -70,7 +71,7 @@ async def submit_signed(w: World, rid, srv: str, pre: bytes, *, ds: str = "suppl
         else (w.other_key, w.other_cert)
     cv5 = xmlsig.sign(precommand.signed_request(rid, signed, srv), xkey, xcert)
     ack = duis.parse_response(await post_raw(w, cv5))
-    if ack["code"] != "I99":
+    if ack["code"] != "I99" or not wait:
         return ack, {}
     return ack, await w.wait_response(str(rid), user=rid.originator)
 
@@ -166,10 +167,8 @@ def test_every_refusal_reaches_the_user_and_nothing_is_activated(tmp_path):
         # by its recipient and has no GBCS answer to give; the User still gets the outcome
         await w.wan.stop()
         rid, srv, pre = await precommand_for(w, 3, held)
-        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
-        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
-                          w.user_key, w.user_cert)
-        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        ack, _ = await submit_signed(w, rid, srv, pre, wait=False)
+        assert ack["code"] == "I99", ack
         row = [r for r in w.store.all("SELECT id, body FROM wan_out WHERE acked IS NULL")
                if '"gbcs"' in r[1]]
         assert len(row) == 1
@@ -279,10 +278,8 @@ def test_future_dated_activation_alerts_8f66_and_a_cancellation_removes_one(tmp_
         held = dev.held_hash
         at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=40)
         rid, srv, pre = await precommand_for(w, 2, held, execution_datetime=at)
-        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
-        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
-                          w.user_key, w.user_cert)
-        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        ack, _ = await submit_signed(w, rid, srv, pre, wait=False)
+        assert ack["code"] == "I99", ack
         await w.until(lambda: (dev.gbcs_state or {}).get("fdact") is not None,
                       "the device holding the future-dated CS06")
         cid, csrv, cpre = await precommand_for(w, 2, held, cancel=True)
@@ -316,10 +313,8 @@ def test_future_dated_activation_not_actioned_alerts_8f67(tmp_path):
         await distribute(w, 2, 3)
         at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=6)
         rid, srv, pre = await precommand_for(w, 2, dev.held_hash, execution_datetime=at)
-        key = pki.load_key((w.pki_dir / "supplier-a.ds.key.pem").read_bytes())
-        cv5 = xmlsig.sign(precommand.signed_request(rid, precommand.sign(pre, key), srv),
-                          w.user_key, w.user_cert)
-        assert duis.parse_response(await post_raw(w, cv5))["code"] == "I99"
+        ack, _ = await submit_signed(w, rid, srv, pre, wait=False)
+        assert ack["code"] == "I99", ack
         await w.until(lambda: (dev.gbcs_state or {}).get("fdact") is not None,
                       "the device holding the future-dated CS06")
         await distribute(w, 2, 4)  # now it holds another image
