@@ -8,6 +8,8 @@
 # app banks (hanfw.banks, hanfw.bootctl) on a file-backed flash, fed by a minimal hub
 # in this process; TRACK=1 samples the live heap (gc.collect + mem_alloc) at every frame;
 # LEAVE > 0 leaves only that many bytes of heap free for the client (see download()).
+# mpykit (tests/device/mpy/mpykit.py, shared with the device tests' scripts) is compiled beside
+# it by bench/device.py.
 import gc
 import sys
 import json
@@ -15,7 +17,7 @@ import time
 import hashlib
 import binascii
 
-SECTOR = 4096
+from mpykit import HUB_EUI, SECTOR, BlockDev, Role, client_config, install_code
 
 
 def ms_since(t0):
@@ -60,37 +62,27 @@ def p256(rounds):
     return {"p256_ms": times}
 
 
-class FileDev:
-    # A block device over part of a file: 4 KiB blocks, erase = fill with 0xFF.
+class FileDev(BlockDev):
+    # A block device over part of a file (from block `first`); counts erases and writes.
     ff = b"\xff" * SECTOR
 
     def __init__(self, f, first, nblocks, counts):
-        self.f, self.first, self.n, self.counts = f, first, nblocks, counts
+        BlockDev.__init__(self, nblocks)
+        self.f, self.base, self.counts = f, first * SECTOR, counts
 
-    def readblocks(self, n, buf, off=0):
-        self.f.seek((self.first + n) * SECTOR + off)
+    def _read(self, a, buf):
+        self.f.seek(self.base + a)
         self.f.readinto(buf)
 
-    def writeblocks(self, n, buf, off=None):
-        if off is None:
-            for i in range((len(buf) + SECTOR - 1) // SECTOR):
-                self.ioctl(6, n + i)
-            off = 0
-        self.f.seek((self.first + n) * SECTOR + off)
+    def _write(self, a, buf):
+        self.f.seek(self.base + a)
         self.f.write(buf)
         self.counts[1] += 1
 
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return SECTOR
-        if op == 6:
-            self.f.seek((self.first + arg) * SECTOR)
-            self.f.write(self.ff)
-            self.counts[0] += 1
-            return 0
-        return 0
+    def _erase(self, n):
+        self.f.seek(self.base + n * SECTOR)
+        self.f.write(self.ff)
+        self.counts[0] += 1
 
 
 class MiniHub:
@@ -178,26 +170,12 @@ class MiniHub:
         return None
 
 
-class Role:
-    activation = "time"
-    join_service = 0
-
-    def on_link_up(self):
-        pass
-
-    def on_frame(self, cluster, payload, client):
-        pass
-
-
 BANK_BLOCKS = (1 << 20) // SECTOR + 16  # a bank holds a 1 MiB image and then some
-HUB_EUI = "0100a0b0c0d0e0f0"
 
 
 def harness(work, path, fresh=True):
     # a file-backed flash (boot control + two banks) and the stand-in hub: not the device's heap
-    from hanfw.link import install_code_with_crc
-
-    ic = binascii.hexlify(install_code_with_crc(b"\x11\x22\x33\x44\x55\x66\x77\x88")).decode()
+    ic = install_code()
     counts = [0, 0]  # erases, writes
     fl = open(work + "/flash.bin", "w+b" if fresh else "r+b")
     if fresh:
@@ -247,26 +225,14 @@ def note_errors(errors):
 
 def make_client(work, pub_hex, ic, ctl_dev, devs, hub, max_data, page_size, log, fresh=True):
     # the device side, as hal.py and app.py would assemble it on an app-bank board
-    from hanfw import client, config, state, banks, bootctl
+    from hanfw import client, state, banks, bootctl
 
     ctl = bootctl.BootControl(ctl_dev)
     st = state.State(work + "/ota.json")
     if fresh:
         ctl.initialise(1, 0, 0, bytes(32))
         st.update(hub=HUB_EUI, dl=None, held=None)
-    cfg = config.from_dict(
-        {
-            "eui64": "02:68:61:00:00:00:00:01",
-            "role": "ppmid",
-            "manufacturer": 0x1234,
-            "hw_version": 0x0100,
-            "keys": [pub_hex],
-            "install_code": ic,
-            "max_data": max_data,
-            "page_size": page_size,
-            "query_interval": 3600,
-        }
-    )
+    cfg = client_config(pub_hex, ic, max_data=max_data, page_size=page_size)
     return client.OtaClient(
         cfg, hub, banks.AppBanks(devs, ctl, st), st, Role(), lambda: None, log.append
     )

@@ -3,18 +3,21 @@
 Blocks of 4 KiB; erase sets 0xFF; a write may only clear bits (else OSError(EIO));
 ops are counted, and a cut before op N (optionally torn: half the write lands)
 raises PowerCut and makes every later op a no-op, like the virtual board's flash.
+The block protocol itself is mpykit.BlockDev's (tests/device/mpy, on pytest's pythonpath),
+the one the MicroPython scripts' devices use.
 """
 from __future__ import annotations
 
-SECTOR = 4096
+from mpykit import SECTOR, BlockDev
 
 
 class PowerCut(BaseException):
     pass
 
 
-class RamNor:
+class RamNor(BlockDev):
     def __init__(self, blocks: int, cut_before: int | None = None, torn: bool = False):
+        super().__init__(blocks)
         self.data = bytearray(b"\xff" * (blocks * SECTOR))
         self.ops = 0
         self.cut_before = cut_before
@@ -31,16 +34,10 @@ class RamNor:
             return True
         return False
 
-    def readblocks(self, n, buf, off=0):
-        a = n * SECTOR + off
+    def _read(self, a, buf):
         buf[:] = self.data[a:a + len(buf)]
 
-    def writeblocks(self, n, buf, off=None):
-        if off is None:
-            for i in range((len(buf) + SECTOR - 1) // SECTOR):
-                self.ioctl(6, n + i)
-            off = 0
-        a = n * SECTOR + off
+    def _write(self, a, buf):
         buf = bytes(buf)
         cut = self._op()
         old = self.data[a:a + len(buf)]
@@ -53,18 +50,11 @@ class RamNor:
             raise PowerCut("power cut before op %d" % self.ops)
         self.data[a:a + len(buf)] = buf
 
-    def ioctl(self, cmd, arg):
-        if cmd == 4:
-            return len(self.data) // SECTOR
-        if cmd == 5:
-            return SECTOR
-        if cmd == 6:
-            cut = self._op()
-            a = arg * SECTOR
-            if cut:
-                if self.torn:
-                    self.data[a:a + SECTOR // 2] = b"\xff" * (SECTOR // 2)
-                raise PowerCut("power cut before op %d" % self.ops)
-            self.data[a:a + SECTOR] = b"\xff" * SECTOR
-            return 0
-        return 0
+    def _erase(self, n):
+        cut = self._op()
+        a = n * SECTOR
+        if cut:
+            if self.torn:
+                self.data[a:a + SECTOR // 2] = b"\xff" * (SECTOR // 2)
+            raise PowerCut("power cut before op %d" % self.ops)
+        self.data[a:a + SECTOR] = b"\xff" * SECTOR

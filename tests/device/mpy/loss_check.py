@@ -10,30 +10,17 @@
 # "holes", "again", "timeouts", "served", "size", "escaped"}.
 import sys
 import json
-import binascii
 
-from hanfw import client, link, zcl, config, state, banks, bootctl, rtt
+from hanfw import client, link, zcl, state, banks, bootctl, rtt
+from mpykit import HUB_EUI, RamDev, Role, client_config, install_code, virtual_time
+import mpykit
 
-SECTOR = 4096
 BANK_BLOCKS = 24
-HUB_EUI = "0100a0b0c0d0e0f0"
 RATE = 31.25  # bytes per ms: 250 kbit/s
 DELAY = 10  # ms a frame takes besides its bytes
 LIMIT_MS = 600000
 
-NOW = [0.0]
-
-
-def ticks():
-    return int(NOW[0])
-
-
-def diff(a, b):
-    return a - b
-
-
-client._ticks = ticks
-client._diff = diff
+NOW = virtual_time(client)  # virtual ms (a float here: frames take fractions of a ms)
 _unpack = link.unpack
 
 
@@ -49,33 +36,6 @@ class Rand:
         x ^= (x << 5) & 0xFFFFFFFF
         self.x = x
         return x / 4294967296.0
-
-
-class RamDev:
-    def __init__(self, nblocks):
-        self.n = nblocks
-        self.mem = bytearray(b"\xff" * (nblocks * SECTOR))
-
-    def readblocks(self, n, buf, off=0):
-        a = n * SECTOR + off
-        buf[:] = self.mem[a:a + len(buf)]
-
-    def writeblocks(self, n, buf, off=None):
-        if off is None:
-            for i in range((len(buf) + SECTOR - 1) // SECTOR):
-                self.ioctl(6, n + i)
-            off = 0
-        a = n * SECTOR + off
-        self.mem[a:a + len(buf)] = buf
-
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return SECTOR
-        if op == 6:
-            self.mem[arg * SECTOR:(arg + 1) * SECTOR] = b"\xff" * SECTOR
-        return 0
 
 
 class Air:
@@ -97,33 +57,19 @@ class Air:
         self.q[way].append((self.free[way] + DELAY, frame))
 
 
-class Hub:
+class Hub(mpykit.Hub):
     # HELLO_ACK, Image Notify, Query Next Image, Image Block and Page Requests (a page's
     # blocks all queued at once, as the hub does over UDP), Upgrade End ("wait")
     def __init__(self, path, install_code, air):
-        self.mac = link.Mac(link.link_key(install_code))
-        self.eui = bytes(reversed(binascii.unhexlify(HUB_EUI)))
+        mpykit.Hub.__init__(self, path, install_code)
         self.air = air
-        self.dev = None
-        self.ctr = 1
-        with open(path, "rb") as f:
-            self.data = f.read()
-        from hanfw import otafile
-        h = otafile.Header.parse(self.data[:69])
-        self.ident = (h.manufacturer, h.image_type, h.file_version)
-        self.ends = []
         self.pages = self.blocks = self.served = 0
         self.lossy = False  # frames are lost only while the body flows
         self.page_delay = 0
         self.after = 0
 
-    def _send(self, kind, cluster, payload):
-        f = link.pack(self.mac, kind, self.eui, self.dev, self.ctr, cluster, payload)
-        self.ctr += 1
-        self.air.put("down", f, self.lossy, self.after)
-
-    def _zcl(self, tsn, cmd, payload):
-        self._send(link.KIND_DATA, zcl.CLUSTER_OTA, zcl.pack_header(0x19, tsn, cmd) + payload)
+    def put(self, frame):
+        self.air.put("down", frame, self.lossy, self.after)
 
     def _block(self, tsn, o, n):
         m, t, v = self.ident
@@ -170,9 +116,6 @@ class Hub:
             self._zcl(tsn, zcl.CMD_UPGRADE_END_RESPONSE,
                       zcl.pack_upgrade_end_response(m, t, v, 0, zcl.UPGRADE_TIME_WAIT))
 
-    def notify(self):
-        self._zcl(0, zcl.CMD_IMAGE_NOTIFY, zcl.pack_image_notify(0, 100))
-
 
 class Transport:
     # the device's end of the air: send() puts a frame on the way up; recv() lets the
@@ -203,17 +146,6 @@ class Transport:
             return None
 
 
-class Role:
-    activation = "time"
-    join_service = 0
-
-    def on_link_up(self):
-        pass
-
-    def on_frame(self, cluster, payload, client):
-        pass
-
-
 def main():
     if sys.argv[1] == "rtt":
         r = rtt.Rtt(1500)
@@ -229,17 +161,13 @@ def main():
     work, path, pub_hex, rate, seed, reorder = sys.argv[1:7]
     page_delay = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     air = Air(float(rate), int(seed))
-    ic = binascii.hexlify(link.install_code_with_crc(b"\x11\x22\x33\x44\x55\x66\x77\x88")).decode()
+    ic = install_code()
     ctl = RamDev(2)
     devs = [(RamDev(BANK_BLOCKS), BANK_BLOCKS), (RamDev(BANK_BLOCKS), BANK_BLOCKS)]
     bootctl.BootControl(ctl).initialise(1, 0, 0, bytes(32))
     st = state.State(work + "/ota.json")
     st.update(hub=HUB_EUI, dl=None, held=None, ctr=1)
-    cfg = config.from_dict({
-        "eui64": "02:68:61:00:00:00:00:01", "role": "ppmid", "manufacturer": 0x1234,
-        "hw_version": 0x0100, "keys": [pub_hex], "install_code": ic, "max_data": 50,
-        "page_size": 16384, "query_interval": 3600, "reorder": int(reorder),
-    })
+    cfg = client_config(pub_hex, ic, max_data=50, page_size=16384, reorder=int(reorder))
     hub = Hub(path, ic, air)
     hub.page_delay = page_delay
     log = []

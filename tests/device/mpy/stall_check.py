@@ -8,97 +8,36 @@
 # Prints one JSON line per scenario: {"name", "done_ms", "ends", "escaped", "log"}.
 import sys
 import json
-import binascii
 
-from hanfw import client, link, zcl, config, state, banks, bootctl, download
+from hanfw import client, link, zcl, state, banks, bootctl, download
+from mpykit import HUB_EUI, RamDev, Role, client_config, install_code, virtual_time
+import mpykit
 
-SECTOR = 4096
 BANK_BLOCKS = 8
-HUB_EUI = "0100a0b0c0d0e0f0"
 LIMIT_MS = 120000  # virtual time a scenario may take at most
 
-NOW = [0]
-
-
-def ticks():
-    return NOW[0]
-
-
-def diff(a, b):
-    return a - b
-
-
-# the client's clock: virtual milliseconds (the module's tick source, looked up at each call)
-client._ticks = ticks
-client._diff = diff
+NOW = virtual_time(client)
 
 _unpack = link.unpack  # the hub's own, untouched by the faults injected into the client's
 
 
-class RamDev:
-    # a block device in RAM: 4 KiB blocks, erase = fill with 0xFF
-    def __init__(self, nblocks):
-        self.n = nblocks
-        self.mem = bytearray(b"\xff" * (nblocks * SECTOR))
-
-    def readblocks(self, n, buf, off=0):
-        a = n * SECTOR + off
-        buf[:] = self.mem[a:a + len(buf)]
-
-    def writeblocks(self, n, buf, off=None):
-        if off is None:
-            for i in range((len(buf) + SECTOR - 1) // SECTOR):
-                self.ioctl(6, n + i)
-            off = 0
-        a = n * SECTOR + off
-        self.mem[a:a + len(buf)] = buf
-
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return SECTOR
-        if op == 6:
-            self.mem[arg * SECTOR:(arg + 1) * SECTOR] = b"\xff" * SECTOR
-        return 0
-
-
-class Hub:
+class Hub(mpykit.Hub):
     # Just enough of the hub: HELLO_ACK, Image Notify, Query Next Image, blocks, Upgrade End
     # (answered "wait": the device holds the image). `drops` names frames to lose, as
     # {"hello": {1, 2}}: the 1st and 2nd HELLO are lost (numbered per kind from 1).
     def __init__(self, path, install_code, drops=None):
-        self.mac = link.Mac(link.link_key(install_code))
-        self.eui = bytes(reversed(binascii.unhexlify(HUB_EUI)))
-        self.dev = None
-        self.ctr = 1
         self.out = []
         self.drops = drops or {}
         self.seen = {}
-        self.ends = []  # (virtual ms, status, version)
-        self.offer(path)
+        mpykit.Hub.__init__(self, path, install_code)
 
-    def offer(self, path):
-        with open(path, "rb") as f:
-            self.data = f.read()
-        from hanfw import otafile
-        h = otafile.Header.parse(self.data[:69])
-        self.ident = (h.manufacturer, h.image_type, h.file_version)
+    def put(self, frame):
+        self.out.append(frame)
 
     def _lost(self, kind):
         n = self.seen.get(kind, 0) + 1
         self.seen[kind] = n
         return n in self.drops.get(kind, ())
-
-    def _send(self, kind, cluster, payload):
-        self.out.append(link.pack(self.mac, kind, self.eui, self.dev, self.ctr, cluster, payload))
-        self.ctr += 1
-
-    def _zcl(self, tsn, cmd, payload):
-        self._send(link.KIND_DATA, zcl.CLUSTER_OTA, zcl.pack_header(0x19, tsn, cmd) + payload)
-
-    def notify(self):
-        self._zcl(0, zcl.CMD_IMAGE_NOTIFY, zcl.pack_image_notify(0, 100))
 
     # the device's transport: send() reaches this hub, recv() returns the hub's next frame
     rx_frame = link.MAX_FRAME
@@ -143,17 +82,6 @@ class Hub:
         return None
 
 
-class Role:
-    activation = "time"
-    join_service = 0
-
-    def on_link_up(self):
-        pass
-
-    def on_frame(self, cluster, payload, client):
-        pass
-
-
 def oom_at(cls_or_mod, name, calls):
     # make cls_or_mod.name raise MemoryError at the given call numbers (from 1), as a
     # fragmented heap does when that code allocates
@@ -174,7 +102,7 @@ class Board:
     # state survive a power cut (a new client over the same Board)
     def __init__(self, work, pub_hex):
         self.work, self.pub_hex = work, pub_hex
-        self.ic = binascii.hexlify(link.install_code_with_crc(b"\x11\x22\x33\x44\x55\x66\x77\x88")).decode()
+        self.ic = install_code()
         self.ctl_dev = RamDev(2)
         self.devs = [(RamDev(BANK_BLOCKS), BANK_BLOCKS), (RamDev(BANK_BLOCKS), BANK_BLOCKS)]
         self.st = state.State(work + "/ota.json")
@@ -182,11 +110,7 @@ class Board:
         self.st.update(hub=HUB_EUI, dl=None, held=None, ctr=1)
 
     def client(self, hub, log):
-        cfg = config.from_dict({
-            "eui64": "02:68:61:00:00:00:00:01", "role": "ppmid", "manufacturer": 0x1234,
-            "hw_version": 0x0100, "keys": [self.pub_hex], "install_code": self.ic,
-            "max_data": 64, "page_size": 0, "query_interval": 3600, "checkpoint": 1024,
-        })
+        cfg = client_config(self.pub_hex, self.ic, max_data=64, page_size=0, checkpoint=1024)
         st = state.State(self.work + "/ota.json")  # read back from "flash", as at boot
         b = banks.AppBanks(self.devs, bootctl.BootControl(self.ctl_dev), st)
         return client.OtaClient(cfg, hub, b, st, Role(), lambda: None, log.append)
