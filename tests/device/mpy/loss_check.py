@@ -21,7 +21,6 @@ DELAY = 10  # ms a frame takes besides its bytes
 LIMIT_MS = 600000
 
 NOW = virtual_time(client)  # virtual ms (a float here: frames take fractions of a ms)
-_unpack = link.unpack
 
 
 class Rand:
@@ -78,22 +77,8 @@ class Hub(mpykit.Hub):
         self._zcl(tsn, zcl.CMD_IMAGE_BLOCK_RESPONSE,
                   zcl.pack_block_response(m, t, v, o, self.data[o:o + n]))
 
-    def handle(self, frame):
-        kind, src, dst, ctr, cluster, payload = _unpack(frame, lambda s: self.mac)
-        self.dev = src
-        if kind == link.KIND_HELLO:
-            nonce, _ = link.parse_hello(bytes(payload))
-            self._send(link.KIND_HELLO_ACK, 0, link.pack_hello(nonce, self.ctr))
-            return
-        if cluster != zcl.CLUSTER_OTA:
-            return
-        payload = bytes(payload)
-        fc, mfr, tsn, cmd, off = zcl.parse_header(payload)
-        m, t, v = self.ident
-        if cmd == zcl.CMD_QUERY_NEXT_IMAGE:
-            self._zcl(tsn, zcl.CMD_QUERY_NEXT_IMAGE_RESPONSE,
-                      zcl.pack_image_available(zcl.SUCCESS, m, t, v, len(self.data)))
-        elif cmd == zcl.CMD_IMAGE_BLOCK:
+    def on_ota(self, tsn, cmd, payload, off):
+        if cmd == zcl.CMD_IMAGE_BLOCK:
             r = zcl.parse_block_request(payload, off)
             self.blocks += 1
             self._block(tsn, r.file_offset, r.max_data_size)
@@ -109,12 +94,9 @@ class Hub(mpykit.Hub):
                 self._block(tsn, o, n)
                 o += n
             self.after = 0
-        elif cmd == zcl.CMD_UPGRADE_END:
-            self.lossy = False
-            e = zcl.parse_upgrade_end(payload, off)
-            self.ends.append((NOW[0], e.status, e.file_version))
-            self._zcl(tsn, zcl.CMD_UPGRADE_END_RESPONSE,
-                      zcl.pack_upgrade_end_response(m, t, v, 0, zcl.UPGRADE_TIME_WAIT))
+
+    def ended(self, end):
+        self.lossy = False
 
 
 class Transport:
@@ -136,7 +118,7 @@ class Transport:
             if up and up[0][0] <= min(nd, deadline):
                 t, f = up.pop(0)
                 NOW[0] = max(NOW[0], t)
-                self.hub.handle(f)
+                self.hub.take(f)
                 continue
             if down and nd <= deadline:
                 t, f = down.pop(0)

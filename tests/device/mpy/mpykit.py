@@ -84,29 +84,33 @@ def client_config(pub_hex, ic, **kw):
     return config.from_dict(d)
 
 
+NOW = [0]  # virtual ms, once virtual_time() has made it the client's clock
+
+
 def virtual_time(client):
     # the client's clock becomes virtual milliseconds: NOW[0] (the module's tick source is
     # looked up at each call); returns NOW for the script to move
-    now = [0]
-
     def ticks():
-        return int(now[0])
+        return int(NOW[0])
 
     def diff(a, b):
         return a - b
 
     client._ticks = ticks
     client._diff = diff
-    return now
+    return NOW
 
 
 class Hub:
     # The plain part of a stand-in hub: its MAC (the link key from the install code), its EUI,
-    # its frame counter, the OTA file it offers (whole, in RAM), Image Notify. A subclass
-    # answers the device's frames and says where a frame goes: put(frame).
+    # its frame counter, the OTA file it offers (whole, in RAM), Image Notify; take(frame)
+    # answers a HELLO, a Query Next Image and an Upgrade End ("wait": the device holds the
+    # image), each unless answer(what) says no, and hands the other OTA commands to
+    # on_ota(tsn, cmd, payload, off). A subclass says where a frame goes: put(frame).
     def __init__(self, path, install_code):
         from hanfw import link
 
+        self.unpack = link.unpack  # the hub's own: untouched by faults injected into the client's
         self.mac = link.Mac(link.link_key(install_code))
         self.eui = bytes(reversed(binascii.unhexlify(HUB_EUI)))
         self.dev = None
@@ -137,3 +141,43 @@ class Hub:
         from hanfw import zcl
 
         self._zcl(0, zcl.CMD_IMAGE_NOTIFY, zcl.pack_image_notify(0, 100))
+
+    def answer(self, what):
+        # "hello", "query-answer", "end-answer": whether this one is answered (or lost)
+        return True
+
+    def ended(self, end):
+        # an Upgrade End came (recorded in self.ends), before its answer
+        pass
+
+    def on_ota(self, tsn, cmd, payload, off):
+        pass
+
+    def take(self, frame):
+        from hanfw import link, zcl
+
+        kind, src, dst, ctr, cluster, payload = self.unpack(frame, lambda s: self.mac)
+        self.dev = src
+        if kind == link.KIND_HELLO:
+            if self.answer("hello"):
+                nonce, _ = link.parse_hello(bytes(payload))
+                self._send(link.KIND_HELLO_ACK, 0, link.pack_hello(nonce, self.ctr))
+            return
+        if cluster != zcl.CLUSTER_OTA:
+            return
+        payload = bytes(payload)
+        fc, mfr, tsn, cmd, off = zcl.parse_header(payload)
+        m, t, v = self.ident
+        if cmd == zcl.CMD_QUERY_NEXT_IMAGE:
+            if self.answer("query-answer"):
+                self._zcl(tsn, zcl.CMD_QUERY_NEXT_IMAGE_RESPONSE,
+                          zcl.pack_image_available(zcl.SUCCESS, m, t, v, len(self.data)))
+        elif cmd == zcl.CMD_UPGRADE_END:
+            e = zcl.parse_upgrade_end(payload, off)
+            self.ends.append((NOW[0], e.status, e.file_version))
+            self.ended(e)
+            if self.answer("end-answer"):
+                self._zcl(tsn, zcl.CMD_UPGRADE_END_RESPONSE,
+                          zcl.pack_upgrade_end_response(m, t, v, 0, zcl.UPGRADE_TIME_WAIT))
+        else:
+            self.on_ota(tsn, cmd, payload, off)
