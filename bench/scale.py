@@ -445,6 +445,13 @@ class Run:
             r["sends_s"] = round(float(last) - float(first), 1) if first is not None else None
             r["requests_per_s"] = round(r["sends"] / max(0.001, float(last) - float(first)), 1) \
                 if first is not None and r["sends"] > 1 else None
+            # the send rate once the waves after the first are open (the span above includes
+            # the wait for the first waves' outcomes)
+            n2, a2, b2 = s.one("SELECT count(*), min(c.sent), max(c.sent) FROM campaign_sends c "
+                               "JOIN campaign_devices d ON d.campaign = c.campaign AND "
+                               "d.device = c.device WHERE d.wave > 1 AND c.attempt = 1")
+            r["wave2_requests_per_s"] = round(int(n2) / (float(b2) - float(a2)), 1) \
+                if n2 and int(n2) > 1 and float(b2) > float(a2) else None
             fin = one("SELECT max(finished) FROM requests")
             r["last_outcome_s"] = round(float(fin) - self.wall0, 1) if fin is not None else None
         devices = max(1, r["campaign_devices"])
@@ -484,9 +491,39 @@ class Run:
 
 # ---------------------------------------------------------------- the report
 
+BOUNDS = """What bounds it, from how the code works (the figures above say how much):
+
+- **The store's one writer.** A campaign send is one write transaction (the device's row, the
+  Supplier's counter, the DUIS request, its WAN message, the send's record) under SQLite's
+  `BEGIN IMMEDIATE` or PostgreSQL's write advisory lock, and it holds that lock while the
+  driver signs the request for the Supplier and the DCC checks it (XML signature, image parse
+  and hash, CPL) and signs its acknowledgement; each outcome (a signed DUIS response, the
+  request's final state, the hub message's id) is another. Sends and outcomes of all workers
+  therefore go one at a time: a second worker (or a second core) can only add what happens
+  outside the lock (the WAN, reading outcomes, choosing work). This, not PostgreSQL or NATS,
+  is the first limit at 500,000 premises; lifting it means moving the crypto out of the
+  transaction (sign and check first, then one short write), or partitioning the lock (per
+  campaign or per hub).
+- **Images in every WAN message.** Each device's `update_firmware` carries the whole image,
+  base64, in `wan_out` (and, on NATS, in the stream or the object store above max_payload):
+  1.5 million devices x the image size of database and broker storage. Small images here; a
+  200 KiB image would be about 400 GB. Referring to one stored image by its hash would remove
+  it.
+- **The broker.** One durable JetStream consumer per Comms Hub (`ch-<EUI>`): the NATS memory
+  per hub above (its peak PSS over the premises, so the server's own base memory is in it:
+  meaningful at the larger sizes) times 500,000 premises, on one server; a cluster or fewer consumers (one per
+  group of hubs, filtered) would be needed beyond that.
+- **The websocket WAN** (the embedded default): every hub holds one connection to one worker,
+  a file descriptor each (this machine's limit is 20,000 per process): 500,000 hubs need many
+  worker hosts behind a balancer, or NATS.
+- **The simulator, not the DCC, limited the size measured here**: each simulated premises
+  costs a hub database, its WAN client and idle CPU (bench/FLEET.md), on the same 2 cores as
+  the DCC, PostgreSQL and NATS.
+"""
+
 def write_md(path: Path, res: dict) -> None:
     L = ["# Scale: a firmware campaign to a simulated fleet", "",
-         "Written by `%s` on %s (%s, %d cores, %d GB RAM, Python %s)." % (
+         "Written by `%s` (%s; %s, %d cores, %d GB RAM, Python %s)." % (
              res["command"], res["date"], res["machine"], os.cpu_count(), res["ram_gb"],
              platform.python_version()), "",
          "Each run: `hanota fleet plan` premises with their Comms Hub and %d simulated devices "
@@ -497,23 +534,28 @@ def write_md(path: Path, res: dict) -> None:
          "%g s), %d-byte images. Figures are from the size in the `premises` column of each "
          "row; nothing is extrapolated in the tables." % (
              res["devices_per_premises"], res["response_timeout"], res["image_bytes"]), "",
-         "| run | DB | WAN | workers | fault | premises | devices | requests/s | last outcome (s) "
+         "Requests/s: the campaigns' sends from the first to the last (it includes the wait for "
+         "the first waves' outcomes); in waves 2+: the sends of the later waves over their own "
+         "span, the DCC's send rate when nothing holds it back.", "",
+         "| run | DB | WAN | workers | fault | premises | devices | requests/s | requests/s in "
+         "waves 2+ | last outcome (s) "
          "| DCC CPU (s) | DCC CPU/device (ms) | DB CPU (s) / PSS (MB) | broker CPU (s) / PSS "
          "(MB) | sim CPU (s) | lost | duplicated | retries |",
-         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["runs"]:
         if "error" in r:
-            L.append("| %s | | | | | %d | | FAILED: %s |||||||||" % (
-                r["run"], r["premises"], r["error"].replace("|", "/")[:200]))
+            L.append("| %s | | | | | %d | | FAILED: %s ||||||||||" % (
+                r["run"], r["premises"], " ".join(r["error"].split()).replace("|", "/")[:200]))
             continue
         dbc = ("%s / %s" % (r.get("postgres_cpu_s"), r.get("postgres_pss_mb"))
                if "postgres_cpu_s" in r else "in the DCC")
         brk = ("%s / %s" % (r.get("nats_cpu_s"), r.get("nats_pss_mb"))
                if "nats_cpu_s" in r else "none")
-        L.append("| %s | %s | %s | %d | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %d | "
-                 "%d | %d |" % (
+        L.append("| %s | %s | %s | %d | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | "
+                 "%d | %d | %d |" % (
                      r["run"], r["database"], r["wan"], r["workers"], r["fault"], r["premises"],
-                     r["campaign_devices"], r.get("requests_per_s"), r.get("last_outcome_s"),
+                     r["campaign_devices"], r.get("requests_per_s"),
+                     r.get("wave2_requests_per_s"), r.get("last_outcome_s"),
                      r.get("dcc_cpu_s"), r.get("dcc_cpu_ms_per_device"), dbc, brk,
                      r.get("sim_cpu_s"), r["lost_total"], r["duplicated_total"],
                      r.get("retries", 0)))
@@ -532,25 +574,30 @@ def write_md(path: Path, res: dict) -> None:
                                                               r.get("fault_after_outcomes"))
                      if r.get("fault_at") is not None else ""))
     done = [r for r in res["runs"] if "error" not in r and r.get("requests_per_s")]
+    for r in done:
+        r["_rate"] = r.get("wave2_requests_per_s") or r["requests_per_s"]
     if done:
         target = 500_000
         L += ["", "## Extrapolated to %s premises" % format(target, ","), "",
               "Straight lines from each run above (its own size), assuming the send rate "
               "and the DCC's CPU per device stay what they were: %s devices (%d a premises), "
-              "sent at the measured requests per second; DCC CPU at the measured ms per "
+              "sent at the measured requests per second in waves 2+; DCC CPU at the measured ms per "
               "device. Only the send rate was measured as a limit; the fleet simulator "
               "shares the same 2 cores, so these are what one 2-core DCC host would do, not "
               "a prediction for bigger hardware." % (format(target * res["devices_per_premises"],
                                                           ","), res["devices_per_premises"]),
               "", "| run | premises measured | requests/s | hours to send all | DCC CPU-hours "
-              "| DB CPU/device (ms) |", "|---|---:|---:|---:|---:|---:|"]
+              "| DB CPU/device (ms) | NATS PSS/hub (KB) |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in done:
             n = target * res["devices_per_premises"]
             dbms = round(1000 * r["postgres_cpu_s"] / max(1, r["campaign_devices"]), 1) \
                 if "postgres_cpu_s" in r else "-"
-            L.append("| %s | %d | %s | %.1f | %.1f | %s |" % (
-                r["run"], r["premises"], r["requests_per_s"], n / r["requests_per_s"] / 3600,
-                r["dcc_cpu_ms_per_device"] * n / 1000 / 3600, dbms))
+            nats = round(1024 * r["nats_pss_mb"] / r["premises"], 1) if "nats_pss_mb" in r \
+                else "-"
+            L.append("| %s | %d | %s | %.1f | %.1f | %s | %s |" % (
+                r["run"], r["premises"], r["_rate"], n / r["_rate"] / 3600,
+                r["dcc_cpu_ms_per_device"] * n / 1000 / 3600, dbms, nats))
+        L += ["", BOUNDS]
     if res.get("notes"):
         L += [""] + res["notes"]
     path.write_text("\n".join(L) + "\n")
@@ -590,7 +637,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "SCALE.md"))
     ap.add_argument("--json", help="also write the figures as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE",
+                    help="run nothing: write --out from these --json files (their runs in "
+                         "order; e.g. a small run of every kind and a large one that finished)")
     a = ap.parse_args(argv)
+    if a.from_json:
+        parts = [json.loads(Path(f).read_text()) for f in a.from_json]
+        res = dict(parts[-1], runs=[r for p in parts for r in p["runs"]],
+                   command="; ".join(p["command"] for p in parts),
+                   date=", ".join(p["date"] for p in parts))
+        write_md(Path(a.out), res)
+        print("wrote %s" % a.out)
+        return 0
     runs = [x.strip() for x in a.runs.split(",") if x.strip()]
     bad = [x for x in runs if x not in RUNS]
     if bad or a.premises < 1 or not 1 <= a.devices <= 15:
@@ -620,6 +678,9 @@ def main(argv=None) -> int:
                 continue
             log("%s: %d premises x %d devices" % (name, a.premises, a.devices))
             try:
+                if wan == "nats":  # a fresh broker per run: no consumers left from the last
+                    servers["nats"].cleanup()
+                    servers["nats"] = type(servers["nats"])()
                 r = Run(name, a.premises, a.devices, tmp, servers, a, log,
                         fleet=len(res["runs"]) + 1).run()
                 log("  %s: %s requests/s, last outcome after %s s, DCC CPU %s ms/device, "
