@@ -245,7 +245,7 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
     finally:
         sim.send_signal(signal.SIGTERM)
         try:
-            sim.wait(120)
+            sim.wait(300)
         except subprocess.TimeoutExpired:
             sim.kill()
             sim.wait()
