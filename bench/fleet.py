@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--wave", type=int, default=1000,
                     help="firmware wave for sizes up to this many premises (0: none)")
     ap.add_argument("--polls", default="2,10", help="fleet sim --poll values, each size with each")
-    ap.add_argument("--nats-sizes", default="250,1000",
+    ap.add_argument("--nats-sizes", default="250",
                     help="premises per run with the WAN on NATS JetStream ('' for none)")
     ap.add_argument("--nats-polls", default="10", help="fleet sim --poll values with NATS")
     ap.add_argument("--notes", help="a file whose text goes at the end of the results")
