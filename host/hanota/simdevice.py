@@ -57,6 +57,21 @@ class FakeBus:
 
 
 class FakeDevice:
+    give_up = 30.0  # persist(): how long a device -> hub exchange is retried (s)
+    retry_pause = 0.2  # persist(): the pause between tries (s)
+
+    async def persist(self, fn, *args, **kw):
+        """Retry a device -> hub exchange (a coroutine function) while the hub does not
+        answer, up to give_up seconds, retry_pause apart; its TimeoutError after that."""
+        deadline = asyncio.get_running_loop().time() + self.give_up
+        while True:
+            try:
+                return await fn(*args, **kw)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(self.retry_pause)
+
     def __init__(self, eui: bytes, install_code: str, *, role: str = "ppmid",
                  manufacturer: int = 0x1234, image_type: int = 0x0084, version: int = 1,
                  hw: int = 0x0100, counter: int = 1, hub: bytes | None = None,

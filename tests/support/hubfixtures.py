@@ -201,7 +201,7 @@ class AgentDevice(FakeDevice):
         then ticks elapsed), alert 8F66 and activate, or 8F67 (hanfw.activation.due_alert)."""
         from hanfw import activation
 
-        base = await self._persist(self.hub_time)
+        base = await self.persist(self.hub_time)
         t0 = time.monotonic()
         st = self.gbcs_state
         while True:
@@ -235,17 +235,6 @@ class AgentDevice(FakeDevice):
 
     # -- the OTA client
 
-    async def _persist(self, coro_fn, *args, **kw):
-        """Retry a device -> hub exchange while the hub is away (up to give_up seconds)."""
-        deadline = asyncio.get_running_loop().time() + self.give_up
-        while True:
-            try:
-                return await coro_fn(*args, **kw)
-            except TimeoutError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-
     async def _run_update(self) -> None:
         try:
             avail = await self.query()
@@ -270,7 +259,7 @@ class AgentDevice(FakeDevice):
         self.resume_offsets.append(self.offset)
         self.target = (avail.manufacturer, avail.image_type, avail.file_version)
         while self.offset < avail.image_size:
-            await self._persist(self.download, avail, max_data=self.max_data,
+            await self.persist(self.download, avail, max_data=self.max_data,
                                 stop_at=self.offset + self.max_data)
             if self.pace:
                 await asyncio.sleep(self.pace)
@@ -281,7 +270,7 @@ class AgentDevice(FakeDevice):
         status = zcl.INVALID_IMAGE if self.behaviour == "invalid" or not good else zcl.SUCCESS
         if status == zcl.SUCCESS:
             self.downloads += 1
-        cmd, rsp = await self._persist(self.upgrade_end, status)
+        cmd, rsp = await self.persist(self.upgrade_end, status)
         self.upgrade_ends.append((status, cmd, rsp))
         if status != zcl.SUCCESS or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
             self.image, self.offset, self.target = None, 0, None
@@ -300,18 +289,18 @@ class AgentDevice(FakeDevice):
         self.held_hash = None
         self.image, self.offset, self.target = None, 0, None
         if self.behaviour == "rollback":
-            await self._persist(self.hello)  # the trial boot failed; the old image runs
+            await self.persist(self.hello)  # the trial boot failed; the old image runs
             args = (previous, version, True, zcl.ALERT_HEALTH_CHECK_FAILED)
         else:
             self.version = version
             self.attributes[zcl.ATTR_CURRENT_FILE_VERSION] = (zcl.TYPE_UINT32, version)
             self.activated_versions.append(version)
-            await self._persist(self.hello)
+            await self.persist(self.hello)
             args = (version, previous, False, zcl.ALERT_NONE)
         if self.behaviour == "no_alert":
             return
         self.alerts_sent.append(args)
-        await self._persist(self.alert, *args)
+        await self.persist(self.alert, *args)
 
 
 class _HeldBank:

@@ -72,6 +72,8 @@ class _DeviceEnd(Link):
 
 
 class SimDevice(FakeDevice):
+    retry_pause = 0.5
+
     def __init__(self, eui_wire: bytes, install_code: str, role: str, stats: Counter, *,
                  version: int = 1, give_up: float = 60.0, timeout: float = 2.0,
                  retries: int = 3, max_data: int = 64):
@@ -99,14 +101,14 @@ class SimDevice(FakeDevice):
     async def start(self) -> bool:
         """Join (with retries while the hub is away) and say HELLO; True once joined."""
         try:
-            status = await self._persist(self.join, self.service)
+            status = await self.persist(self.join, self.service)
         except TimeoutError:
             self.stats["join_timeout"] += 1
             return False
         if status != hlink.JOIN_OK:
             self.stats["join_refused"] += 1
             return False
-        await self._persist(self.hello)
+        await self.persist(self.hello)
         self.joined = True
         self.stats["joined"] += 1
         return True
@@ -146,17 +148,6 @@ class SimDevice(FakeDevice):
             self.stats["errors"] += 1
             self.stats["error: %s: %s" % (type(e).__name__, str(e)[:80])] += 1
 
-    async def _persist(self, fn, *args, **kw):
-        """Retry a device -> hub exchange while the hub does not answer (up to give_up s)."""
-        deadline = asyncio.get_running_loop().time() + self.give_up
-        while True:
-            try:
-                return await fn(*args, **kw)
-            except TimeoutError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-
     # -- the OTA client
 
     async def _run(self) -> None:
@@ -172,7 +163,7 @@ class SimDevice(FakeDevice):
             self.stats["downloads_started"] += 1
         try:
             while self.offset < avail.image_size:
-                await self._persist(self.download, avail, max_data=self.max_data,
+                await self.persist(self.download, avail, max_data=self.max_data,
                                     stop_at=self.offset + self.max_data)
         except DeviceError:  # the hub ended it (superseded, cancelled): drop the partial file
             self.image, self.offset, self.target = None, 0, None
@@ -188,7 +179,7 @@ class SimDevice(FakeDevice):
         good = s.descriptor is not None and s.descriptor.image_hash == s.image_sha256
         self.stats["verified" if good else "verify_failed"] += 1
         status = zcl.SUCCESS if good else zcl.INVALID_IMAGE
-        cmd, rsp = await self._persist(self.upgrade_end, status)
+        cmd, rsp = await self.persist(self.upgrade_end, status)
         image_hash = s.descriptor.image_hash if good else None
         self.image, self.offset = None, 0
         if not good or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
@@ -210,6 +201,6 @@ class SimDevice(FakeDevice):
         self.version = version
         self.attributes[zcl.ATTR_CURRENT_FILE_VERSION] = (zcl.TYPE_UINT32, version)
         self.stats["activated"] += 1
-        await self._persist(self.hello)  # "rebooted" into the new image
-        await self._persist(self.alert, version, previous, False, zcl.ALERT_NONE)
+        await self.persist(self.hello)  # "rebooted" into the new image
+        await self.persist(self.alert, version, previous, False, zcl.ALERT_NONE)
         self.stats["alerts"] += 1
