@@ -4,18 +4,24 @@ Tests call `record(section, key, **counts)`; counts with the same section and ke
 Records go to a folder shared by the pytest workers of one run (xdist's testrunuid), so
 whichever worker finishes last sees them all and (re)writes RESULTS.md. The file keeps one
 part per mode -- ``full`` (HANOTA_FAULT_FULL=1, `make fault` / `make fuzz`) and ``ci`` (the
-default stride run) -- and a run replaces, in its own mode, only the sections it has
-counts for; the data behind the tables is kept in the file itself (a JSON comment).
+stride `make test` samples) -- and a run merges its rows into its mode's part by their key
+(bank kind, scenario, case...): it replaces the rows it produced and keeps every other row,
+so running one test file leaves the rows of the others (and of earlier full runs). Each
+row says which run it comes from (full or stride) and when that run wrote it; the data
+behind the tables is kept in the file itself (a JSON comment).
 
 A run that selects tests by keyword or marker writes nothing (its counts would be
-partial); HANOTA_FAULT_RESULTS=0 turns writing off, =PATH writes elsewhere.
+partial); HANOTA_FAULT_RESULTS=0 turns writing off, =PATH writes elsewhere. A results file
+whose data cannot be read is left as it is (the run says so) rather than rewritten.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -27,7 +33,8 @@ RESULTS_MD = HERE / "RESULTS.md"
 FULL = os.environ.get("HANOTA_FAULT_FULL", "") not in ("", "0")
 MODE = "full" if FULL else "ci"
 _DATA_TAG = "<!-- results-data "
-_state = {"finished": False}
+_LABELS = {"full": "full", "ci": "stride"}  # how a row's run is named in the tables
+_state = {"finished": False, "warned": False}
 _T0 = time.time()  # about when the session started (conftests import this at collection)
 
 
@@ -100,8 +107,10 @@ def write(config, complete: bool) -> None:
         return
     if complete:
         _prune(d)
-    with open(d / ".lock", "w") as lock:
+    # one writer at a time per run (its pytest workers) and per results file (other runs)
+    with open(d / ".lock", "w") as lock, open(_file_lock(Path(path)), "w") as flock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(flock, fcntl.LOCK_EX)
         now = collect(d)
         if "power-cut-runs" in now:
             for c in now["power-cut-runs"].values():
@@ -109,14 +118,43 @@ def write(config, complete: bool) -> None:
                     c["seconds per iteration"] = c["seconds"] / c["iterations"]
             wall = {"seconds": time.time() - _T0}
             now["power-cut-runs"][("(pytest session wall time)", "")] = wall
-        data = load(Path(path))
-        part = data.setdefault(MODE, {})
+        try:
+            data = load(Path(path))
+        except ResultsError as e:
+            if not _state["warned"]:
+                _state["warned"] = True
+                print("hanota fault results: %s; not rewritten" % e, file=sys.stderr)
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        for section, rows in now.items():
-            part[section] = {"updated": stamp if complete else stamp + ", run in progress",
-                             "rows": [[list(k), {n: _num(v) for n, v in c.items()}]
-                                      for k, c in sorted(rows.items())]}
-        Path(path).write_text(render(data))
+        merge(data, MODE, now, stamp, complete)
+        _replace(Path(path), render(data))
+
+
+def merge(data: dict, mode: str, now: dict, stamp: str, complete: bool) -> dict:
+    """Put a run's rows ({section: {key tuple: counts}}) into data's part for mode: a row
+    with the same key is replaced, every other row is kept. Each row carries its run: the
+    mode, when it was written and whether the run had finished."""
+    part = data.setdefault(mode, {})
+    run = {"mode": mode, "at": stamp, "complete": complete}
+    for section, rows in now.items():
+        kept = {tuple(r[0]): r for r in part.get(section, {}).get("rows", [])}
+        for k, c in rows.items():
+            kept[tuple(k)] = [list(k), {n: _num(v) for n, v in c.items()}, dict(run)]
+        part[section] = {"rows": [kept[k] for k in sorted(kept)]}
+    return data
+
+
+def _file_lock(path: Path) -> Path:
+    tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / ("hanota-fault-results-%s.lock" % tag)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write text to path through a new file renamed over it (an interrupted write leaves
+    the old file)."""
+    tmp = path.with_name(".%s.%d.tmp" % (path.name, os.getpid()))
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _prune(keep: Path) -> None:
@@ -133,13 +171,54 @@ def _num(v: float):
     return int(v) if float(v).is_integer() else round(v, 2)
 
 
+class ResultsError(ValueError):
+    """A results file that is there but whose data cannot be read."""
+
+
 def load(path: Path) -> dict:
-    with contextlib.suppress(OSError, ValueError):
+    """The data kept in a results file ({} if there is no file yet). Rows written before
+    rows carried their run get the run their section's "updated" line named."""
+    try:
         text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ResultsError("%s: cannot be read (%s)" % (path, e)) from e
+    if not text.strip():
+        return {}
+    try:
         i = text.index(_DATA_TAG)
         j = text.index("-->", i)
-        return json.loads(text[i + len(_DATA_TAG):j])
-    return {}
+    except ValueError:
+        raise ResultsError("%s: no data comment (%r ... -->) at its end; move the file away "
+                           "or restore it" % (path, _DATA_TAG.strip())) from None
+    try:
+        data = json.loads(text[i + len(_DATA_TAG):j])
+    except ValueError as e:
+        raise ResultsError("%s: its data comment is not valid JSON (%s)" % (path, e)) from None
+    if not isinstance(data, dict):
+        raise ResultsError("%s: its data comment is not a JSON object" % path)
+    for mode, part in data.items():
+        for section, entry in part.items():
+            try:
+                _upgrade(mode, entry)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+                raise ResultsError("%s: section %r of the %s part is not in the expected shape"
+                                   % (path, section, mode)) from None
+    return data
+
+
+def _upgrade(mode: str, entry: dict) -> None:
+    updated = entry.pop("updated", None)
+    rows = entry["rows"]
+    for r in rows:
+        if len(r) == 2:  # written before rows carried their run
+            at = str(updated or "?")
+            r.append({"mode": mode, "at": at.replace(", run in progress", ""),
+                      "complete": "run in progress" not in at})
+        r[0], r[1] = list(r[0]), dict(r[1])
+        if not isinstance(r[2], dict) or "at" not in r[2]:
+            raise ValueError(r)
 
 
 # ---------------------------------------------------------------- summary
@@ -147,10 +226,10 @@ def load(path: Path) -> dict:
 def summary(data: dict, mode: str = MODE) -> list[str]:
     """A few lines of counts of one mode (what `make fault` / `make test` print)."""
     part = data.get(mode) or {}
-    out = ["hanota fault/security results (%s run):" % mode]
+    out = ["hanota fault/security results (%s run):" % _LABELS.get(mode, mode)]
 
     def rows(section):
-        return part.get(section, {}).get("rows", [])
+        return [(r[0], r[1]) for r in part.get(section, {}).get("rows", [])]
     cuts: dict = defaultdict(lambda: defaultdict(int))
     for k, c in rows("power-cuts"):
         for n in ("tried", "recovered", "bricked", "inconsistent", "stuck"):
@@ -187,7 +266,7 @@ _TITLES = {
     "hub-kills": "Hub killed at random points",
 }
 _MODES = (("full", "Full run (`make fault`, `make fuzz`: every cut point, long fuzz budget)"),
-          ("ci", "CI run (`make test`: a fixed stride of cut points, short fuzz budget)"))
+          ("ci", "Stride run (`make test`: a fixed stride of cut points, short fuzz budget)"))
 
 
 def render(data: dict) -> str:
@@ -197,7 +276,9 @@ def render(data: dict) -> str:
              "write lands), the board boots again and must end on a verified image with a",
              "consistent boot-control state and the true outcome reported to the hub.",
              "*bricked* = no verified image runs; *inconsistent* = the boot-control state is",
-             "not a rest state; *stuck* = a verified image runs but not the expected outcome.", ""]
+             "not a rest state; *stuck* = a verified image runs but not the expected outcome.",
+             "A run replaces the rows it produced (same key) and keeps the others; *run* says",
+             "which run wrote a row (full or stride) and when.", ""]
     for mode, title in _MODES:
         part = data.get(mode)
         lines += ["## " + title, ""]
@@ -218,26 +299,35 @@ def _table(section: str, entry: dict) -> list[str]:
     rows = entry["rows"]
     keys = _KEYS.get(section, ["case"])
     cols: list[str] = []
-    for _, c in rows:
+    for _, c, _ in rows:
         for n in c:
             if n not in cols:
                 cols.append(n)
     order = _COLS.get(section)
     if order:
         cols = [c for c in order if c in cols] + [c for c in cols if c not in order]
-    out = ["### %s" % _TITLES.get(section, section), "", "_updated %s_" % entry["updated"], "",
-           "| " + " | ".join(keys + cols) + " |", "|" + "---|" * (len(keys) + len(cols))]
+    out = ["### %s" % _TITLES.get(section, section), "",
+           "| " + " | ".join(keys + cols + ["run"]) + " |",
+           "|" + "---|" * (len(keys) + len(cols) + 1)]
     totals: dict = defaultdict(float)
-    for k, c in rows:
+    for k, c, run in rows:
         k = list(k) + [""] * (len(keys) - len(k))
-        out.append("| " + " | ".join(k[:len(keys)] + [_fmt(c.get(n)) for n in cols]) + " |")
+        out.append("| " + " | ".join(k[:len(keys)] + [_fmt(c.get(n)) for n in cols]
+                                     + [_run(run)]) + " |")
         for n in cols:
             if isinstance(c.get(n), (int, float)) and n in _SUMMED:
                 totals[n] += c[n]
     if len(rows) > 1 and totals:
         out.append("| **total** " + "| " * (len(keys) - 1) + "| "
-                   + " | ".join(_fmt(_num(totals[n])) if n in totals else "" for n in cols) + " |")
+                   + " | ".join(_fmt(_num(totals[n])) if n in totals else "" for n in cols)
+                   + " | |")
     return out + [""]
+
+
+def _run(run: dict) -> str:
+    """Which run a row comes from: full or stride, when, and whether it had finished."""
+    return "%s, %s%s" % (_LABELS.get(run.get("mode"), run.get("mode")), run["at"],
+                         "" if run.get("complete", True) else " (run in progress)")
 
 
 def _fmt(v) -> str:
