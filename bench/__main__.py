@@ -7,10 +7,15 @@ python -m bench --only link,hub       some sections: boards, device, heap, link 
                                       loss (1 % of the Zigbee-like link's frames lost)
 python -m bench --only heap --repeat 20   the 64 KiB-heap boards alone, 20 times in a row
 python -m bench --out FILE            write the results elsewhere
+python -m bench --only hub --replace  write only this run's sections (drop the file's others)
 
-The results file is rewritten as each section finishes, so a section that fails (its error
-recorded in the file) leaves the others' figures; the run then exits 1. A board that hangs
-has its console log kept (--logs, by default bench-logs/ next to the results file).
+A run replaces the sections it ran in the results file and keeps the others as they were,
+each saying when and by which command it was measured (the headline and findings too: each
+line belongs to a section). The file is rewritten as each section finishes, so a section
+that fails (its error recorded in the file) leaves the others' figures, and one that failed
+without figures keeps the file's earlier ones under a line saying so; the run then exits 1.
+A board that hangs has its console log kept (--logs, by default bench-logs/ next to the
+results file).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ def _args(argv):
     )
     ap.add_argument("--repeat", type=int, default=1, help="run each chosen section N times in a row")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"), help="where to write the results")
+    ap.add_argument("--replace", action="store_true",
+                    help="write only this run's sections, not keeping the file's others")
     ap.add_argument("--json", help="also write every figure as JSON here")
     ap.add_argument("--logs", help="where a hung board's console log is kept (default: "
                     "bench-logs/ next to --out)")
@@ -66,7 +73,15 @@ def _args(argv):
         ap.error("unknown section %s (choose from %s)" % (", ".join(bad), ", ".join(SECTIONS)))
     if args.repeat < 1:
         ap.error("--repeat must be at least 1, not %d" % args.repeat)
+    if not args.replace:
+        try:
+            report.check_mergeable(args.out)
+        except report.ResultsFileError as e:
+            ap.error(str(e))
     common.LOG_DIR = Path(args.logs or Path(args.out).resolve().parent / "bench-logs")
+    args.command = "python -m bench" + ("" if scale == "full" else " --" + scale) + (
+        "" if only == list(DEFAULT) else " --only " + ",".join(only)) + (
+        " --repeat %d" % args.repeat if args.repeat > 1 else "")
     return args, scale, only
 
 
@@ -77,13 +92,14 @@ def main(argv=None) -> int:
         print(msg, flush=True)
 
     started, t0 = time.time(), time.monotonic()
-    results = {"machine": common.machine(), "scale": scale, "failed": []}
+    results = {"machine": common.machine(), "scale": scale, "failed": [],
+               "command": args.command, "measured": {}}
 
     def write():
         # after every section: what finished is on disk whatever happens next
         results["load_end"] = os.getloadavg()
         results["bring_up_retries"] = common.BRING_UP_RETRIES
-        report.write(args.out, results, started, time.monotonic() - t0, scale)
+        report.write(args.out, results, started, time.monotonic() - t0, scale, args.replace)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 
@@ -92,6 +108,7 @@ def main(argv=None) -> int:
         for name in SECTIONS:
             if name not in only:
                 continue
+            since, load0 = time.time(), os.getloadavg()[0]
             for i in range(args.repeat):
                 run = " run %d of %d" % (i + 1, args.repeat) if args.repeat > 1 else ""
                 log("%s%s (%.0f s in)" % (name, run, time.monotonic() - t0))
@@ -111,6 +128,10 @@ def main(argv=None) -> int:
                                                            "error": error})
                 elif out is not None:
                     results[name] = out
+                # when and how this section was measured (its runs so far)
+                results["measured"][name] = {"at": since, "seconds": time.time() - since,
+                                             "load": [load0, os.getloadavg()[0]],
+                                             "command": args.command}
                 write()
     finally:
         ws.close()

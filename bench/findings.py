@@ -20,32 +20,42 @@ def _runs(r, link=None, mode=None):
 def findings(r: dict) -> list[str]:
     """The Findings section: one numbered finding per part of the results that ran."""
     L = ["## Findings", ""]
-    L += _link_finding(r)
+    for _, lines in parts(r):
+        L += lines
+    _number(L)
+    return L + [HOW_TO_RUN]
+
+
+def parts(r: dict) -> list[tuple[str, list[str]]]:
+    """The findings, each with the section of the results it comes from ("run": this run
+    of the harness), in their order; numbers are given when the section is put together."""
+    out = [("link", _link_finding(r))]
     dev = r.get("device")
     if dev:
-        L += _heap_finding(dev)
-        L += _verify_finding(dev)
-        L += _wear_finding(dev)
-    L += _hub_finding(r.get("hub") or [])
+        out += [("device", _heap_finding(dev) + _verify_finding(dev) + _wear_finding(dev))]
+    out.append(("hub", _hub_finding(r.get("hub") or [])))
     if r.get("encodings"):
         from .encodings import finding
 
-        L += finding(r["encodings"])
+        out.append(("encodings", finding(r["encodings"])))
     if r.get("loss"):
         from .loss import finding as loss_finding
 
-        L += loss_finding(r["loss"])
-    L += _retries_finding(r.get("bring_up_retries") or [])
-    _number(L)
-    L.append(
-        "How to run: `make bench` (everything, about 15 minutes), `python -m bench --quick`, "
-        "`python -m bench --only link,hub`, `python -m bench --only heap --repeat 20` (the 64 KiB-heap "
-        "boards alone, again and again), `python -m bench --only encodings` (full vs compressed "
-        "vs delta files, about 2 minutes), `python -m bench --only loss` (1 % of the Zigbee-like "
-        "link's frames lost against none, about 4 minutes); a failed section is recorded and the others kept (exit "
-        "1); the smoke test `tests/unit/test_bench_smoke.py` runs `--smoke` in seconds."
-    )
-    return L
+        out.append(("loss", loss_finding(r["loss"])))
+    out.append(("run", _retries_finding(r.get("bring_up_retries") or [])))
+    return [(name, lines) for name, lines in out if lines]
+
+
+HOW_TO_RUN = (
+    "How to run: `make bench` (everything, about 15 minutes), `python -m bench --quick`, "
+    "`python -m bench --only link,hub`, `python -m bench --only heap --repeat 20` (the 64 KiB-heap "
+    "boards alone, again and again), `python -m bench --only encodings` (full vs compressed "
+    "vs delta files, about 2 minutes), `python -m bench --only loss` (1 % of the Zigbee-like "
+    "link's frames lost against none, about 4 minutes); a run replaces the sections it ran and "
+    "keeps the others, each saying when it was measured (`--replace`: this run's sections "
+    "only); a failed section is recorded and the others kept (exit 1); the smoke test "
+    "`tests/unit/test_bench_smoke.py` runs `--smoke` in seconds."
+)
 
 
 def _number(L: list[str]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from pathlib import Path
 
 from hanfw.link import RX_FRAME
 
@@ -50,21 +53,87 @@ def _row(runs, link, mode, size):
     return None
 
 
-def write(path, results: dict, started: float, elapsed: float, scale: str) -> None:
+# The file is put together from parts, each belonging to one section of the harness (its
+# name in `python -m bench --only`), so that a run can replace the parts of the sections it
+# ran and keep the others' from the file as it was (`merge`). A section's blocks start
+# "## N. Title" and carry a marker line; a headline bullet or a finding ends with its marker.
+SECTION_MARK = "<!-- bench-section: %s -->"
+_SECTION_RE = re.compile(r"^<!-- bench-section: ([\w-]+) -->$")
+_TAIL_RE = re.compile(r"\s*<!-- ([\w-]+) -->$")
+_FINDING_RE = re.compile(r"^\d+\. ")
+# the numbered sections, in order: (section, title); link has two
+TITLES = (
+    ("link", "1. Link efficiency"),
+    ("link", "2. Against mpremote"),
+    ("device", "3. Device cost (MicroPython unix port)"),
+    ("hub", "4. Hub scale"),
+    ("boards", "5. Board start-up"),
+    ("heap", "6. The 64 KiB-heap boards alone (`--only heap`)"),
+    ("encodings", "7. Full, compressed and delta files (`--only encodings`)"),
+    ("loss", "8. Loss on the Zigbee-like link (`--only loss`)"),
+)
+ORDER = tuple(dict.fromkeys(name for name, _ in TITLES))
+HEADLINE_ORDER = ("link", "device", "hub", "loss", "boards", "encodings", "heap")
+FINDINGS_ORDER = ("link", "device", "hub", "encodings", "loss", "heap", "boards", "run")
+
+
+class ResultsFileError(ValueError):
+    """An existing results file that cannot be merged into."""
+
+
+class Doc:
+    """A results file in parts: {section: [block lines]} for the numbered sections,
+    {section: [bullet]} for the headline, {section: [finding lines]} for the findings, and
+    blocks of unknown sections (kept as they are). Section "" holds unmarked bullets and
+    findings."""
+
+    def __init__(self):
+        self.sections: dict[str, list[list[str]]] = {}
+        self.headline: dict[str, list[str]] = {}
+        self.findings: dict[str, list[list[str]]] = {}
+        self.other: list[list[str]] = []
+        self.failed: list[str] = []  # the latest run's failed sections
+
+
+def write(path, results: dict, started: float, elapsed: float, scale: str,
+          replace: bool = False) -> None:
+    """Write the results file: this run's sections, and (unless replace) every other
+    section of the file as it was, with when it was measured."""
+    new = render(results, started, elapsed, scale)
+    p = Path(path)
+    if not replace and p.exists():
+        new = merge(parse(p.read_text(), p), new, results)
+    text = assemble(new, _preamble(results, started, elapsed, scale))
+    tmp = p.with_name(".%s.tmp" % p.name)
+    tmp.write_text(text)
+    os.replace(tmp, p)  # an interrupted write leaves the old file
+
+
+def check_mergeable(path) -> None:
+    """Raise ResultsFileError (naming the problem) if an existing file at path cannot be
+    merged into; run before the benchmarks, so the run does not end in it."""
+    p = Path(path)
+    if p.exists():
+        parse(p.read_text(), p)
+
+
+def _preamble(results: dict, started: float, elapsed: float, scale: str) -> list[str]:
     m = results["machine"]
     L = ["# hanota benchmarks: results", ""]
     L += [
-        "Written by `make bench` (`python -m bench%s`) on %s; the whole run took %s. Each figure "
+        "Written by `make bench` (`python -m bench`). Each section says when and by which "
+        "command it was measured: a run replaces the sections it ran and keeps the others "
+        "(`--replace`: only its own). The latest run, `%s`, started %s and took %s. Each figure "
         "is the median of the runs made, with (min–max) when there was more than one. Nothing "
         "here is asserted by the test suite."
         % (
-            "" if scale == "full" else " --" + scale,
-            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            results.get("command") or "python -m bench",
+            _when(started),
             dur(elapsed),
         ),
         "",
     ]
-    L += ["## Machine", ""]
+    L += ["## Machine", "", "The machine of the latest run:", ""]
     L += table(
         ["", ""],
         [
@@ -81,38 +150,210 @@ def write(path, results: dict, started: float, elapsed: float, scale: str) -> No
             ["mpremote", m["mpremote"]],
         ],
     )
-    L += _headline(results)
-    L += _failures(results.get("failed") or [])
+    return L
 
-    def failed(name):
-        return [f["error"] for f in results.get("failed") or [] if f["section"] == name]
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def render(results: dict, started: float, elapsed: float, scale: str) -> Doc:
+    """This run's parts; a section it did not run is "Not run." (merge keeps the file's)."""
+    doc = Doc()
+    failed = results.get("failed") or []
+
+    def errors(name):
+        return [f["error"] for f in failed if f["section"] == name]
 
     link = results.get("link")
-    L += _section("1. Link efficiency", link, _link, failed("link"))
-    L += _section("2. Against mpremote", (link or {}).get("mpremote"),
-                  lambda mps: _mpremote(mps, link["runs"]))
-    L += _section("3. Device cost (MicroPython unix port)", results.get("device"), _device,
-                  failed("device"))
-    L += _section("4. Hub scale", results.get("hub"), _hub, failed("hub"))
-    L += _section("5. Board start-up", results.get("boards"), _boards, failed("boards"))
-    if results.get("heap"):
-        L += _section("6. The 64 KiB-heap boards alone (`--only heap`)", results["heap"],
-                      _heap_runs)
-    L += _section("7. Full, compressed and delta files (`--only encodings`)",
-                  results.get("encodings"), _encodings, failed("encodings"))
-    L += _section("8. Loss on the Zigbee-like link (`--only loss`)", results.get("loss"),
-                  _loss, failed("loss"))
-    L += _findings(results)
-    with open(path, "w") as f:
-        f.write("\n".join(L).rstrip() + "\n")
+    bodies = {
+        "1": (link, _link),
+        "2": ((link or {}).get("mpremote"), lambda mps: _mpremote(mps, link["runs"])),
+        "3": (results.get("device"), _device),
+        "4": (results.get("hub"), _hub),
+        "5": (results.get("boards"), _boards),
+        "6": (results.get("heap"), _heap_runs),
+        "7": (results.get("encodings"), _encodings),
+        "8": (results.get("loss"), _loss),
+    }
+    measured = results.get("measured") or {}
+    for name, title in TITLES:
+        data, body = bodies[title.split(".")[0]]
+        if name == "heap" and not data:
+            continue  # shown only once it has run
+        block = ["## " + title, SECTION_MARK % name, ""]
+        if name in measured:
+            block += [_measured(measured[name]), ""]
+        errs = errors(name) if name not in doc.sections else []  # in its first block
+        block += ["**Failed:** %s" % e for e in errs] + ([""] if errs else [])
+        if data:
+            block += body(data)
+        elif not errs:
+            block += ["Not run.", ""]
+        doc.sections.setdefault(name, []).append(block)
+    for name, lines in _headline_parts(results).items():
+        doc.headline[name] = [line + " <!-- %s -->" % name for line in lines]
+    from .findings import parts
+
+    for name, lines in parts(results):
+        items = _items(lines)
+        for item in items:
+            item[0] += " <!-- %s -->" % name
+        doc.findings.setdefault(name, []).extend(items)
+    doc.failed = _failures(failed)
+    return doc
 
 
-def _section(title: str, data, body, failed: list[str] | None = None) -> list[str]:
-    """A numbered section: its title, what failed in it, then body(data), or "Not run." if
-    that part did not run."""
-    L = ["## " + title, ""]
-    L += ["**Failed:** %s" % e for e in failed or []] + ([""] if failed else [])
-    return L + (body(data) if data else ["Not run.", ""] if not failed else [])
+def _measured(m: dict) -> str:
+    load = m.get("load") or [0, 0]
+    return ("_Measured %s by `%s` (took %s; load average %.1f at the start, %.1f at the end, "
+            "other work shares the machine)._" % (_when(m["at"]), m["command"],
+                                                   dur(m["seconds"]), load[0], load[1]))
+
+
+def _items(lines: list[str]) -> list[list[str]]:
+    """Numbered findings (each its first line and the lines under it, blanks dropped)."""
+    items: list[list[str]] = []
+    for line in lines:
+        if _FINDING_RE.match(line):
+            items.append([line])
+        elif items and line.strip():
+            items[-1].append(line)
+    return items
+
+
+def parse(text: str, path=None) -> Doc:
+    """An existing results file in parts (see Doc); ResultsFileError if it is not one this
+    harness can merge into (no section markers: written before they were, or not ours)."""
+    where = str(path or "the results file")
+    if not text.strip():
+        return Doc()
+    lines = text.splitlines()
+    if not lines[0].startswith("# hanota benchmarks"):
+        raise ResultsFileError("%s is not a hanota benchmark results file (it starts %r); "
+                               "give another --out" % (where, lines[0][:60]))
+    if not any(_SECTION_RE.match(x) for x in lines):
+        raise ResultsFileError(
+            "%s has no section markers (%s), so its sections cannot be told apart and kept; "
+            "add them, or rewrite the whole file with --replace" % (where, SECTION_MARK % "NAME"))
+    doc = Doc()
+    blocks: list[list[str]] = []
+    for line in lines:
+        if line.startswith("## "):
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+    for b in blocks:
+        while b and not b[-1].strip():
+            b.pop()
+        head = b[0][3:].strip()
+        if head in ("Machine", "Failed"):
+            continue  # the latest run's: made again
+        if head == "Headline":
+            for line in b[1:]:
+                if line.startswith("- "):
+                    m = _TAIL_RE.search(line)
+                    doc.headline.setdefault(m.group(1) if m else "", []).append(line)
+            continue
+        if head == "Findings":
+            body = [x for x in b[1:] if not x.startswith("How to run:")]
+            for item in _items(body):
+                m = _TAIL_RE.search(item[0])
+                doc.findings.setdefault(m.group(1) if m else "", []).append(item)
+            continue
+        name = next((m.group(1) for m in map(_SECTION_RE.match, b) if m), None)
+        if name is None:
+            doc.other.append(b + [""])
+        else:
+            doc.sections.setdefault(name, []).append(b + [""])
+    return doc
+
+
+def merge(old: Doc, new: Doc, results: dict) -> Doc:
+    """The file's parts with this run's in place of the sections it ran (results'
+    "measured": the sections that finished, well or not). A section that failed without
+    figures keeps the file's figures, under a line saying it failed in this run."""
+    ran = set(results.get("measured") or {})
+    data = {name: bool(results.get(name)) for name in ran}
+    out = Doc()
+    for name in dict.fromkeys(ORDER + tuple(old.sections)):
+        blocks = [_drop_failed_before(b) for b in old.sections.get(name, [])]
+        if (name in ran and data[name]) or not _has_figures(blocks):
+            if name in new.sections:
+                out.sections[name] = new.sections[name]
+            continue
+        if name in ran:  # failed, nothing measured: say so above the earlier figures
+            errs = [f["error"] for f in results.get("failed") or [] if f["section"] == name]
+            m = results["measured"][name]
+            at = next(i for i, x in enumerate(blocks[0]) if _SECTION_RE.match(x)) + 2
+            blocks[0][at:at] = [_FAILED_BEFORE + " `%s` of %s: %s; the figures below are from "
+                                "before." % (m["command"], _when(m["at"]),
+                                             "; ".join(errs) or "no figures"), ""]
+        out.sections[name] = blocks
+    for part in ("headline", "findings"):
+        o, n, merged = getattr(old, part), getattr(new, part), {}
+        for name in dict.fromkeys(tuple(o) + tuple(n)):
+            fresh = name == "run" or (name in ran and data.get(name))
+            merged[name] = n.get(name, []) if fresh else o.get(name, [])
+        setattr(out, part, merged)
+    out.other = old.other
+    out.failed = new.failed
+    return out
+
+
+_FAILED_BEFORE = "**Failed** in the run"
+
+
+def _drop_failed_before(block: list[str]) -> list[str]:
+    """A kept block without an earlier run's failure line (and the blank line after it)."""
+    out: list[str] = []
+    skip = False
+    for x in block:
+        if x.startswith(_FAILED_BEFORE):
+            skip = True
+            continue
+        if not (skip and not x.strip()):
+            out.append(x)
+        skip = False
+    return out
+
+
+def _has_figures(blocks: list[list[str]]) -> bool:
+    """Whether a section's blocks hold anything but its heading, marker, when it was
+    measured, failures and "Not run."."""
+    return any(x.strip() and not x.startswith(("## ", "<!-- bench-section", "_Measured ",
+                                                "**Failed", "Not run."))
+               for b in blocks for x in b)
+
+
+def assemble(doc: Doc, preamble: list[str]) -> str:
+    L = list(preamble)
+    L += ["## Headline", ""]
+    for name in _ordered(doc.headline, HEADLINE_ORDER):
+        L += doc.headline[name]
+    L += [""]
+    L += doc.failed
+    for name in _ordered(doc.sections, ORDER):
+        for b in doc.sections[name]:
+            L += b
+            if L[-1].strip():
+                L.append("")
+    for b in doc.other:
+        L += b
+    L += ["## Findings", ""]
+    n = 0
+    for name in _ordered(doc.findings, FINDINGS_ORDER):
+        for item in doc.findings[name]:
+            n += 1
+            L += [_FINDING_RE.sub("%d. " % n, item[0], count=1)] + item[1:] + [""]
+    from .findings import HOW_TO_RUN
+
+    L.append(HOW_TO_RUN)
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _ordered(parts: dict, order: tuple) -> list[str]:
+    return [n for n in order if n in parts] + [n for n in parts if n not in order]
 
 
 def _failures(failed: list[dict]) -> list[str]:
@@ -143,18 +384,19 @@ def _heap_runs(runs: list[dict]) -> list[str]:
                       "Hung"], rows)
 
 
-def _headline(r: dict) -> list[str]:
-    L = ["## Headline", ""]
+def _headline_parts(r: dict) -> dict[str, list[str]]:
+    """The headline's bullets, by the section they come from."""
+    L: dict[str, list[str]] = {}
     link = r.get("link")
     if link:
-        L += _headline_link(link)
+        L["link"] = _headline_link(link)
     dev = r.get("device")
     if dev:
-        L += _headline_device(dev)
+        L["device"] = _headline_device(dev)
     hub = [h for h in (r.get("hub") or []) if not h.get("rcvbuf")]
     if hub:
         top = hub[-1]
-        L.append(
+        L["hub"] = [
             "- **Hub:** one process served %d devices at once at %s blocks/s, %s CPU s per "
             "delivered MiB, %.1f KiB per connected device; requests lost: %d."
             % (
@@ -164,22 +406,22 @@ def _headline(r: dict) -> list[str]:
                 top["traced_per_device"]["median"] / KiB,
                 top["lost"],
             )
-        )
+        ]
     if r.get("loss"):
         from .loss import headline
 
-        L += headline(r["loss"])
+        L["loss"] = headline(r["loss"])
     b = r.get("boards")
     if b:
-        L.append(
+        L["boards"] = [
             "- **Board start-up to a REPL:** %s."
             % "; ".join(
                 "%s %s s (`hanota vboard start`: %s s)"
                 % (k, stat(v["in_process"], "%.2f"), stat(v["cli"], "%.2f"))
                 for k, v in b.items()
             )
-        )
-    return L + [""]
+        ]
+    return {k: v for k, v in L.items() if v}
 
 
 def _headline_link(link: dict) -> list[str]:
@@ -672,12 +914,6 @@ def _boards(b: dict) -> list[str]:
         [[k, stat(v["in_process"], "%.2f"), stat(v["cli"], "%.2f")] for k, v in b.items()],
     )
     return L
-
-
-def _findings(r: dict) -> list[str]:
-    from .findings import findings
-
-    return findings(r)
 
 
 def _loss(loss: dict) -> list[str]:

@@ -32,4 +32,4 @@ def test_bench_smoke_writes_a_results_file(tmp_path):
         "## Findings",
     ):
         assert heading in text
-    assert "## 5. Board start-up\n\nNot run." in text  # left out with --only
+    assert "## 5. Board start-up\n<!-- bench-section: boards -->\n\nNot run." in text  # --only
