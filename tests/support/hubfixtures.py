@@ -1,12 +1,15 @@
 """Test support for the hub layer: an autonomous fake device and a registry/image builder.
 
-`AgentDevice` is a `FakeDevice` with an OTA client that runs by itself, as a board would:
-on Image Notify (or on its own poll timer) it queries, downloads block by block (resuming
-from its own offset after any interruption, without a new query if the hub vanished),
-checks the file it received (the descriptor's hash against the payload), sends Upgrade
-End, then activates at the time the Upgrade End Response says (or waits for an Activate
-Image whose hash matches the image it holds), "reboots" (HELLO with the new version) and
-sends its Activation Alert. Behaviours: "ok", "invalid" (Upgrade End INVALID_IMAGE),
+`AgentDevice` is the fleet simulator's `SimDevice` (`hanota.fleet.device`: a `FakeDevice`
+with an OTA client that runs by itself, as a board would): on Image Notify (or on its own poll
+timer) it queries, downloads block by block (resuming from its own offset after any
+interruption, without a new query if the hub vanished), checks the file it received (the
+descriptor's hash against the payload), sends Upgrade End, then activates at the time the
+Upgrade End Response says (or waits for an Activate Image whose hash matches the image it
+holds), "reboots" (HELLO with the new version) and sends its Activation Alert. The tests' agent
+adds UDP or a serial bus instead of the in-process HAN, keeps what it saw for asserts, GBCS
+on the HAN (CS06, future-dated activation by the hub's clock) and behaviours: "ok",
+"invalid" (Upgrade End INVALID_IMAGE),
 "rollback" (the new image fails its health check: alert rolled_back=1), "no_alert" (it
 activates but its alert is never sent), "activation_failure" (it answers every Activate
 Image with ACTIVATION_FAILURE).
@@ -14,20 +17,20 @@ Image with ACTIVATION_FAILURE).
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 from hanfw import link as hlink
-from hanfw import otafile, zcl
+from hanfw import zcl
 from hanota import images
+from hanota.fleet.device import SimDevice
 from hanota.hub import HubOptions, RetryPolicy
 from hanota.hub import registry as reg
 from hanota.hub.runner import HubRunner
-from hanota.server import zigbee_time
 from support.clientkit import State
-from support.fakedevice import DeviceError, FakeDevice, install_code
+from support.fakedevice import install_code
 
 SUPPLIER = "SupplierA"
 MFR = images.DEFAULT_MANUFACTURER
@@ -54,21 +57,22 @@ def fast_options(**kw) -> HubOptions:
     return HubOptions(**opts)
 
 
-class AgentDevice(FakeDevice):
+class AgentDevice(SimDevice):
+    retry_pause = 0.2  # the tests' pacing (the fleet's devices wait longer)
+    keep_history = True  # tests assert on what the device saw
+
     def __init__(self, n: int, *, role: str = "ppmid", version: int = 1, hw: int = 0x0100,
                  behaviour: str = "ok", pace: float = 0.0, max_data: int = 64,
                  poll: float | None = None, give_up: float = 30.0, **kw):
         kw.setdefault("timeout", 0.4)
         kw.setdefault("retries", 3)
-        super().__init__(eui(n), install_code(n), role=role, version=version, hw=hw,
-                         image_type=images.ROLE_IMAGE_TYPES[role], **kw)
+        kw.setdefault("manufacturer", MFR)
+        super().__init__(eui(n), install_code(n), role, Counter(), version=version, hw=hw,
+                         give_up=give_up, max_data=max_data, **kw)
         self.n = n
         self.behaviour = behaviour
         self.pace = pace
-        self.max_data = max_data
         self.poll = poll
-        self.give_up = give_up
-        self.service = hlink.SERVICE_ALT_HAN_P2P if role == "althan" else hlink.SERVICE_ORDINARY
         self.server_addr = None
         self.downloads = 0  # complete downloads that passed the device's own check
         self.activated_versions: list[int] = []
@@ -76,9 +80,7 @@ class AgentDevice(FakeDevice):
         self.resume_offsets: list[int] = []  # offset at which each download (re)started
         self.upgrade_ends: list[tuple] = []
         self.join_status: int | None = None
-        self.held_version: int | None = None
         self.gbcs_answers: list[tuple] = []  # (refusal reason or None, GBCS answer)
-        self._update: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
 
     # -- lifetime
@@ -118,12 +120,6 @@ class AgentDevice(FakeDevice):
 
     def _zcl(self, buf: bytes) -> None:
         fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
-        if cmd == zcl.CMD_IMAGE_NOTIFY and mfr is None \
-                and fc & zcl.FC_FRAME_TYPE_MASK == zcl.FC_CLUSTER:
-            self.notifies.append(zcl.parse_image_notify(buf, off))
-            if self.answer_notify:
-                self.kick()
-            return
         if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None \
                 and self.behaviour == "activation_failure":
             a = zcl.parse_activate_image(buf, off)
@@ -136,15 +132,7 @@ class AgentDevice(FakeDevice):
         if cmd == zcl.CMD_GBCS and mfr is not None and self.gbcs_cfg is not None:
             self._gbcs(buf[off:], tsn, mfr)
             return
-        held = self.held_hash
-        super()._zcl(buf)
-        if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
-            a = self.activations[-1]
-            if held is not None and a.image_hash == held:
-                delay = 0.0
-                if a.execution_time:
-                    delay = a.execution_time - zigbee_time(time.time())
-                self._spawn(self._activate(delay, self.held_version))
+        super()._zcl(buf)  # Image Notify, Activate Image: the fleet's device's
 
     # GBCS on the HAN (hanfw/activation.py, the device's own check, run here on CPython):
     # gbcs_cfg is a hanfw.config.Config with a "gbcs" commissioning block
@@ -222,85 +210,38 @@ class AgentDevice(FakeDevice):
         if go:
             await self._activate(0.0, self.held_version)
 
-    def kick(self) -> None:
-        """Run the OTA client once (query, download, end) unless it is running."""
-        if not self.busy:
-            self._update = asyncio.get_running_loop().create_task(self._run_update())
-            self._tasks.add(self._update)
-
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.poll)
             self.kick()
 
-    # -- the OTA client
-
-    async def _run_update(self) -> None:
-        try:
-            avail = await self.query()
-        except (TimeoutError, DeviceError):
-            return
-        if avail.status != zcl.SUCCESS:
-            return
-        ident = (avail.manufacturer, avail.image_type, avail.file_version)
-        if self.target != ident or self.image is None:
-            self.image, self.offset = None, 0
-        try:
-            await self._fetch(avail)
-        except DeviceError:
-            # the hub aborted (e.g. the request was superseded): drop the partial image
-            self.image, self.offset, self.target = None, 0, None
-            return
-        except TimeoutError:
-            return
-        await self._end(avail)
+    # -- the OTA client: the fleet's device's, with these hooks
 
     async def _fetch(self, avail) -> None:
         self.resume_offsets.append(self.offset)
         self.target = (avail.manufacturer, avail.image_type, avail.file_version)
-        while self.offset < avail.image_size:
-            await self.persist(self.download, avail, max_data=self.max_data,
-                                stop_at=self.offset + self.max_data)
-            if self.pace:
-                await asyncio.sleep(self.pace)
+        await super()._fetch(avail)
 
-    async def _end(self, avail) -> None:
-        s = otafile.parse_stream(io.BytesIO(bytes(self.image)), block=4096)
-        good = s.descriptor is not None and s.descriptor.image_hash == s.image_sha256
-        status = zcl.INVALID_IMAGE if self.behaviour == "invalid" or not good else zcl.SUCCESS
+    def _verdict(self, good: bool) -> int:
+        status = zcl.INVALID_IMAGE if self.behaviour == "invalid" else super()._verdict(good)
         if status == zcl.SUCCESS:
             self.downloads += 1
-        cmd, rsp = await self.persist(self.upgrade_end, status)
-        self.upgrade_ends.append((status, cmd, rsp))
-        if status != zcl.SUCCESS or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
-            self.image, self.offset, self.target = None, 0, None
-            return
-        self.held_hash = s.descriptor.image_hash
-        self.held_version = avail.file_version
-        if rsp.upgrade_time == zcl.UPGRADE_TIME_WAIT:
-            return  # hold it until an Activate Image (HCALCS)
-        delay = rsp.upgrade_time if rsp.current_time == 0 \
-            else rsp.upgrade_time - rsp.current_time
-        await self._activate(delay, avail.file_version)
+        return status
 
-    async def _activate(self, delay: float, version: int) -> None:
-        await asyncio.sleep(max(0.0, delay))
-        previous = self.version
-        self.held_hash = None
-        self.image, self.offset, self.target = None, 0, None
-        if self.behaviour == "rollback":
-            await self.persist(self.hello)  # the trial boot failed; the old image runs
+    def _ended(self, status: int, cmd: int, rsp) -> None:
+        self.upgrade_ends.append((status, cmd, rsp))
+
+    def _boot(self, version: int, previous: int) -> tuple | None:
+        self.image, self.offset = None, 0
+        if self.behaviour == "rollback":  # the trial boot fails; the old image runs
             args = (previous, version, True, zcl.ALERT_HEALTH_CHECK_FAILED)
         else:
-            self.version = version
-            self.attributes[zcl.ATTR_CURRENT_FILE_VERSION] = (zcl.TYPE_UINT32, version)
+            args = super()._boot(version, previous)
             self.activated_versions.append(version)
-            await self.persist(self.hello)
-            args = (version, previous, False, zcl.ALERT_NONE)
         if self.behaviour == "no_alert":
-            return
+            return None
         self.alerts_sent.append(args)
-        await self.persist(self.alert, *args)
+        return args
 
 
 class _HeldBank:

@@ -13,6 +13,11 @@ sends Upgrade End (INVALID_IMAGE when the check fails), activates at the time th
 End Response gives (PPMID, Alt HAN: SR 11.4) or holds the image until an Activate Image
 with its hash (HCALCS: SR 11.1, then 11.3), says HELLO with the new version and sends its
 Activation Alert. What it does is counted in a `Counter` its process shares.
+
+The tests' `AgentDevice` (tests/support/hubfixtures.py) is a `SimDevice` too: it keeps what it
+saw (`keep_history`), can pace its blocks (`pace`), and changes the Upgrade End status
+(`_verdict`), what it records of the answer (`_ended`) and the "reboot" into the new image
+(`_boot`), which are the hooks here.
 """
 from __future__ import annotations
 
@@ -73,14 +78,16 @@ class _DeviceEnd(Link):
 
 class SimDevice(FakeDevice):
     retry_pause = 0.5
+    keep_history = False  # keep notifies, activations, pushed answers, block sizes (tests)
+    pace = 0.0  # seconds between two blocks
 
     def __init__(self, eui_wire: bytes, install_code: str, role: str, stats: Counter, *,
                  version: int = 1, give_up: float = 60.0, timeout: float = 2.0,
-                 retries: int = 3, max_data: int = 64):
+                 retries: int = 3, max_data: int = 64, **kw):
+        kw.setdefault("manufacturer", images.DEFAULT_MANUFACTURER)
         super().__init__(eui_wire, install_code, role=role,
-                         manufacturer=images.DEFAULT_MANUFACTURER,
                          image_type=images.ROLE_IMAGE_TYPES[role], version=version,
-                         timeout=timeout, retries=retries)
+                         timeout=timeout, retries=retries, **kw)
         self.eui_text = hlink.eui_str(eui_wire)
         self.stats = stats
         self.give_up = give_up
@@ -119,16 +126,20 @@ class SimDevice(FakeDevice):
         fc, mfr, tsn, cmd, off = zcl.parse_header(buf)
         if cmd == zcl.CMD_IMAGE_NOTIFY and mfr is None \
                 and fc & zcl.FC_FRAME_TYPE_MASK == zcl.FC_CLUSTER:
-            self.kick()
+            if self.keep_history:
+                self.notifies.append(zcl.parse_image_notify(buf, off))
+            if self.answer_notify:
+                self.kick()
             return
         held = self.held_hash
         super()._zcl(buf)
         if cmd == zcl.CMD_ACTIVATE_IMAGE and mfr is not None:
-            a = self.activations.pop()
+            a = self.activations[-1] if self.keep_history else self.activations.pop()
             if held is not None and a.image_hash == held:
                 delay = a.execution_time - zigbee_time(time.time()) if a.execution_time else 0.0
                 self._spawn(self._guarded(self._activate(delay, self.held_version)))
-        self.pushed.clear()
+        if not self.keep_history:
+            self.pushed.clear()
 
     def kick(self) -> None:
         """Run the OTA client once (query, download, end) unless it is running."""
@@ -162,27 +173,42 @@ class SimDevice(FakeDevice):
             self.image, self.offset = None, 0
             self.stats["downloads_started"] += 1
         try:
-            while self.offset < avail.image_size:
-                await self.persist(self.download, avail, max_data=self.max_data,
-                                    stop_at=self.offset + self.max_data)
+            await self._fetch(avail)
         except DeviceError:  # the hub ended it (superseded, cancelled): drop the partial file
             self.image, self.offset, self.target = None, 0, None
             self.stats["downloads_aborted"] += 1
             return
         finally:
-            self.block_sizes.clear()
-            self.waits.clear()
+            if not self.keep_history:
+                self.block_sizes.clear()
+                self.waits.clear()
         await self._end(avail)
+
+    async def _fetch(self, avail) -> None:
+        """Download from the device's own offset to the end of the image, block by block."""
+        while self.offset < avail.image_size:
+            await self.persist(self.download, avail, max_data=self.max_data,
+                                stop_at=self.offset + self.max_data)
+            if self.pace:
+                await asyncio.sleep(self.pace)
+
+    def _verdict(self, good: bool) -> int:
+        """The Upgrade End status for a file whose check passed (good) or failed."""
+        return zcl.SUCCESS if good else zcl.INVALID_IMAGE
+
+    def _ended(self, status: int, cmd: int, rsp) -> None:
+        """The hub's answer to the Upgrade End (a hook: nothing to do here)."""
 
     async def _end(self, avail) -> None:
         s = otafile.parse_stream(io.BytesIO(bytes(self.image)), block=4096)
         good = s.descriptor is not None and s.descriptor.image_hash == s.image_sha256
         self.stats["verified" if good else "verify_failed"] += 1
-        status = zcl.SUCCESS if good else zcl.INVALID_IMAGE
+        status = self._verdict(good)
         cmd, rsp = await self.persist(self.upgrade_end, status)
+        self._ended(status, cmd, rsp)
         image_hash = s.descriptor.image_hash if good else None
         self.image, self.offset = None, 0
-        if not good or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
+        if status != zcl.SUCCESS or cmd != zcl.CMD_UPGRADE_END_RESPONSE:
             self.target = None
             return
         self.held_hash = image_hash
@@ -198,9 +224,15 @@ class SimDevice(FakeDevice):
         await asyncio.sleep(max(0.0, delay))
         previous = self.version
         self.held_hash, self.target = None, None
+        alert = self._boot(version, previous)
+        await self.persist(self.hello)  # "rebooted" into the new image
+        if alert is not None:
+            await self.persist(self.alert, *alert)
+            self.stats["alerts"] += 1
+
+    def _boot(self, version: int, previous: int) -> tuple | None:
+        """Run the new image; the Activation Alert's arguments (None: no alert is sent)."""
         self.version = version
         self.attributes[zcl.ATTR_CURRENT_FILE_VERSION] = (zcl.TYPE_UINT32, version)
         self.stats["activated"] += 1
-        await self.persist(self.hello)  # "rebooted" into the new image
-        await self.persist(self.alert, version, previous, False, zcl.ALERT_NONE)
-        self.stats["alerts"] += 1
+        return (version, previous, False, zcl.ALERT_NONE)
