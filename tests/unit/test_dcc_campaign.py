@@ -533,18 +533,42 @@ class Killed(BaseException):
 def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
     world.create(devices=[dev_eui(0)])
     doomed = world.new_dcc()
-    real = doomed.submit
+    real = doomed.record
 
-    def submit_then_die(xml):
-        real(xml)
+    def record_then_die(chk):  # inside the send's write transaction, after the DCC's writes
+        real(chk)
         raise Killed()
 
-    doomed.submit = submit_then_die
+    doomed.record = record_then_die
     with pytest.raises(Killed):
         CampaignDriver(doomed, worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.dcc.wan_outbox(HUBS[0]) == []
-    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 1
+    # the dead worker's claim on the device holds until its lease runs out
+    w2 = CampaignDriver(world.dcc, worker="w2", clock=world.clock)
+    assert w2.step() == 0
+    world.clock.t += w2.claim_lease + 1
+    assert w2.step() == 1
     assert [r["device"] for r in world.requests()] == [dev_eui(0)]
+
+
+def test_a_worker_killed_while_preparing_leaves_nothing(world):
+    """Killed after the request was signed and checked, before its transaction: nothing
+    of it is in the DCC (its counter was never taken), and the next send goes out."""
+    world.create(devices=[dev_eui(0), dev_eui(1)])
+    doomed = world.new_dcc()
+    real = doomed.check
+
+    def check_then_die(xml):
+        real(xml)
+        raise Killed()
+
+    doomed.check = check_then_die
+    with pytest.raises(Killed):
+        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+    assert world.requests() == [] and world.store.last_counter(SUP_A) is None
+    world.clock.t += CampaignDriver.claim_lease + 1
+    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 2
+    assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
 
 
 # ---------------------------------------------------------------- creating: bad input

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
+from . import dialect
 from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ _SCHEMA = (
     code TEXT,
     reason TEXT,
     finished REAL,
+    claimed_by TEXT,
+    claim_until REAL,
     PRIMARY KEY (campaign, device),
     CHECK ((state = 'done') = (outcome IS NOT NULL))
 )""" % ", ".join("'%s'" % s for s in DEVICE_STATES),
@@ -141,6 +144,9 @@ def ensure_schema(store: DccStore) -> None:
     with store.tx() as c:
         for stmt in _SCHEMA:
             c.execute(stmt)
+    # made before sends were claimed (CampaignDriver._claim)
+    store.add_column("campaign_devices", "claimed_by", "TEXT")
+    store.add_column("campaign_devices", "claim_until", "REAL")
     store._campaign_schema = True  # type: ignore[attr-defined]
 
 
@@ -546,6 +552,8 @@ class CampaignDriver:
     `dcc` is a `hanota.dcc.service.Dcc` (its store is where the campaigns are); `clock`
     gives the time for windows, rates and backoffs (injectable in tests)."""
 
+    claim_lease = 20.0  # seconds a claimed device is this worker's to send (`_claim`)
+
     def __init__(self, dcc: Any, *, worker: str | None = None,
                  clock: Callable[[], float] = time.time, batch: int = 50):
         import os
@@ -556,7 +564,7 @@ class CampaignDriver:
         self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
         self.clock = clock
         self.batch = batch
-        self._signers: dict[str, tuple[Any, Any, bytes]] = {}
+        self._signers: dict[str, tuple[Any, Any, bytes, str, str, str]] = {}
         self.sent = 0
 
     def step(self) -> int:
@@ -568,10 +576,7 @@ class CampaignDriver:
         total = 0
         for name in names:
             self.advance(name)
-            for _ in range(self.batch):
-                if not self.send_one(name):
-                    break
-                total += 1
+            total += self.send(name, self.batch)
             self.advance(name)
         self.sent += total
         return total
@@ -673,68 +678,185 @@ class CampaignDriver:
     # -- sending
 
     def send_one(self, name: str) -> bool:
-        """Send the campaign's next due device its DUIS request, if the campaign runs, its
-        wave is open, the window is open and the rate allows; False when nothing was sent.
-        The choice of device, the DCC's request and WAN message and the record of the send
-        are one transaction."""
-        from . import duis, xmlsig
+        """Send the campaign's next due device its DUIS request (`send`); False when
+        nothing was sent."""
+        return self.send(name, 1) == 1
 
+    def send(self, name: str, limit: int) -> int:
+        """Send up to `limit` due devices of the campaign their DUIS requests, if the
+        campaign runs, its wave is open, the window is open and the rate allows; how many
+        were sent. Devices are claimed first (`_claim`), then each is prepared outside any
+        write transaction (`_prepare`: the request built and signed, the DCC's checks) and
+        committed in one short one (`_commit`)."""
+        sent = 0
+        claimed = self._claim(name, limit)
+        try:
+            for device, attempt in claimed:
+                if not self._send(name, device, attempt):
+                    break
+                sent += 1
+        except Exception:
+            self._release_quietly(name)
+            raise
+        if sent < len(claimed):
+            self._release(name)
+        return sent
+
+    def _release_quietly(self, name: str) -> None:
+        try:
+            self._release(name)
+        except Exception:  # noqa: BLE001 - the database is gone: the claims run out
+            log.debug("campaign %s: claims not given back", name, exc_info=True)
+
+    def _campaign(self, c: Any, name: str, now: float) -> tuple | None:
+        """The campaign's (supplier, srv, version, wave, config) if it may send now."""
+        row = c.execute("SELECT supplier, srv, version, config, state, wave FROM campaigns "
+                        "WHERE name = ?", (name,)).fetchone()
+        if row is None or row[4] != "running":
+            return None
+        cfg = json.loads(row[3])
+        win = window_of(cfg)
+        if win is not None and not win.is_open(now):
+            return None
+        return row[0], row[1], row[2], int(row[5]), cfg
+
+    def _claim(self, name: str, limit: int) -> list[tuple[str, int]]:
+        """Claim up to `limit` due devices for this worker for `claim_lease` seconds (one
+        short transaction; on PostgreSQL FOR UPDATE SKIP LOCKED, outside the write lock, so
+        workers claim side by side). A claim only keeps other workers from preparing the
+        same device: what makes a send happen once is `_commit`'s re-check. A killed
+        worker's claims run out."""
         now = self.clock()
-        with self.store.tx() as c:
-            row = c.execute("SELECT supplier, srv, NULL, version, config, state, wave "
-                            "FROM campaigns WHERE name = ?", (name,)).fetchone()
-            if row is None or row[5] != "running":
-                return False
-            cfg = json.loads(row[4])
-            win = window_of(cfg)
-            if win is not None and not win.is_open(now):
-                return False
+        with self.store.tx(exclusive=False) as c:
+            camp = self._campaign(c, name, now)
+            if camp is None:
+                return []
+            cfg = camp[4]
             if cfg.get("rate"):
                 n = c.execute("SELECT count(*) FROM campaign_sends WHERE campaign = ? AND "
                               "sent > ?", (name, now - 60.0)).fetchone()[0]
-                if int(n) >= int(cfg["rate"]):
-                    return False
-            d = c.execute("SELECT device, attempts FROM campaign_devices WHERE campaign = ? "
-                          "AND state = 'waiting' AND wave <= ? AND (next_at IS NULL OR "
-                          "next_at <= ?) ORDER BY seq LIMIT 1",
-                          (name, int(row[6]), now)).fetchone()
-            if d is None:
+                limit = min(limit, int(cfg["rate"]) - int(n))
+                if limit <= 0:
+                    return []
+            rows = c.execute(
+                "SELECT d.device, d.attempts FROM campaign_devices d WHERE d.campaign = ? AND "
+                "d.state = 'waiting' AND d.wave <= ? AND (d.next_at IS NULL OR d.next_at <= ?) "
+                "AND (d.claimed_by IS NULL OR d.claimed_by = ? OR d.claim_until < ?) "
+                "ORDER BY d.seq LIMIT ?" + dialect.skip_locked(self.store.postgres, "d"),
+                (name, camp[3], now, self.worker, now, int(limit))).fetchall()
+            got = [(r[0], int(r[1]) + 1) for r in rows]
+            if got:
+                c.execute("UPDATE campaign_devices SET claimed_by = ?, claim_until = ? WHERE "
+                          "campaign = ? AND device IN (%s)" % ", ".join("?" * len(got)),
+                          (self.worker, now + self.claim_lease, name, *[g[0] for g in got]))
+        return got
+
+    def _release(self, name: str) -> None:
+        """Give back this worker's claims it did not send (the campaign paused, the
+        window closed, the rate was reached)."""
+        with self.store.tx(exclusive=False) as c:
+            c.execute("UPDATE campaign_devices SET claimed_by = NULL, claim_until = NULL "
+                      "WHERE campaign = ? AND claimed_by = ? AND state = 'waiting'",
+                      (name, self.worker))
+
+    def _prepare(self, name: str, device: str, counter_floor: int = 0) -> tuple[int, Any]:
+        """The device's request built, signed with the Supplier's key and checked by the
+        DCC (`Dcc.check`: no writes): (counter, Checked). The counter is the larger of the
+        Supplier's last + 1 and the time in ms (what `duis build` uses)."""
+        from . import duis, xmlsig
+
+        key, cert, image, supplier, srv, version = self._fixed(name)
+        now = self.clock()
+        counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000),
+                      counter_floor)
+        # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
+        xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter,
+                                 firmware_image=image, firmware_version=version,
+                                 device_ids=[bytes.fromhex(device)])
+        return counter, self.dcc.check(xmlsig.sign(xml, key, cert))
+
+    def _send(self, name: str, device: str, attempt: int) -> bool:
+        """Prepare the device's request (no lock), then commit it (`_commit`); False when
+        the campaign may no longer send (it changed meanwhile) or the claim was lost."""
+        counter, chk = self._prepare(name, device)
+        return self._commit(name, device, attempt, counter, chk)
+
+    def _commit(self, name: str, device: str, attempt: int, counter: int, chk: Any) -> bool:
+        """One short write transaction: re-check what can have changed since the claim
+        and the preparation (the campaign still running, its window open and rate not
+        reached, the device still waiting at this attempt and claimed by no one else),
+        then the DCC's record of the request (`Dcc.record`: it re-checks the counter and
+        the device's registration) and the campaign's record of the send, together.
+
+        GBCS/DUIS counters: a User's counters must rise in the order the DCC takes them,
+        and they are inside the signed document, so a request prepared outside the lock
+        can be overtaken by another worker's (same Supplier) that committed a higher
+        counter first. Then it is built, signed and checked again here, inside the lock,
+        where no one else can take a counter: at most one redo, and the common case (no
+        overtaking) keeps all the crypto outside."""
+        from .service import Refusal
+
+        supplier = self._fixed(name)[3]
+        now = self.clock()
+        with self.store.tx() as c:
+            camp = self._campaign(c, name, now)
+            d = c.execute("SELECT state, attempts, claimed_by FROM campaign_devices WHERE "
+                          "campaign = ? AND device = ?", (name, device)).fetchone()
+            if d is None or d[0] != "waiting" or int(d[1]) + 1 != attempt \
+                    or d[2] not in (None, self.worker):
+                return False  # another worker sent it (our claim ran out), or it ended
+            if camp is None:
                 return False
-            device, attempt = d[0], int(d[1]) + 1
-            supplier, srv = row[0], row[1]
-            key, cert, image = self._fixed(c, name)
-            counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000))
-            # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
-            xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter, firmware_image=image,
-                                     firmware_version=row[3],
-                                     device_ids=[bytes.fromhex(device)])
-            answer = duis.parse_response(self.dcc.submit(xmlsig.sign(xml, key, cert)))
-            rid = str(duis.RequestID(bytes.fromhex(supplier), duis.DCC_EUI, counter))
+            cfg = camp[4]
+            if cfg.get("rate") and int(c.execute(
+                    "SELECT count(*) FROM campaign_sends WHERE campaign = ? AND sent > ?",
+                    (name, now - 60.0)).fetchone()[0]) >= int(cfg["rate"]):
+                return False
+            for _ in range(2):
+                r = chk.refusal
+                if r is None:
+                    try:
+                        code, reason = self.dcc.record(chk)
+                        break
+                    except Refusal as e:
+                        r = e
+                if r.name != "replay":  # refused before any rule: nothing in the DCC
+                    code, reason = r.code, r.reason
+                    break
+                # overtaken: redo under the lock (the counter cannot move now)
+                counter, chk = self._prepare(name, device, counter + 1)
+            else:  # pragma: no cover - the lock is held: the second try has the counter
+                raise RuntimeError("counter %d of %s refused under the write lock"
+                                   % (counter, supplier))
+            rid = str(chk.request_id)
             c.execute("INSERT INTO campaign_sends (campaign, device, attempt, request_id, "
                       "worker, sent) VALUES (?, ?, ?, ?, ?, ?)",
                       (name, device, attempt, rid, self.worker, now))
-            if answer["code"] == "I99":
+            if code == "I99":
                 c.execute("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
-                          "request_id = ?, next_at = NULL WHERE campaign = ? AND device = ?",
-                          (attempt, rid, name, device))
+                          "request_id = ?, next_at = NULL, claimed_by = NULL, claim_until = "
+                          "NULL WHERE campaign = ? AND device = ?", (attempt, rid, name, device))
             else:  # refused by the DCC's rules: that is the device's outcome
                 c.execute("UPDATE campaign_devices SET state = 'done', attempts = ?, "
                           "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
-                          "'refused', code = ?, reason = ?, finished = ? WHERE campaign = ? "
-                          "AND device = ?", (attempt, rid, answer["code"],
-                                             answer.get("reason"), now, name, device))
+                          "'refused', code = ?, reason = ?, finished = ?, claimed_by = NULL, "
+                          "claim_until = NULL WHERE campaign = ? AND device = ?",
+                          (attempt, rid, code, reason, now, name, device))
         return True
 
-    def _fixed(self, c: Any, name: str) -> tuple[Any, Any, bytes]:
-        """A campaign's signing key, certificate and image (they never change), read once."""
+    def _fixed(self, name: str) -> tuple[Any, Any, bytes, str, str, str]:
+        """A campaign's signing key, certificate, image, Supplier, SR and version (they
+        never change), read once."""
         from . import pki
 
         got = self._signers.get(name)
         if got is None:
-            r = c.execute("SELECT signer_key, signer_cert, image FROM campaigns WHERE name = ?",
-                          (name,)).fetchone()
+            r = self.store.one("SELECT signer_key, signer_cert, image, supplier, srv, version "
+                               "FROM campaigns WHERE name = ?", (name,))
+            if r is None:
+                raise CampaignError("no campaign named %r" % name)
             got = self._signers[name] = (pki.load_key(bytes(r[0])), pki.load_cert(bytes(r[1])),
-                                         bytes(r[2]))
+                                         bytes(r[2]), r[3], r[4], r[5])
         return got
 
 

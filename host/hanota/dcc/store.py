@@ -706,27 +706,29 @@ class DccStore(sqlitedb.Closing):
 
     def take_counter(self, user: bytes | str, counter: int) -> bool:
         """Record `counter` as the User's latest if it is strictly greater than the last one
-        (atomically); False (nothing written) for a replay or an older counter."""
+        (one statement, atomic on both dialects); False (nothing written) for a replay or an
+        older counter."""
         u = eui_hex(user)
         with self.tx() as c:
-            row = c.execute("SELECT last_counter FROM users WHERE entity_id = ?",
-                            (u,)).fetchone()
-            if row is not None and counter <= row[0]:
-                return False
-            c.execute("INSERT INTO users (entity_id, last_counter, updated) VALUES (?, ?, ?) "
-                      "ON CONFLICT (entity_id) DO UPDATE SET last_counter = excluded.last_counter,"
-                      " updated = excluded.updated", (u, counter, self.clock()))
-        return True
+            return c.execute(
+                "INSERT INTO users (entity_id, last_counter, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (entity_id) DO UPDATE SET last_counter = excluded.last_counter, "
+                "updated = excluded.updated WHERE users.last_counter < excluded.last_counter",
+                (u, int(counter), self.clock())).rowcount == 1
 
     # -- requests
 
     def add_request(self, request_id: str, user: bytes | str, counter: int, srv: str, *,
                     device: bytes | str | None = None, hub_eui: bytes | str | None = None,
                     detail: dict | None = None, outcome: str | None = None,
-                    code: str | None = None, reason: str | None = None) -> int:
-        """Record a request: accepted (outcome None) or refused at once (its outcome)."""
+                    code: str | None = None, reason: str | None = None,
+                    state: str = "accepted") -> int:
+        """Record a request: accepted (outcome None; `state` accepted, or sent when its WAN
+        message is queued in the same transaction) or refused at once (its outcome)."""
         now = self.clock()
         done = outcome is not None
+        if state not in ("accepted", "sent"):
+            raise ValueError("bad request state %r" % state)
         with self.tx() as c:
             cur = c.execute(
                 "INSERT INTO requests (request_id, user, counter, srv, device, hub_eui, detail, "
@@ -735,7 +737,7 @@ class DccStore(sqlitedb.Closing):
                 (request_id, eui_hex(user), counter, srv,
                  eui_hex(device) if device is not None else None,
                  eui_hex(hub_eui) if hub_eui is not None else None,
-                 json.dumps(detail or {}, sort_keys=True), "done" if done else "accepted",
+                 json.dumps(detail or {}, sort_keys=True), "done" if done else state,
                  code, outcome, reason, now, now, now if done else None))
             return int(cur.lastrowid or 0)
 
