@@ -637,15 +637,17 @@ class Dcc:
         if not isinstance(mid, int):
             raise DccUsageError("a Comms Hub message needs an integer id: %r" % (msg,),
                                 reason="bad-wan-message")
+        kind = msg.get("type")
+        # the signing (the User's final response, alerts) before the write transaction
+        pre = self._prepare_outcome(eui_hex(hub_eui), msg) if kind == "outcome" else None
         # the message's record and its effect commit together: a database lost between
         # them (PostgreSQL restarting) must not leave the id recorded and the outcome not
         # written, or the hub's resend would be taken for a duplicate and the outcome lost
         with self.store.tx():
             if not self.store.wan_seen(hub_eui, mid, msg):
                 return
-            kind = msg.get("type")
             if kind == "outcome":
-                self._outcome(eui_hex(hub_eui), msg)
+                self._outcome(eui_hex(hub_eui), msg, pre)
             elif kind == "alert":
                 self._alert(eui_hex(hub_eui), msg)
             else:
@@ -682,16 +684,17 @@ class Dcc:
         req = self.store.request_by_text(str(request_id))
         if req is None or req["outcome"] is not None or not req["hub_eui"]:
             return False
-        done = self._outcome(req["hub_eui"], {"request": req["request_id"],
-                                              "device": req["device"], "outcome": NO_RESPONSE,
-                                              "detail": {"reason": reason}})
+        msg = {"request": req["request_id"], "device": req["device"], "outcome": NO_RESPONSE,
+               "detail": {"reason": reason}}
+        done = self._outcome(req["hub_eui"], msg, self._prepare_outcome(req["hub_eui"], msg))
         if done:
             log.info("request %s: no answer from Comms Hub %s: %s", req["request_id"],
                      req["hub_eui"], reason)
         return done
 
-    def _outcome(self, hub: str, msg: dict) -> bool:
-        """Give a request its one final outcome; False when it has one already."""
+    def _outcome(self, hub: str, msg: dict, pre: tuple | None = None) -> bool:
+        """Give a request its one final outcome; False when it has one already. `pre`:
+        `_prepare_outcome`'s, made before the caller's transaction."""
         if msg.get("request") is None:  # the DCC's own messages (set_suppliers)
             log.log(logging.INFO if msg.get("outcome") == "applied" else logging.WARNING,
                     "Comms Hub %s: %s %s", hub, msg.get("outcome"), msg.get("detail"))
@@ -726,6 +729,44 @@ class Dcc:
                 self.store.queue_response(req["user"], xml, "E20", request=req["id"],
                                           kind="alert")
             return False
+        suppliers = self._alerted(req)
+        if pre is not None and pre[0] == (req, suppliers):
+            code, result, xml, alerts = pre[1]  # signed before the transaction
+        else:
+            code, result, xml, alerts = self._final_docs(req, msg, outcome, suppliers)
+        with self.store.tx():
+            if not self.store.finish_request(req["id"], outcome, code,
+                                             result["OutcomeText"]):
+                return False
+            self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
+            self._device_after(req, outcome, msg.get("detail"))
+            for other, alert in alerts:
+                self.store.queue_response(other, alert, code, request=req["id"], kind="alert")
+        return True
+
+    def _alerted(self, req: dict) -> list[str]:
+        """The other Responsible Suppliers a firmware outcome is copied to (an alert)."""
+        if not req["device"] or req["srv"] not in FIRMWARE_SRS:
+            return []
+        row = self.store.one("SELECT p.supplier1, p.supplier2 FROM devices d JOIN premises p "
+                             "ON p.mpxn = d.mpxn WHERE d.eui = ?", (req["device"],))
+        return [u for u in (row or ()) if u and u != req["user"]]
+
+    def _prepare_outcome(self, hub: str, msg: dict) -> tuple | None:
+        """The signed final response (and alerts) a Comms Hub's outcome will make, built
+        before the write transaction (reads only), with the request and Suppliers they were
+        made from: `_outcome` uses them only if it sees those unchanged, else signs again."""
+        if msg.get("request") is None:
+            return None
+        req = self.store.request_by_text(str(msg.get("request")))
+        if req is None or req["hub_eui"] != hub or req["outcome"] is not None:
+            return None
+        suppliers = self._alerted(req)
+        return (req, suppliers), self._final_docs(req, msg, str(msg.get("outcome")), suppliers)
+
+    def _final_docs(self, req: dict, msg: dict, outcome: str, alerted: list[str]
+                    ) -> tuple[str, dict, bytes, list[tuple[str, bytes]]]:
+        """(code, result, the signed final DUIS response, [(User, signed alert)])."""
         # an outcome this DCC does not know is reported as a failure to reach the device
         code, case, gbcs_code = SR_OUTCOME_RESPONSES.get(
             (req["srv"], outcome), OUTCOME_RESPONSES.get(outcome, ("E20", None, None)))
@@ -756,20 +797,8 @@ class Dcc:
                                  else "")))
         else:
             xml = self._sign(duis.response(rid_obj, code, req["srv"], body=body))
-        with self.store.tx():
-            if not self.store.finish_request(req["id"], outcome, code,
-                                             result["OutcomeText"]):
-                return False
-            self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
-            self._device_after(req, outcome, msg.get("detail"))
-            dev = self.store.device(req["device"]) if req["device"] else None
-            if dev is not None and req["srv"] in FIRMWARE_SRS:
-                for other in dev["suppliers"]:
-                    if other != req["user"]:
-                        self.store.queue_response(other, self._alert_xml(
-                            rid_obj, code, req["srv"], result), code, request=req["id"],
-                            kind="alert")
-        return True
+        alerts = [(u, self._alert_xml(rid_obj, code, req["srv"], result)) for u in alerted]
+        return code, result, xml, alerts
 
     def _device_after(self, req: dict, outcome: str, detail: Any = None) -> None:
         """Registration data that a Comms Hub outcome changes: a join's status, and the
@@ -792,7 +821,7 @@ class Dcc:
                 version = self._held_version(req)
             if version:
                 try:
-                    self.store.update_device(req["device"], firmware_version=str(version))
+                    self.store.set_firmware_version(req["device"], str(version))
                 except DccUsageError as e:  # a malformed version in a hub's detail
                     log.warning("device %s activated, but its version %r is not kept: %s",
                                 req["device"], version, e)

@@ -608,6 +608,15 @@ class DccStore(sqlitedb.Closing):
                           (*cols.values(), self.clock(), e))
         return _found(self.device(e))
 
+    def set_firmware_version(self, eui: bytes | str, version: str | int) -> bool:
+        """The firmware version a registered device runs now (one statement: an outcome's
+        transaction); False when the device is not registered. DccUsageError names a
+        malformed version."""
+        v = _version8(version)
+        with self.tx() as c:
+            return c.execute("UPDATE devices SET firmware_version = ?, updated = ? WHERE "
+                             "eui = ?", (v, self.clock(), eui_hex(eui))).rowcount == 1
+
     def device(self, eui: bytes | str) -> dict[str, Any] | None:
         """A device with its premises' Responsible Suppliers and Comms Hub, or None."""
         row = self.one("SELECT d.*, p.supplier1, p.supplier2, p.hub_eui FROM devices d "
