@@ -526,6 +526,67 @@ def test_two_workers_share_a_campaign_without_double_sending(world):
     assert len(world.seen) == 0 and world.hubs() == 6
 
 
+def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_counters(
+        db_target, pkidir, fw):
+    """Each worker builds, signs and checks its request outside the write lock, so two
+    can prepare with the same Supplier counter at once (the clock here stands still, so
+    both take the last + 1): the one that commits second is overtaken, and redoes its
+    request under the lock with a higher counter. Every request is then accepted, one per
+    device, with a RequestID of its own and counters rising in the order the DCC took them."""
+    w = World(db_target, pkidir, fw, n=12)
+    try:
+        w.create(waves=["100%"])
+        drivers = [CampaignDriver(w.dcc, worker="w1", clock=w.clock, batch=3),
+                   CampaignDriver(w.new_dcc(), worker="w2", clock=w.clock, batch=3)]
+        meet = threading.Barrier(2, timeout=30)
+        for d in drivers:
+            real = d.dcc.check
+
+            def check(xml, real=real, first=[True]):  # noqa: B006 - one flag per driver
+                chk = real(xml)
+                if first[0]:  # both workers hold a prepared request before either commits
+                    first[0] = False
+                    meet.wait()
+                return chk
+
+            d.dcc.check = check
+        errors: list[BaseException] = []
+
+        def run(d):
+            try:
+                for _ in range(20):
+                    d.step()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=run, args=(d,)) for d in drivers]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors
+        assert sum(d.redone for d in drivers) >= 1  # the overtaken one redid its request
+        rows = w.store.all("SELECT id, request_id, user, counter, device, state, outcome "
+                           "FROM requests ORDER BY id")
+        assert sorted(r[4] for r in rows) == [dev_eui(i) for i in range(12)]
+        assert all(r[5] == "sent" and r[6] is None for r in rows)  # all accepted, none refused
+        assert len({r[1] for r in rows}) == len(rows)
+        counters = [int(r[3]) for r in rows]
+        assert all(a < b for a, b in zip(counters, counters[1:])), counters
+        assert w.store.last_counter(SUP_A) == counters[-1]
+        sends = w.store.all("SELECT device, attempt, request_id, worker FROM campaign_sends")
+        assert len(sends) == 12 and {s[1] for s in sends} == {1}
+        assert {s[2] for s in sends} == {r[1] for r in rows}
+        assert {s[3] for s in sends} == {"w1", "w2"}
+        # one WAN message per request, naming it; the hubs answer and each gets one outcome
+        assert w.hubs() == 12 and sorted(r for _, r in w.seen) == sorted(r[1] for r in rows)
+        for d in drivers:
+            d.step()
+        assert campaign.status(w.store, "c1")["state"] == "done"
+    finally:
+        w.close()
+
+
 class Killed(BaseException):
     """A worker dying in the middle of a send."""
 

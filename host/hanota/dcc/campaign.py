@@ -566,6 +566,7 @@ class CampaignDriver:
         self.batch = batch
         self._signers: dict[str, tuple[Any, Any, bytes, str, str, str]] = {}
         self.sent = 0
+        self.redone = 0  # requests overtaken by another worker's counter, redone under the lock
 
     def step(self) -> int:
         """One pass over the campaigns that have work; the number of requests sent."""
@@ -794,20 +795,22 @@ class CampaignDriver:
         counter first. Then it is built, signed and checked again here, inside the lock,
         where no one else can take a counter: at most one redo, and the common case (no
         overtaking) keeps all the crypto outside."""
+        from . import duis
         from .service import Refusal
 
         supplier = self._fixed(name)[3]
         now = self.clock()
         with self.store.tx() as c:
-            camp = self._campaign(c, name, now)
-            d = c.execute("SELECT state, attempts, claimed_by FROM campaign_devices WHERE "
-                          "campaign = ? AND device = ?", (name, device)).fetchone()
-            if d is None or d[0] != "waiting" or int(d[1]) + 1 != attempt \
-                    or d[2] not in (None, self.worker):
+            d = c.execute("SELECT c.state, c.config, d.state, d.attempts, d.claimed_by FROM "
+                          "campaigns c JOIN campaign_devices d ON d.campaign = c.name WHERE "
+                          "c.name = ? AND d.device = ?", (name, device)).fetchone()
+            if d is None or d[2] != "waiting" or int(d[3]) + 1 != attempt \
+                    or d[4] not in (None, self.worker):
                 return False  # another worker sent it (our claim ran out), or it ended
-            if camp is None:
-                return False
-            cfg = camp[4]
+            cfg = json.loads(d[1])
+            win = window_of(cfg)
+            if d[0] != "running" or (win is not None and not win.is_open(now)):
+                return False  # paused, stopped or cancelled meanwhile, or the window shut
             if cfg.get("rate") and int(c.execute(
                     "SELECT count(*) FROM campaign_sends WHERE campaign = ? AND sent > ?",
                     (name, now - 60.0)).fetchone()[0]) >= int(cfg["rate"]):
@@ -824,24 +827,30 @@ class CampaignDriver:
                     code, reason = r.code, r.reason
                     break
                 # overtaken: redo under the lock (the counter cannot move now)
+                self.redone += 1
                 counter, chk = self._prepare(name, device, counter + 1)
             else:  # pragma: no cover - the lock is held: the second try has the counter
                 raise RuntimeError("counter %d of %s refused under the write lock"
                                    % (counter, supplier))
-            rid = str(chk.request_id)
-            c.execute("INSERT INTO campaign_sends (campaign, device, attempt, request_id, "
-                      "worker, sent) VALUES (?, ?, ?, ?, ?, ?)",
-                      (name, device, attempt, rid, self.worker, now))
+            rid = str(duis.RequestID(bytes.fromhex(supplier), duis.DCC_EUI, counter))
+            send = ("INSERT INTO campaign_sends (campaign, device, attempt, request_id, worker, "
+                    "sent) VALUES (?, ?, ?, ?, ?, ?)", (name, device, attempt, rid,
+                                                         self.worker, now))
             if code == "I99":
-                c.execute("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
-                          "request_id = ?, next_at = NULL, claimed_by = NULL, claim_until = "
-                          "NULL WHERE campaign = ? AND device = ?", (attempt, rid, name, device))
+                mark = ("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
+                        "request_id = ?, next_at = NULL, claimed_by = NULL, claim_until = "
+                        "NULL WHERE campaign = ? AND device = ?", (attempt, rid, name, device))
             else:  # refused by the DCC's rules: that is the device's outcome
-                c.execute("UPDATE campaign_devices SET state = 'done', attempts = ?, "
-                          "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
-                          "'refused', code = ?, reason = ?, finished = ?, claimed_by = NULL, "
-                          "claim_until = NULL WHERE campaign = ? AND device = ?",
-                          (attempt, rid, code, reason, now, name, device))
+                mark = ("UPDATE campaign_devices SET state = 'done', attempts = ?, "
+                        "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
+                        "'refused', code = ?, reason = ?, finished = ?, claimed_by = NULL, "
+                        "claim_until = NULL WHERE campaign = ? AND device = ?",
+                        (attempt, rid, code, reason, now, name, device))
+            if self.store.postgres:  # one round trip under the lock, not two
+                c.execute("WITH s AS (%s) %s" % (send[0], mark[0]), (*send[1], *mark[1]))
+            else:
+                c.execute(*send)
+                c.execute(*mark)
         return True
 
     def _fixed(self, name: str) -> tuple[Any, Any, bytes, str, str, str]:

@@ -438,13 +438,14 @@ class DccStore(sqlitedb.Closing):
             return
         if self.conn.broken:
             self._reconnect()
+        # BEGIN and the lock in one round trip (no parameters: one simple query)
+        begin = "BEGIN; SELECT pg_advisory_xact_lock(%d)" % dialect.WRITE_LOCK \
+            if exclusive else "BEGIN"
         try:
-            self.conn.execute("BEGIN")
+            self.conn.execute_raw(begin)
         except self._pg_errors:  # the server restarted since: one new connection
             self._reconnect()
-            self.conn.execute("BEGIN")
-        if exclusive:
-            self.conn.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
+            self.conn.execute_raw(begin)
 
     def _rollback(self) -> None:
         try:
@@ -816,13 +817,24 @@ class DccStore(sqlitedb.Closing):
         """Append a DCC -> CH message; its id (set into the stored body as "id")."""
         hub = eui_hex(hub_eui)
         with self.tx() as c:
-            cur = c.execute("INSERT INTO wan_out (hub_eui, request, body, created) "
-                            "VALUES (?, ?, '{}', ?)", (hub, request, self.clock()))
-            mid = int(cur.lastrowid or 0)
-            body = dict(msg)
-            body["id"] = mid
-            c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
-                      (json.dumps(body, sort_keys=True), mid))
+            if self.postgres:
+                # one round trip: the id drawn first, then written into the body's text
+                rest = json.dumps({k: v for k, v in msg.items() if k != "id"},
+                                  sort_keys=True)[1:]
+                mid = int(c.execute(
+                    "INSERT INTO wan_out (id, hub_eui, request, body, created) SELECT n.id, "
+                    "?, ?, '{\"id\": ' || n.id || CASE WHEN ? = '}' THEN '' ELSE ', ' END "
+                    "|| ?, ? FROM (SELECT nextval(pg_get_serial_sequence('wan_out', 'id')) "
+                    "AS id) n RETURNING id", (hub, request, rest, rest, self.clock())
+                ).fetchone()[0])
+            else:
+                cur = c.execute("INSERT INTO wan_out (hub_eui, request, body, created) "
+                                "VALUES (?, ?, '{}', ?)", (hub, request, self.clock()))
+                mid = int(cur.lastrowid or 0)
+                body = dict(msg)
+                body["id"] = mid
+                c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
+                          (json.dumps(body, sort_keys=True), mid))
             c.execute("INSERT OR IGNORE INTO wan_leases (hub_eui) VALUES (?)", (hub,))
         return mid
 
