@@ -10,21 +10,43 @@ PPMIDs and Alt HAN devices, 11.1 for HCALCS (the image is then held; its activat
 Supplier's SR 11.3 by Pre-Command, is not part of a campaign).
 
 **Each device gets its own DUIS request.** The driver builds the SR's request for the device,
-signs it with the Supplier's key, and submits it through `Dcc.submit`, the path a request
-POSTed to `/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible
-Supplier, device type, CPL, image checks) and the device's Comms Hub outcome becomes the one
-final DUIS response to the Supplier, as for any request. The RequestID counter is the larger
-of the Supplier's last counter + 1 and the time in milliseconds (what `duis build` uses), so
-the Supplier's own tools keep working beside a campaign.
+signs it with the Supplier's key, and has the DCC check it with `Dcc.check` then record it
+with `Dcc.record`, the two halves of `Dcc.submit`, the path a request POSTed to
+`/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible Supplier,
+device type, CPL, image checks) and the device's Comms Hub outcome becomes the one final DUIS
+response to the Supplier, as for any request. (The driver takes the acknowledgement's code and
+reason from `record` rather than a signed acknowledgement: it is the only reader.) The
+RequestID counter is the larger of the Supplier's last counter + 1 and the time in
+milliseconds (what `duis build` uses), so the Supplier's own tools keep working beside a
+campaign.
 
-**Exactly once.** A send is one write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's
-write advisory lock): choosing the device, the Supplier's counter, the DUIS request row, its
-WAN message and the campaign's record of the send (`campaign_sends`, one row per device and
-attempt, a primary key) commit together or not at all. So any number of `dcc serve` workers
-drive the same campaign side by side without sending a device twice, and a worker killed in
-the middle of a send leaves nothing behind: the device is still waiting, and the next worker
-sends it. Outcomes are read from the DCC's requests table (the Comms Hub's outcome, or the
-DCC's refusal), so whichever worker received it, any worker moves the campaign on.
+**Exactly once, without the crypto under the lock.** A send has three steps. (1) A claim:
+one short transaction marks up to `batch` due devices as this worker's for `claim_lease`
+seconds (`claimed_by`, `claim_until`; on PostgreSQL FOR UPDATE SKIP LOCKED, outside the
+write lock), so workers prepare different devices. (2) The preparation, with no write
+transaction open: the request built, signed for the Supplier, and checked by the DCC
+(signature, document, rules, image; the image's parse, hashes and signature are memoised per
+file). (3) One short write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's write
+advisory lock) that re-checks what can have changed (the campaign still running, its window
+open and its rate not reached, the device still waiting at this attempt and not claimed by
+another worker; in `Dcc.record` the Supplier's counter, the device's registration and
+Responsible Suppliers, the CPL entry) and writes the Supplier's counter, the DUIS request
+row, its WAN message and the campaign's record of the send (`campaign_sends`, one row per
+device and attempt, a primary key, and a unique RequestID) together or not at all. So any
+number of `dcc serve` workers drive the same campaign side by side without sending a device
+twice, and a worker killed at any point leaves nothing behind: before (3) commits nothing of
+the send is written (its claim runs out and another worker sends the device).
+
+GBCS/DUIS counters must rise per User in the order the DCC takes them, and the counter is
+inside the signed document, so two workers preparing for the same Supplier at once can pick
+the same counter, or one can be overtaken by the other's higher one. Reserving blocks of
+counters per worker would not help (the DCC refuses any counter not above the last it took,
+whoever took it); signing inside the lock would put the crypto back under it. So the common
+case stays outside, and (3) checks: when the counter is no longer above the Supplier's last,
+the request is built, signed and checked again inside the lock (where the counter cannot
+move): at most one redo per send, counted in `CampaignDriver.redone`. Outcomes are read from
+the DCC's requests table (the Comms Hub's outcome, or the DCC's refusal), so whichever worker
+received it, any worker moves the campaign on.
 
 **Rollout controls** (as hawkBit's groups and thresholds, AWS IoT Jobs' rate and retries):
 
@@ -547,7 +569,8 @@ class CampaignDriver:
     """Moves every campaign on, one `step()` at a time: takes the outcomes that came in,
     opens waves or stops campaigns, then sends what the waves, the window and the rate allow
     (at most `batch` requests per campaign per step). Any number of drivers, in any number
-    of processes, may step the same database: each send is one write transaction.
+    of processes, may step the same database: each send is claimed, prepared outside any
+    write transaction, then committed in one short one (the module's "Exactly once").
 
     `dcc` is a `hanota.dcc.service.Dcc` (its store is where the campaigns are); `clock`
     gives the time for windows, rates and backoffs (injectable in tests)."""

@@ -27,6 +27,16 @@ WAN to the Comms Hub of the device's premises; and what it makes of the Comms Hu
 A refusal is recorded (request row with its outcome) from step 5 on; it changes nothing else:
 a refused 11.1/11.4 never supersedes or touches a pending request, and nothing reaches the WAN.
 
+What holds the store's write lock is kept short: for SR 11.1 / 11.4 (what campaigns send)
+`check` does steps 1-3 and 5 with reads only (the counter's step 4 is read too), then
+`record`, inside one short write transaction, takes the counter (an atomic upsert: step 4
+for real) and re-checks the device's registration and the CPL entry in one query (seen
+changed: the rules and the image are checked again there) before writing the request and
+its WAN message; the acknowledgement is signed after the commit. An image's parse, hashes
+and manufacturer's signature depend on its bytes alone and are memoised per file
+(`check_image`). For an outcome (`wan_received`) the final response and alerts are signed
+before the transaction and used only if the request and Suppliers are seen unchanged in it.
+
 Accepted device requests become WAN messages to the premises' Comms Hub (the protocol in
 `dcc-interfaces`: one JSON object per message, ids per hub); the synchronous answer is the
 acknowledgement I99. DCC-only services (8.2, 8.4, 12.2) are answered at once with I0 and
