@@ -526,18 +526,22 @@ def test_two_workers_share_a_campaign_without_double_sending(world):
     assert len(world.seen) == 0 and world.hubs() == 6
 
 
+@pytest.mark.parametrize("outside", [0, 2])
 def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_counters(
-        db_target, pkidir, fw):
+        db_target, pkidir, fw, outside):
     """Each worker builds, signs and checks its request outside the write lock, so two
     can prepare with the same Supplier counter at once (the clock here stands still, so
-    both take the last + 1): the one that commits second is overtaken, and redoes its
-    request under the lock with a higher counter. Every request is then accepted, one per
-    device, with a RequestID of its own and counters rising in the order the DCC took them."""
+    both take the last + 1): the one that commits second is overtaken, and prepares its
+    request again with a higher counter, outside the lock (`outside` times at most) or
+    under it. Every request is then accepted, one per device, with a RequestID of its own
+    and counters rising in the order the DCC took them."""
     w = World(db_target, pkidir, fw, n=12)
     try:
         w.create(waves=["100%"])
         drivers = [CampaignDriver(w.dcc, worker="w1", clock=w.clock, batch=3),
                    CampaignDriver(w.new_dcc(), worker="w2", clock=w.clock, batch=3)]
+        for d in drivers:
+            d.retries_outside = outside
         meet = threading.Barrier(2, timeout=30)
         for d in drivers:
             real = d.dcc.check
@@ -565,7 +569,13 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
         for t in ts:
             t.join()
         assert not errors
-        assert sum(d.redone for d in drivers) >= 1  # the overtaken one redid its request
+        # the overtaken one prepared its request again: under the lock when it may not
+        # outside (with a clock standing still the retries outside can be overtaken too)
+        if outside == 0:
+            assert sum(d.redone for d in drivers) >= 1
+            assert sum(d.retried for d in drivers) == 0
+        else:
+            assert sum(d.retried for d in drivers) >= 1
         rows = w.store.all("SELECT id, request_id, user, counter, device, state, outcome "
                            "FROM requests ORDER BY id")
         assert sorted(r[4] for r in rows) == [dev_eui(i) for i in range(12)]
@@ -583,6 +593,25 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
         for d in drivers:
             d.step()
         assert campaign.status(w.store, "c1")["state"] == "done"
+    finally:
+        w.close()
+
+
+def test_a_database_made_before_claims_gets_the_claim_columns(db_target, pkidir, fw):
+    """campaign_devices from before sends were claimed (no claimed_by / claim_until): the
+    columns are added, the rows kept, and the campaign sends."""
+    old = campaign._SCHEMA[1].replace("    claimed_by TEXT,\n    claim_until REAL,\n", "")
+    assert "claim" not in old
+    w = World(db_target, pkidir, fw, n=2)
+    try:
+        with w.store.tx() as c:
+            c.execute(campaign._SCHEMA[0])
+            c.execute(old)
+        w.create(waves=["100%"])
+        assert CampaignDriver(w.dcc, worker="w1", clock=w.clock).step() == 2
+        rows = w.store.all("SELECT device, state, claimed_by FROM campaign_devices")
+        assert sorted(tuple(r) for r in rows) == [(dev_eui(0), "sent", None),
+                                                  (dev_eui(1), "sent", None)]
     finally:
         w.close()
 

@@ -166,9 +166,17 @@ def ensure_schema(store: DccStore) -> None:
     with store.tx() as c:
         for stmt in _SCHEMA:
             c.execute(stmt)
-    # made before sends were claimed (CampaignDriver._claim)
-    store.add_column("campaign_devices", "claimed_by", "TEXT")
-    store.add_column("campaign_devices", "claim_until", "REAL")
+    # made before sends were claimed (CampaignDriver._claim): the columns added (looked
+    # up first: PostgreSQL's ALTER TABLE would lock the table even when they are there)
+    if store.postgres:
+        have = {r[0] for r in store.all("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = 'campaign_devices' AND "
+                                        "table_schema = current_schema()")}
+    else:
+        have = {r[1] for r in store.all("PRAGMA table_info(campaign_devices)")}
+    for column, decl in (("claimed_by", "TEXT"), ("claim_until", "REAL")):
+        if column not in have:
+            store.add_column("campaign_devices", column, decl)
     store._campaign_schema = True  # type: ignore[attr-defined]
 
 
@@ -590,6 +598,7 @@ class CampaignDriver:
         self._signers: dict[str, tuple[Any, Any, bytes, str, str, str]] = {}
         self.sent = 0
         self.redone = 0  # requests overtaken by another worker's counter, redone under the lock
+        self.retried = 0  # ... prepared again outside the lock
 
     def step(self) -> int:
         """One pass over the campaigns that have work; the number of requests sent."""
@@ -799,13 +808,34 @@ class CampaignDriver:
                                  device_ids=[bytes.fromhex(device)])
         return counter, self.dcc.check(xmlsig.sign(xml, key, cert))
 
+    retries_outside = 2  # overtaken requests redone outside the lock before one under it
+
     def _send(self, name: str, device: str, attempt: int) -> bool:
         """Prepare the device's request (no lock), then commit it (`_commit`); False when
-        the campaign may no longer send (it changed meanwhile) or the claim was lost."""
-        counter, chk = self._prepare(name, device)
-        return self._commit(name, device, attempt, counter, chk)
+        the campaign may no longer send (it changed meanwhile) or the claim was lost.
 
-    def _commit(self, name: str, device: str, attempt: int, counter: int, chk: Any) -> bool:
+        A request overtaken by another worker's counter (seen just before the commit, or
+        in it) is prepared again outside the lock, up to `retries_outside` times; then the
+        commit redoes it under the lock, which always succeeds."""
+        supplier = self._fixed(name)[3]
+        floor = 0
+        for i in range(self.retries_outside + 1):
+            counter, chk = self._prepare(name, device, floor)
+            last = self.store.last_counter(supplier) or 0
+            if counter <= last and i < self.retries_outside:
+                self.retried += 1  # overtaken while preparing: again, still no lock
+                floor = last + 1
+                continue
+            try:
+                return self._commit(name, device, attempt, counter, chk,
+                                    redo=i == self.retries_outside)
+            except _Overtaken as e:
+                self.retried += 1
+                floor = e.last + 1
+        raise AssertionError("unreachable: the last commit redoes under the lock")
+
+    def _commit(self, name: str, device: str, attempt: int, counter: int, chk: Any, *,
+                redo: bool = True) -> bool:
         """One short write transaction: re-check what can have changed since the claim
         and the preparation (the campaign still running, its window open and rate not
         reached, the device still waiting at this attempt and claimed by no one else),
@@ -849,6 +879,8 @@ class CampaignDriver:
                 if r.name != "replay":  # refused before any rule: nothing in the DCC
                     code, reason = r.code, r.reason
                     break
+                if not redo:  # roll back; the caller prepares again outside the lock
+                    raise _Overtaken(self.store.last_counter(supplier) or 0)
                 # overtaken: redo under the lock (the counter cannot move now)
                 self.redone += 1
                 counter, chk = self._prepare(name, device, counter + 1)
@@ -890,6 +922,14 @@ class CampaignDriver:
             got = self._signers[name] = (pki.load_key(bytes(r[0])), pki.load_cert(bytes(r[1])),
                                          bytes(r[2]), r[3], r[4], r[5])
         return got
+
+
+class _Overtaken(Exception):
+    """A prepared request's counter is no longer above the Supplier's last (`last`)."""
+
+    def __init__(self, last: int):
+        super().__init__(last)
+        self.last = last
 
 
 def _pct(v: float) -> str:
