@@ -513,7 +513,9 @@ BOUNDS = """What bounds it, from how the code works (the figures above say how m
   crypto; the preparation runs in every worker in parallel, so a second worker adds what a
   second core can prepare (here the two cores are shared with the simulated fleet,
   PostgreSQL and NATS). Counters rise per Supplier in the order the DCC takes them: a
-  request overtaken by another worker's counter is redone under the lock (at most once).
+  request overtaken by another worker's counter is prepared again, outside the lock twice,
+  then under it (the workers' logs count both): with two workers on one Supplier a good
+  share of sends is prepared more than once, CPU that a second worker spends.
   Beyond this, partitioning the lock (per Supplier: counters are per User) or committing
   several sends per transaction would be next.
 - **Images in every WAN message.** Each device's `update_firmware` carries the whole image,

@@ -42,9 +42,13 @@ inside the signed document, so two workers preparing for the same Supplier at on
 the same counter, or one can be overtaken by the other's higher one. Reserving blocks of
 counters per worker would not help (the DCC refuses any counter not above the last it took,
 whoever took it); signing inside the lock would put the crypto back under it. So the common
-case stays outside, and (3) checks: when the counter is no longer above the Supplier's last,
-the request is built, signed and checked again inside the lock (where the counter cannot
-move): at most one redo per send, counted in `CampaignDriver.redone`. Outcomes are read from
+case stays outside, and a request whose counter is no longer above the Supplier's last (seen
+just before (3), or by `Dcc.record` in it, which then rolls back) is built, signed and
+checked again outside the lock, up to `retries_outside` (2) times (`CampaignDriver.retried`);
+after that (3) redoes it inside the lock, where the counter cannot move, so every send ends
+(`CampaignDriver.redone`). Two workers sending for the same Supplier overtake each other
+often (their counters are the time in ms, and the commits do not come in the order the
+preparations started): that work is wasted CPU, but not lock time. Outcomes are read from
 the DCC's requests table (the Comms Hub's outcome, or the DCC's refusal), so whichever worker
 received it, any worker moves the campaign on.
 
