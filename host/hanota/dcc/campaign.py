@@ -849,9 +849,10 @@ class CampaignDriver:
         GBCS/DUIS counters: a User's counters must rise in the order the DCC takes them,
         and they are inside the signed document, so a request prepared outside the lock
         can be overtaken by another worker's (same Supplier) that committed a higher
-        counter first. Then it is built, signed and checked again here, inside the lock,
-        where no one else can take a counter: at most one redo, and the common case (no
-        overtaking) keeps all the crypto outside."""
+        counter first. Then, with `redo`, it is built, signed and checked again here,
+        inside the lock, where no one else can take a counter; without, the transaction
+        rolls back (`_Overtaken`) and `_send` prepares it again outside the lock. The
+        common case (no overtaking) keeps all the crypto outside."""
         from . import duis
         from .service import Refusal
 
