@@ -233,6 +233,7 @@ class Dcc:
                 return self._refused(chk.request_id, chk.srv, r)
             return self._sign(duis.acknowledgement(chk.request_id, code, reason, srv=chk.srv))
         req, user, counter = chk.req, chk.user, chk.counter
+        assert user is not None and counter is not None  # steps 1-3 passed
         if req.command_variant != 5 and not self.store.take_counter(user, counter):
             # a Signed Pre-Command (CV 5): its CV 4 request took the counter
             return self._refused(req.request_id, chk.srv, self._replay(user, counter))
