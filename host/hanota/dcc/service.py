@@ -710,7 +710,7 @@ class Dcc:
             log.log(logging.INFO if msg.get("outcome") == "applied" else logging.WARNING,
                     "Comms Hub %s: %s %s", hub, msg.get("outcome"), msg.get("detail"))
             return False
-        req = self.store.request_by_text(str(msg.get("request")))
+        req, suppliers = self._request_and_alerted(str(msg.get("request")))
         if req is None:
             log.warning("Comms Hub %s reported an outcome for unknown request %r", hub,
                         msg.get("request"))
@@ -740,7 +740,6 @@ class Dcc:
                 self.store.queue_response(req["user"], xml, "E20", request=req["id"],
                                           kind="alert")
             return False
-        suppliers = self._alerted(req)
         if pre is not None and pre[0] == (req, suppliers):
             code, result, xml, alerts = pre[1]  # signed before the transaction
         else:
@@ -755,13 +754,21 @@ class Dcc:
                 self.store.queue_response(other, alert, code, request=req["id"], kind="alert")
         return True
 
-    def _alerted(self, req: dict) -> list[str]:
-        """The other Responsible Suppliers a firmware outcome is copied to (an alert)."""
-        if not req["device"] or req["srv"] not in FIRMWARE_SRS:
-            return []
-        row = self.store.one("SELECT p.supplier1, p.supplier2 FROM devices d JOIN premises p "
-                             "ON p.mpxn = d.mpxn WHERE d.eui = ?", (req["device"],))
-        return [u for u in (row or ()) if u and u != req["user"]]
+    def _request_and_alerted(self, request_id: str) -> tuple[dict | None, list[str]]:
+        """A request (by RequestID), and the other Responsible Suppliers its firmware
+        outcome is copied to (an alert): one query."""
+        row = self.store.one(
+            "SELECT r.*, p.supplier1 AS alert_s1, p.supplier2 AS alert_s2 FROM requests r "
+            "LEFT JOIN devices d ON d.eui = r.device LEFT JOIN premises p ON p.mpxn = d.mpxn "
+            "WHERE r.request_id = ?", (request_id,))
+        if row is None:
+            return None, []
+        d = dict(row)
+        others = (d.pop("alert_s1"), d.pop("alert_s2"))
+        d["detail"] = json.loads(d["detail"] or "{}")
+        if not d["device"] or d["srv"] not in FIRMWARE_SRS:
+            return d, []
+        return d, [u for u in others if u and u != d["user"]]
 
     def _prepare_outcome(self, hub: str, msg: dict) -> tuple | None:
         """The signed final response (and alerts) a Comms Hub's outcome will make, built
@@ -769,10 +776,9 @@ class Dcc:
         made from: `_outcome` uses them only if it sees those unchanged, else signs again."""
         if msg.get("request") is None:
             return None
-        req = self.store.request_by_text(str(msg.get("request")))
+        req, suppliers = self._request_and_alerted(str(msg.get("request")))
         if req is None or req["hub_eui"] != hub or req["outcome"] is not None:
             return None
-        suppliers = self._alerted(req)
         return (req, suppliers), self._final_docs(req, msg, str(msg.get("outcome")), suppliers)
 
     def _final_docs(self, req: dict, msg: dict, outcome: str, alerted: list[str]
