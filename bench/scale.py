@@ -499,17 +499,25 @@ class Run:
 
 BOUNDS = """What bounds it, from how the code works (the figures above say how much):
 
-- **The store's one writer.** A campaign send is one write transaction (the device's row, the
-  Supplier's counter, the DUIS request, its WAN message, the send's record) under SQLite's
-  `BEGIN IMMEDIATE` or PostgreSQL's write advisory lock, and it holds that lock while the
-  driver signs the request for the Supplier and the DCC checks it (XML signature, image parse
-  and hash, CPL) and signs its acknowledgement; each outcome (a signed DUIS response, the
-  request's final state, the hub message's id) is another. Sends and outcomes of all workers
-  therefore go one at a time: a second worker (or a second core) can only add what happens
-  outside the lock (the WAN, reading outcomes, choosing work). This, not PostgreSQL or NATS,
-  is the first limit at 500,000 premises; lifting it means moving the crypto out of the
-  transaction (sign and check first, then one short write), or partitioning the lock (per
-  campaign or per hub).
+- **The store's one writer, held only for the writes.** A campaign send is claimed (one short
+  transaction per batch of devices; SKIP LOCKED on PostgreSQL), prepared with no write
+  transaction open (the Supplier's XML signature, the DCC's signature and rule checks, the
+  image's parse, hashes and signature, memoised per file), then committed in one short write
+  transaction under SQLite's `BEGIN IMMEDIATE` or PostgreSQL's write advisory lock that
+  re-checks what can have changed (claim, campaign state, window, rate, the Supplier's
+  counter, the device's registration and the CPL entry) and writes the counter, the DUIS
+  request, its WAN message and the send's record (9 round trips on PostgreSQL). An outcome
+  signs its DUIS response before its transaction the same way. Commits still go one at a
+  time across all workers, so the bound is the lock's hold time per send and per outcome
+  (statement round trips on PostgreSQL; SQLite's fsync-free WAL commits) rather than the
+  crypto; the preparation runs in every worker in parallel, so a second worker adds what a
+  second core can prepare (here the two cores are shared with the simulated fleet,
+  PostgreSQL and NATS). Counters rise per Supplier in the order the DCC takes them: a
+  request overtaken by another worker's counter is prepared again, outside the lock twice,
+  then under it (the workers' logs count both): with two workers on one Supplier a good
+  share of sends is prepared more than once, CPU that a second worker spends.
+  Beyond this, partitioning the lock (per Supplier: counters are per User) or committing
+  several sends per transaction would be next.
 - **Images in every WAN message.** Each device's `update_firmware` carries the whole image,
   base64, in `wan_out` (and, on NATS, in the stream or the object store above max_payload):
   1.5 million devices x the image size of database and broker storage. Small images here; a

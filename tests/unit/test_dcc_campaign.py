@@ -526,6 +526,96 @@ def test_two_workers_share_a_campaign_without_double_sending(world):
     assert len(world.seen) == 0 and world.hubs() == 6
 
 
+@pytest.mark.parametrize("outside", [0, 2])
+def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_counters(
+        db_target, pkidir, fw, outside):
+    """Each worker builds, signs and checks its request outside the write lock, so two
+    can prepare with the same Supplier counter at once (the clock here stands still, so
+    both take the last + 1): the one that commits second is overtaken, and prepares its
+    request again with a higher counter, outside the lock (`outside` times at most) or
+    under it. Every request is then accepted, one per device, with a RequestID of its own
+    and counters rising in the order the DCC took them."""
+    w = World(db_target, pkidir, fw, n=12)
+    try:
+        w.create(waves=["100%"])
+        drivers = [CampaignDriver(w.dcc, worker="w1", clock=w.clock, batch=3),
+                   CampaignDriver(w.new_dcc(), worker="w2", clock=w.clock, batch=3)]
+        for d in drivers:
+            d.retries_outside = outside
+        meet = threading.Barrier(2, timeout=30)
+        for d in drivers:
+            real = d.dcc.check
+
+            def check(xml, real=real, first=[True]):  # noqa: B006 - one flag per driver
+                chk = real(xml)
+                if first[0]:  # both workers hold a prepared request before either commits
+                    first[0] = False
+                    meet.wait()
+                return chk
+
+            d.dcc.check = check
+        errors: list[BaseException] = []
+
+        def run(d):
+            try:
+                for _ in range(20):
+                    d.step()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=run, args=(d,)) for d in drivers]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors
+        # the overtaken one prepared its request again: under the lock when it may not
+        # outside (with a clock standing still the retries outside can be overtaken too)
+        if outside == 0:
+            assert sum(d.redone for d in drivers) >= 1
+            assert sum(d.retried for d in drivers) == 0
+        else:
+            assert sum(d.retried for d in drivers) >= 1
+        rows = w.store.all("SELECT id, request_id, user, counter, device, state, outcome "
+                           "FROM requests ORDER BY id")
+        assert sorted(r[4] for r in rows) == [dev_eui(i) for i in range(12)]
+        assert all(r[5] == "sent" and r[6] is None for r in rows)  # all accepted, none refused
+        assert len({r[1] for r in rows}) == len(rows)
+        counters = [int(r[3]) for r in rows]
+        assert all(a < b for a, b in zip(counters, counters[1:])), counters
+        assert w.store.last_counter(SUP_A) == counters[-1]
+        sends = w.store.all("SELECT device, attempt, request_id, worker FROM campaign_sends")
+        assert len(sends) == 12 and {s[1] for s in sends} == {1}
+        assert {s[2] for s in sends} == {r[1] for r in rows}
+        assert {s[3] for s in sends} == {"w1", "w2"}
+        # one WAN message per request, naming it; the hubs answer and each gets one outcome
+        assert w.hubs() == 12 and sorted(r for _, r in w.seen) == sorted(r[1] for r in rows)
+        for d in drivers:
+            d.step()
+        assert campaign.status(w.store, "c1")["state"] == "done"
+    finally:
+        w.close()
+
+
+def test_a_database_made_before_claims_gets_the_claim_columns(db_target, pkidir, fw):
+    """campaign_devices from before sends were claimed (no claimed_by / claim_until): the
+    columns are added, the rows kept, and the campaign sends."""
+    old = campaign._SCHEMA[1].replace("    claimed_by TEXT,\n    claim_until REAL,\n", "")
+    assert "claim" not in old
+    w = World(db_target, pkidir, fw, n=2)
+    try:
+        with w.store.tx() as c:
+            c.execute(campaign._SCHEMA[0])
+            c.execute(old)
+        w.create(waves=["100%"])
+        assert CampaignDriver(w.dcc, worker="w1", clock=w.clock).step() == 2
+        rows = w.store.all("SELECT device, state, claimed_by FROM campaign_devices")
+        assert sorted(tuple(r) for r in rows) == [(dev_eui(0), "sent", None),
+                                                  (dev_eui(1), "sent", None)]
+    finally:
+        w.close()
+
+
 class Killed(BaseException):
     """A worker dying in the middle of a send."""
 
@@ -533,18 +623,42 @@ class Killed(BaseException):
 def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
     world.create(devices=[dev_eui(0)])
     doomed = world.new_dcc()
-    real = doomed.submit
+    real = doomed.record
 
-    def submit_then_die(xml):
-        real(xml)
+    def record_then_die(chk):  # inside the send's write transaction, after the DCC's writes
+        real(chk)
         raise Killed()
 
-    doomed.submit = submit_then_die
+    doomed.record = record_then_die
     with pytest.raises(Killed):
         CampaignDriver(doomed, worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.dcc.wan_outbox(HUBS[0]) == []
-    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 1
+    # the dead worker's claim on the device holds until its lease runs out
+    w2 = CampaignDriver(world.dcc, worker="w2", clock=world.clock)
+    assert w2.step() == 0
+    world.clock.t += w2.claim_lease + 1
+    assert w2.step() == 1
     assert [r["device"] for r in world.requests()] == [dev_eui(0)]
+
+
+def test_a_worker_killed_while_preparing_leaves_nothing(world):
+    """Killed after the request was signed and checked, before its transaction: nothing
+    of it is in the DCC (its counter was never taken), and the next send goes out."""
+    world.create(devices=[dev_eui(0), dev_eui(1)])
+    doomed = world.new_dcc()
+    real = doomed.check
+
+    def check_then_die(xml):
+        real(xml)
+        raise Killed()
+
+    doomed.check = check_then_die
+    with pytest.raises(Killed):
+        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+    assert world.requests() == [] and world.store.last_counter(SUP_A) is None
+    world.clock.t += CampaignDriver.claim_lease + 1
+    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 2
+    assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
 
 
 # ---------------------------------------------------------------- creating: bad input

@@ -10,21 +10,47 @@ PPMIDs and Alt HAN devices, 11.1 for HCALCS (the image is then held; its activat
 Supplier's SR 11.3 by Pre-Command, is not part of a campaign).
 
 **Each device gets its own DUIS request.** The driver builds the SR's request for the device,
-signs it with the Supplier's key, and submits it through `Dcc.submit`, the path a request
-POSTed to `/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible
-Supplier, device type, CPL, image checks) and the device's Comms Hub outcome becomes the one
-final DUIS response to the Supplier, as for any request. The RequestID counter is the larger
-of the Supplier's last counter + 1 and the time in milliseconds (what `duis build` uses), so
-the Supplier's own tools keep working beside a campaign.
+signs it with the Supplier's key, and has the DCC check it with `Dcc.check` then record it
+with `Dcc.record`, the two halves of `Dcc.submit`, the path a request POSTed to
+`/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible Supplier,
+device type, CPL, image checks) and the device's Comms Hub outcome becomes the one final DUIS
+response to the Supplier, as for any request. (The driver takes the acknowledgement's code and
+reason from `record` rather than a signed acknowledgement: it is the only reader.) The
+RequestID counter is the larger of the Supplier's last counter + 1 and the time in
+milliseconds (what `duis build` uses), so the Supplier's own tools keep working beside a
+campaign.
 
-**Exactly once.** A send is one write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's
-write advisory lock): choosing the device, the Supplier's counter, the DUIS request row, its
-WAN message and the campaign's record of the send (`campaign_sends`, one row per device and
-attempt, a primary key) commit together or not at all. So any number of `dcc serve` workers
-drive the same campaign side by side without sending a device twice, and a worker killed in
-the middle of a send leaves nothing behind: the device is still waiting, and the next worker
-sends it. Outcomes are read from the DCC's requests table (the Comms Hub's outcome, or the
-DCC's refusal), so whichever worker received it, any worker moves the campaign on.
+**Exactly once, without the crypto under the lock.** A send has three steps. (1) A claim:
+one short transaction marks up to `batch` due devices as this worker's for `claim_lease`
+seconds (`claimed_by`, `claim_until`; on PostgreSQL FOR UPDATE SKIP LOCKED, outside the
+write lock), so workers prepare different devices. (2) The preparation, with no write
+transaction open: the request built, signed for the Supplier, and checked by the DCC
+(signature, document, rules, image; the image's parse, hashes and signature are memoised per
+file). (3) One short write transaction (SQLite's BEGIN IMMEDIATE, PostgreSQL's write
+advisory lock) that re-checks what can have changed (the campaign still running, its window
+open and its rate not reached, the device still waiting at this attempt and not claimed by
+another worker; in `Dcc.record` the Supplier's counter, the device's registration and
+Responsible Suppliers, the CPL entry) and writes the Supplier's counter, the DUIS request
+row, its WAN message and the campaign's record of the send (`campaign_sends`, one row per
+device and attempt, a primary key, and a unique RequestID) together or not at all. So any
+number of `dcc serve` workers drive the same campaign side by side without sending a device
+twice, and a worker killed at any point leaves nothing behind: before (3) commits nothing of
+the send is written (its claim runs out and another worker sends the device).
+
+GBCS/DUIS counters must rise per User in the order the DCC takes them, and the counter is
+inside the signed document, so two workers preparing for the same Supplier at once can pick
+the same counter, or one can be overtaken by the other's higher one. Reserving blocks of
+counters per worker would not help (the DCC refuses any counter not above the last it took,
+whoever took it); signing inside the lock would put the crypto back under it. So the common
+case stays outside, and a request whose counter is no longer above the Supplier's last (seen
+just before (3), or by `Dcc.record` in it, which then rolls back) is built, signed and
+checked again outside the lock, up to `retries_outside` (2) times (`CampaignDriver.retried`);
+after that (3) redoes it inside the lock, where the counter cannot move, so every send ends
+(`CampaignDriver.redone`). Two workers sending for the same Supplier overtake each other
+often (their counters are the time in ms, and the commits do not come in the order the
+preparations started): that work is wasted CPU, but not lock time. Outcomes are read from
+the DCC's requests table (the Comms Hub's outcome, or the DCC's refusal), so whichever worker
+received it, any worker moves the campaign on.
 
 **Rollout controls** (as hawkBit's groups and thresholds, AWS IoT Jobs' rate and retries):
 
@@ -63,6 +89,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
+from . import dialect
 from .store import DEVICE_TYPES, DccStore, DccUsageError, eui_hex
 
 log = logging.getLogger(__name__)
@@ -110,6 +137,8 @@ _SCHEMA = (
     code TEXT,
     reason TEXT,
     finished REAL,
+    claimed_by TEXT,
+    claim_until REAL,
     PRIMARY KEY (campaign, device),
     CHECK ((state = 'done') = (outcome IS NOT NULL))
 )""" % ", ".join("'%s'" % s for s in DEVICE_STATES),
@@ -141,6 +170,17 @@ def ensure_schema(store: DccStore) -> None:
     with store.tx() as c:
         for stmt in _SCHEMA:
             c.execute(stmt)
+    # made before sends were claimed (CampaignDriver._claim): the columns added (looked
+    # up first: PostgreSQL's ALTER TABLE would lock the table even when they are there)
+    if store.postgres:
+        have = {r[0] for r in store.all("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = 'campaign_devices' AND "
+                                        "table_schema = current_schema()")}
+    else:
+        have = {r[1] for r in store.all("PRAGMA table_info(campaign_devices)")}
+    for column, decl in (("claimed_by", "TEXT"), ("claim_until", "REAL")):
+        if column not in have:
+            store.add_column("campaign_devices", column, decl)
     store._campaign_schema = True  # type: ignore[attr-defined]
 
 
@@ -541,10 +581,13 @@ class CampaignDriver:
     """Moves every campaign on, one `step()` at a time: takes the outcomes that came in,
     opens waves or stops campaigns, then sends what the waves, the window and the rate allow
     (at most `batch` requests per campaign per step). Any number of drivers, in any number
-    of processes, may step the same database: each send is one write transaction.
+    of processes, may step the same database: each send is claimed, prepared outside any
+    write transaction, then committed in one short one (the module's "Exactly once").
 
     `dcc` is a `hanota.dcc.service.Dcc` (its store is where the campaigns are); `clock`
     gives the time for windows, rates and backoffs (injectable in tests)."""
+
+    claim_lease = 20.0  # seconds a claimed device is this worker's to send (`_claim`)
 
     def __init__(self, dcc: Any, *, worker: str | None = None,
                  clock: Callable[[], float] = time.time, batch: int = 50):
@@ -556,8 +599,10 @@ class CampaignDriver:
         self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
         self.clock = clock
         self.batch = batch
-        self._signers: dict[str, tuple[Any, Any, bytes]] = {}
+        self._signers: dict[str, tuple[Any, Any, bytes, str, str, str]] = {}
         self.sent = 0
+        self.redone = 0  # requests overtaken by another worker's counter, redone under the lock
+        self.retried = 0  # ... prepared again outside the lock
 
     def step(self) -> int:
         """One pass over the campaigns that have work; the number of requests sent."""
@@ -568,10 +613,7 @@ class CampaignDriver:
         total = 0
         for name in names:
             self.advance(name)
-            for _ in range(self.batch):
-                if not self.send_one(name):
-                    break
-                total += 1
+            total += self.send(name, self.batch)
             self.advance(name)
         self.sent += total
         return total
@@ -673,69 +715,226 @@ class CampaignDriver:
     # -- sending
 
     def send_one(self, name: str) -> bool:
-        """Send the campaign's next due device its DUIS request, if the campaign runs, its
-        wave is open, the window is open and the rate allows; False when nothing was sent.
-        The choice of device, the DCC's request and WAN message and the record of the send
-        are one transaction."""
-        from . import duis, xmlsig
+        """Send the campaign's next due device its DUIS request (`send`); False when
+        nothing was sent."""
+        return self.send(name, 1) == 1
 
+    def send(self, name: str, limit: int) -> int:
+        """Send up to `limit` due devices of the campaign their DUIS requests, if the
+        campaign runs, its wave is open, the window is open and the rate allows; how many
+        were sent. Devices are claimed first (`_claim`), then each is prepared outside any
+        write transaction (`_prepare`: the request built and signed, the DCC's checks) and
+        committed in one short one (`_commit`)."""
+        sent = 0
+        claimed = self._claim(name, limit)
+        try:
+            for device, attempt in claimed:
+                if not self._send(name, device, attempt):
+                    break
+                sent += 1
+        except Exception:
+            self._release_quietly(name)
+            raise
+        if sent < len(claimed):
+            self._release(name)
+        return sent
+
+    def _release_quietly(self, name: str) -> None:
+        try:
+            self._release(name)
+        except Exception:  # noqa: BLE001 - the database is gone: the claims run out
+            log.debug("campaign %s: claims not given back", name, exc_info=True)
+
+    def _campaign(self, c: Any, name: str, now: float) -> tuple | None:
+        """The campaign's (supplier, srv, version, wave, config) if it may send now."""
+        row = c.execute("SELECT supplier, srv, version, config, state, wave FROM campaigns "
+                        "WHERE name = ?", (name,)).fetchone()
+        if row is None or row[4] != "running":
+            return None
+        cfg = json.loads(row[3])
+        win = window_of(cfg)
+        if win is not None and not win.is_open(now):
+            return None
+        return row[0], row[1], row[2], int(row[5]), cfg
+
+    def _claim(self, name: str, limit: int) -> list[tuple[str, int]]:
+        """Claim up to `limit` due devices for this worker for `claim_lease` seconds (one
+        short transaction; on PostgreSQL FOR UPDATE SKIP LOCKED, outside the write lock, so
+        workers claim side by side). A claim only keeps other workers from preparing the
+        same device: what makes a send happen once is `_commit`'s re-check. A killed
+        worker's claims run out."""
         now = self.clock()
-        with self.store.tx() as c:
-            row = c.execute("SELECT supplier, srv, NULL, version, config, state, wave "
-                            "FROM campaigns WHERE name = ?", (name,)).fetchone()
-            if row is None or row[5] != "running":
-                return False
-            cfg = json.loads(row[4])
-            win = window_of(cfg)
-            if win is not None and not win.is_open(now):
-                return False
+        with self.store.tx(exclusive=False) as c:
+            camp = self._campaign(c, name, now)
+            if camp is None:
+                return []
+            cfg = camp[4]
             if cfg.get("rate"):
                 n = c.execute("SELECT count(*) FROM campaign_sends WHERE campaign = ? AND "
                               "sent > ?", (name, now - 60.0)).fetchone()[0]
-                if int(n) >= int(cfg["rate"]):
-                    return False
-            d = c.execute("SELECT device, attempts FROM campaign_devices WHERE campaign = ? "
-                          "AND state = 'waiting' AND wave <= ? AND (next_at IS NULL OR "
-                          "next_at <= ?) ORDER BY seq LIMIT 1",
-                          (name, int(row[6]), now)).fetchone()
-            if d is None:
+                limit = min(limit, int(cfg["rate"]) - int(n))
+                if limit <= 0:
+                    return []
+            rows = c.execute(
+                "SELECT d.device, d.attempts FROM campaign_devices d WHERE d.campaign = ? AND "
+                "d.state = 'waiting' AND d.wave <= ? AND (d.next_at IS NULL OR d.next_at <= ?) "
+                "AND (d.claimed_by IS NULL OR d.claimed_by = ? OR d.claim_until < ?) "
+                "ORDER BY d.seq LIMIT ?" + dialect.skip_locked(self.store.postgres, "d"),
+                (name, camp[3], now, self.worker, now, int(limit))).fetchall()
+            got = [(r[0], int(r[1]) + 1) for r in rows]
+            if got:
+                c.execute("UPDATE campaign_devices SET claimed_by = ?, claim_until = ? WHERE "
+                          "campaign = ? AND device IN (%s)" % ", ".join("?" * len(got)),
+                          (self.worker, now + self.claim_lease, name, *[g[0] for g in got]))
+        return got
+
+    def _release(self, name: str) -> None:
+        """Give back this worker's claims it did not send (the campaign paused, the
+        window closed, the rate was reached)."""
+        with self.store.tx(exclusive=False) as c:
+            c.execute("UPDATE campaign_devices SET claimed_by = NULL, claim_until = NULL "
+                      "WHERE campaign = ? AND claimed_by = ? AND state = 'waiting'",
+                      (name, self.worker))
+
+    def _prepare(self, name: str, device: str, counter_floor: int = 0) -> tuple[int, Any]:
+        """The device's request built, signed with the Supplier's key and checked by the
+        DCC (`Dcc.check`: no writes): (counter, Checked). The counter is the larger of the
+        Supplier's last + 1 and the time in ms (what `duis build` uses)."""
+        from . import duis, xmlsig
+
+        key, cert, image, supplier, srv, version = self._fixed(name)
+        now = self.clock()
+        counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000),
+                      counter_floor)
+        # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
+        xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter,
+                                 firmware_image=image, firmware_version=version,
+                                 device_ids=[bytes.fromhex(device)])
+        return counter, self.dcc.check(xmlsig.sign(xml, key, cert))
+
+    retries_outside = 2  # overtaken requests redone outside the lock before one under it
+
+    def _send(self, name: str, device: str, attempt: int) -> bool:
+        """Prepare the device's request (no lock), then commit it (`_commit`); False when
+        the campaign may no longer send (it changed meanwhile) or the claim was lost.
+
+        A request overtaken by another worker's counter (seen just before the commit, or
+        in it) is prepared again outside the lock, up to `retries_outside` times; then the
+        commit redoes it under the lock, which always succeeds."""
+        supplier = self._fixed(name)[3]
+        floor = 0
+        for i in range(self.retries_outside + 1):
+            counter, chk = self._prepare(name, device, floor)
+            last = self.store.last_counter(supplier) or 0
+            if counter <= last and i < self.retries_outside:
+                self.retried += 1  # overtaken while preparing: again, still no lock
+                floor = last + 1
+                continue
+            try:
+                return self._commit(name, device, attempt, counter, chk,
+                                    redo=i == self.retries_outside)
+            except _Overtaken as e:
+                self.retried += 1
+                floor = e.last + 1
+        raise AssertionError("unreachable: the last commit redoes under the lock")
+
+    def _commit(self, name: str, device: str, attempt: int, counter: int, chk: Any, *,
+                redo: bool = True) -> bool:
+        """One short write transaction: re-check what can have changed since the claim
+        and the preparation (the campaign still running, its window open and rate not
+        reached, the device still waiting at this attempt and claimed by no one else),
+        then the DCC's record of the request (`Dcc.record`: it re-checks the counter and
+        the device's registration) and the campaign's record of the send, together.
+
+        GBCS/DUIS counters: a User's counters must rise in the order the DCC takes them,
+        and they are inside the signed document, so a request prepared outside the lock
+        can be overtaken by another worker's (same Supplier) that committed a higher
+        counter first. Then, with `redo`, it is built, signed and checked again here,
+        inside the lock, where no one else can take a counter; without, the transaction
+        rolls back (`_Overtaken`) and `_send` prepares it again outside the lock. The
+        common case (no overtaking) keeps all the crypto outside."""
+        from . import duis
+        from .service import Refusal
+
+        supplier = self._fixed(name)[3]
+        now = self.clock()
+        with self.store.tx() as c:
+            d = c.execute("SELECT c.state, c.config, d.state, d.attempts, d.claimed_by FROM "
+                          "campaigns c JOIN campaign_devices d ON d.campaign = c.name WHERE "
+                          "c.name = ? AND d.device = ?", (name, device)).fetchone()
+            if d is None or d[2] != "waiting" or int(d[3]) + 1 != attempt \
+                    or d[4] not in (None, self.worker):
+                return False  # another worker sent it (our claim ran out), or it ended
+            cfg = json.loads(d[1])
+            win = window_of(cfg)
+            if d[0] != "running" or (win is not None and not win.is_open(now)):
+                return False  # paused, stopped or cancelled meanwhile, or the window shut
+            if cfg.get("rate") and int(c.execute(
+                    "SELECT count(*) FROM campaign_sends WHERE campaign = ? AND sent > ?",
+                    (name, now - 60.0)).fetchone()[0]) >= int(cfg["rate"]):
                 return False
-            device, attempt = d[0], int(d[1]) + 1
-            supplier, srv = row[0], row[1]
-            key, cert, image = self._fixed(c, name)
-            counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000))
-            # SR 11.1 / 11.4 are addressed to the DCC; the device is in DeviceIDList
-            xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter, firmware_image=image,
-                                     firmware_version=row[3],
-                                     device_ids=[bytes.fromhex(device)])
-            answer = duis.parse_response(self.dcc.submit(xmlsig.sign(xml, key, cert)))
+            for _ in range(2):
+                r = chk.refusal
+                if r is None:
+                    try:
+                        code, reason = self.dcc.record(chk)
+                        break
+                    except Refusal as e:
+                        r = e
+                if r.name != "replay":  # refused before any rule: nothing in the DCC
+                    code, reason = r.code, r.reason
+                    break
+                if not redo:  # roll back; the caller prepares again outside the lock
+                    raise _Overtaken(self.store.last_counter(supplier) or 0)
+                # overtaken: redo under the lock (the counter cannot move now)
+                self.redone += 1
+                counter, chk = self._prepare(name, device, counter + 1)
+            else:  # pragma: no cover - the lock is held: the second try has the counter
+                raise RuntimeError("counter %d of %s refused under the write lock"
+                                   % (counter, supplier))
             rid = str(duis.RequestID(bytes.fromhex(supplier), duis.DCC_EUI, counter))
-            c.execute("INSERT INTO campaign_sends (campaign, device, attempt, request_id, "
-                      "worker, sent) VALUES (?, ?, ?, ?, ?, ?)",
-                      (name, device, attempt, rid, self.worker, now))
-            if answer["code"] == "I99":
-                c.execute("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
-                          "request_id = ?, next_at = NULL WHERE campaign = ? AND device = ?",
-                          (attempt, rid, name, device))
+            send = ("INSERT INTO campaign_sends (campaign, device, attempt, request_id, worker, "
+                    "sent) VALUES (?, ?, ?, ?, ?, ?)", (name, device, attempt, rid,
+                                                         self.worker, now))
+            if code == "I99":
+                mark = ("UPDATE campaign_devices SET state = 'sent', attempts = ?, "
+                        "request_id = ?, next_at = NULL, claimed_by = NULL, claim_until = "
+                        "NULL WHERE campaign = ? AND device = ?", (attempt, rid, name, device))
             else:  # refused by the DCC's rules: that is the device's outcome
-                c.execute("UPDATE campaign_devices SET state = 'done', attempts = ?, "
-                          "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
-                          "'refused', code = ?, reason = ?, finished = ? WHERE campaign = ? "
-                          "AND device = ?", (attempt, rid, answer["code"],
-                                             answer.get("reason"), now, name, device))
+                mark = ("UPDATE campaign_devices SET state = 'done', attempts = ?, "
+                        "request_id = ?, ok = 0, outcome = 'refused', last_outcome = "
+                        "'refused', code = ?, reason = ?, finished = ?, claimed_by = NULL, "
+                        "claim_until = NULL WHERE campaign = ? AND device = ?",
+                        (attempt, rid, code, reason, now, name, device))
+            if self.store.postgres:  # one round trip under the lock, not two
+                c.execute("WITH s AS (%s) %s" % (send[0], mark[0]), (*send[1], *mark[1]))
+            else:
+                c.execute(*send)
+                c.execute(*mark)
         return True
 
-    def _fixed(self, c: Any, name: str) -> tuple[Any, Any, bytes]:
-        """A campaign's signing key, certificate and image (they never change), read once."""
+    def _fixed(self, name: str) -> tuple[Any, Any, bytes, str, str, str]:
+        """A campaign's signing key, certificate, image, Supplier, SR and version (they
+        never change), read once."""
         from . import pki
 
         got = self._signers.get(name)
         if got is None:
-            r = c.execute("SELECT signer_key, signer_cert, image FROM campaigns WHERE name = ?",
-                          (name,)).fetchone()
+            r = self.store.one("SELECT signer_key, signer_cert, image, supplier, srv, version "
+                               "FROM campaigns WHERE name = ?", (name,))
+            if r is None:
+                raise CampaignError("no campaign named %r" % name)
             got = self._signers[name] = (pki.load_key(bytes(r[0])), pki.load_cert(bytes(r[1])),
-                                         bytes(r[2]))
+                                         bytes(r[2]), r[3], r[4], r[5])
         return got
+
+
+class _Overtaken(Exception):
+    """A prepared request's counter is no longer above the Supplier's last (`last`)."""
+
+    def __init__(self, last: int):
+        super().__init__(last)
+        self.last = last
 
 
 def _pct(v: float) -> str:

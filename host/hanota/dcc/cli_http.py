@@ -57,7 +57,12 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
         if driver is not None:
             await asyncio.get_running_loop().run_in_executor(None, driver.stop)
         await server.stop()
-        click.echo("hanota dcc stopped")
+        sent = driver.driver.sent if driver is not None else 0
+        click.echo("hanota dcc stopped%s" % (
+            " (campaigns: %d requests sent; overtaken by another worker's counter: %d "
+            "prepared again outside the write lock, %d redone under it)"
+            % (sent, driver.driver.retried, driver.driver.redone)
+            if driver is not None and sent else ""))
 
 
 @dcc.command("serve")

@@ -27,6 +27,16 @@ WAN to the Comms Hub of the device's premises; and what it makes of the Comms Hu
 A refusal is recorded (request row with its outcome) from step 5 on; it changes nothing else:
 a refused 11.1/11.4 never supersedes or touches a pending request, and nothing reaches the WAN.
 
+What holds the store's write lock is kept short: for SR 11.1 / 11.4 (what campaigns send)
+`check` does steps 1-3 and 5 with reads only (the counter's step 4 is read too), then
+`record`, inside one short write transaction, takes the counter (an atomic upsert: step 4
+for real) and re-checks the device's registration and the CPL entry in one query (seen
+changed: the rules and the image are checked again there) before writing the request and
+its WAN message; the acknowledgement is signed after the commit. An image's parse, hashes
+and manufacturer's signature depend on its bytes alone and are memoised per file
+(`check_image`). For an outcome (`wan_received`) the final response and alerts are signed
+before the transaction and used only if the request and Suppliers are seen unchanged in it.
+
 Accepted device requests become WAN messages to the premises' Comms Hub (the protocol in
 `dcc-interfaces`: one JSON object per message, ids per hub); the synchronous answer is the
 acknowledgement I99. DCC-only services (8.2, 8.4, 12.2) are answered at once with I0 and
@@ -39,11 +49,14 @@ premises and pending requests; the premises' Alt HAN devices are refused SR 11.4
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from hanfw import otafile
 from hanfw.otafile import OtaError
@@ -138,6 +151,20 @@ DCC_ONLY_SRS = ("8.2", "8.4", "12.2")
 CANCEL_YEAR = 3000  # an ExecutionDateTime at or after this year cancels (DUIS: 3000-12-31)
 
 
+@dataclass
+class Checked:
+    """What `Dcc.check` decided of a request, for `Dcc.record` (see `Dcc.submit`)."""
+
+    req: Any
+    user: str | None
+    counter: int | None
+    request_id: Any
+    srv: str | None
+    refusal: "Refusal | None" = None  # refused at steps 1-4: nothing is recorded
+    rule: "Refusal | None" = None  # refused by an SR rule: recorded with the counter
+    plan: tuple | None = None  # SR 11.1 / 11.4 accepted: Dcc._firmware_plan's
+
+
 class Refusal(Exception):
     """A request the DCC refuses: `code` is the DUIS response code, `reason` says why."""
 
@@ -158,6 +185,7 @@ class ImageCheck:
     image_hash: bytes
     min_hw: int | None
     max_hw: int | None
+    cpl_pubkey: str | None = None  # the CPL entry's key when it was checked
 
 
 def outcome_text(outcome: str) -> str:
@@ -187,7 +215,56 @@ class Dcc:
 
     def submit(self, xml: bytes) -> bytes:
         """Check a signed DUIS request and act on it; the signed synchronous answer (the
-        acknowledgement I99, a DCC-only service's I0 response, or the refusal)."""
+        acknowledgement I99, a DCC-only service's I0 response, or the refusal).
+
+        SR 11.1 / 11.4 go in two steps: `check` (the signature, the document, the rules,
+        the image: CPU work, no writes, no lock) then `record` in one short write
+        transaction that re-checks what can have changed meanwhile (the counter, the
+        device's registration and Responsible Suppliers, the CPL entry); the
+        acknowledgement is signed after it commits."""
+        chk = self.check(xml)
+        if chk.refusal is not None:  # steps 1-4: nothing recorded
+            return self._refused(chk.request_id, chk.srv, chk.refusal)
+        if chk.plan is not None or chk.rule is not None:
+            try:
+                with self.store.tx():
+                    code, reason = self.record(chk)
+            except Refusal as r:  # the counter was taken meanwhile (a replay)
+                return self._refused(chk.request_id, chk.srv, r)
+            return self._sign(duis.acknowledgement(chk.request_id, code, reason, srv=chk.srv))
+        req, user, counter = chk.req, chk.user, chk.counter
+        assert user is not None and counter is not None  # steps 1-3 passed
+        if req.command_variant != 5 and not self.store.take_counter(user, counter):
+            # a Signed Pre-Command (CV 5): its CV 4 request took the counter
+            return self._refused(req.request_id, chk.srv, self._replay(user, counter))
+        try:
+            return self._dispatch(req, user, counter)
+        except Refusal as r:
+            log.info("refused %s: %s", req.request_id, r.reason)
+            if req.command_variant == 5:  # the CV 4 request's row is the record
+                return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
+                                                       srv=req.service_reference_variant))
+            self.store.add_request(str(req.request_id), user, counter,
+                                   req.service_reference_variant, device=_device_of(req),
+                                   outcome="refused", code=r.code, reason=r.reason,
+                                   detail={"refusal": r.name})
+            return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
+                                                   srv=req.service_reference_variant))
+
+    def _refused(self, request_id: Any, srv: str | None, r: "Refusal") -> bytes:
+        log.info("refused %s: %s", request_id, r.reason)
+        return self._sign(duis.acknowledgement(request_id, r.code, r.reason, srv=srv))
+
+    def _replay(self, user: str, counter: int) -> "Refusal":
+        return Refusal("replay", "RequestID counter %d is not above %d, the last this User "
+                       "used (a replayed or reordered request)"
+                       % (counter, self.store.last_counter(user) or 0))
+
+    def check(self, xml: bytes) -> "Checked":
+        """Everything `submit` decides before writing, with no write and no lock: steps 1-3
+        (signature, document, originator), the counter against the User's last (read only),
+        and for SR 11.1 / 11.4 the SR rules and the image (`Checked.plan`, or `.rule`: the
+        refusal `record` writes). Other SRs are checked and acted on by `submit` as one."""
         request_id: Any = None
         srv: str | None = None
         try:
@@ -208,29 +285,63 @@ class Dcc:
                 raise Refusal("not-originator", "the RequestID's originator %s is not the "
                               "signer's entity ID %s" % (user, eui_hex(signer.entity_id)))
             counter = int(req.request_id.counter)
-            if req.command_variant == 5:
-                pass  # a Signed Pre-Command: its CV 4 request took the counter (_signed_precommand)
-            elif not self.store.take_counter(user, counter):
-                raise Refusal("replay", "RequestID counter %d is not above %d, the last this "
-                              "User used (a replayed or reordered request)"
-                              % (counter, self.store.last_counter(user) or 0))
+            if req.command_variant != 5 and counter <= (self.store.last_counter(user) or 0):
+                raise self._replay(user, counter)
         except Refusal as r:
-            log.info("refused %s: %s", request_id, r.reason)
-            return self._sign(duis.acknowledgement(request_id, r.code, r.reason,
-                                                   srv=srv))
-        try:
-            return self._dispatch(req, user, counter)
-        except Refusal as r:
-            log.info("refused %s: %s", req.request_id, r.reason)
-            if req.command_variant == 5:  # the CV 4 request's row is the record
-                return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
-                                                       srv=req.service_reference_variant))
-            self.store.add_request(str(req.request_id), user, counter,
-                                   req.service_reference_variant, device=_device_of(req),
-                                   outcome="refused", code=r.code, reason=r.reason,
-                                   detail={"refusal": r.name})
-            return self._sign(duis.acknowledgement(req.request_id, r.code, r.reason,
-                                                   srv=req.service_reference_variant))
+            return Checked(None, None, None, request_id, srv, refusal=r)
+        chk = Checked(req, user, counter, req.request_id, srv)
+        if srv in ("11.1", "11.4") and req.command_variant != 5:
+            try:
+                chk.plan = self._firmware_plan(req, user)
+            except Refusal as r:
+                chk.rule = r
+        return chk
+
+    def record(self, chk: "Checked") -> tuple[str, str | None]:
+        """Write what `check` decided for an SR 11.1 / 11.4, inside the caller's write
+        transaction: take the counter (Refusal "replay", nothing written, when it is no
+        longer above the User's last: another request of the User's came in since), then
+        the refusal's record, or, once the device's registration and the CPL entry are
+        seen unchanged (else the rules and the image are checked again, here), the request
+        and its WAN message. The acknowledgement's (code, reason)."""
+        req, user, counter = chk.req, chk.user, chk.counter
+        assert req is not None and user is not None and counter is not None
+        if not self.store.take_counter(user, counter):
+            raise self._replay(user, counter)
+        plan, rule = chk.plan, chk.rule
+        if plan is not None and not self._still_holds(plan):
+            try:
+                plan, rule = self._firmware_plan(req, user), None
+            except Refusal as r:
+                plan, rule = None, r
+        if rule is not None or plan is None:
+            assert rule is not None
+            log.info("refused %s: %s", req.request_id, rule.reason)
+            self.store.add_request(str(req.request_id), user, counter, chk.srv or "",
+                                   device=_device_of(req), outcome="refused", code=rule.code,
+                                   reason=rule.reason, detail={"refusal": rule.name})
+            return rule.code, rule.reason
+        dev, msg, detail, _ = plan
+        self._queue(req, user, counter, dev, msg, detail)
+        return ACCEPTED, None
+
+    def _still_holds(self, plan: tuple) -> bool:
+        """The device's registration (and its premises' Suppliers and Comms Hub) and the
+        CPL entry as `check` saw them: one query."""
+        dev, msg, detail, cpl = plan
+        row = self.store.one(
+            "SELECT d.device_type, d.status, d.lost_with_hub, d.manufacturer, d.model, "
+            "d.hw_version, p.supplier1, p.supplier2, p.hub_eui, (SELECT coalesce(c.pubkey, '') "
+            "FROM cpl c WHERE c.manufacturer = ? AND c.model = ? AND c.image_hash = ?) "
+            "FROM devices d JOIN premises p ON p.mpxn = d.mpxn WHERE d.eui = ?",
+            (cpl[0], cpl[1], detail["image_hash"], dev["eui"]))
+        if row is None:
+            return False
+        now = tuple(row[:6]) + ([s for s in (row[6], row[7]) if s], row[8], row[9])
+        was = (dev["device_type"], dev["status"], dev["lost_with_hub"], dev["manufacturer"],
+               dev["model"], dev["hw_version"], list(dev["suppliers"]), dev["hub_eui"],
+               cpl[2] or "")
+        return now == was
 
     def _dispatch(self, req: Any, user: str, counter: int) -> bytes:
         srv = req.service_reference_variant
@@ -276,20 +387,33 @@ class Dcc:
     def _to_hub(self, req: Any, user: str, counter: int, dev: dict[str, Any], msg: dict,
                 *, detail: dict | None = None) -> bytes:
         """Record an accepted device request, queue its WAN message, acknowledge it."""
-        srv = req.service_reference_variant
+        with self.store.tx():
+            self._queue(req, user, counter, dev, msg, detail)
+        return self._sign(duis.acknowledgement(req.request_id, ACCEPTED, None,
+                                               srv=req.service_reference_variant))
+
+    def _queue(self, req: Any, user: str, counter: int, dev: dict[str, Any], msg: dict,
+               detail: dict | None = None) -> None:
+        """The request's row (state sent) and its WAN message to the device's Comms Hub."""
         body = {"request": str(req.request_id), "device": dev["eui"]}
         body.update(msg)
         with self.store.tx():
-            rid = self.store.add_request(str(req.request_id), user, counter, srv,
-                                         device=dev["eui"], hub_eui=dev["hub_eui"],
+            rid = self.store.add_request(str(req.request_id), user, counter,
+                                         req.service_reference_variant, device=dev["eui"],
+                                         hub_eui=dev["hub_eui"], state="sent",
                                          detail=dict(detail or {}, wan_type=msg["type"]))
             self.store.wan_queue(dev["hub_eui"], body, request=rid)
-            self.store.set_request_state(rid, "sent")
-        return self._sign(duis.acknowledgement(req.request_id, ACCEPTED, None, srv=srv))
 
     # -- firmware
 
     def _update_firmware(self, req: Any, user: str, counter: int) -> bytes:
+        dev, msg, detail, _ = self._firmware_plan(req, user)
+        return self._to_hub(req, user, counter, dev, msg, detail=detail)
+
+    def _firmware_plan(self, req: Any, user: str) -> tuple[dict, dict, dict, tuple]:
+        """SR 11.1 / 11.4's rules and image checks (reads only): the device, the WAN
+        message, the request's detail and the CPL entry seen (manufacturer, model, key),
+        or Refusal."""
         srv = req.service_reference_variant
         f = req.fields
         ids = list(f.get("device_ids") or [])
@@ -319,9 +443,9 @@ class Dcc:
         msg = {"type": "update_firmware", "kind": srv, "role": dev["role"],
                "image_b64": base64.b64encode(bytes(image)).decode("ascii"),
                "hash": chk.image_hash.hex(), "version": "%08X" % chk.file_version}
-        return self._to_hub(req, user, counter, dev, msg,
-                            detail={"image_hash": chk.image_hash.hex(),
-                                    "version": "%08X" % chk.file_version})
+        model = dev["model"] or "%04X" % chk.image_type
+        detail = {"image_hash": chk.image_hash.hex(), "version": "%08X" % chk.file_version}
+        return dev, msg, detail, ("%04X" % chk.manufacturer, _model8(model), chk.cpl_pubkey)
 
     def _activate(self, req: Any, user: str, counter: int) -> bytes:
         f = req.fields
@@ -524,15 +648,17 @@ class Dcc:
         if not isinstance(mid, int):
             raise DccUsageError("a Comms Hub message needs an integer id: %r" % (msg,),
                                 reason="bad-wan-message")
+        kind = msg.get("type")
+        # the signing (the User's final response, alerts) before the write transaction
+        pre = self._prepare_outcome(eui_hex(hub_eui), msg) if kind == "outcome" else None
         # the message's record and its effect commit together: a database lost between
         # them (PostgreSQL restarting) must not leave the id recorded and the outcome not
         # written, or the hub's resend would be taken for a duplicate and the outcome lost
         with self.store.tx():
             if not self.store.wan_seen(hub_eui, mid, msg):
                 return
-            kind = msg.get("type")
             if kind == "outcome":
-                self._outcome(eui_hex(hub_eui), msg)
+                self._outcome(eui_hex(hub_eui), msg, pre)
             elif kind == "alert":
                 self._alert(eui_hex(hub_eui), msg)
             else:
@@ -569,21 +695,22 @@ class Dcc:
         req = self.store.request_by_text(str(request_id))
         if req is None or req["outcome"] is not None or not req["hub_eui"]:
             return False
-        done = self._outcome(req["hub_eui"], {"request": req["request_id"],
-                                              "device": req["device"], "outcome": NO_RESPONSE,
-                                              "detail": {"reason": reason}})
+        msg = {"request": req["request_id"], "device": req["device"], "outcome": NO_RESPONSE,
+               "detail": {"reason": reason}}
+        done = self._outcome(req["hub_eui"], msg, self._prepare_outcome(req["hub_eui"], msg))
         if done:
             log.info("request %s: no answer from Comms Hub %s: %s", req["request_id"],
                      req["hub_eui"], reason)
         return done
 
-    def _outcome(self, hub: str, msg: dict) -> bool:
-        """Give a request its one final outcome; False when it has one already."""
+    def _outcome(self, hub: str, msg: dict, pre: tuple | None = None) -> bool:
+        """Give a request its one final outcome; False when it has one already. `pre`:
+        `_prepare_outcome`'s, made before the caller's transaction."""
         if msg.get("request") is None:  # the DCC's own messages (set_suppliers)
             log.log(logging.INFO if msg.get("outcome") == "applied" else logging.WARNING,
                     "Comms Hub %s: %s %s", hub, msg.get("outcome"), msg.get("detail"))
             return False
-        req = self.store.request_by_text(str(msg.get("request")))
+        req, suppliers = self._request_and_alerted(str(msg.get("request")))
         if req is None:
             log.warning("Comms Hub %s reported an outcome for unknown request %r", hub,
                         msg.get("request"))
@@ -613,6 +740,50 @@ class Dcc:
                 self.store.queue_response(req["user"], xml, "E20", request=req["id"],
                                           kind="alert")
             return False
+        if pre is not None and pre[0] == (req, suppliers):
+            code, result, xml, alerts = pre[1]  # signed before the transaction
+        else:
+            code, result, xml, alerts = self._final_docs(req, msg, outcome, suppliers)
+        with self.store.tx():
+            if not self.store.finish_request(req["id"], outcome, code,
+                                             result["OutcomeText"]):
+                return False
+            self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
+            self._device_after(req, outcome, msg.get("detail"))
+            for other, alert in alerts:
+                self.store.queue_response(other, alert, code, request=req["id"], kind="alert")
+        return True
+
+    def _request_and_alerted(self, request_id: str) -> tuple[dict | None, list[str]]:
+        """A request (by RequestID), and the other Responsible Suppliers its firmware
+        outcome is copied to (an alert): one query."""
+        row = self.store.one(
+            "SELECT r.*, p.supplier1 AS alert_s1, p.supplier2 AS alert_s2 FROM requests r "
+            "LEFT JOIN devices d ON d.eui = r.device LEFT JOIN premises p ON p.mpxn = d.mpxn "
+            "WHERE r.request_id = ?", (request_id,))
+        if row is None:
+            return None, []
+        d = dict(row)
+        others = (d.pop("alert_s1"), d.pop("alert_s2"))
+        d["detail"] = json.loads(d["detail"] or "{}")
+        if not d["device"] or d["srv"] not in FIRMWARE_SRS:
+            return d, []
+        return d, [u for u in others if u and u != d["user"]]
+
+    def _prepare_outcome(self, hub: str, msg: dict) -> tuple | None:
+        """The signed final response (and alerts) a Comms Hub's outcome will make, built
+        before the write transaction (reads only), with the request and Suppliers they were
+        made from: `_outcome` uses them only if it sees those unchanged, else signs again."""
+        if msg.get("request") is None:
+            return None
+        req, suppliers = self._request_and_alerted(str(msg.get("request")))
+        if req is None or req["hub_eui"] != hub or req["outcome"] is not None:
+            return None
+        return (req, suppliers), self._final_docs(req, msg, str(msg.get("outcome")), suppliers)
+
+    def _final_docs(self, req: dict, msg: dict, outcome: str, alerted: list[str]
+                    ) -> tuple[str, dict, bytes, list[tuple[str, bytes]]]:
+        """(code, result, the signed final DUIS response, [(User, signed alert)])."""
         # an outcome this DCC does not know is reported as a failure to reach the device
         code, case, gbcs_code = SR_OUTCOME_RESPONSES.get(
             (req["srv"], outcome), OUTCOME_RESPONSES.get(outcome, ("E20", None, None)))
@@ -643,20 +814,8 @@ class Dcc:
                                  else "")))
         else:
             xml = self._sign(duis.response(rid_obj, code, req["srv"], body=body))
-        with self.store.tx():
-            if not self.store.finish_request(req["id"], outcome, code,
-                                             result["OutcomeText"]):
-                return False
-            self.store.queue_response(req["user"], xml, code, request=req["id"], final=True)
-            self._device_after(req, outcome, msg.get("detail"))
-            dev = self.store.device(req["device"]) if req["device"] else None
-            if dev is not None and req["srv"] in FIRMWARE_SRS:
-                for other in dev["suppliers"]:
-                    if other != req["user"]:
-                        self.store.queue_response(other, self._alert_xml(
-                            rid_obj, code, req["srv"], result), code, request=req["id"],
-                            kind="alert")
-        return True
+        alerts = [(u, self._alert_xml(rid_obj, code, req["srv"], result)) for u in alerted]
+        return code, result, xml, alerts
 
     def _device_after(self, req: dict, outcome: str, detail: Any = None) -> None:
         """Registration data that a Comms Hub outcome changes: a join's status, and the
@@ -679,7 +838,7 @@ class Dcc:
                 version = self._held_version(req)
             if version:
                 try:
-                    self.store.update_device(req["device"], firmware_version=str(version))
+                    self.store.set_firmware_version(req["device"], str(version))
                 except DccUsageError as e:  # a malformed version in a hub's detail
                     log.warning("device %s activated, but its version %r is not kept: %s",
                                 req["device"], version, e)
@@ -762,21 +921,61 @@ class Dcc:
 
 # ---------------------------------------------------------------- image rules
 
-def check_image(store: DccStore, data: bytes, dev: dict[str, Any]) -> ImageCheck:
-    """The DCC's checks of an SR 11.1 / 11.4 image for a device, before anything is queued.
-    Refusal (bad-image or not-on-cpl) names the first that fails."""
+_PARSED: "OrderedDict[bytes, Any]" = OrderedDict()  # sha256(file) -> stream or Refusal
+_SIGNED: "OrderedDict[tuple[bytes, str], str | None]" = OrderedDict()  # -> refusal or None
+_MEMO_LOCK = threading.Lock()
+_MEMO_SIZE = 8
+
+
+def _memo(table: "OrderedDict", key: Any, make: Callable[[], Any]) -> Any:
+    """A small LRU of image verdicts: a campaign sends one image to many devices, so each
+    worker parses, hashes and signature-checks it once, not once per device. Keyed by the
+    SHA-256 of the whole file (and the key), so only identical bytes share a verdict."""
+    with _MEMO_LOCK:
+        if key in table:
+            table.move_to_end(key)
+            return table[key]
+    value = make()
+    with _MEMO_LOCK:
+        table[key] = value
+        while len(table) > _MEMO_SIZE:
+            table.popitem(last=False)
+    return value
+
+
+def _parse_image(data: bytes) -> Any:
     try:
         # GBCS's own OTA files carry the Upgrade Image right after the header, without a
         # sub-element header (gbcs_duis.md section 11): accepted, as the public templates'.
         s = otafile.parse_stream(data, block=4096, integrity=True, allow_raw=True)
         s.check_integrity()
     except OtaError as e:
-        raise Refusal("bad-image", "the firmware image is not a well-formed OTA file: %s"
-                      % e.message) from None
-    h = s.header
+        return Refusal("bad-image", "the firmware image is not a well-formed OTA file: %s"
+                       % e.message)
     if s.descriptor is not None and s.descriptor.image_hash != s.image_sha256:
-        raise Refusal("bad-image", "the firmware image is tampered: its manufacturer image "
-                      "does not have the hash its descriptor gives")
+        return Refusal("bad-image", "the firmware image is tampered: its manufacturer image "
+                       "does not have the hash its descriptor gives")
+    return s
+
+
+def _signature_refusal(s: Any, pubkey: str) -> str | None:
+    try:
+        otafile.check_signed(s, [bytes.fromhex(pubkey)])
+    except OtaError as e:
+        return "the image's signature is refused: %s" % e.message
+    return None
+
+
+def check_image(store: DccStore, data: bytes, dev: dict[str, Any]) -> ImageCheck:
+    """The DCC's checks of an SR 11.1 / 11.4 image for a device, before anything is queued.
+    Refusal (bad-image or not-on-cpl) names the first that fails. What depends on the file
+    alone (well-formed, hashes, the manufacturer's signature with a given key) is memoised
+    per file (`_memo`); what depends on the device and the CPL is checked every time."""
+    digest = hashlib.sha256(data).digest()
+    s = _memo(_PARSED, digest, lambda: _parse_image(data))
+    if isinstance(s, Refusal):
+        raise Refusal(s.name, s.reason, s.code)
+    h = s.header
     image_hash = s.image_sha256
     if dev["manufacturer"] is not None and int(dev["manufacturer"], 16) != h.manufacturer:
         raise Refusal("bad-image", "the image is for manufacturer %04X; device %s is %s"
@@ -800,13 +999,12 @@ def check_image(store: DccStore, data: bytes, dev: dict[str, Any]) -> ImageCheck
                       "List for manufacturer %04X model %s" % (image_hash.hex(), h.manufacturer,
                                                              model))
     if entry["pubkey"]:
-        try:
-            otafile.check_signed(s, [bytes.fromhex(entry["pubkey"])])
-        except OtaError as e:
-            raise Refusal("bad-image", "the image's signature is refused: %s" % e.message) \
-                from None
+        bad = _memo(_SIGNED, (digest, entry["pubkey"]),
+                    lambda: _signature_refusal(s, entry["pubkey"]))
+        if bad is not None:
+            raise Refusal("bad-image", bad)
     return ImageCheck(h.manufacturer, h.image_type, h.file_version, image_hash, h.min_hw,
-                      h.max_hw)
+                      h.max_hw, entry["pubkey"])
 
 
 # ---------------------------------------------------------------- helpers
@@ -886,6 +1084,11 @@ def _flat(d: dict) -> dict:
             name = "_" + name
         out[name] = v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)
     return out
+
+
+def _model8(model: str) -> str:
+    """A model as the CPL keeps it (8 hex digits, store._model)."""
+    return model.upper().rjust(8, "0")
 
 
 def _hex_or_none(value: bytes | str | None) -> str | None:

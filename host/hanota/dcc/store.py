@@ -438,13 +438,14 @@ class DccStore(sqlitedb.Closing):
             return
         if self.conn.broken:
             self._reconnect()
+        # BEGIN and the lock in one round trip (no parameters: one simple query)
+        begin = "BEGIN; SELECT pg_advisory_xact_lock(%d)" % dialect.WRITE_LOCK \
+            if exclusive else "BEGIN"
         try:
-            self.conn.execute("BEGIN")
+            self.conn.execute_raw(begin)
         except self._pg_errors:  # the server restarted since: one new connection
             self._reconnect()
-            self.conn.execute("BEGIN")
-        if exclusive:
-            self.conn.execute_raw("SELECT pg_advisory_xact_lock(%s)", (dialect.WRITE_LOCK,))
+            self.conn.execute_raw(begin)
 
     def _rollback(self) -> None:
         try:
@@ -608,6 +609,15 @@ class DccStore(sqlitedb.Closing):
                           (*cols.values(), self.clock(), e))
         return _found(self.device(e))
 
+    def set_firmware_version(self, eui: bytes | str, version: str | int) -> bool:
+        """The firmware version a registered device runs now (one statement: an outcome's
+        transaction); False when the device is not registered. DccUsageError names a
+        malformed version."""
+        v = _version8(version)
+        with self.tx() as c:
+            return c.execute("UPDATE devices SET firmware_version = ?, updated = ? WHERE "
+                             "eui = ?", (v, self.clock(), eui_hex(eui))).rowcount == 1
+
     def device(self, eui: bytes | str) -> dict[str, Any] | None:
         """A device with its premises' Responsible Suppliers and Comms Hub, or None."""
         row = self.one("SELECT d.*, p.supplier1, p.supplier2, p.hub_eui FROM devices d "
@@ -706,27 +716,29 @@ class DccStore(sqlitedb.Closing):
 
     def take_counter(self, user: bytes | str, counter: int) -> bool:
         """Record `counter` as the User's latest if it is strictly greater than the last one
-        (atomically); False (nothing written) for a replay or an older counter."""
+        (one statement, atomic on both dialects); False (nothing written) for a replay or an
+        older counter."""
         u = eui_hex(user)
         with self.tx() as c:
-            row = c.execute("SELECT last_counter FROM users WHERE entity_id = ?",
-                            (u,)).fetchone()
-            if row is not None and counter <= row[0]:
-                return False
-            c.execute("INSERT INTO users (entity_id, last_counter, updated) VALUES (?, ?, ?) "
-                      "ON CONFLICT (entity_id) DO UPDATE SET last_counter = excluded.last_counter,"
-                      " updated = excluded.updated", (u, counter, self.clock()))
-        return True
+            return c.execute(
+                "INSERT INTO users (entity_id, last_counter, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (entity_id) DO UPDATE SET last_counter = excluded.last_counter, "
+                "updated = excluded.updated WHERE users.last_counter < excluded.last_counter",
+                (u, int(counter), self.clock())).rowcount == 1
 
     # -- requests
 
     def add_request(self, request_id: str, user: bytes | str, counter: int, srv: str, *,
                     device: bytes | str | None = None, hub_eui: bytes | str | None = None,
                     detail: dict | None = None, outcome: str | None = None,
-                    code: str | None = None, reason: str | None = None) -> int:
-        """Record a request: accepted (outcome None) or refused at once (its outcome)."""
+                    code: str | None = None, reason: str | None = None,
+                    state: str = "accepted") -> int:
+        """Record a request: accepted (outcome None; `state` accepted, or sent when its WAN
+        message is queued in the same transaction) or refused at once (its outcome)."""
         now = self.clock()
         done = outcome is not None
+        if state not in ("accepted", "sent"):
+            raise ValueError("bad request state %r" % state)
         with self.tx() as c:
             cur = c.execute(
                 "INSERT INTO requests (request_id, user, counter, srv, device, hub_eui, detail, "
@@ -735,7 +747,7 @@ class DccStore(sqlitedb.Closing):
                 (request_id, eui_hex(user), counter, srv,
                  eui_hex(device) if device is not None else None,
                  eui_hex(hub_eui) if hub_eui is not None else None,
-                 json.dumps(detail or {}, sort_keys=True), "done" if done else "accepted",
+                 json.dumps(detail or {}, sort_keys=True), "done" if done else state,
                  code, outcome, reason, now, now, now if done else None))
             return int(cur.lastrowid or 0)
 
@@ -805,13 +817,24 @@ class DccStore(sqlitedb.Closing):
         """Append a DCC -> CH message; its id (set into the stored body as "id")."""
         hub = eui_hex(hub_eui)
         with self.tx() as c:
-            cur = c.execute("INSERT INTO wan_out (hub_eui, request, body, created) "
-                            "VALUES (?, ?, '{}', ?)", (hub, request, self.clock()))
-            mid = int(cur.lastrowid or 0)
-            body = dict(msg)
-            body["id"] = mid
-            c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
-                      (json.dumps(body, sort_keys=True), mid))
+            if self.postgres:
+                # one round trip: the id drawn first, then written into the body's text
+                rest = json.dumps({k: v for k, v in msg.items() if k != "id"},
+                                  sort_keys=True)[1:]
+                mid = int(c.execute(
+                    "INSERT INTO wan_out (id, hub_eui, request, body, created) SELECT n.id, "
+                    "?, ?, '{\"id\": ' || n.id || CASE WHEN ? = '}' THEN '' ELSE ', ' END "
+                    "|| ?, ? FROM (SELECT nextval(pg_get_serial_sequence('wan_out', 'id')) "
+                    "AS id) n RETURNING id", (hub, request, rest, rest, self.clock())
+                ).fetchone()[0])
+            else:
+                cur = c.execute("INSERT INTO wan_out (hub_eui, request, body, created) "
+                                "VALUES (?, ?, '{}', ?)", (hub, request, self.clock()))
+                mid = int(cur.lastrowid or 0)
+                body = dict(msg)
+                body["id"] = mid
+                c.execute("UPDATE wan_out SET body = ? WHERE id = ?",
+                          (json.dumps(body, sort_keys=True), mid))
             c.execute("INSERT OR IGNORE INTO wan_leases (hub_eui) VALUES (?)", (hub,))
         return mid
 
