@@ -329,7 +329,8 @@ def main(argv=None) -> int:
             try:
                 dcc_proc = start(["dcc", "serve", "--db", str(dcc.db), "--pki",
                                   str(dcc.pki_dir), "--listen", "127.0.0.1:0",
-                                  "--no-campaigns"] + (["--wan", wan_url] if wan_url else []),
+                                  "--no-campaigns", "--wan-heartbeat", "120"]
+                                 + (["--wan", wan_url] if wan_url else []),
                                  dlog, "serving on http://", 30)
             except Exception:
                 if nats is not None:

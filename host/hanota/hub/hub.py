@@ -268,10 +268,14 @@ class Hub:
             except Exception:  # a bug must not stop the hub; it is logged
                 log.exception("hub tick")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), self.pause_s())
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def pause_s(self) -> float:
+        """Seconds the scheduling loop waits for a wake() after a pass."""
+        return self.options.poll_interval
 
     async def tick(self) -> None:
         """One pass of the scheduler (the loop calls it; tests may too)."""
