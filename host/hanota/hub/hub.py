@@ -322,7 +322,8 @@ class Hub:
             self.db.set_meta("serve", json.dumps({
                 "pid": os.getpid(), "hub": self.hub_eui, "at": now, "stopped": False,
                 "udp": "%s:%d" % self.udp_address if self.udp_address else None,
-                "serial": self.serial_names, "max_in_flight": self.options.max_in_flight}))
+                "serial": self.serial_names, "max_in_flight": self.options.max_in_flight,
+                "every": self.options.heartbeat_interval}))
 
     def _persist_devices(self) -> None:
         """Fold the counter journal and what the server heard into the devices table, then
