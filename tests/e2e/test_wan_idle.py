@@ -197,3 +197,26 @@ def test_quiet_comms_hub_reports_at_once(tmp_path):
         await w.until(lambda: all(r[0] is not None for r in w.hub.db.all(
             "SELECT acked FROM ch_wan_out")), "every CH message acknowledged")
     run(tmp_path, body)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_uri")
+    return str(tmp_path / "dcc.db")
+
+
+def test_store_wan_new_on_sqlite_and_postgresql(db_target):
+    """The watcher's query: every message above the watermark (acknowledged or not, with its
+    hub), at most `limit` of them, and the missing ids it is asked for again."""
+    with DccStore(db_target) as store:
+        top = int(store.one("SELECT coalesce(max(id), 0) FROM wan_out")[0])
+        a = store.wan_queue(bytes.fromhex(HUB_A), {"type": "read_version"})
+        b = store.wan_queue(bytes.fromhex(HUB_B), {"type": "read_version"})
+        c = store.wan_queue(bytes.fromhex(HUB_A), {"type": "read_version"})
+        assert store.wan_acked(bytes.fromhex(HUB_A), a)
+        assert store.wan_new(top) == [(a, HUB_A, True), (b, HUB_B, False),
+                                      (c, HUB_A, False)]
+        assert store.wan_new(top, limit=1) == [(a, HUB_A, True)]
+        assert store.wan_new(c) == []
+        assert store.wan_new(c, also=[b, c + 1000]) == [(b, HUB_B, False)]
