@@ -236,8 +236,8 @@ class WanEndpoint:
             woken.add(hub)
             self._wake[hub].set()
         top = max(ids, default=self._seen)
-        if top > self._seen:
-            for mid in range(self._seen + 1, top):
+        if top > self._seen:  # the ids skipped below the new top (the last MAX_GAPS only)
+            for mid in range(max(self._seen + 1, top - len(ids) - MAX_GAPS), top):
                 if mid not in ids:
                     self._gaps[mid] = now
             self._seen = top
