@@ -199,13 +199,14 @@ async def post_all(url: str, xmls: list[bytes], concurrency: int = 8) -> list[st
 
 def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fleet: int,
              idle: float, wave: bool, poll: float, log, wan_url: str | None = None,
-             broker: subprocess.Popen | None = None, procs: int = 1) -> dict:
+             broker: subprocess.Popen | None = None, procs: int = 1,
+             quiet: float = 300.0) -> dict:
     from hanota.fleet import plan as fp
 
     plan = fp.FleetPlan(n, k, fleet=fleet)
     t = time.monotonic()
     dcc.register(plan)
-    r: dict = {"premises": n, "devices": n * k, "poll": poll, "procs": procs,
+    r: dict = {"premises": n, "devices": n * k, "poll": poll, "procs": procs, "quiet": quiet,
                "wan": "nats" if wan_url else "websocket",
                "register_s": round(time.monotonic() - t, 1)}
     logf = dcc.tmp / ("sim-%d-%s.log" % (n, poll))
@@ -213,7 +214,7 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
     sim = start(["fleet", "sim", "--premises", str(n), "--devices", str(k), "--fleet",
                  str(fleet), "--dcc", wan_url or url, "--dir", str(dcc.tmp / ("fleet-%d" % fleet)),
                  "--poll", str(poll), "--report", "0", "--start-rate", "0", "--json",
-                 "--procs", str(procs)],
+                 "--procs", str(procs), "--quiet", str(quiet)],
                 logf, "fleet connected", timeout=60 + n * 0.2, count=procs)
     r["connected_s"] = round(time.monotonic() - t0, 1)
     m = re.search(r"in ([\d.]+) s", logf.read_text())
@@ -288,10 +289,10 @@ def write_md(path: Path, res: dict) -> None:
          "same machine; each premises is a Comms Hub (its own SQLite database, WAN connection "
          "and in-process HAN) with %d simulated devices (roles ppmid, hcalcs, althan in turn); "
          "`--poll` is a busy hub's scheduler pass (`fleet sim --poll`; an idle hub passes when "
-         "woken or every `--quiet`, 60 s by default). Idle: every hub on the WAN, nothing to do, "
-         "over %g s." % (res["command"], res["date"], res["machine"],
+         "woken or every `--quiet` seconds, %g here). Idle: every hub on the WAN, nothing to "
+         "do, over %g s." % (res["command"], res["date"], res["machine"],
                                              os.cpu_count(), platform.python_version(),
-                                             res["devices"], res["idle"]), "",
+                                             res["devices"], res.get("quiet", 300.0), res["idle"]), "",
          "| WAN | premises | devices | procs | --poll (s) | all hubs on the WAN (s) | idle CPU, "
          "sim (% of a core) | idle CPU, DCC | idle CPU, nats-server | RSS (MB) | RSS per "
          "premises (KB) | fds |",
@@ -337,6 +338,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nats-sizes", default="250",
                     help="premises per run with the WAN on NATS JetStream ('' for none)")
     ap.add_argument("--nats-polls", default="10", help="fleet sim --poll values with NATS")
+    ap.add_argument("--quiet", type=float, default=300.0,
+                    help="fleet sim --quiet: an idle hub's own pass, seconds")
     ap.add_argument("--procs", type=int, default=1,
                     help="fleet sim --procs (its CPU, memory and fds are summed over them)")
     ap.add_argument("--notes", help="a file whose text goes at the end of the results")
@@ -350,7 +353,7 @@ def main(argv=None) -> int:
     res = {"command": "python -m bench.fleet " + " ".join(argv if argv is not None
                                                           else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": platform.machine(), "devices": a.devices, "idle": a.idle, "sizes": []}
+           "machine": platform.machine(), "devices": a.devices, "idle": a.idle, "quiet": a.quiet, "sizes": []}
     if a.notes:
         res["notes"] = Path(a.notes).read_text().rstrip().splitlines()
     polls = [float(x) for x in a.polls.split(",") if x.strip()]
@@ -386,7 +389,8 @@ def main(argv=None) -> int:
                     try:
                         res["sizes"].append(one_size(dcc, dcc_proc, url, n, a.devices, fleet,
                                                      a.idle, a.wave and n <= a.wave, poll, log,
-                                                     wan_url, broker, a.procs))
+                                                     wan_url, broker, a.procs,
+                                                     a.quiet))
                     except Exception as e:  # noqa: BLE001 - recorded; the next size runs
                         log("  FAILED: %s" % e)
                         res["sizes"].append({"premises": n, "devices": n * a.devices,

@@ -146,7 +146,7 @@ def register_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, su
 @click.option("--poll", type=click.FloatRange(0.05), default=2.0, show_default=True,
               help="Seconds between a busy hub's scheduler passes (while it has an open "
                    "request or a transfer): an outcome reaches the DCC within about this.")
-@click.option("--quiet", type=click.FloatRange(1), default=60.0, show_default=True,
+@click.option("--quiet", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Seconds between an idle hub's own passes (scheduler, WAN outbox and "
                    "work) when nothing woke it: a DCC message, an outcome or alert and a "
                    "queued WAN message wake a hub at once; this pass only notices what "

@@ -54,7 +54,7 @@ class SimConfig:
     start_rate: float = 200.0  # premises started per second (a reconnect storm is not a test)
     max_in_flight: int = 2
     wan_token: str | None = None
-    quiet: float = 60.0  # an idle hub's fallback pass (scheduler, WAN), seconds
+    quiet: float = 300.0  # an idle hub's fallback pass (scheduler, WAN), seconds
     wan_heartbeat: float | None = 120.0  # the hubs' websocket pings, seconds (None: none)
 
 
@@ -139,7 +139,7 @@ def _sim_hub_class():
     from ..hub.hub import Hub
 
     class SimHub(Hub):
-        quiet = 60.0
+        quiet = 300.0
         _busy = True
 
         def pause_s(self) -> float:
