@@ -39,27 +39,62 @@ HANOTA = [sys.executable, "-c", "from hanota.cli import main; main()"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def tree(pid: int) -> list[int]:
+    """pid and its living descendants (a `fleet sim --procs P`'s children)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path("/proc/%s/stat" % d).read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def _each(pid: int, fn) -> float:
+    total = 0.0
+    for p in tree(pid):
+        try:
+            total += fn(p)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
 def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process pid and its children that have exited."""
-    f = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TICK
+    """CPU seconds (user + system) of process pid, its living descendants, and the children
+    they waited for."""
+    def one(p: int) -> float:
+        f = Path("/proc/%d/stat" % p).read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TICK
+    return _each(pid, one)
 
 
 def proc_rss_mb(pid: int) -> float:
-    m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/%d/status" % pid).read_text())
-    return int(m.group(1)) / 1024 if m else 0.0
+    def one(p: int) -> float:
+        m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/%d/status" % p).read_text())
+        return int(m.group(1)) / 1024 if m else 0.0
+    return _each(pid, one)
 
 
 def proc_fds(pid: int) -> int:
-    return len(os.listdir("/proc/%d/fd" % pid))
+    return int(_each(pid, lambda p: len(os.listdir("/proc/%d/fd" % p))))
 
 
-def start(args: list[str], log: Path, ready: str, timeout: float) -> subprocess.Popen:
+def start(args: list[str], log: Path, ready: str, timeout: float,
+          count: int = 1) -> subprocess.Popen:
+    """Start a hanota command; return once its log shows `ready` `count` times."""
     with open(log, "w") as f:
         p = subprocess.Popen([*HANOTA, *args], stdout=f, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL)
     end = time.monotonic() + timeout
-    while ready not in log.read_text():
+    while log.read_text().count(ready) < count:
         if p.poll() is not None or time.monotonic() > end:
             p.kill()
             raise RuntimeError("%s: %s not seen: %s" % (args[:2], ready, log.read_text()[-2000:]))
@@ -164,21 +199,23 @@ async def post_all(url: str, xmls: list[bytes], concurrency: int = 8) -> list[st
 
 def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fleet: int,
              idle: float, wave: bool, poll: float, log, wan_url: str | None = None,
-             broker: subprocess.Popen | None = None) -> dict:
+             broker: subprocess.Popen | None = None, procs: int = 1,
+             quiet: float = 300.0) -> dict:
     from hanota.fleet import plan as fp
 
     plan = fp.FleetPlan(n, k, fleet=fleet)
     t = time.monotonic()
     dcc.register(plan)
-    r: dict = {"premises": n, "devices": n * k, "poll": poll,
+    r: dict = {"premises": n, "devices": n * k, "poll": poll, "procs": procs, "quiet": quiet,
                "wan": "nats" if wan_url else "websocket",
                "register_s": round(time.monotonic() - t, 1)}
     logf = dcc.tmp / ("sim-%d-%s.log" % (n, poll))
     t0 = time.monotonic()
     sim = start(["fleet", "sim", "--premises", str(n), "--devices", str(k), "--fleet",
                  str(fleet), "--dcc", wan_url or url, "--dir", str(dcc.tmp / ("fleet-%d" % fleet)),
-                 "--poll", str(poll), "--report", "0", "--start-rate", "0", "--json"],
-                logf, "fleet connected", timeout=60 + n * 0.2)
+                 "--poll", str(poll), "--report", "0", "--start-rate", "0", "--json",
+                 "--procs", str(procs), "--quiet", str(quiet)],
+                logf, "fleet connected", timeout=60 + n * 0.2, count=procs)
     r["connected_s"] = round(time.monotonic() - t0, 1)
     m = re.search(r"in ([\d.]+) s", logf.read_text())
     r["started_s"] = float(m.group(1)) if m else None
@@ -246,21 +283,24 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
 def write_md(path: Path, res: dict) -> None:
     L = ["# Fleet simulator: one process's capacity", "",
          "Written by `%s` on %s (%s, %d cores, Python %s). One `hanota fleet sim` process "
-         "(one event loop) against one `hanota dcc serve` (SQLite; the WAN on its websocket or on "
-         "NATS JetStream, `--wan nats://`, with a nats-server of the bench's own) on the same "
-         "machine; each premises is a Comms Hub (its own SQLite database, WAN connection and "
-         "in-process HAN) with %d simulated devices (roles ppmid, hcalcs, althan in turn); "
-         "`--poll` is the hubs' database poll (`fleet sim --poll`). Idle: every hub on the "
-         "WAN, nothing to do, over %g s." % (res["command"], res["date"], res["machine"],
+         "(one event loop; `procs` > 1: `fleet sim --procs`, figures summed over its processes) "
+         "against one `hanota dcc serve --wan-heartbeat 120` (SQLite; the WAN on its websocket "
+         "or on NATS JetStream, `--wan nats://`, with a nats-server of the bench's own) on the "
+         "same machine; each premises is a Comms Hub (its own SQLite database, WAN connection "
+         "and in-process HAN) with %d simulated devices (roles ppmid, hcalcs, althan in turn); "
+         "`--poll` is a busy hub's scheduler pass (`fleet sim --poll`; an idle hub passes when "
+         "woken or every `--quiet` seconds, %g here). Idle: every hub on the WAN, nothing to "
+         "do, over %g s." % (res["command"], res["date"], res["machine"],
                                              os.cpu_count(), platform.python_version(),
-                                             res["devices"], res["idle"]), "",
-         "| WAN | premises | devices | --poll (s) | all hubs on the WAN (s) | idle CPU, sim (% "
-         "of a core) | idle CPU, DCC | idle CPU, nats-server | RSS (MB) | RSS per premises (KB) "
-         "| fds |",
-         "|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                                             res["devices"], res.get("quiet", 300.0), res["idle"]), "",
+         "| WAN | premises | devices | procs | --poll (s) | all hubs on the WAN (s) | idle CPU, "
+         "sim (% of a core) | idle CPU, DCC | idle CPU, nats-server | RSS (MB) | RSS per "
+         "premises (KB) | fds |",
+         "|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["sizes"]:
-        L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r.get("wan", "websocket"), r["premises"], r["devices"], r.get("poll"),
+        L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r.get("wan", "websocket"), r["premises"], r["devices"], r.get("procs", 1),
+            r.get("poll"),
             r.get("connected_s"), r.get("idle_cpu_pct"), r.get("idle_dcc_cpu_pct"),
             r.get("idle_broker_cpu_pct", "-"),
             r.get("rss_mb"), r.get("rss_kb_per_premises"),
@@ -298,6 +338,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nats-sizes", default="250",
                     help="premises per run with the WAN on NATS JetStream ('' for none)")
     ap.add_argument("--nats-polls", default="10", help="fleet sim --poll values with NATS")
+    ap.add_argument("--quiet", type=float, default=300.0,
+                    help="fleet sim --quiet: an idle hub's own pass, seconds")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="fleet sim --procs (its CPU, memory and fds are summed over them)")
     ap.add_argument("--notes", help="a file whose text goes at the end of the results")
     ap.add_argument("--out", default=str(HERE / "FLEET.md"))
     ap.add_argument("--json", help="also write the figures as JSON here")
@@ -309,7 +353,7 @@ def main(argv=None) -> int:
     res = {"command": "python -m bench.fleet " + " ".join(argv if argv is not None
                                                           else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": platform.machine(), "devices": a.devices, "idle": a.idle, "sizes": []}
+           "machine": platform.machine(), "devices": a.devices, "idle": a.idle, "quiet": a.quiet, "sizes": []}
     if a.notes:
         res["notes"] = Path(a.notes).read_text().rstrip().splitlines()
     polls = [float(x) for x in a.polls.split(",") if x.strip()]
@@ -329,7 +373,8 @@ def main(argv=None) -> int:
             try:
                 dcc_proc = start(["dcc", "serve", "--db", str(dcc.db), "--pki",
                                   str(dcc.pki_dir), "--listen", "127.0.0.1:0",
-                                  "--no-campaigns"] + (["--wan", wan_url] if wan_url else []),
+                                  "--no-campaigns", "--wan-heartbeat", "120"]
+                                 + (["--wan", wan_url] if wan_url else []),
                                  dlog, "serving on http://", 30)
             except Exception:
                 if nats is not None:
@@ -344,7 +389,8 @@ def main(argv=None) -> int:
                     try:
                         res["sizes"].append(one_size(dcc, dcc_proc, url, n, a.devices, fleet,
                                                      a.idle, a.wave and n <= a.wave, poll, log,
-                                                     wan_url, broker))
+                                                     wan_url, broker, a.procs,
+                                                     a.quiet))
                     except Exception as e:  # noqa: BLE001 - recorded; the next size runs
                         log("  FAILED: %s" % e)
                         res["sizes"].append({"premises": n, "devices": n * a.devices,

@@ -271,7 +271,8 @@ class Run:
 
     def _worker(self, i: int) -> subprocess.Popen:
         args = ["dcc", "serve", "--db", self.db, "--pki", str(self.pki_dir), "--listen",
-                "127.0.0.1:0", "--worker", "w%d" % i]
+                "127.0.0.1:0", "--worker", "w%d" % i,
+                "--wan-heartbeat", "120"]  # thousands of hubs: pings every 10 s cost a core
         if self.wan == "nats":
             args += ["--wan", self.servers["nats"].url]
         log = self.tmp / ("dcc-%d.log" % i)

@@ -15,6 +15,7 @@ import click
 from ..clitypes import domain_errors
 from .cli import dcc, duis
 from .http import DuisClient, open_dcc, wan_secret
+from .wan import HEARTBEAT
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -30,7 +31,8 @@ def _listen(text: str) -> tuple[str, int]:
 
 async def _serve(service: Any, host: str, port: int, max_body: int | None,
                  wan_auth: bool, wan_url: str | None = None, worker: str | None = None,
-                 campaigns: bool = True, response_timeout: float | None = None) -> None:
+                 campaigns: bool = True, response_timeout: float | None = None,
+                 wan_heartbeat: float = HEARTBEAT) -> None:
     from .campaign import CampaignThread
     from .http import DccHttp
 
@@ -40,7 +42,7 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
         loop.add_signal_handler(sig, stop.set)
     server = DccHttp(service, max_body=max_body,
                      wan_secret=wan_secret(service.store) if wan_auth else None,
-                     wan_url=wan_url, worker=worker)
+                     wan_url=wan_url, worker=worker, wan_heartbeat=wan_heartbeat or None)
     h, p = await server.start(host, port)
     # the campaign driver: a thread with its own database connection (campaign.py)
     # (and the response deadline of every request, --response-timeout)
@@ -84,6 +86,12 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
               help="Largest DUIS request accepted (default: the DUIS parser's limit, 16 MiB).")
 @click.option("--wan-auth", is_flag=True,
               help="Comms Hubs must present their token (hanota dcc wan-token --hub EUI).")
+@click.option("--wan-heartbeat", type=click.FloatRange(0), default=HEARTBEAT,
+              show_default=True, metavar="SECONDS",
+              help="Seconds between the websocket pings that find a dead Comms Hub "
+                   "connection (a hub that stops answering is dropped after 1.5 times "
+                   "this; 0: no pings, the hubs' own pings still check it). Each ping costs "
+                   "a little CPU per connected hub: a fleet of thousands wants 60 or more.")
 @click.option("--campaigns/--no-campaigns", default=True, show_default=True,
               help="Drive the firmware campaigns in the database (hanota campaign create); "
                    "any number of workers share them.")
@@ -96,8 +104,8 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="warning", show_default=True)
 @domain_errors
-def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, campaigns,
-              response_timeout, log_level):
+def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, wan_heartbeat,
+              campaigns, response_timeout, log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
     /api/v1/subscribe), the WAN the Comms Hubs (hanota hub serve) dial, and the firmware
@@ -114,7 +122,7 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, cam
     service = open_dcc(db_path, pki_dir)
     try:
         asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker,
-                           campaigns, response_timeout))
+                           campaigns, response_timeout, wan_heartbeat))
     finally:
         service.store.close()
 

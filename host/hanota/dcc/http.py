@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from ..errors import HanotaError
-from .wan import WanEndpoint, WanError, eui_hex
+from .wan import HEARTBEAT, WanEndpoint, WanError, eui_hex
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ class DccHttp:
     def __init__(self, dcc: Any, *, max_body: int | None = None, wan_poll: float = 0.5,
                  push_poll: float = 1.0, push_backoff: tuple[float, float] = PUSH_BACKOFF,
                  wan_secret: bytes | None = None, wan_url: str | None = None,
-                 worker: str | None = None):
+                 worker: str | None = None, wan_heartbeat: float | None = HEARTBEAT):
         self.dcc = dcc
         self.max_body = max_body if max_body is not None else _max_body_default()
-        self.wan = WanEndpoint(dcc, poll=wan_poll, secret=wan_secret)
+        self.wan = WanEndpoint(dcc, poll=wan_poll, secret=wan_secret, heartbeat=wan_heartbeat)
         self.wan.on_received = lambda: self._push_wake.set()
         self.nats = None  # the WAN on NATS JetStream (wan_nats.py), with wan_url nats://...
         if wan_url is not None:
@@ -186,6 +186,7 @@ class DccHttp:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.wan.close()
 
     # -- DUIS requests
 

@@ -38,7 +38,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import sqlitedb
 from ..errors import HanotaError
@@ -888,6 +888,20 @@ class DccStore(sqlitedb.Closing):
         return [json.loads(r[0]) for r in self.all(
             "SELECT body FROM wan_out WHERE hub_eui = ? AND id > ? AND acked IS NULL "
             "ORDER BY id", (eui_hex(hub_eui), after))]
+
+    def wan_new(self, after: int, also: Iterable[int] = (), limit: int = 5000
+                ) -> list[tuple[int, str, bool]]:
+        """(id, hub EUI, acknowledged) of the WAN messages with ids above `after` (at most
+        `limit` of them, in id order), and of those among `also` (ids found missing below it
+        earlier: another process's transaction may commit an id after a later one): how a
+        WAN endpoint learns with one query which hubs have new messages."""
+        also = sorted({int(i) for i in also})
+        rows = self.all("SELECT id, hub_eui, acked FROM wan_out WHERE id > ? ORDER BY id "
+                        "LIMIT ?", (int(after), int(limit)))
+        if also:
+            rows = list(self.all("SELECT id, hub_eui, acked FROM wan_out WHERE id IN (%s)"
+                                 % ",".join("?" * len(also)), tuple(also))) + list(rows)
+        return [(int(r[0]), str(r[1]), r[2] is not None) for r in rows]
 
     def wan_acked(self, hub_eui: bytes | str, msg_id: int) -> bool:
         """Mark a message acknowledged by its hub; False if it was already (or is not

@@ -71,6 +71,10 @@ CH_OUTCOMES = ("prenotified", "joined", "join_failed", "unjoined", "unjoin_faile
 MAX_MESSAGE = 64 << 20  # an update_firmware carries the whole image, base64
 HEARTBEAT = 10.0  # websocket pings, seconds
 SWITCH_DRAIN = 5.0  # seconds the old identity waits for its last messages' acks
+RESWEEP = 120.0  # seconds between a DCC connection's own looks at its hub's outbox
+GAP_WAIT = 120.0  # seconds the DCC's watcher keeps looking for an id missing below the top
+MAX_GAPS = 1000  # ids the watcher keeps looking for at most
+WAKE_EVENTS = ("outcome", "alert", "swap_out", "gbcs_alert")  # hub events collect() reports
 
 
 class WanError(HanotaError):
@@ -136,23 +140,114 @@ class WanEndpoint:
     `wan_outbox`, `wan_acked`, `wan_received`, all keyed by the hub's EUI as 8 bytes).
 
     `handle` is the aiohttp handler of `/wan/{eui}`. `notify(hub)` (or `notify()` for all)
-    makes the connections look for new outbox messages now (after a submission); they also
-    look every `poll` seconds (a submission by another process)."""
+    makes the connections look for new outbox messages now (after a submission). Messages
+    queued by another process (another worker, `hanota dcc submit`) are found by ONE watcher
+    per endpoint: every `poll` seconds a single query for the messages with ids above the
+    highest it has seen (and for ids it found missing below that, which a transaction that
+    took its id earlier may still commit: they are looked for again for `gap_wait` seconds),
+    which wakes only the connections of hubs with something new. A connection's sender
+    otherwise sleeps on its event, looking at its hub's outbox by itself only every `resweep`
+    seconds (belt and braces). A new connection sends every unacknowledged message at once.
+    `heartbeat`: seconds between the websocket pings that find dead connections (None or 0:
+    none; a hub's own pings keep its connection checked too)."""
 
-    def __init__(self, dcc: Any, *, poll: float = 0.5, secret: bytes | None = None):
+    def __init__(self, dcc: Any, *, poll: float = 0.5, secret: bytes | None = None,
+                 heartbeat: float | None = HEARTBEAT, resweep: float = RESWEEP,
+                 gap_wait: float = GAP_WAIT):
         self.dcc = dcc
         self.poll = poll
         self.secret = secret  # None: no authentication of the hubs
+        self.heartbeat = heartbeat or None
+        self.resweep = max(resweep, poll)
+        self.gap_wait = gap_wait
         self._wake: dict[str, asyncio.Event] = {}
         self._conns: dict[str, Any] = {}
+        self._sent: dict[str, set[int]] = {}  # per connected hub: ids sent, not acked
+        self._rewind: dict[str, int] = {}  # hub -> look from this id up (an id below the top)
         self.connected: set[str] = set()
         self.on_received: Any = None  # called after a CH message is taken (push responses)
         self._replacements: set[tuple[str, str]] = set()  # swap-outs already reported
+        store = getattr(dcc, "store", None)
+        self._new = getattr(store, "wan_new", None)  # None: each connection polls (old way)
+        self._seen: int | None = None  # the watcher's watermark (None: not started)
+        self._gaps: dict[int, float] = {}  # ids missing below the watermark -> when found
+        self._watcher: asyncio.Task | None = None
+        self.watch_passes = 0  # how many queries the watcher made (tests, benchmarks)
 
     def notify(self, hub: str | None = None) -> None:
         for h, ev in list(self._wake.items()):
             if hub is None or h == hub:
                 ev.set()
+
+    async def close(self) -> None:
+        """Stop the watcher (the server's shutdown closes the connections)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+
+    # -- the watcher: which connected hubs have new messages, one query per poll
+
+    def _top(self) -> int:
+        return int(self.dcc.store.one("SELECT coalesce(max(id), 0) FROM wan_out")[0])
+
+    def _start_watcher(self) -> None:
+        """Start the watcher with a hub's first connection. Its watermark is read before
+        that connection's sender reads the outbox, so nothing falls between the two."""
+        if self._new is None or (self._watcher is not None and not self._watcher.done()):
+            return
+        if self._seen is None:
+            try:
+                self._seen = self._top()
+            except HanotaError as e:  # the watcher's first pass tries again
+                log.warning("WAN watcher: %s", e)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self._conns:
+            try:
+                self.watch_once()
+            except HanotaError as e:  # the database away: the next pass tries again
+                log.warning("WAN watcher: %s", e)
+            except Exception:  # a bug must not stop the deliveries; it is logged
+                log.exception("WAN watcher")
+            await asyncio.sleep(self.poll)
+        self._watcher = None
+
+    def watch_once(self, now: float | None = None) -> set[str]:
+        """One pass of the watcher: wake the connected hubs with messages above what was
+        sent on their connection; the hubs woken."""
+        now = asyncio.get_running_loop().time() if now is None else now
+        if self._seen is None:
+            self._seen = self._top()
+            return set()
+        rows = self._new(self._seen, self._gaps.keys())
+        self.watch_passes += 1
+        woken: set[str] = set()
+        ids = set()
+        for mid, hub, acked in rows:
+            ids.add(mid)
+            self._gaps.pop(mid, None)
+            sent = self._sent.get(hub)
+            if acked or sent is None or mid in sent:
+                continue  # done, no connection here, or already on its way
+            # the sender looks from below this id (it may be below what it sent already)
+            self._rewind[hub] = min(self._rewind.get(hub, mid), mid)
+            woken.add(hub)
+            self._wake[hub].set()
+        top = max(ids, default=self._seen)
+        if top > self._seen:  # the ids skipped below the new top (the last MAX_GAPS only)
+            for mid in range(max(self._seen + 1, top - len(ids) - MAX_GAPS), top):
+                if mid not in ids:
+                    self._gaps[mid] = now
+            self._seen = top
+        for mid, since in list(self._gaps.items()):
+            if now - since > self.gap_wait:  # rolled back, never to come
+                del self._gaps[mid]
+        if len(self._gaps) > MAX_GAPS:  # the oldest give way; `resweep` still finds them
+            for mid in sorted(self._gaps)[:len(self._gaps) - MAX_GAPS]:
+                del self._gaps[mid]
+        return woken
 
     async def handle(self, request):
         from aiohttp import WSMsgType, web
@@ -169,7 +264,7 @@ class WanEndpoint:
                             else "no token")
                 raise web.HTTPUnauthorized(text="the WAN path of hub %s needs its token "
                                            "(hanota dcc wan-token --hub %s)" % (hub, hub))
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE)
+        ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=MAX_MESSAGE)
         await ws.prepare(request)
         old = self._conns.get(hub)
         if old is not None:  # the hub reconnected: its old connection is dead
@@ -178,6 +273,9 @@ class WanEndpoint:
         wake = self._wake[hub] = asyncio.Event()
         key = bytes.fromhex(hub)
         self.connected.add(hub)
+        self._sent[hub] = set()
+        self._rewind.pop(hub, None)
+        self._start_watcher()
         log.info("Comms Hub %s connected", hub)
         sender = asyncio.get_running_loop().create_task(self._send(ws, hub, key, wake))
         try:
@@ -193,7 +291,8 @@ class WanEndpoint:
                     self._hello(hub, msg)
                 elif "ack" in msg:
                     self.dcc.wan_acked(key, msg["ack"])
-                    wake.set()
+                    if self._conns.get(hub) is ws:
+                        self._sent[hub].discard(msg["ack"])
                 elif "id" in msg:
                     try:
                         self.dcc.wan_received(key, msg)
@@ -218,6 +317,8 @@ class WanEndpoint:
             if self._conns.get(hub) is ws:
                 del self._conns[hub]
                 self._wake.pop(hub, None)
+                self._sent.pop(hub, None)
+                self._rewind.pop(hub, None)
                 self.connected.discard(hub)
             log.info("Comms Hub %s disconnected", hub)
         return ws
@@ -252,16 +353,28 @@ class WanEndpoint:
 
     async def _send(self, ws, hub: str, key: bytes, wake: asyncio.Event) -> None:
         sent = 0  # on a new connection every unacknowledged message goes again
+        # woken by notify() or the watcher; without a watcher it looks every poll
+        idle = self.poll if self._new is None else self.resweep
+        ids = self._sent.get(hub, set())  # sent on this connection, not acknowledged
+        swept = False  # a pass on its own: the whole outbox (what is not on its way yet)
         try:
             while not ws.closed:
                 wake.clear()
-                for msg in self.dcc.wan_outbox(key, after=sent):
+                after = 0 if swept else sent
+                if self._conns.get(hub) is ws and hub in self._rewind:
+                    after = min(after, self._rewind.pop(hub) - 1)
+                for msg in self.dcc.wan_outbox(key, after=after):
+                    mid = int(msg["id"])
+                    if mid in ids:
+                        continue
+                    ids.add(mid)
                     await ws.send_str(encode(msg))
-                    sent = max(sent, int(msg["id"]))
+                    sent = max(sent, mid)
                 try:
-                    await asyncio.wait_for(wake.wait(), self.poll)
+                    await asyncio.wait_for(wake.wait(), idle)
+                    swept = False
                 except asyncio.TimeoutError:
-                    pass
+                    swept = self._new is not None
         except (ConnectionError, RuntimeError) as e:  # closing under us
             log.info("Comms Hub %s: sending stopped: %s", hub, e)
 
@@ -297,6 +410,7 @@ class ChStore:
 
     def __init__(self, db):
         self.db = db
+        self.on_queue: Any = None  # called when an outbox message is queued
         with db.tx() as c:
             for stmt in _CH_SCHEMA.split(";"):
                 if stmt.strip():
@@ -321,6 +435,8 @@ class ChStore:
             mid = int(cur.lastrowid)
             body = dict(msg, id=mid)
             c.execute("UPDATE ch_wan_out SET body = ? WHERE id = ?", (encode(body), mid))
+        if self.on_queue is not None:
+            self.on_queue()
         return mid
 
     def outbox(self, after: int = 0) -> list[dict]:
@@ -358,11 +474,19 @@ class CommsHubWan:
     - `work()` applies stored DCC messages to the hub, in id order, each in one transaction
       with its bookkeeping (`apply`), and turns the hub's outcomes and activation alerts into
       outbox messages (`collect`). It runs whether or not the WAN is up.
+
+    Both run when something wakes them: a DCC message stored, an outcome or alert the hub
+    records (`WAKE_EVENTS`, by the hub database's listeners), a message queued in the
+    outbox; and otherwise every `quiet` seconds (None: every `poll`, the interactive hub's
+    pace; the fleet simulator gives a long one), which also notices what another process
+    did to the hub's database (`hanota hub swap-out`). `heartbeat`: seconds between the
+    websocket pings that find a dead connection (None or 0: none).
     """
 
     def __init__(self, hub, dcc_url: str, *, premises: str | None = None,
                  poll: float = 0.2, backoff: tuple[float, float] = (0.2, 5.0),
-                 token: str | None = None):
+                 token: str | None = None, quiet: float | None = None,
+                 heartbeat: float | None = HEARTBEAT):
         if not dcc_url.startswith(("http://", "https://")):
             raise WanError("the DCC's URL %r: give http://HOST:PORT (hanota dcc serve's "
                            "address)" % dcc_url, reason="usage")
@@ -371,11 +495,14 @@ class CommsHubWan:
         self.premises = premises
         self.token = token
         self.poll = poll
+        self.quiet = quiet
+        self.heartbeat = heartbeat
         self.backoff = backoff
         self.store: ChStore | None = None
         self.connected = asyncio.Event()
         self.connections = 0
         self._wake = asyncio.Event()
+        self._out = asyncio.Event()  # an outbox message was queued
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
@@ -384,6 +511,8 @@ class CommsHubWan:
     async def start(self) -> None:
         """Start after the hub has started (its database is open)."""
         self.store = ChStore(self.hub.db)
+        self.store.on_queue = self._out.set
+        self.hub.db.listeners.append(self._on_event)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.run()), loop.create_task(self.work())]
 
@@ -393,9 +522,22 @@ class CommsHubWan:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        try:
+            self.hub.db.listeners.remove(self._on_event)
+        except (AttributeError, ValueError):
+            pass
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _on_event(self, ev: dict) -> None:
+        """The hub recorded an event: the ones `collect()` reports wake the work loop."""
+        if ev.get("kind") in WAKE_EVENTS:
+            self._wake.set()
+
+    def _idle(self) -> float:
+        """Seconds a loop waits when nothing wakes it."""
+        return self.poll if self.quiet is None else max(self.quiet, self.poll)
 
     # -- the connection
 
@@ -415,7 +557,8 @@ class CommsHubWan:
                 try:
                     headers = {"Authorization": "Bearer " + self.token} if self.token else {}
                     async with session.ws_connect("%s/wan/%s" % (self.url, hub),
-                                                  heartbeat=HEARTBEAT, headers=headers,
+                                                  heartbeat=self.heartbeat or None,
+                                                  headers=headers,
                                                   max_msg_size=MAX_MESSAGE) as ws:
                         delay = self.backoff[0]
                         self.connections += 1
@@ -509,7 +652,12 @@ class CommsHubWan:
                     await asyncio.sleep(self.poll)
                 await ws.close()
                 return
-            await asyncio.sleep(self.poll)
+            # woken by a queued message (collect, an immediate outcome); else a quiet pass
+            try:
+                await asyncio.wait_for(self._out.wait(), self._idle())
+            except asyncio.TimeoutError:
+                pass
+            self._out.clear()
 
     # -- acting on the DCC's messages
 
@@ -520,7 +668,7 @@ class CommsHubWan:
             except Exception:  # a bug must not stop the WAN; it is logged
                 log.exception("WAN work")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                await asyncio.wait_for(self._wake.wait(), self._idle())
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

@@ -144,9 +144,18 @@ def register_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, su
 @click.option("--for", "duration", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after this many seconds (default: at Ctrl-C or SIGTERM).")
 @click.option("--poll", type=click.FloatRange(0.05), default=2.0, show_default=True,
-              help="Seconds between a hub's database polls (scheduler, WAN outbox, stall "
-                   "watchdog): an outcome reaches the DCC within about this; a longer poll "
-                   "costs less CPU per idle hub.")
+              help="Seconds between a busy hub's scheduler passes (while it has an open "
+                   "request or a transfer): an outcome reaches the DCC within about this.")
+@click.option("--quiet", type=click.FloatRange(1), default=300.0, show_default=True,
+              help="Seconds between an idle hub's own passes (scheduler, WAN outbox and "
+                   "work) when nothing woke it: a DCC message, an outcome or alert and a "
+                   "queued WAN message wake a hub at once; this pass only notices what "
+                   "another process changed in a hub's database. Longer costs less CPU per "
+                   "idle hub.")
+@click.option("--wan-heartbeat", type=click.FloatRange(0), default=120.0, show_default=True,
+              help="Seconds between each hub's websocket pings to the DCC (0: none; the "
+                   "DCC's own pings, dcc serve --wan-heartbeat, still check the "
+                   "connections). Not used on NATS.")
 @click.option("--max-in-flight", type=click.IntRange(1), default=2, show_default=True,
               help="Transfers at once per hub.")
 @click.option("--start-rate", type=click.FloatRange(0), default=200.0, show_default=True,
@@ -164,8 +173,8 @@ def register_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, su
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_errors
 def sim_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, dcc_url, procs,
-            workdir, duration, poll, max_in_flight, start_rate, report_every,
-            do_register, suppliers, db_path, as_json):
+            workdir, duration, poll, quiet, wan_heartbeat, max_in_flight, start_rate,
+            report_every, do_register, suppliers, db_path, as_json):
     """Run the fleet's (or this slice's) Comms Hubs with their simulated HAN devices,
     connected to the DCC, answering OTA (download, verify, Upgrade End, activate, alert)
     until --for seconds have passed or it is stopped; then print a summary.
@@ -188,7 +197,8 @@ def sim_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, dcc_url
                    % (r["premises"], r["devices"], r["present"]))
     cfg = sim.SimConfig(plan=plan, lo=lo, hi=hi, dcc_url=url, dir=workdir, suppliers=sup,
                         poll=poll, duration=duration, report=report_every,
-                        start_rate=start_rate, max_in_flight=max_in_flight)
+                        start_rate=start_rate, max_in_flight=max_in_flight, quiet=quiet,
+                        wan_heartbeat=wan_heartbeat or None)
 
     def say(text: str) -> None:
         click.echo(text)

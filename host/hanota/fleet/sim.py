@@ -54,6 +54,8 @@ class SimConfig:
     start_rate: float = 200.0  # premises started per second (a reconnect storm is not a test)
     max_in_flight: int = 2
     wan_token: str | None = None
+    quiet: float = 300.0  # an idle hub's fallback pass (scheduler, WAN), seconds
+    wan_heartbeat: float | None = 120.0  # the hubs' websocket pings, seconds (None: none)
 
 
 # ---------------------------------------------------------------- checking the DCC
@@ -130,59 +132,33 @@ def _raise_fd_limit() -> int:
 
 def _sim_hub_class():
     """`hanota.hub.Hub` whose scheduler pass, while the hub has no open request and no task,
-    only checks that (and saves its heartbeat; device counters every 30 s): a hub's full pass
-    is a dozen queries, and a process holds thousands of idle hubs."""
+    only checks that (and saves its heartbeat and device counters): a hub's full pass is a
+    dozen queries, and a process holds thousands of idle hubs. Such an idle hub passes again
+    only when woken (a DCC message applied: `CommsHubWan.apply` wakes it) or after `quiet`
+    seconds; a busy one every poll."""
     from ..hub.hub import Hub
 
     class SimHub(Hub):
-        _folded = 0.0
+        quiet = 300.0
+        _busy = True
+
+        def pause_s(self) -> float:
+            return self.options.poll_interval if self._busy \
+                else max(self.quiet, self.options.poll_interval)
 
         async def tick(self) -> None:
+            self._busy = True
             if self._tasks or self.server is None \
                     or self.db.one("SELECT 1 FROM requests WHERE outcome IS NULL LIMIT 1") \
                     or self.db.current_hub()["eui"] != self.hub_eui:
-                self._folded = self.clock()
                 await super().tick()
                 return
             if self.server.all_transfers():
                 self._drop_stale_transfers()
-            if self.clock() - self._folded >= 30.0:
-                self._folded = self.clock()
-                self._persist_devices()
+            self._persist_devices()
             self._heartbeat()
+            self._busy = bool(self.server.all_transfers())
     return SimHub
-
-
-WAKE_EVENTS = ("outcome", "alert", "swap_out", "gbcs_alert")  # what the WAN's collect() reports
-QUIET_WORK = 30.0  # seconds between a simulated hub's WAN work passes when nothing woke it
-
-
-def _wan_classes():
-    """The Comms Hub's WAN clients (websocket, NATS) whose work loop runs when woken (a DCC
-    message stored, an outcome or alert the hub recorded: `WAKE_EVENTS`) and otherwise every
-    QUIET_WORK seconds, rather than at every poll."""
-    from ..dcc.wan import CommsHubWan
-    from ..dcc.wan_nats import NatsCommsHubWan
-
-    class QuietWork:
-        async def work(self) -> None:
-            while not self._stopping:
-                try:
-                    self.step()
-                except Exception:  # noqa: BLE001 - as CommsHubWan.work: logged, goes on
-                    log.exception("WAN work")
-                try:
-                    await asyncio.wait_for(self._wake.wait(), QUIET_WORK)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()
-
-    class SimWan(QuietWork, CommsHubWan):
-        pass
-
-    class SimNatsWan(QuietWork, NatsCommsHubWan):
-        pass
-    return SimWan, SimNatsWan
 
 
 class _Premises:
@@ -210,13 +186,13 @@ class FleetProcess:
         self._t0 = 0.0
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
-        self._wan_cls = _wan_classes()
 
     def _hub_options(self):
         from ..hub import HubOptions
 
         return HubOptions(max_in_flight=self.cfg.max_in_flight, poll_interval=self.cfg.poll,
-                          heartbeat_interval=max(30.0, self.cfg.poll), progress_interval=5.0)
+                          heartbeat_interval=max(30.0, self.cfg.poll, self.cfg.quiet),
+                          progress_interval=5.0)
 
     def _prepare_db(self, p: Premises) -> Path:
         """The premises' hub database: its identity and devices as the plan says."""
@@ -246,26 +222,27 @@ class FleetProcess:
         return path
 
     async def _start_one(self, p: Premises) -> _Premises:
-        from ..dcc.wan_nats import is_nats
+        from ..dcc.wan_nats import make_hub_wan
         from .device import HanBus, SimDevice
 
         one = _Premises(p)
         path = self._prepare_db(p)
-        # what the hub records (an outcome, an alert) wakes its WAN's work at once, so an
-        # outcome waits for the WAN's next send pass only, not for its poll as well
-        def on_event(ev: dict) -> None:
-            if ev.get("kind") in WAKE_EVENTS and one.wan is not None:
-                one.wan.wake()
-        one.hub = self._hub_cls(path, udp=None, options=self._hub_options(),
-                                on_event=on_event)
+        one.hub = self._hub_cls(path, udp=None, options=self._hub_options())
+        one.hub.quiet = self.cfg.quiet
         await one.hub.start()
         try:
-            # the server's stall watchdog at the poll's pace, not every second
-            one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
-            one.bus = one.hub.server.attach_link(HanBus)
-            cls = self._wan_cls[1] if is_nats(self.cfg.dcc_url) else self._wan_cls[0]
-            one.wan = cls(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
-                          backoff=(0.5, 10.0), token=self.cfg.wan_token)
+            # the server's stall watchdog at half the stall timeout, not every second
+            srv = one.hub.server
+            srv.watch_interval = max(srv.watch_interval, self.cfg.poll,
+                                     one.hub.options.stall_timeout / 2)
+            one.bus = srv.attach_link(HanBus)
+            one.wan = make_hub_wan(one.hub, self.cfg.dcc_url, premises=p.mpxn,
+                                   poll=self.cfg.poll, backoff=(0.5, 10.0),
+                                   token=self.cfg.wan_token)
+            # woken by what it has to do (a DCC message, an outcome or alert the hub
+            # records, a queued message); otherwise a pass every `quiet` seconds
+            one.wan.quiet = self.cfg.quiet
+            one.wan.heartbeat = self.cfg.wan_heartbeat
             await one.wan.start()
         except BaseException:
             await one.hub.stop()

@@ -428,7 +428,8 @@ def _live_table(hub: Hub):
 
 
 async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
-                      premises: str | None = None, wan_token: str | None = None) -> None:
+                      premises: str | None = None, wan_token: str | None = None,
+                      wan_heartbeat: float | None = 10.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -438,6 +439,7 @@ async def _serve_main(hub: Hub, live: bool, dcc_url: str | None = None,
     if dcc_url is not None:  # the Comms Hub service: the WAN to the DCC as well
         from ..dcc.wan_nats import make_hub_wan
         wan = make_hub_wan(hub, dcc_url, premises=premises, token=wan_token)
+        wan.heartbeat = wan_heartbeat or None  # the websocket's pings (not used on NATS)
         await wan.start()
     where = ["udp %s:%d" % hub.udp_address] if hub.udp_address else []
     where += ["serial %s" % n for n in hub.serial_names]
@@ -535,10 +537,16 @@ def serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, ret
 @click.option("--wan-token", default=None, envvar="HANOTA_WAN_TOKEN", metavar="TOKEN",
               help="This hub's WAN token, when the DCC runs with --wan-auth (hanota dcc "
                    "wan-token --hub EUI prints it).")
+@click.option("--wan-heartbeat", type=click.FloatRange(0), default=10.0, show_default=True,
+              metavar="SECONDS",
+              help="Seconds between this hub's websocket pings to the DCC: a DCC that stops "
+                   "answering is dropped (and dialled again) after 1.5 times this (0: no "
+                   "pings; the DCC's own still check the connection).")
 @_serve_options
 @_db_option
 @domain_errors
-def hub_serve(dcc_url, wan_url, premises, wan_token, images_dir, udp, serial, max_in_flight, block_cap,
+def hub_serve(dcc_url, wan_url, premises, wan_token, wan_heartbeat, images_dir, udp, serial,
+              max_in_flight, block_cap,
               priority, poll, retry_base, retry_max, max_attempts, answer_timeout,
               stall_timeout, activation_timeout, request_timeout, log_level, db_path):
     """Run the Comms Hub of one premises: `hanota serve` plus the WAN to the DCC.
@@ -561,13 +569,14 @@ def hub_serve(dcc_url, wan_url, premises, wan_token, images_dir, udp, serial, ma
     _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
            retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
            request_timeout, log_level, db_path, dcc_url=dcc_url, premises=premises,
-           wan_token=wan_token)
+           wan_token=wan_token, wan_heartbeat=wan_heartbeat)
 
 
 def _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, retry_base,
            retry_max, max_attempts, answer_timeout, stall_timeout, activation_timeout,
            request_timeout, log_level, db_path, *, dcc_url: str | None = None,
-           premises: str | None = None, wan_token: str | None = None) -> None:
+           premises: str | None = None, wan_token: str | None = None,
+           wan_heartbeat: float | None = 10.0) -> None:
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     addr = _hostport(udp)
@@ -594,7 +603,7 @@ def _serve(images_dir, udp, serial, max_in_flight, block_cap, priority, poll, re
             pass
 
     hub = Hub(path, udp=addr, serial=serial, options=opts, on_event=None if live else log_line)
-    asyncio.run(_serve_main(hub, live, dcc_url, premises, wan_token))
+    asyncio.run(_serve_main(hub, live, dcc_url, premises, wan_token, wan_heartbeat))
 
 
 COMMANDS = [serve, status, report, request, registry, hub_group]

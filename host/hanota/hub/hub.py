@@ -268,10 +268,14 @@ class Hub:
             except Exception:  # a bug must not stop the hub; it is logged
                 log.exception("hub tick")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), self.pause_s())
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def pause_s(self) -> float:
+        """Seconds the scheduling loop waits for a wake() after a pass."""
+        return self.options.poll_interval
 
     async def tick(self) -> None:
         """One pass of the scheduler (the loop calls it; tests may too)."""
@@ -318,7 +322,8 @@ class Hub:
             self.db.set_meta("serve", json.dumps({
                 "pid": os.getpid(), "hub": self.hub_eui, "at": now, "stopped": False,
                 "udp": "%s:%d" % self.udp_address if self.udp_address else None,
-                "serial": self.serial_names, "max_in_flight": self.options.max_in_flight}))
+                "serial": self.serial_names, "max_in_flight": self.options.max_in_flight,
+                "every": self.options.heartbeat_interval}))
 
     def _persist_devices(self) -> None:
         """Fold the counter journal and what the server heard into the devices table, then

@@ -32,7 +32,10 @@ def _serve_info(db: HubDB, now: float) -> dict[str, Any] | None:
     s = json.loads(raw)
     age = now - s.get("at", 0)
     s["heartbeat_age"] = round(age, 1)
-    s["running"] = not s.get("stopped") and age < 10.0
+    # a hub writes its heartbeat every `every` seconds (1 s; a simulated fleet's idle hubs
+    # far less often): three missed in a row say it is not running
+    every = s.get("every") if isinstance(s.get("every"), (int, float)) else 1.0
+    s["running"] = not s.get("stopped") and age < max(10.0, 3 * every)
     return s
 
 
