@@ -211,6 +211,7 @@ class FleetProcess:
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
         self._wan_cls = _wan_classes()
+        self.nats_pool: Any = None  # one NATS connection for all hubs of the process
 
     def _hub_options(self):
         from ..hub import HubOptions
@@ -263,9 +264,18 @@ class FleetProcess:
             # the server's stall watchdog at the poll's pace, not every second
             one.hub.server.watch_interval = max(one.hub.server.watch_interval, self.cfg.poll)
             one.bus = one.hub.server.attach_link(HanBus)
-            cls = self._wan_cls[1] if is_nats(self.cfg.dcc_url) else self._wan_cls[0]
+            kw: dict[str, Any] = {}
+            if is_nats(self.cfg.dcc_url):
+                from ..dcc.wan_nats import NatsPool
+
+                if self.nats_pool is None:
+                    self.nats_pool = NatsPool(self.cfg.dcc_url, name="hanota-fleet-%d-%d" % (
+                        self.cfg.lo, self.cfg.hi))
+                cls, kw = self._wan_cls[1], {"pool": self.nats_pool}
+            else:
+                cls = self._wan_cls[0]
             one.wan = cls(one.hub, self.cfg.dcc_url, premises=p.mpxn, poll=self.cfg.poll,
-                          backoff=(0.5, 10.0), token=self.cfg.wan_token)
+                          backoff=(0.5, 10.0), token=self.cfg.wan_token, **kw)
             await one.wan.start()
         except BaseException:
             await one.hub.stop()
@@ -363,6 +373,8 @@ class FleetProcess:
                 await p.hub.stop()
             except Exception as e:  # noqa: BLE001 - counted; the others still stop
                 self.errors["stopping %s: %s" % (p.spec.mpxn, e)] += 1
+        if self.nats_pool is not None:
+            await self.nats_pool.close()
 
     def summary(self, outcomes: bool = True) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
