@@ -9,8 +9,9 @@ Subjects, all in one file-stored stream `HANOTA_WAN` (limits retention, a duplic
 - `hanota.wan.<hub EUI>.down`: DCC -> CH: the DCC's messages (`{"id": n, "type": ...}`,
   published with `Nats-Msg-Id: dcc-<hub>-<n>`) and the DCC's acknowledgements of the CH's
   messages (`{"ack": m}`, `Nats-Msg-Id: dcc-ack-<hub>-<m>`). Each Comms Hub reads them
-  through its own durable pull consumer `ch-<hub EUI>`, so what arrives while it is offline
-  waits for it.
+  through its own durable push consumer `ch-<hub EUI>`, so what arrives while it is offline
+  waits for it; the consumer delivers to `hanota.deliver.<hub EUI>`, which the hub
+  subscribes to on a connection its process's hubs share (`NatsPool`).
 - `hanota.wan.<hub EUI>.up`: CH -> DCC: its hello (`{"hello": ..., "replaces": [...]}`, at
   start and after a Trust Centre Swap-Out), its outcomes and alerts (`Nats-Msg-Id:
   ch-<hub>-<m>`) and its acknowledgements of the DCC's messages (`{"ack": n}`). Every DCC

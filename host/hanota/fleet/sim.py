@@ -3,7 +3,8 @@ every hub on its WAN to one DCC (`hanota fleet sim`).
 
 One process holds many premises on one event loop: per premises a `hanota.hub.Hub` over its
 own SQLite database (under `--dir`, kept between runs), its WAN client to the DCC
-(`hanota.dcc.wan_nats.make_hub_wan`: the websocket for http(s)://, JetStream for nats://)
+(`hanota.dcc.wan_nats.make_hub_wan`: the websocket for http(s)://, JetStream for nats://,
+where the process's hubs share one NATS connection, `wan_nats.NatsPool`)
 and its devices (`fleet.device.SimDevice`) on an in-process HAN (`fleet.device.HanBus`):
 no thread and no socket per device, and the hubs poll their databases at `poll` seconds
 rather than the interactive hub's quarter second. `--procs P` cuts the slice into P
