@@ -420,6 +420,33 @@ def test_a_pull_consumer_from_before_is_replaced_at_its_ack_floor(natsd, tmp_pat
     db.close()
 
 
+def test_more_hubs_than_the_brokers_default_consumer_limit(natsd):
+    """nats-server 2.15 allows a stream 1,000 consumers unless it says otherwise; a stream
+    made without a limit (as an earlier hanota did) gets hanota's when a client connects, and
+    1,100 Comms Hubs each get their own consumer."""
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+    async def main():
+        old = await nats.connect(natsd.url)
+        await old.jetstream().add_stream(StreamConfig(
+            name=wan_nats.STREAM, subjects=[wan_nats.SUBJECTS], storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS))
+        await old.close()
+        pool = wan_nats.NatsPool(natsd.url)
+        try:
+            _, js = await pool.connection()
+            info = await js.stream_info(wan_nats.STREAM)
+            assert info.config.max_consumers == wan_nats.MAX_CONSUMERS
+            hubs = ["00DB%012X" % i for i in range(1100)]
+            await asyncio.gather(*(pool.ensure_consumer(h, 2.0) for h in hubs))
+            info = await js.stream_info(wan_nats.STREAM)
+            assert info.state.consumer_count == 1100
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
 def test_leases_split_hubs_between_workers_and_expire(pg_uri):
     """Two workers claim disjoint Comms Hubs; a worker's claims are its own until its lease
     runs out, then another worker takes them over."""

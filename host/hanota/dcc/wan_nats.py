@@ -63,6 +63,10 @@ DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
 MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
 IMAGES = "hanota_images"  # object store bucket of images too large for one message
 HEADROOM = 4096  # bytes of max_payload left for headers
+# consumers the stream allows: one per Comms Hub (and the DCC's). nats-server 2.15 puts a
+# default of 1,000 on a stream that sets none (and takes -1 as "the default"), so the
+# stream says its own.
+MAX_CONSUMERS = 1_000_000
 
 
 def is_nats(url: str | None) -> bool:
@@ -96,15 +100,19 @@ async def connect(url: str, name: str, connect_timeout: float = 2.0,
                             **callbacks)
     js = nc.jetstream()
     try:
-        await js.stream_info(STREAM)
+        info = await js.stream_info(STREAM)
     except NotFoundError:
         try:
             await js.add_stream(StreamConfig(
                 name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE,
                 retention=RetentionPolicy.LIMITS, duplicate_window=DEDUP_WINDOW,
-                max_age=MAX_AGE))
+                max_age=MAX_AGE, max_consumers=MAX_CONSUMERS))
+            return nc, js
         except Exception:  # noqa: BLE001 - another process made it first
-            await js.stream_info(STREAM)
+            info = await js.stream_info(STREAM)
+    if (info.config.max_consumers or 0) <= 0 or info.config.max_consumers < MAX_CONSUMERS:
+        # made by an earlier hanota with the server's default limit
+        await js.update_stream(info.config.evolve(max_consumers=MAX_CONSUMERS))
     return nc, js
 
 
@@ -381,6 +389,9 @@ def _hub_consumer_config(hub: str, ack_wait: float) -> Any:
                           max_ack_pending=CH_MAX_ACK_PENDING, inactive_threshold=MAX_AGE)
 
 
+LIMIT_REACHED = 10026  # JetStream's "maximum consumers limit reached"
+
+
 class NatsPool:
     """One NATS connection and JetStream context shared by the Comms Hubs of one process
     (`hanota fleet sim` holds thousands; `hub serve` one): a connect storm is one connect,
@@ -431,6 +442,7 @@ class NatsPool:
         log.warning("NATS WAN %s: reconnected (%d hubs)", self.url, len(self.members))
         for w in self.members:
             w.connected.set()
+            w._outbox_ready.set()  # what failed to go while the broker was away goes now
 
     async def ensure_consumer(self, hub: str, ack_wait: float) -> None:
         """The hub's durable push consumer, made if missing. A consumer of hub's name that
@@ -445,7 +457,12 @@ class NatsPool:
             try:
                 await js.add_consumer(STREAM, cfg)
                 return
-            except APIError as e:  # exists with another config
+            except APIError as e:  # exists with another config, or no room
+                if e.err_code == LIMIT_REACHED:
+                    raise WanError("NATS stream %s: no room for hub %s's consumer: %s (the "
+                                   "stream's or account's max_consumers)"
+                                   % (STREAM, hub, e.description), reason="wan-limit") \
+                        from None
                 info = await js.consumer_info(STREAM, cfg.durable_name)
                 if info.config.deliver_subject == cfg.deliver_subject:
                     return
@@ -514,7 +531,8 @@ class NatsCommsHubWan(CommsHubWan):
                     await self._nats_session(pool, js)  # returns when the identity changes
                     delay = self.backoff[0]
                 except _nats_errors() + (HanotaError,) as e:
-                    (log.warning if self.connected.is_set() else log.info)(
+                    (log.warning if self.connected.is_set()
+                     or getattr(e, "reason", "") == "wan-limit" else log.info)(
                         "NATS WAN %s: %s; again in %.1f s", self.url, e, delay)
                 except Exception:  # a bug must not end the WAN for good; it is logged
                     log.exception("NATS WAN %s", self.url)
