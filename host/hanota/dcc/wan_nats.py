@@ -371,7 +371,10 @@ class NatsWanDcc:
 # ==================================================================== the Comms Hub's end
 
 DELIVER = "hanota.deliver.%s"  # a Comms Hub's push consumer delivers here (outside the stream)
-CH_MAX_ACK_PENDING = 256  # a hub's messages in flight, unacknowledged (the broker's memory)
+CH_MAX_ACK_PENDING = 64  # a hub's messages in flight, unacknowledged (the broker's memory)
+# a hub's consumer redelivers what its hub has not acknowledged after this: long enough that a
+# process holding thousands of hubs, busy in a wave, is not sent its backlog a second time
+CH_ACK_WAIT = 30.0
 API_IN_FLIGHT = 32  # JetStream API requests (consumer creation) a pool has in flight
 
 
@@ -502,7 +505,7 @@ class NatsCommsHubWan(CommsHubWan):
     def __init__(self, hub: Any, url: str | None = None, *, pool: NatsPool | None = None,
                  premises: str | None = None, poll: float = 0.2,
                  backoff: tuple[float, float] = (0.2, 5.0), token: str | None = None,
-                 resend: float = 30.0, ack_wait: float = 10.0):
+                 resend: float = 30.0, ack_wait: float = CH_ACK_WAIT):
         super().__init__(hub, "http://nats.invalid", premises=premises, poll=poll,
                          backoff=backoff, token=None)
         if pool is None and url is None:
