@@ -427,14 +427,21 @@ class NatsPool:
             if self.nc is None or self.nc.is_closed:
                 self.nc, self.js = await connect(
                     self.url, self.name, connect_timeout=self.connect_timeout,
-                    disconnected_cb=self._down, reconnected_cb=self._back)
+                    disconnected_cb=self._down, reconnected_cb=self._back,
+                    error_cb=self._error)
             return self.nc, self.js
+
+    async def _error(self, e: Exception) -> None:
+        # nats-py's own logs each with a traceback; a broker away is one line per attempt
+        log.warning("NATS WAN %s: %s", self.url, str(e) or type(e).__name__)
 
     @property
     def up(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
     async def _down(self) -> None:
+        if self._closed:
+            return
         log.warning("NATS WAN %s: connection lost; reconnecting (%d hubs)", self.url,
                     len(self.members))
         for w in self.members:

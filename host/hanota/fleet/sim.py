@@ -267,11 +267,7 @@ class FleetProcess:
             one.bus = one.hub.server.attach_link(HanBus)
             kw: dict[str, Any] = {}
             if is_nats(self.cfg.dcc_url):
-                from ..dcc.wan_nats import NatsPool
-
-                if self.nats_pool is None:
-                    self.nats_pool = NatsPool(self.cfg.dcc_url, name="hanota-fleet-%d-%d" % (
-                        self.cfg.lo, self.cfg.hi))
+                await self._connect_nats()  # (start() made it already)
                 cls, kw = self._wan_cls[1], {"pool": self.nats_pool}
             else:
                 cls = self._wan_cls[0]
@@ -289,6 +285,22 @@ class FleetProcess:
             self._spawn(dev.start())
         return one
 
+    async def _connect_nats(self) -> None:
+        """On NATS, the process's one connection, made before the hubs start (their start
+        keeps the event loop too busy for a connect's timeout); a failure here is only
+        logged: each hub's WAN tries again."""
+        from ..dcc.wan_nats import NatsPool, _nats_errors, is_nats
+
+        if not is_nats(self.cfg.dcc_url) or self.nats_pool is not None:
+            return
+        self.nats_pool = NatsPool(self.cfg.dcc_url, name="hanota-fleet-%d-%d" % (
+            self.cfg.lo, self.cfg.hi))
+        try:
+            await self.nats_pool.connection()
+        except _nats_errors() as e:
+            log.warning("NATS %s: %s; the hubs try again", self.cfg.dcc_url,
+                        str(e) or type(e).__name__)
+
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.append(t)
@@ -302,6 +314,7 @@ class FleetProcess:
     async def start(self) -> None:
         _raise_fd_limit()
         self._t0 = time.monotonic()
+        await self._connect_nats()
         gap = 1.0 / self.cfg.start_rate if self.cfg.start_rate > 0 else 0.0
         for p in self.cfg.plan.range(self.cfg.lo, self.cfg.hi):
             try:
