@@ -198,6 +198,255 @@ def test_nats_restarted_mid_run_loses_nothing(natsd, tmp_path, pg_uri):
     db.close()
 
 
+# ---------------------------------------------------------------- hubs sharing a connection
+
+def pooled_hub(tmp_path, name: str, pool: wan_nats.NatsPool) -> tuple[
+        wan_nats.NatsCommsHubWan, HubDB, str]:
+    """A hub's end on the connection of `pool` (as `hanota fleet sim` runs them)."""
+    db = HubDB.open(tmp_path / (name + ".db"))
+    eui = eui_hex(db.current_hub()["eui"])
+    return pooled_wan(db, pool), db, eui
+
+
+def pooled_wan(db: HubDB, pool: wan_nats.NatsPool) -> wan_nats.NatsCommsHubWan:
+    wan = wan_nats.NatsCommsHubWan(SimpleNamespace(db=db), pool=pool, poll=0.05,
+                                   backoff=(0.05, 0.3), resend=1.0, ack_wait=2.0)
+    wan.store = ChStore(db)
+    return wan
+
+
+def queue_reads(store: DccStore, hub: str, tag: str, n: int) -> list[int]:
+    return [store.wan_queue(hub, {"type": "read_version", "request": "%s%d" % (tag, i),
+                                  "device": "00DB123456789001"}) for i in range(n)]
+
+
+def queue_alerts(wan: wan_nats.NatsCommsHubWan, n: int) -> None:
+    for i in range(n):
+        wan.store.queue({"type": "alert", "alert": "activation", "request": None,
+                         "device": "00DB123456789001", "detail": {"n": i}})
+
+
+def taken_in(db: HubDB) -> list[int]:
+    return [r[0] for r in db.all("SELECT id FROM ch_wan_in ORDER BY rowid")]
+
+
+async def all_acked(store: DccStore, hubs: list[tuple[wan_nats.NatsCommsHubWan, str]],
+                    timeout: float) -> None:
+    for wan, hub in hubs:
+        await until(lambda: not store.wan_outbox(hub), timeout, "hub %s acked all" % hub)
+        await until(lambda: not wan.store.outbox(), timeout, "hub %s's acked" % hub)
+
+
+async def stop_all(wans: list[wan_nats.NatsCommsHubWan], pool: wan_nats.NatsPool,
+                   worker: wan_nats.NatsWanDcc) -> None:
+    await asyncio.gather(*(w.stop() for w in wans))
+    await pool.close()
+    await worker.stop()
+
+
+def test_two_hubs_on_one_connection_get_only_their_own(natsd, tmp_path):
+    """Two Comms Hubs share one NATS connection (`NatsPool`): each one's consumer pushes to
+    its own subscription, so each stores exactly its own messages, in order, and the DCC
+    takes each hub's messages once, under that hub."""
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+
+    async def main():
+        pool = wan_nats.NatsPool(natsd.url)
+        (a, db_a, hub_a), (b, db_b, hub_b) = (pooled_hub(tmp_path, n, pool) for n in "ab")
+        worker = await dcc_worker(dcc, natsd.url)
+        try:
+            for w in (a, b):
+                w._tasks = [asyncio.get_running_loop().create_task(w.run())]
+            await until(lambda: a.connected.is_set() and b.connected.is_set(), 10,
+                        "both hubs on the WAN")
+            ids_a, ids_b = queue_reads(store, hub_a, "a", 12), queue_reads(store, hub_b, "b", 7)
+            queue_alerts(a, 3)
+            queue_alerts(b, 2)
+            worker.notify()
+            await all_acked(store, [(a, hub_a), (b, hub_b)], 20)
+            assert taken_in(db_a) == ids_a and taken_in(db_b) == ids_b
+            assert sorted(i for h, i in dcc.taken if h == hub_a) == [1, 2, 3]
+            assert sorted(i for h, i in dcc.taken if h == hub_b) == [1, 2]
+            assert len(dcc.taken) == 5
+            assert pool.nc is not None and a.pool is b.pool  # one connection for both
+            for hub in (hub_a, hub_b):  # each its own push consumer, bound
+                info = await pool.js.consumer_info(wan_nats.STREAM, "ch-" + hub)
+                assert info.config.deliver_subject == wan_nats.DELIVER % hub
+                assert info.config.filter_subject == wan_nats.DOWN % hub
+                assert info.push_bound
+        finally:
+            await stop_all([a, b], pool, worker)
+        db_a.close()
+        db_b.close()
+
+    asyncio.run(main())
+    store.close()
+
+
+def test_hub_offline_on_a_shared_connection_gets_what_it_missed(natsd, tmp_path):
+    """Hub A stops while hub B stays on the shared connection; the DCC sends to both: B gets
+    its messages at once, A's wait in the broker, and when A comes back (a new WAN over
+    the same database and connection) it gets each of them once, in order."""
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+
+    async def main():
+        pool = wan_nats.NatsPool(natsd.url)
+        (a, db_a, hub_a), (b, db_b, hub_b) = (pooled_hub(tmp_path, n, pool) for n in "ab")
+        worker = await dcc_worker(dcc, natsd.url)
+        wans = [a, b]
+        try:
+            for w in (a, b):
+                w._tasks = [asyncio.get_running_loop().create_task(w.run())]
+            await until(lambda: a.connected.is_set() and b.connected.is_set(), 10,
+                        "both hubs on the WAN")
+            first = queue_reads(store, hub_a, "x", 3)
+            worker.notify()
+            await until(lambda: taken_in(db_a) == first, 10, "A's first messages")
+            await a.stop()  # A goes offline
+            missed = queue_reads(store, hub_a, "m", 20)
+            ids_b = queue_reads(store, hub_b, "b", 5)
+            worker.notify()
+            await until(lambda: not store.wan_outbox(hub_b), 10, "B's messages acked")
+            assert taken_in(db_b) == ids_b
+            await until(lambda: worker.published == 28, 10, "A's messages in the broker")
+            await asyncio.sleep(0.5)
+            assert taken_in(db_a) == first  # nothing reached A while it was off
+            assert len(store.wan_outbox(hub_a)) == 20
+            back = pooled_wan(db_a, pool)  # A comes back
+            wans.append(back)
+            back._tasks = [asyncio.get_running_loop().create_task(back.run())]
+            await all_acked(store, [(back, hub_a), (b, hub_b)], 20)
+            assert taken_in(db_a) == first + missed
+            bodies = await stream_bodies(natsd.url, wan_nats.DOWN % hub_a)
+            assert down_ids(bodies) == first + missed  # the broker holds each once
+        finally:
+            await stop_all(wans, pool, worker)
+        db_a.close()
+        db_b.close()
+
+    asyncio.run(main())
+    store.close()
+
+
+def test_nats_restart_with_hubs_on_a_shared_connection(natsd, tmp_path):
+    """nats-server SIGKILLed and started again while three hubs share one connection: the
+    connection reconnects, every hub's consumer resumes without the hub setting up its
+    session again, and every message in both directions arrives, none taken twice."""
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+
+    async def main():
+        pool = wan_nats.NatsPool(natsd.url)
+        hubs = [pooled_hub(tmp_path, n, pool) for n in "abc"]
+        wans = [w for w, _, _ in hubs]
+        worker = await dcc_worker(dcc, natsd.url)
+        try:
+            for w in wans:
+                w._tasks = [asyncio.get_running_loop().create_task(w.run())]
+            await until(lambda: all(w.connected.is_set() for w in wans), 10,
+                        "the hubs on the WAN")
+            ids = {hub: queue_reads(store, hub, "a", 10) for _, _, hub in hubs}
+            worker.notify()
+            await until(lambda: sum(len(taken_in(db)) for _, db, _ in hubs) >= 5, 20,
+                        "the first messages taken")
+            natsd.kill()
+            await until(lambda: not any(w.connected.is_set() for w in wans), 10,
+                        "the hubs see the broker gone")
+            for w, _, hub in hubs:
+                ids[hub] += queue_reads(store, hub, "b", 10)
+                queue_alerts(w, 4)
+            worker.notify()
+            await asyncio.sleep(1.0)
+            natsd.start()
+            await until(lambda: all(w.connected.is_set() for w in wans), 20,
+                        "the hubs back on the WAN")
+            await all_acked(store, [(w, hub) for w, _, hub in hubs], 40)
+            for _, db, hub in hubs:
+                assert taken_in(db) == ids[hub]
+                assert sorted(i for h, i in dcc.taken if h == hub) == [1, 2, 3, 4]
+            assert len(dcc.taken) == 12
+            assert pool.reconnects >= 1
+            assert [w.connections for w in wans] == [1, 1, 1]  # resumed, not set up again
+        finally:
+            await stop_all(wans, pool, worker)
+        for _, db, _ in hubs:
+            db.close()
+
+    asyncio.run(main())
+    store.close()
+
+
+def test_a_pull_consumer_from_before_is_replaced_at_its_ack_floor(natsd, tmp_path):
+    """A hub whose durable consumer is still the pull consumer of an earlier hanota (2 of
+    its 5 messages taken and acknowledged): the push consumer that replaces it delivers the
+    other 3, and nothing acknowledged before comes again."""
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+    db = HubDB.open(tmp_path / "hub.db")
+    hub = eui_hex(db.current_hub()["eui"])
+
+    async def main():
+        worker = await dcc_worker(dcc, natsd.url)
+        nc, js = await wan_nats.connect(natsd.url, "old-hub")
+        pool = wan_nats.NatsPool(natsd.url)
+        wan = None
+        try:
+            durable = "ch-" + hub
+            sub = await js.pull_subscribe(wan_nats.DOWN % hub, durable=durable,
+                                          stream=wan_nats.STREAM,
+                                          config=wan_nats._consumer_config(
+                                              durable, wan_nats.DOWN % hub, 2.0))
+            ids = queue_reads(store, hub, "r", 5)
+            worker.notify()
+            await until(lambda: worker.published == 5, 10, "the messages in the broker")
+            for m in await sub.fetch(2, timeout=5):
+                await m.ack()
+            await nc.flush()
+            await nc.close()
+            wan = pooled_wan(db, pool)
+            wan._tasks = [asyncio.get_running_loop().create_task(wan.run())]
+            await until(lambda: taken_in(db) == ids[2:], 20, "the unacknowledged three")
+            await asyncio.sleep(0.5)
+            assert taken_in(db) == ids[2:]
+            info = await pool.js.consumer_info(wan_nats.STREAM, durable)
+            assert info.config.deliver_subject == wan_nats.DELIVER % hub
+        finally:
+            await stop_all([wan] if wan else [], pool, worker)
+
+    asyncio.run(main())
+    store.close()
+    db.close()
+
+
+def test_more_hubs_than_the_brokers_default_consumer_limit(natsd):
+    """nats-server 2.15 allows a stream 1,000 consumers unless it says otherwise; a stream
+    made without a limit (as an earlier hanota did) gets hanota's when a client connects, and
+    1,100 Comms Hubs each get their own consumer."""
+    from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+    async def main():
+        old = await nats.connect(natsd.url)
+        await old.jetstream().add_stream(StreamConfig(
+            name=wan_nats.STREAM, subjects=[wan_nats.SUBJECTS], storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS))
+        await old.close()
+        pool = wan_nats.NatsPool(natsd.url)
+        try:
+            _, js = await pool.connection()
+            info = await js.stream_info(wan_nats.STREAM)
+            assert info.config.max_consumers == wan_nats.MAX_CONSUMERS
+            hubs = ["00DB%012X" % i for i in range(1100)]
+            await asyncio.gather(*(pool.ensure_consumer(h, 2.0) for h in hubs))
+            info = await js.stream_info(wan_nats.STREAM)
+            assert info.state.consumer_count == 1100
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
 def test_leases_split_hubs_between_workers_and_expire(pg_uri):
     """Two workers claim disjoint Comms Hubs; a worker's claims are its own until its lease
     runs out, then another worker takes them over."""

@@ -221,6 +221,8 @@ CREATE TABLE IF NOT EXISTS wan_out (
     published REAL
 );
 CREATE INDEX IF NOT EXISTS wan_out_by_hub ON wan_out (hub_eui, id);
+CREATE INDEX IF NOT EXISTS wan_out_unpublished ON wan_out (hub_eui, id)
+    WHERE published IS NULL AND acked IS NULL;
 CREATE TABLE IF NOT EXISTS wan_leases (
     hub_eui TEXT PRIMARY KEY,
     worker TEXT,
@@ -371,6 +373,8 @@ class DccStore(sqlitedb.Closing):
                 # ... and before response deadlines (Dcc.expire_requests sweeps by it)
                 c.execute_raw("CREATE INDEX IF NOT EXISTS requests_open ON requests "
                               "(state, updated)")
+                # ... and before the publisher's claims looked only at unpublished messages
+                c.execute_raw(WAN_OUT_UNPUBLISHED)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -392,6 +396,7 @@ class DccStore(sqlitedb.Closing):
                               "KEY, worker TEXT, until REAL)")
             self.conn.execute("CREATE INDEX IF NOT EXISTS requests_open ON requests "
                               "(state, updated)")  # made before response deadlines
+            self.conn.execute(WAN_OUT_UNPUBLISHED)  # made before it (wan_claim_hubs)
             return
         sqlitedb.create_schema(self.conn, _SCHEMA + "INSERT OR IGNORE INTO meta VALUES "
                                "('schema', '%d');" % SCHEMA_VERSION)
@@ -849,10 +854,12 @@ class DccStore(sqlitedb.Closing):
         parallel and never wait for each other; SQLite has one writer anyway."""
         now = self.clock()
         with self.tx(exclusive=False) as c:
+            # driven by the unpublished messages (a partial index: empty when idle), not
+            # by the leases (a row per Comms Hub ever sent to: 10,000s)
             hubs = [r[0] for r in c.execute(
-                "SELECT l.hub_eui FROM wan_leases l WHERE (l.until IS NULL OR l.until < ? "
-                "OR l.worker = ?) AND EXISTS (SELECT 1 FROM wan_out o WHERE o.hub_eui = "
-                "l.hub_eui AND o.published IS NULL AND o.acked IS NULL) ORDER BY l.until "
+                "SELECT l.hub_eui FROM wan_leases l WHERE l.hub_eui IN (SELECT o.hub_eui "
+                "FROM wan_out o WHERE o.published IS NULL AND o.acked IS NULL) AND "
+                "(l.until IS NULL OR l.until < ? OR l.worker = ?) ORDER BY l.until "
                 "NULLS FIRST, l.hub_eui LIMIT ?" + dialect.skip_locked(self.postgres, "l"),
                 (now, worker, int(limit))).fetchall()]
             for h in hubs:
@@ -924,6 +931,10 @@ class DccStore(sqlitedb.Closing):
                                                     json.dumps(body, sort_keys=True),
                                                     self.clock()))
             return cur.rowcount == 1
+
+
+WAN_OUT_UNPUBLISHED = ("CREATE INDEX IF NOT EXISTS wan_out_unpublished ON wan_out (hub_eui, id) "
+                       "WHERE published IS NULL AND acked IS NULL")
 
 
 def _split_sql(script: str) -> list[str]:

@@ -9,8 +9,9 @@ Subjects, all in one file-stored stream `HANOTA_WAN` (limits retention, a duplic
 - `hanota.wan.<hub EUI>.down`: DCC -> CH: the DCC's messages (`{"id": n, "type": ...}`,
   published with `Nats-Msg-Id: dcc-<hub>-<n>`) and the DCC's acknowledgements of the CH's
   messages (`{"ack": m}`, `Nats-Msg-Id: dcc-ack-<hub>-<m>`). Each Comms Hub reads them
-  through its own durable pull consumer `ch-<hub EUI>`, so what arrives while it is offline
-  waits for it.
+  through its own durable push consumer `ch-<hub EUI>`, so what arrives while it is offline
+  waits for it; the consumer delivers to `hanota.deliver.<hub EUI>`, which the hub
+  subscribes to on a connection its process's hubs share (`NatsPool`).
 - `hanota.wan.<hub EUI>.up`: CH -> DCC: its hello (`{"hello": ..., "replaces": [...]}`, at
   start and after a Trust Centre Swap-Out), its outcomes and alerts (`Nats-Msg-Id:
   ch-<hub>-<m>`) and its acknowledgements of the DCC's messages (`{"ack": n}`). Every DCC
@@ -62,6 +63,10 @@ DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
 MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
 IMAGES = "hanota_images"  # object store bucket of images too large for one message
 HEADROOM = 4096  # bytes of max_payload left for headers
+# consumers the stream allows: one per Comms Hub (and the DCC's). nats-server 2.15 puts a
+# default of 1,000 on a stream that sets none (and takes -1 as "the default"), so the
+# stream says its own.
+MAX_CONSUMERS = 1_000_000
 
 
 def is_nats(url: str | None) -> bool:
@@ -81,26 +86,33 @@ def _nats_errors() -> tuple[type[BaseException], ...]:
     return (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
-async def connect(url: str, name: str) -> tuple[Any, Any]:
+async def connect(url: str, name: str, connect_timeout: float = 2.0,
+                  **callbacks: Any) -> tuple[Any, Any]:
     """A NATS connection that reconnects by itself, and its JetStream context with the WAN
-    stream made if missing. Raises what nats-py raises when the server is unreachable."""
+    stream made if missing. Raises what nats-py raises when the server is unreachable.
+    `callbacks`: nats-py's disconnected_cb, reconnected_cb..."""
     import nats
     from nats.js.api import RetentionPolicy, StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
     nc = await nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.5, connect_timeout=2)
+                            reconnect_time_wait=0.5, connect_timeout=connect_timeout,
+                            **callbacks)
     js = nc.jetstream()
     try:
-        await js.stream_info(STREAM)
+        info = await js.stream_info(STREAM)
     except NotFoundError:
         try:
             await js.add_stream(StreamConfig(
                 name=STREAM, subjects=[SUBJECTS], storage=StorageType.FILE,
                 retention=RetentionPolicy.LIMITS, duplicate_window=DEDUP_WINDOW,
-                max_age=MAX_AGE))
+                max_age=MAX_AGE, max_consumers=MAX_CONSUMERS))
+            return nc, js
         except Exception:  # noqa: BLE001 - another process made it first
-            await js.stream_info(STREAM)
+            info = await js.stream_info(STREAM)
+    if (info.config.max_consumers or 0) <= 0 or info.config.max_consumers < MAX_CONSUMERS:
+        # made by an earlier hanota with the server's default limit
+        await js.update_stream(info.config.evolve(max_consumers=MAX_CONSUMERS))
     return nc, js
 
 
@@ -258,21 +270,30 @@ class NatsWanDcc:
     async def publish_once(self) -> int:
         """Claim hubs and publish their unpublished messages in order; how many."""
         store = self.dcc.store
-        n = 0
-        for hub in store.wan_claim_hubs(self.worker, self.lease, self.batch):
-            done: list[int] = []
-            try:
-                for msg in store.wan_unpublished(hub):
-                    data = await outgoing(self._nc, self._js, msg)
-                    await self._js.publish(DOWN % hub, data, headers={
-                        "Nats-Msg-Id": "dcc-%s-%d" % (hub, msg["id"])})
-                    done.append(msg["id"])
-            finally:  # what the broker has stored is marked even if the rest failed
-                if done:
-                    store.wan_published(done)
-                    n += len(done)
-        self.published += n
-        return n
+        hubs = store.wan_claim_hubs(self.worker, self.lease, self.batch)
+        if not hubs:
+            return 0
+        todo = [(hub, store.wan_unpublished(hub)) for hub in hubs]
+        done: list[int] = []
+
+        async def one_hub(hub: str, msgs: list[dict]) -> None:
+            for msg in msgs:  # in order: each stored by the broker before the next goes
+                data = await outgoing(self._nc, self._js, msg)
+                await self._js.publish(DOWN % hub, data, headers={
+                    "Nats-Msg-Id": "dcc-%s-%d" % (hub, msg["id"])})
+                done.append(msg["id"])
+
+        # the claimed hubs side by side (each waits for the broker's PubAck per message;
+        # one after another that is a round trip per message for the whole batch)
+        results = await asyncio.gather(*(one_hub(h, m) for h, m in todo),
+                                       return_exceptions=True)
+        if done:  # what the broker has stored is marked even if the rest failed
+            store.wan_published(done)
+            self.published += len(done)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return len(done)
 
     # -- CH -> DCC
 
@@ -291,8 +312,12 @@ class NatsWanDcc:
                     msgs = await sub.fetch(self.batch, timeout=1.0)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue
-                for m in msgs:
-                    await self._take(m)
+                # each message's effect in order; the acks to the hubs (a broker round
+                # trip each) side by side, each message acked to the broker after its own
+                acks = [a for a in [await self._take(m) for m in msgs] if a is not None]
+                for r in await asyncio.gather(*acks, return_exceptions=True):
+                    if isinstance(r, BaseException):
+                        raise r  # the rest are redelivered after ack_wait
             except errors as e:
                 log.warning("NATS WAN receiving: %s", e)
                 sub = None
@@ -302,9 +327,10 @@ class NatsWanDcc:
                 sub = None
                 await asyncio.sleep(0.5)
 
-    async def _take(self, m: Any) -> None:
-        """One CH message: act on it (idempotently), then acknowledge it to the broker; a
-        message that could not be stored is left unacknowledged (the broker redelivers)."""
+    async def _take(self, m: Any) -> Any:
+        """One CH message: act on it (idempotently); what then acknowledges it (to the hub
+        and the broker) as an awaitable, or None if done. A message that could not be
+        stored is left unacknowledged (the broker redelivers)."""
         parts = m.subject.split(".")
         try:
             hub = eui_hex(parts[2])
@@ -312,7 +338,7 @@ class NatsWanDcc:
         except (WanError, IndexError) as e:
             log.error("NATS WAN: dropped a message on %s: %s", m.subject, e)
             await m.term()
-            return
+            return None
         key = bytes.fromhex(hub)
         self.connected.add(hub)
         if "hello" in msg:
@@ -326,120 +352,295 @@ class NatsWanDcc:
                 if getattr(e, "reason", "") != "bad-wan-message":
                     log.error("Comms Hub %s message %s not taken: %s", hub, msg["id"], e)
                     await m.nak(delay=1.0)
-                    return
+                    return None
                 log.error("Comms Hub %s message %s dropped: %s", hub, msg["id"], e)
-            await self._js.publish(DOWN % hub, encode({"ack": msg["id"]}).encode(),
-                                   headers={"Nats-Msg-Id": "dcc-ack-%s-%d" % (hub, msg["id"])})
             self.received += 1
             if self.on_received is not None:
                 self.on_received()
+            return self._answer(m, hub, msg["id"])
+        return m.ack()
+
+    async def _answer(self, m: Any, hub: str, mid: int) -> None:
+        """The DCC's ack of a CH message to the hub, then the broker's ack of it (a failed
+        publish leaves it unacknowledged: redelivered, taken as a duplicate, answered)."""
+        await self._js.publish(DOWN % hub, encode({"ack": mid}).encode(),
+                               headers={"Nats-Msg-Id": "dcc-ack-%s-%d" % (hub, mid)})
         await m.ack()
 
 
 # ==================================================================== the Comms Hub's end
 
-class NatsCommsHubWan(CommsHubWan):
-    """The Comms Hub's end on NATS: the same store, `work()`, `apply()` and `collect()` as
-    over the websocket (wan.py); only the carriage differs (`run`). Its durable consumer
-    `ch-<hub EUI>` keeps what the DCC sent while it was offline."""
+DELIVER = "hanota.deliver.%s"  # a Comms Hub's push consumer delivers here (outside the stream)
+CH_MAX_ACK_PENDING = 64  # a hub's messages in flight, unacknowledged (the broker's memory)
+# a hub's consumer redelivers what its hub has not acknowledged after this: long enough that a
+# process holding thousands of hubs, busy in a wave, is not sent its backlog a second time
+CH_ACK_WAIT = 30.0
+API_IN_FLIGHT = 32  # JetStream API requests (consumer creation) a pool has in flight
 
-    def __init__(self, hub: Any, url: str, *, premises: str | None = None, poll: float = 0.2,
-                 backoff: tuple[float, float] = (0.2, 5.0), token: str | None = None,
-                 resend: float = 30.0, ack_wait: float = 10.0):
-        super().__init__(hub, "http://nats.invalid", premises=premises, poll=poll,
-                         backoff=backoff, token=None)
+
+def _hub_consumer_config(hub: str, ack_wait: float) -> Any:
+    """A Comms Hub's durable push consumer `ch-<hub>`: the hub's down subject delivered to
+    DELIVER % hub, explicit acks, at most CH_MAX_ACK_PENDING unacknowledged. No heartbeats
+    and no flow control (thousands of them would be idle traffic); a consumer nobody has
+    listened to for MAX_AGE (the stream's own limit: its messages are gone by then) is
+    removed by the broker (a hub replaced by a Trust Centre Swap-Out leaves its old one)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(durable_name="ch-" + hub, filter_subject=DOWN % hub,
+                          deliver_subject=DELIVER % hub, ack_wait=ack_wait,
+                          ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                          max_ack_pending=CH_MAX_ACK_PENDING, inactive_threshold=MAX_AGE)
+
+
+LIMIT_REACHED = 10026  # JetStream's "maximum consumers limit reached"
+
+
+class NatsPool:
+    """One NATS connection and JetStream context shared by the Comms Hubs of one process
+    (`hanota fleet sim` holds thousands; `hub serve` one): a connect storm is one connect,
+    and the broker keeps one client connection, not one per hub.
+
+    Each hub keeps its own subject and its own durable consumer; the consumer pushes to
+    the hub's deliver subject, which the hub subscribes to on this connection (no polling
+    per hub). nats-py reconnects by itself and subscribes again; the durable consumers are
+    in the broker's store, so after a broker restart every hub's delivery resumes without a
+    request per hub. `connection()` connects once (callers waiting meanwhile share the
+    attempt); JetStream API requests (consumer creation) go at most API_IN_FLIGHT at a time."""
+
+    def __init__(self, url: str, name: str = "hanota-ch", connect_timeout: float = 5.0):
         self.url = check_url(url)
-        self.resend = resend
-        self.ack_wait = ack_wait
-        if token:
-            log.info("a WAN token is for the websocket WAN; on NATS it is not used")
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.nc: Any = None
+        self.js: Any = None
+        self.reconnects = 0
+        self.members: set[Any] = set()  # NatsCommsHubWan with a session up
+        self._lock = asyncio.Lock()
+        self._api = asyncio.Semaphore(API_IN_FLIGHT)
+        self._closed = False
 
-    async def run(self) -> None:
-        delay = self.backoff[0]
-        nc: Any = None
-        js: Any = None
-        try:
-            while not self._stopping:
-                try:
-                    if nc is None:
-                        nc, js = await connect(self.url, "hanota-ch")
-                    delay = self.backoff[0]
-                    await self._nats_session(js)  # returns when the identity changes
-                except _nats_errors() + (HanotaError,) as e:
-                    (log.warning if self.connected.is_set() else log.info)(
-                        "NATS WAN %s: %s; again in %.1f s", self.url, e, delay)
-                except Exception:  # a bug must not end the WAN for good; it is logged
-                    log.exception("NATS WAN %s", self.url)
-                finally:
-                    self.connected.clear()
-                if not self._stopping:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.backoff[1])
-        finally:
-            if nc is not None:
+    async def connection(self) -> tuple[Any, Any]:
+        """The shared (nc, js), connecting if not yet; raises what nats-py raises."""
+        async with self._lock:
+            if self._closed:
+                raise WanError("the NATS connection pool is closed", reason="usage")
+            if self.nc is None or self.nc.is_closed:
+                self.nc, self.js = await connect(
+                    self.url, self.name, connect_timeout=self.connect_timeout,
+                    disconnected_cb=self._down, reconnected_cb=self._back,
+                    error_cb=self._error)
+            return self.nc, self.js
+
+    async def _error(self, e: Exception) -> None:
+        # nats-py's own logs each with a traceback; a broker away is one line per attempt
+        log.warning("NATS WAN %s: %s", self.url, str(e) or type(e).__name__)
+
+    @property
+    def up(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def _down(self) -> None:
+        if self._closed:
+            return
+        log.warning("NATS WAN %s: connection lost; reconnecting (%d hubs)", self.url,
+                    len(self.members))
+        for w in self.members:
+            w.connected.clear()
+
+    async def _back(self) -> None:
+        self.reconnects += 1
+        log.warning("NATS WAN %s: reconnected (%d hubs)", self.url, len(self.members))
+        for w in self.members:
+            w.connected.set()
+            w._outbox_ready.set()  # what failed to go while the broker was away goes now
+
+    async def ensure_consumer(self, hub: str, ack_wait: float) -> None:
+        """The hub's durable push consumer, made if missing. A consumer of hub's name that
+        delivers elsewhere (a pull consumer from before) is replaced by one starting after
+        its acknowledged floor, so that nothing it held is lost."""
+        from nats.js.api import DeliverPolicy
+        from nats.js.errors import APIError
+
+        nc, js = await self.connection()
+        cfg = _hub_consumer_config(hub, ack_wait)
+        async with self._api:
+            try:
+                await js.add_consumer(STREAM, cfg)
+                return
+            except APIError as e:  # exists with another config, or no room
+                if e.err_code == LIMIT_REACHED:
+                    raise WanError("NATS stream %s: no room for hub %s's consumer: %s (the "
+                                   "stream's or account's max_consumers)"
+                                   % (STREAM, hub, e.description), reason="wan-limit") \
+                        from None
+                info = await js.consumer_info(STREAM, cfg.durable_name)
+                if info.config.deliver_subject == cfg.deliver_subject:
+                    return
+                log.info("NATS WAN: consumer %s (%s) replaced by a push consumer",
+                         cfg.durable_name, e)
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            await js.delete_consumer(STREAM, cfg.durable_name)
+            await js.add_consumer(STREAM, cfg.evolve(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=floor + 1))
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            nc, self.nc = self.nc, None
+        if nc is not None:
+            try:
+                await nc.drain()
+            except Exception:  # noqa: BLE001 - closing a broken connection
                 try:
                     await nc.close()
                 except Exception:  # noqa: BLE001
                     pass
 
-    async def _nats_session(self, js: Any) -> None:
-        import nats.errors
 
+class NatsCommsHubWan(CommsHubWan):
+    """The Comms Hub's end on NATS: the same store, `work()`, `apply()` and `collect()` as
+    over the websocket (wan.py); only the carriage differs (`run`). Its durable consumer
+    `ch-<hub EUI>` keeps what the DCC sent while it was offline and pushes it to the hub's
+    subscription on the connection of `pool` (a `NatsPool` shared with other hubs of the
+    process; without one, the hub has a pool of its own at `url`).
+
+    The hub's outbox (outcomes, alerts) goes after each `step()` of its work, and what
+    stays unacknowledged goes again every `resend` seconds; a broker unreachable for a
+    while only delays that (the session stays: its subscription and consumer outlive a
+    reconnect)."""
+
+    def __init__(self, hub: Any, url: str | None = None, *, pool: NatsPool | None = None,
+                 premises: str | None = None, poll: float = 0.2,
+                 backoff: tuple[float, float] = (0.2, 5.0), token: str | None = None,
+                 resend: float = 30.0, ack_wait: float = CH_ACK_WAIT):
+        super().__init__(hub, "http://nats.invalid", premises=premises, poll=poll,
+                         backoff=backoff, token=None)
+        if pool is None and url is None:
+            raise WanError("a NATS WAN needs the server's nats:// URL", reason="usage")
+        self.url = pool.url if pool is not None else check_url(url)
+        self.pool = pool
+        self.resend = resend
+        self.ack_wait = ack_wait
+        self._outbox_ready = asyncio.Event()
+        self._sent: dict[int, float] = {}  # CH message id -> when published
+        if token:
+            log.info("a WAN token is for the websocket WAN; on NATS it is not used")
+
+    def step(self) -> None:
+        super().step()
+        self._outbox_ready.set()  # what collect() queued goes out now
+
+    async def run(self) -> None:
+        own = self.pool is None
+        pool = NatsPool(self.url) if own else self.pool
+        delay = self.backoff[0]
+        try:
+            while not self._stopping:
+                try:
+                    _, js = await pool.connection()
+                    await self._nats_session(pool, js)  # returns when the identity changes
+                    delay = self.backoff[0]
+                except _nats_errors() + (HanotaError,) as e:
+                    (log.warning if self.connected.is_set()
+                     or getattr(e, "reason", "") == "wan-limit" else log.info)(
+                        "NATS WAN %s: %s; again in %.1f s", self.url, e, delay)
+                except Exception:  # a bug must not end the WAN for good; it is logged
+                    log.exception("NATS WAN %s", self.url)
+                finally:
+                    pool.members.discard(self)
+                    self.connected.clear()
+                if not self._stopping:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff[1])
+        finally:
+            if own:
+                await pool.close()
+
+    async def _nats_session(self, pool: NatsPool, js: Any) -> None:
         assert self.store is not None  # start() made it
         hub, previous = self._identity()
-        durable = "ch-" + hub
-        sub = await js.pull_subscribe(DOWN % hub, durable=durable, stream=STREAM,
-                                      config=_consumer_config(durable, DOWN % hub,
-                                                              self.ack_wait))
-        await js.publish(UP % hub, encode(self._hello(hub, previous)).encode())
-        self.connections += 1
-        self.connected.set()
-        log.info("NATS WAN up: %s as hub %s", self.url, hub)
+
+        async def on_msg(m: Any) -> None:
+            try:
+                await self._take(js, hub, m)
+            except _nats_errors() as e:  # unacknowledged: the broker delivers it again
+                log.info("NATS WAN: hub %s: %s", hub, e)
+            except Exception:  # noqa: BLE001 - logged; unacknowledged, delivered again
+                log.exception("NATS WAN: hub %s", hub)
+
+        # subscribed before the consumer is made or bound: it delivers from then on
+        sub = await pool.nc.subscribe(DELIVER % hub, cb=on_msg)
+        try:
+            await pool.ensure_consumer(hub, self.ack_wait)
+            await js.publish(UP % hub, encode(self._hello(hub, previous)).encode())
+            self.connections += 1
+            pool.members.add(self)
+            if pool.up:
+                self.connected.set()
+            log.info("NATS WAN up: %s as hub %s", self.url, hub)
+            await self._sender(js, hub)
+        finally:
+            pool.members.discard(self)
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection is gone or closing
+                pass
+
+    async def _sender(self, js: Any, hub: str) -> None:
+        """Publish the outbox when a work step has run (and what stays unacknowledged every
+        `resend` s) until the hub's identity changes."""
         loop = asyncio.get_running_loop()
-        sent: dict[int, float] = {}  # CH message id -> when published
         while not self._stopping:
+            self._outbox_ready.clear()
             switching = self._identity()[0] != hub
             if switching:
                 self.collect()  # what the old identity has to say goes under it
             now = loop.time()
-            for msg in self.store.outbox():
-                if now - sent.get(msg["id"], -1e9) >= self.resend:
-                    await js.publish(UP % hub, encode(msg).encode(),
-                                     headers={"Nats-Msg-Id": "ch-%s-%d" % (hub, msg["id"])})
-                    sent[msg["id"]] = now
+            pending = self.store.outbox()
+            try:
+                for msg in pending:
+                    if now - self._sent.get(msg["id"], -1e9) >= self.resend:
+                        await js.publish(UP % hub, encode(msg).encode(), headers={
+                            "Nats-Msg-Id": "ch-%s-%d" % (hub, msg["id"])})
+                        self._sent[msg["id"]] = now
+            except _nats_errors() as e:  # the broker away: again at the next pass
+                log.info("NATS WAN: hub %s publishing: %s", hub, e)
             if switching:
                 return
             try:
-                msgs = await sub.fetch(100, timeout=self.poll)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            for m in msgs:
-                try:
-                    msg = decode(m.data)
-                except WanError as e:
-                    log.warning("DCC: %s", e)
-                    await m.term()
-                    continue
-                if "ack" in msg:
-                    self.store.acked(msg["ack"])
-                    sent.pop(msg["ack"], None)
-                elif "id" in msg:
-                    try:
-                        msg = await incoming(js, msg)
-                    except _nats_errors() as e:  # the image not there yet: again later
-                        log.warning("DCC message %s: image %s: %s", msg["id"],
-                                    msg.get("image_obj"), e)
-                        await m.nak(delay=1.0)
-                        continue
-                    try:
-                        self.store.store_in(msg)
-                    except HanotaError as e:
-                        log.error("DCC message %s not stored: %s", msg["id"], e)
-                        await m.nak(delay=1.0)
-                        continue
-                    await js.publish(UP % hub, encode({"ack": msg["id"]}).encode())
-                    self.wake()
-                await m.ack()
+                await asyncio.wait_for(self._outbox_ready.wait(), self.resend)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _take(self, js: Any, hub: str, m: Any) -> None:
+        """One message pushed by the hub's consumer: stored, answered, then acknowledged to
+        the broker; one that cannot be stored yet is left for a redelivery."""
+        try:
+            msg = decode(m.data)
+        except WanError as e:
+            log.warning("DCC: %s", e)
+            await m.term()
+            return
+        if "ack" in msg:
+            self.store.acked(msg["ack"])
+            self._sent.pop(msg["ack"], None)
+        elif "id" in msg:
+            try:
+                msg = await incoming(js, msg)
+            except _nats_errors() as e:  # the image not there yet: again later
+                log.warning("DCC message %s: image %s: %s", msg["id"],
+                            msg.get("image_obj"), e)
+                await m.nak(delay=1.0)
+                return
+            try:
+                self.store.store_in(msg)
+            except HanotaError as e:
+                log.error("DCC message %s not stored: %s", msg["id"], e)
+                await m.nak(delay=1.0)
+                return
+            await js.publish(UP % hub, encode({"ack": msg["id"]}).encode())
+            self.wake()
+        await m.ack()
 
 
 def make_hub_wan(hub: Any, url: str, **kw: Any) -> CommsHubWan:

@@ -3,7 +3,8 @@ every hub on its WAN to one DCC (`hanota fleet sim`).
 
 One process holds many premises on one event loop: per premises a `hanota.hub.Hub` over its
 own SQLite database (under `--dir`, kept between runs), its WAN client to the DCC
-(`hanota.dcc.wan_nats.make_hub_wan`: the websocket for http(s)://, JetStream for nats://)
+(`hanota.dcc.wan_nats.make_hub_wan`: the websocket for http(s)://, JetStream for nats://,
+where the process's hubs share one NATS connection, `wan_nats.NatsPool`)
 and its devices (`fleet.device.SimDevice`) on an in-process HAN (`fleet.device.HanBus`):
 no thread and no socket per device, and the hubs poll their databases at `poll` seconds
 rather than the interactive hub's quarter second. `--procs P` cuts the slice into P
@@ -186,6 +187,7 @@ class FleetProcess:
         self._t0 = 0.0
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
+        self.nats_pool: Any = None  # one NATS connection for all hubs of the process
 
     def _hub_options(self):
         from ..hub import HubOptions
@@ -222,7 +224,7 @@ class FleetProcess:
         return path
 
     async def _start_one(self, p: Premises) -> _Premises:
-        from ..dcc.wan_nats import make_hub_wan
+        from ..dcc.wan_nats import is_nats, make_hub_wan
         from .device import HanBus, SimDevice
 
         one = _Premises(p)
@@ -236,9 +238,13 @@ class FleetProcess:
             srv.watch_interval = max(srv.watch_interval, self.cfg.poll,
                                      one.hub.options.stall_timeout / 2)
             one.bus = srv.attach_link(HanBus)
+            kw: dict[str, Any] = {}
+            if is_nats(self.cfg.dcc_url):
+                await self._connect_nats()  # (start() made it already)
+                kw["pool"] = self.nats_pool  # all hubs of the process on one connection
             one.wan = make_hub_wan(one.hub, self.cfg.dcc_url, premises=p.mpxn,
                                    poll=self.cfg.poll, backoff=(0.5, 10.0),
-                                   token=self.cfg.wan_token)
+                                   token=self.cfg.wan_token, **kw)
             # woken by what it has to do (a DCC message, an outcome or alert the hub
             # records, a queued message); otherwise a pass every `quiet` seconds
             one.wan.quiet = self.cfg.quiet
@@ -255,6 +261,22 @@ class FleetProcess:
             self._spawn(dev.start())
         return one
 
+    async def _connect_nats(self) -> None:
+        """On NATS, the process's one connection, made before the hubs start (their start
+        keeps the event loop too busy for a connect's timeout); a failure here is only
+        logged: each hub's WAN tries again."""
+        from ..dcc.wan_nats import NatsPool, _nats_errors, is_nats
+
+        if not is_nats(self.cfg.dcc_url) or self.nats_pool is not None:
+            return
+        self.nats_pool = NatsPool(self.cfg.dcc_url, name="hanota-fleet-%d-%d" % (
+            self.cfg.lo, self.cfg.hi))
+        try:
+            await self.nats_pool.connection()
+        except _nats_errors() as e:
+            log.warning("NATS %s: %s; the hubs try again", self.cfg.dcc_url,
+                        str(e) or type(e).__name__)
+
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.append(t)
@@ -268,6 +290,7 @@ class FleetProcess:
     async def start(self) -> None:
         _raise_fd_limit()
         self._t0 = time.monotonic()
+        await self._connect_nats()
         gap = 1.0 / self.cfg.start_rate if self.cfg.start_rate > 0 else 0.0
         for p in self.cfg.plan.range(self.cfg.lo, self.cfg.hi):
             try:
@@ -340,6 +363,8 @@ class FleetProcess:
                 await p.hub.stop()
             except Exception as e:  # noqa: BLE001 - counted; the others still stop
                 self.errors["stopping %s: %s" % (p.spec.mpxn, e)] += 1
+        if self.nats_pool is not None:
+            await self.nats_pool.close()
 
     def summary(self, outcomes: bool = True) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
