@@ -643,7 +643,8 @@ def main(argv=None) -> int:
     ap.add_argument("--poll", type=float, default=2.0, help="fleet sim --poll")
     ap.add_argument("--start-rate", type=float, default=100.0,
                     help="fleet sim --start-rate: premises started per second per process "
-                         "(1,000 hubs dialling NATS at once timed their connections out)")
+                         "(0: all at once; thousands of hubs' first WAN sessions at once "
+                         "keep the DCC and the simulator busy for minutes)")
     ap.add_argument("--per-proc", type=int, default=2500,
                     help="premises per fleet sim process")
     ap.add_argument("--max-procs", type=int, default=8)

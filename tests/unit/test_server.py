@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 
 import pytest
 
@@ -682,3 +683,31 @@ def test_hub_counter_is_reserved_ahead_and_commands_need_a_route():
             assert baseline == 5001 and policy.counter > baseline
             dev.close()
     run(main())
+
+
+def test_open_image_files_are_bounded_and_closed_when_idle(tmp_path):
+    """The server reads images through an LRU of descriptors: at most `limit` open, and one
+    not read for `idle` seconds is closed (the watchdog's close_idle), so a server whose
+    transfers ended holds none; a closed file is opened again on the next read."""
+    from hanota.server.blocks import Files
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    paths = []
+    for k in range(3):
+        p = tmp_path / ("img%d" % k)
+        p.write_bytes(bytes([k]) * 100)
+        paths.append(str(p))
+    files = Files(limit=2, idle=60.0)
+    before = fds()
+    assert [files.read(p, 10, 2) for p in paths] == [b"\0\0", b"\1\1", b"\2\2"]
+    assert len(files) == 2 and fds() == before + 2  # img0 was closed for img2
+    files._used[paths[1]] -= 120  # img1 last read two minutes ago
+    assert files.close_idle() == 1 and len(files) == 1 and fds() == before + 1
+    assert files.close_idle() == 0  # img2 was read just now
+    assert files.close_idle(now=time.monotonic() + 61) == 1 and len(files) == 0
+    assert fds() == before
+    assert files.read(paths[1], 99, 5) == b"\1"  # opened again; a short read at the end
+    files.close()
+    assert fds() == before

@@ -188,6 +188,8 @@ class FleetProcess:
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
         self.nats_pool: Any = None  # one NATS connection for all hubs of the process
+        from ..server.blocks import Files
+        self.files = Files(limit=IMAGE_FILES)
 
     def _hub_options(self):
         from ..hub import HubOptions
@@ -237,6 +239,10 @@ class FleetProcess:
             srv = one.hub.server
             srv.watch_interval = max(srv.watch_interval, self.cfg.poll,
                                      one.hub.options.stall_timeout / 2)
+            # the process's hubs read their images through one LRU of open files: a hub's
+            # own would keep each image it served open, thousands of hubs past the fd limit
+            srv.serving.blocks.files.close()
+            srv.serving.blocks.files = self.files
             one.bus = srv.attach_link(HanBus)
             kw: dict[str, Any] = {}
             if is_nats(self.cfg.dcc_url):
@@ -365,6 +371,7 @@ class FleetProcess:
                 self.errors["stopping %s: %s" % (p.spec.mpxn, e)] += 1
         if self.nats_pool is not None:
             await self.nats_pool.close()
+        self.files.close()
 
     def summary(self, outcomes: bool = True) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -469,7 +476,8 @@ def merge(parts: list[dict]) -> dict:
 
 
 FDS_PER_PREMISES = 6  # a hub's database (3), its counter journal and lock, its WAN connection
-FDS_SPARE = 64
+IMAGE_FILES = 32  # open upgrade files the process's hubs share (one LRU; a miss is an open)
+FDS_SPARE = 64 + IMAGE_FILES
 
 
 def check_fds(premises: int, procs: int) -> None:

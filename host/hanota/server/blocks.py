@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import Counter, OrderedDict
 from typing import Callable
 
@@ -20,11 +21,19 @@ from .sessions import DeviceState, Sessions
 
 
 class Files:
-    """An LRU of open upgrade files; reads are positional, so any offset, any device."""
+    """An LRU of open upgrade files; reads are positional, so any offset, any device. A file
+    not read for `idle` seconds is closed by `close_idle` (the server's watchdog calls it), so
+    a server that finished its transfers holds no descriptor: a fleet of thousands of hubs in
+    one process would otherwise keep every image of every hub open."""
 
-    def __init__(self, limit: int = OPEN_FILES):
+    def __init__(self, limit: int = OPEN_FILES, idle: float = 60.0):
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._used: dict[str, float] = {}
         self._limit = limit
+        self.idle = idle
+
+    def __len__(self) -> int:
+        return len(self._fds)
 
     def read(self, path: str, offset: int, n: int) -> bytes:
         fd = self._fds.get(path)
@@ -32,14 +41,31 @@ class Files:
             fd = os.open(path, os.O_RDONLY)
             self._fds[path] = fd
             while len(self._fds) > self._limit:
-                os.close(self._fds.popitem(last=False)[1])
+                old, ofd = self._fds.popitem(last=False)
+                self._used.pop(old, None)
+                os.close(ofd)
         else:
             self._fds.move_to_end(path)
+        self._used[path] = time.monotonic()
         return os.pread(fd, n, offset)
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the files not read for `idle` seconds; how many were closed."""
+        cut = (time.monotonic() if now is None else now) - self.idle
+        n = 0
+        while self._fds:
+            path = next(iter(self._fds))  # least recently read first
+            if self._used.get(path, 0.0) > cut:
+                break
+            os.close(self._fds.pop(path))
+            self._used.pop(path, None)
+            n += 1
+        return n
 
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])
+        self._used.clear()
 
 
 class BlockSender:

@@ -180,6 +180,7 @@ class OtaServer:
             await asyncio.sleep(self.watch_interval)
             try:
                 self.check_timeouts()
+                self.serving.blocks.files.close_idle()
             except Exception:  # a policy bug must not end the watchdog
                 log.exception("watchdog")
 
