@@ -34,57 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .procs import tree_cpu, tree_fds, tree_rss_mb
+
 HERE = Path(__file__).resolve().parent
 HANOTA = [sys.executable, "-c", "from hanota.cli import main; main()"]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree(pid: int) -> list[int]:
-    """pid and its living descendants (a `fleet sim --procs P`'s children)."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(Path("/proc/%s/stat" % d).read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _each(pid: int, fn) -> float:
-    total = 0.0
-    for p in tree(pid):
-        try:
-            total += fn(p)
-        except OSError:  # gone meanwhile
-            pass
-    return total
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process pid, its living descendants, and the children
-    they waited for."""
-    def one(p: int) -> float:
-        f = Path("/proc/%d/stat" % p).read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / TICK
-    return _each(pid, one)
-
-
-def proc_rss_mb(pid: int) -> float:
-    def one(p: int) -> float:
-        m = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/%d/status" % p).read_text())
-        return int(m.group(1)) / 1024 if m else 0.0
-    return _each(pid, one)
-
-
-def proc_fds(pid: int) -> int:
-    return int(_each(pid, lambda p: len(os.listdir("/proc/%d/fd" % p))))
 
 
 def start(args: list[str], log: Path, ready: str, timeout: float,
@@ -222,24 +175,24 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
     try:
         time.sleep(3)  # the connection burst settles
         def bcpu():
-            return proc_cpu(broker.pid) if broker is not None else 0.0
-        c0, d0, b0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
+            return tree_cpu(broker.pid) if broker is not None else 0.0
+        c0, d0, b0, w0 = tree_cpu(sim.pid), tree_cpu(dcc_proc.pid), bcpu(), time.monotonic()
         time.sleep(idle)
-        c1, d1, b1, w1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
+        c1, d1, b1, w1 = tree_cpu(sim.pid), tree_cpu(dcc_proc.pid), bcpu(), time.monotonic()
         r["idle_cpu_pct"] = round(100 * (c1 - c0) / (w1 - w0), 1)
         r["idle_dcc_cpu_pct"] = round(100 * (d1 - d0) / (w1 - w0), 1)
         if broker is not None:
             r["idle_broker_cpu_pct"] = round(100 * (b1 - b0) / (w1 - w0), 1)
-        r["rss_mb"] = round(proc_rss_mb(sim.pid), 1)
+        r["rss_mb"] = round(tree_rss_mb(sim.pid), 1)
         r["rss_kb_per_premises"] = round(1024 * r["rss_mb"] / n, 1)
-        r["fds"] = proc_fds(sim.pid)
+        r["fds"] = tree_fds(sim.pid)
         log("  %d premises: connected in %.1f s, idle CPU %.1f %% (DCC %.1f %%), RSS %.0f MB, "
             "%d fds" % (n, r["connected_s"], r["idle_cpu_pct"], r["idle_dcc_cpu_pct"],
                         r["rss_mb"], r["fds"]))
         if wave:
             before = dcc.outcomes()
             xmls = dcc.requests(plan)
-            c0, d0, b0, w0 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu(), time.monotonic()
+            c0, d0, b0, w0 = tree_cpu(sim.pid), tree_cpu(dcc_proc.pid), bcpu(), time.monotonic()
             bad = asyncio.run(post_all(url, xmls))
             r["wave_post_s"] = round(time.monotonic() - w0, 1)
             want = before[0] + len(xmls)
@@ -250,7 +203,7 @@ def one_size(dcc: Dcc, dcc_proc: subprocess.Popen, url: str, n: int, k: int, fle
                     break
                 time.sleep(0.5)
             w1 = time.monotonic()
-            c1, d1, b1 = proc_cpu(sim.pid), proc_cpu(dcc_proc.pid), bcpu()
+            c1, d1, b1 = tree_cpu(sim.pid), tree_cpu(dcc_proc.pid), bcpu()
             if broker is not None:
                 r["wave_broker_cpu_s"] = round(b1 - b0, 1)
             total, done = dcc.outcomes()

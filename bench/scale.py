@@ -45,10 +45,11 @@ import threading
 import time
 from pathlib import Path
 
+from .procs import tree_cpu, tree_pss_mb
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HANOTA = [sys.executable, "-c", "from hanota.cli import main; main()"]
-TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("ppmid", "hcalcs", "althan")
 
 # name -> (database, WAN, workers, fault)
@@ -66,60 +67,6 @@ FAULT_TEXT = {None: "-", "kill_worker": "a DCC worker SIGKILLed",
 
 
 # ---------------------------------------------------------------- processes
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            f = _stat(int(d))
-            if f is not None:
-                kids.setdefault(int(f[1]), []).append(int(d))
-    return kids
-
-
-def tree(pid: int) -> list[int]:
-    """pid and every process under it."""
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process tree: the live processes' own, and what the root reaped."""
-    total = 0.0
-    for i, p in enumerate(tree(pid)):
-        f = _stat(p)
-        if f is None:
-            continue
-        total += int(f[11]) + int(f[12])
-        if i == 0:
-            total += int(f[13]) + int(f[14])
-    return total / TICK
-
-
-def tree_pss_mb(pid: int) -> float:
-    """Proportional set size of a process tree (shared pages split among their users)."""
-    kb = 0
-    for p in tree(pid):
-        try:
-            m = re.search(r"^Pss:\s+(\d+) kB", Path("/proc/%d/smaps_rollup" % p).read_text(),
-                          re.M)
-        except OSError:
-            continue
-        if m:
-            kb += int(m.group(1))
-    return kb / 1024
-
 
 class Meter:
     """CPU seconds and peak PSS of named process trees, sampled every `every` seconds (a
