@@ -466,11 +466,12 @@ BOUNDS = """What bounds it, from how the code works (the figures above say how m
   share of sends is prepared more than once, CPU that a second worker spends.
   Beyond this, partitioning the lock (per Supplier: counters are per User) or committing
   several sends per transaction would be next.
-- **Images in every WAN message.** Each device's `update_firmware` carries the whole image,
-  base64, in `wan_out` (and, on NATS, in the stream or the object store above max_payload):
-  1.5 million devices x the image size of database and broker storage. Small images here; a
-  200 KiB image would be about 400 GB. Referring to one stored image by its hash would remove
-  it.
+- **Images.** Each device's `update_firmware` carries the whole image on the wire (each
+  Comms Hub needs it), but the DCC's database keeps each image once (`wan_images`, by
+  SHA-256; the messages refer to it) and on NATS an image of 64 KiB or more goes once into
+  the object store, the stream's messages naming it: storage grows with the images, not
+  with the devices. What grows with the devices is the WAN traffic: 1.5 million x the image
+  size leaves the DCC (or the broker) in a campaign.
 - **The broker.** One durable JetStream consumer per Comms Hub (`ch-<EUI>`): the NATS memory
   per hub above (its peak PSS over the premises, so the server's own base memory is in it:
   meaningful at the larger sizes) times 500,000 premises, on one server; a cluster or fewer

@@ -24,13 +24,6 @@ N = 240
 SUP_A = pki.ORGS["supplier-a"][1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_uri")
-    return str(tmp_path / "dcc.db")
-
-
 def wait_for(cond, what: str, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while not cond():

@@ -803,3 +803,54 @@ def test_an_image_over_max_payload_goes_through_the_object_store(natsd, tmp_path
     asyncio.run(main())
     store.close()
     db.close()
+
+
+def test_a_large_image_is_put_in_the_object_store_once_for_every_hub(natsd, tmp_path):
+    """An image of OFFLOAD_AT bytes or more goes by the object store although the message
+    would fit: the stream's messages to two hubs refer to one object, and each hub stores
+    its message exactly as the DCC queued it."""
+    import base64
+    import hashlib
+
+    store = DccStore(tmp_path / "dcc.db")
+    dcc = FakeDcc(store)
+    one, db1, hub1 = hub_side(tmp_path, "hub1", natsd.url)
+    two, db2, hub2 = hub_side(tmp_path, "hub2", natsd.url)
+    image = os.urandom(wan_nats.OFFLOAD_AT + 1000)
+    msg = {"type": "update_firmware", "request": "r1", "device": "00DB123456789001",
+           "kind": "11.4", "at": None, "image_b64": base64.b64encode(image).decode()}
+
+    async def main():
+        worker = await dcc_worker(dcc, natsd.url)
+        ids = [store.wan_queue(hub, dict(msg, request="r" + hub)) for hub in (hub1, hub2)]
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(w.run()) for w in (one, two)]
+        try:
+            await until(lambda: not store.wan_outbox(hub1) and not store.wan_outbox(hub2), 30,
+                        "both messages acknowledged")
+        finally:
+            for w, t in ((one, tasks[0]), (two, tasks[1])):
+                w._stopping = True
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await worker.stop()
+        for db, hub, mid in ((db1, hub1, ids[0]), (db2, hub2, ids[1])):
+            rows = db.all("SELECT id, body FROM ch_wan_in ORDER BY id")
+            assert [(r[0], json.loads(r[1])) for r in rows] == \
+                [(mid, dict(msg, request="r" + hub, id=mid))]
+        sent = [body for _, body in await stream_messages(natsd.url, wan_nats.SUBJECTS)
+                if body.get("type") == "update_firmware"]
+        name = "sha256-" + hashlib.sha256(image).hexdigest()
+        assert len(sent) == 2 and all(b.get("image_obj") == name and "image_b64" not in b
+                                      for b in sent), sent
+        nc, js = await wan_nats.connect(natsd.url, "test-reader")
+        try:
+            obs = await wan_nats.image_store(js)
+            assert (await obs.get(name)).data == image
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+    store.close()
+    db1.close()
+    db2.close()

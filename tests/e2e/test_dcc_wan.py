@@ -546,3 +546,40 @@ def test_virtual_board_through_duis(vboards, tmp_path):
         resp = final(ack["request_id"])
         assert resp["code"] == "I0" and outcome(resp)["Outcome"] == "activated", resp
         assert outcome(resp)["FirmwareVersion"] == "%08X" % v2
+
+
+def test_a_campaigns_messages_share_one_stored_image(db_target):
+    """Two update_firmware messages with one image (and one with another) store each image
+    once, by SHA-256, their bodies referring to it; the outbox and the publisher's read give
+    every message back as queued, image included, also to a store that never saw it queued;
+    a message whose image row is missing is an error naming it, not a message without it."""
+    import hashlib
+
+    hub_a, hub_b = bytes.fromhex("00DB0000000000A1"), bytes.fromhex("00DB0000000000B2")
+    one, other = os.urandom(3000), os.urandom(500)
+
+    def fw(data: bytes) -> dict:
+        return {"type": "update_firmware", "kind": "11.4", "role": "ppmid",
+                "image_b64": base64.b64encode(data).decode(), "version": "00000002"}
+    with DccStore(db_target) as store:
+        a = store.wan_queue(hub_a, fw(one))
+        b = store.wan_queue(hub_b, fw(one))
+        c = store.wan_queue(hub_b, fw(other))
+        d = store.wan_queue(hub_b, {"type": "read_version"})
+        rows = {r[0]: bytes(r[1]) for r in store.all("SELECT sha256, data FROM wan_images")}
+        assert rows == {hashlib.sha256(x).hexdigest(): x for x in (one, other)}
+        for mid in (a, b, c):
+            raw = json.loads(store.wan_message(mid)["body"])
+            assert "image_b64" not in raw and len(raw["image_ref"]) == 64, raw
+    with DccStore(db_target) as fresh:  # nothing cached: read back from wan_images
+        assert [m["id"] for m in fresh.wan_outbox(hub_b)] == [b, c, d]
+        got = {m["id"]: m for m in fresh.wan_outbox(hub_a) + fresh.wan_unpublished(hub_b)}
+        assert got[a] == dict(fw(one), id=a) and got[b] == dict(fw(one), id=b)
+        assert got[c] == dict(fw(other), id=c) and got[d] == {"type": "read_version", "id": d}
+        with fresh.tx() as tx:
+            tx.execute("DELETE FROM wan_images WHERE sha256 = ?",
+                       (hashlib.sha256(other).hexdigest(),))
+    with DccStore(db_target) as broken:
+        with pytest.raises(Exception, match="WAN message %d refers to image sha256 %s" % (
+                c, hashlib.sha256(other).hexdigest())):
+            broken.wan_outbox(hub_b)

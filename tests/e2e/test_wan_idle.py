@@ -199,13 +199,6 @@ def test_quiet_comms_hub_reports_at_once(tmp_path):
     run(tmp_path, body)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_uri")
-    return str(tmp_path / "dcc.db")
-
-
 def test_store_wan_new_on_sqlite_and_postgresql(db_target):
     """The watcher's query: every message above the watermark (acknowledged or not, with its
     hub), at most `limit` of them, and the missing ids it is asked for again."""

@@ -31,11 +31,14 @@ cannot rejoin, so no firmware can reach them).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
 import sqlite3
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -228,6 +231,11 @@ CREATE TABLE IF NOT EXISTS wan_leases (
     worker TEXT,
     until REAL
 );
+CREATE TABLE IF NOT EXISTS wan_images (
+    sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+    data BLOB NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS wan_ack_is_kept BEFORE UPDATE OF acked ON wan_out
     WHEN OLD.acked IS NOT NULL
     BEGIN SELECT RAISE(IGNORE); END;
@@ -310,6 +318,7 @@ class DccStore(sqlitedb.Closing):
                  clock: Callable[[], float] = time.time):
         self.clock = clock
         self._depth = 0
+        self._images: OrderedDict[str, str] = OrderedDict()  # image_ref -> base64 (LRU)
         self.conn: Any = None  # sqlite3.Connection, or dialect.PgConnection
         if dialect.is_postgres(path):
             self._open_postgres(str(path))
@@ -375,6 +384,8 @@ class DccStore(sqlitedb.Closing):
                               "(state, updated)")
                 # ... and before the publisher's claims looked only at unpublished messages
                 c.execute_raw(WAN_OUT_UNPUBLISHED)
+                # ... and before WAN messages referred to their image (wan_queue)
+                c.execute(WAN_IMAGES)
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -397,6 +408,7 @@ class DccStore(sqlitedb.Closing):
             self.conn.execute("CREATE INDEX IF NOT EXISTS requests_open ON requests "
                               "(state, updated)")  # made before response deadlines
             self.conn.execute(WAN_OUT_UNPUBLISHED)  # made before it (wan_claim_hubs)
+            self.conn.execute(WAN_IMAGES)  # made before WAN messages referred to images
             return
         sqlitedb.create_schema(self.conn, _SCHEMA + "INSERT OR IGNORE INTO meta VALUES "
                                "('schema', '%d');" % SCHEMA_VERSION)
@@ -819,9 +831,25 @@ class DccStore(sqlitedb.Closing):
     # -- the WAN, per Comms Hub
 
     def wan_queue(self, hub_eui: bytes | str, msg: dict, request: int | None = None) -> int:
-        """Append a DCC -> CH message; its id (set into the stored body as "id")."""
+        """Append a DCC -> CH message; its id (set into the stored body as "id").
+
+        An image the message carries (`image_b64`, an update_firmware) is stored once, in
+        `wan_images` by its SHA-256, and the stored body refers to it (`image_ref`): a
+        campaign's thousands of messages share one copy. `wan_outbox` / `wan_unpublished`
+        give the message back as queued, image included."""
         hub = eui_hex(hub_eui)
+        image = None
+        if isinstance(msg.get("image_b64"), str):
+            image = base64.b64decode(msg["image_b64"], validate=True)
+            ref = hashlib.sha256(image).hexdigest()
+            self._cache_image(ref, msg["image_b64"])
+            msg = {k: v for k, v in msg.items() if k != "image_b64"}
+            msg["image_ref"] = ref
         with self.tx() as c:
+            if image is not None and c.execute("SELECT 1 FROM wan_images WHERE sha256 = ?",
+                                               (msg["image_ref"],)).fetchone() is None:
+                c.execute("INSERT INTO wan_images (sha256, data, created) VALUES (?, ?, ?)",
+                          (msg["image_ref"], image, self.clock()))
             if self.postgres:
                 # one round trip: the id drawn first, then written into the body's text
                 rest = json.dumps({k: v for k, v in msg.items() if k != "id"},
@@ -875,7 +903,7 @@ class DccStore(sqlitedb.Closing):
 
     def wan_unpublished(self, hub_eui: bytes | str, limit: int = 1000) -> list[dict]:
         """The hub's messages not handed to the broker yet (nor acknowledged), in order."""
-        return [json.loads(r[0]) for r in self.all(
+        return [self._wan_body(r[0]) for r in self.all(
             "SELECT body FROM wan_out WHERE hub_eui = ? AND published IS NULL AND acked IS "
             "NULL ORDER BY id LIMIT ?", (eui_hex(hub_eui), int(limit)))]
 
@@ -892,9 +920,33 @@ class DccStore(sqlitedb.Closing):
 
     def wan_outbox(self, hub_eui: bytes | str, after: int = 0) -> list[dict]:
         """The hub's messages not yet acknowledged, with ids above `after`, in order."""
-        return [json.loads(r[0]) for r in self.all(
+        return [self._wan_body(r[0]) for r in self.all(
             "SELECT body FROM wan_out WHERE hub_eui = ? AND id > ? AND acked IS NULL "
             "ORDER BY id", (eui_hex(hub_eui), after))]
+
+    def _wan_body(self, text: str) -> dict:
+        """A stored WAN message as it was queued: its image put back from `wan_images`."""
+        msg = json.loads(text)
+        ref = msg.pop("image_ref", None)
+        if ref is None:
+            return msg
+        b64 = self._images.get(ref)
+        if b64 is None:
+            row = self.one("SELECT data FROM wan_images WHERE sha256 = ?", (ref,))
+            if row is None:
+                raise DccStoreError("WAN message %s refers to image sha256 %s, which is not in "
+                                    "the DCC database's wan_images" % (msg.get("id"), ref),
+                                    reason="db-integrity")
+            b64 = base64.b64encode(bytes(row[0])).decode("ascii")
+        self._cache_image(ref, b64)
+        msg["image_b64"] = b64
+        return msg
+
+    def _cache_image(self, ref: str, b64: str) -> None:
+        self._images[ref] = b64
+        self._images.move_to_end(ref)
+        while len(self._images) > IMAGE_CACHE:
+            self._images.popitem(last=False)
 
     def wan_new(self, after: int, also: Iterable[int] = (), limit: int = 5000
                 ) -> list[tuple[int, str, bool]]:
@@ -933,6 +985,9 @@ class DccStore(sqlitedb.Closing):
             return cur.rowcount == 1
 
 
+WAN_IMAGES = ("CREATE TABLE IF NOT EXISTS wan_images (sha256 TEXT PRIMARY KEY CHECK "
+              "(length(sha256) = 64), data BLOB NOT NULL, created REAL NOT NULL)")
+IMAGE_CACHE = 4  # images (base64) a store keeps at hand for the WAN messages it reads
 WAN_OUT_UNPUBLISHED = ("CREATE INDEX IF NOT EXISTS wan_out_unpublished ON wan_out (hub_eui, id) "
                        "WHERE published IS NULL AND acked IS NULL")
 

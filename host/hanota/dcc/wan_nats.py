@@ -32,9 +32,10 @@ again with the same Nats-Msg-Id, and JetStream drops the copy (within the duplic
 after it, the CH's id check does).
 
 A message larger than the server's max_payload (1 MiB by default: an update_firmware carries
-its whole image) goes with its image in the JetStream object store bucket `hanota_images`,
-named by the image's SHA-256, and `"image_obj": name` in place of `image_b64`; the Comms Hub
-fetches the image and stores the message exactly as the DCC queued it.
+its whole image), or whose image is 64 KiB or more, goes with its image in the JetStream object
+store bucket `hanota_images`, named by the image's SHA-256 (put once), and `"image_obj": name`
+in place of `image_b64`; the Comms Hub fetches the image and stores the message exactly as the
+DCC queued it. (The DCC's own database keeps each image once too: `DccStore.wan_queue`.)
 
 NATS has its own authentication (user credentials, nkeys, TLS); `--wan-auth` tokens are the
 websocket's and are not used here.
@@ -47,6 +48,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from ..errors import HanotaError
@@ -63,6 +65,9 @@ DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
 MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
 IMAGES = "hanota_images"  # object store bucket of images too large for one message
 HEADROOM = 4096  # bytes of max_payload left for headers
+OFFLOAD_AT = 64 << 10  # an image this large goes by the object store even if the message fits
+REPUT_S = 3600.0  # ... put again after this long (the bucket's objects age out too)
+_stored: dict[tuple[str, str], float] = {}  # (server, image) this process put, and when
 # consumers the stream allows: one per Comms Hub (and the DCC's). nats-server 2.15 puts a
 # default of 1,000 on a stream that sets none (and takes -1 as "the default"), so the
 # stream says its own.
@@ -132,17 +137,23 @@ async def image_store(js: Any) -> Any:
 
 
 async def outgoing(nc: Any, js: Any, msg: dict) -> bytes:
-    """A DCC message as published: itself, or, over max_payload, with its image moved to
-    the object store. WanError when even that does not fit."""
+    """A DCC message as published: itself, or, over max_payload or with an image of
+    OFFLOAD_AT bytes or more, with its image in the object store (put once per process: the
+    stream then holds each image once, not once per device). WanError when even that does
+    not fit."""
     data = encode(msg).encode()
     limit = nc.max_payload - HEADROOM
-    if len(data) <= limit:
+    b64 = msg.get("image_b64")
+    if len(data) <= limit and not (isinstance(b64, str) and len(b64) * 3 // 4 >= OFFLOAD_AT):
         return data
-    if "image_b64" in msg:
-        image = base64.b64decode(msg["image_b64"])
+    if isinstance(b64, str):
+        image = base64.b64decode(b64)
         name = "sha256-" + hashlib.sha256(image).hexdigest()
-        obs = await image_store(js)
-        await obs.put(name, image)
+        key = (str(getattr(nc, "connected_url", "")), name)
+        if time.monotonic() - _stored.get(key, -REPUT_S) >= REPUT_S:
+            obs = await image_store(js)  # a campaign's messages share one object
+            await obs.put(name, image)
+            _stored[key] = time.monotonic()
         small = {k: v for k, v in msg.items() if k != "image_b64"}
         small["image_obj"] = name
         data = encode(small).encode()
