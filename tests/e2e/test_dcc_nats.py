@@ -502,19 +502,30 @@ def test_two_workers_share_the_outbox_and_one_is_killed(natsd, pg_uri, tmp_path)
     here = os.path.dirname(__file__)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [here, os.path.join(here, ".."), os.environ.get("PYTHONPATH", "")]))
-    procs = {name: subprocess.Popen([sys.executable, "-c", WORKER, pg_uri, natsd.url, name,
-                                     here], env=env)
-             for name in ("A", "B")}
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WORKER, pg_uri, natsd.url, name, here],
+                                env=env)
+
+    def held_by(name: str) -> int:
+        return store.one("SELECT count(*) FROM wan_leases WHERE worker = ?", (name,))[0]
+
+    procs = {"A": start("A")}
     try:
         def published() -> int:
             return store.one("SELECT count(*) FROM wan_out WHERE published IS NOT NULL")[0]
 
+        # B once A holds hubs (on a busy machine B could otherwise take them all first)
+        end = time.monotonic() + 30
+        while not held_by("A"):
+            assert time.monotonic() < end, "worker A claimed no hub in 30 s"
+            time.sleep(0.02)
+        procs["B"] = start("B")
         end = time.monotonic() + 30
         while published() < total // 3:
             assert time.monotonic() < end, "the workers published %d of %d" % (
                 published(), total)
             time.sleep(0.02)
-        held = store.one("SELECT count(*) FROM wan_leases WHERE worker = 'A'")[0]
+        held = held_by("A")
         procs["A"].send_signal(signal.SIGKILL)
         procs["A"].wait(10)
         assert held > 0, "worker A held no hub when it was killed"
@@ -854,3 +865,31 @@ def test_a_large_image_is_put_in_the_object_store_once_for_every_hub(natsd, tmp_
     store.close()
     db1.close()
     db2.close()
+
+
+def test_an_undecodable_message_is_delivered_again_before_it_is_dropped():
+    """A frame that does not decode (e.g. cut short when a slow connection was dropped
+    mid-read) is nak'ed for a redelivery, JetStream holding it whole; only after
+    BAD_FRAME_TRIES deliveries that all failed is it terminated."""
+    class Msg:
+        def __init__(self, n: int):
+            self.metadata = SimpleNamespace(num_delivered=n)
+            self.did: list = []
+
+        async def nak(self, delay=None):
+            self.did.append(("nak", delay))
+
+        async def term(self):
+            self.did.append(("term",))
+
+    async def main():
+        out = []
+        for n in range(1, wan_nats.BAD_FRAME_TRIES + 2):
+            m = Msg(n)
+            await wan_nats.undecodable(m, "test", ValueError("cut short"))
+            out.append(m.did)
+        return out
+
+    did = asyncio.run(main())
+    assert did[:wan_nats.BAD_FRAME_TRIES - 1] == [[("nak", 2.0)]] * (wan_nats.BAD_FRAME_TRIES - 1)
+    assert did[wan_nats.BAD_FRAME_TRIES - 1:] == [[("term",)], [("term",)]]

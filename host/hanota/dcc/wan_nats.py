@@ -65,6 +65,7 @@ DEDUP_WINDOW = 600.0  # seconds JetStream drops a re-published Nats-Msg-Id
 MAX_AGE = 30 * 86400.0  # a hub offline longer than this loses its messages (the stream's limit)
 IMAGES = "hanota_images"  # object store bucket of images too large for one message
 HEADROOM = 4096  # bytes of max_payload left for headers
+BAD_FRAME_TRIES = 5  # deliveries of an undecodable message before it is dropped
 OFFLOAD_AT = 64 << 10  # an image this large goes by the object store even if the message fits
 REPUT_S = 3600.0  # ... put again after this long (the bucket's objects age out too)
 _stored: dict[tuple[str, str], float] = {}  # (server, image) this process put, and when
@@ -134,6 +135,23 @@ async def image_store(js: Any) -> Any:
                 bucket=IMAGES, storage=StorageType.FILE, ttl=MAX_AGE))
         except Exception:  # noqa: BLE001 - another worker made it first
             return await js.object_store(IMAGES)
+
+
+async def undecodable(m: Any, where: str, e: Exception) -> None:
+    """A message that does not decode: delivered again (JetStream stored it whole; a frame
+    cut short on a connection dropped mid-read reads whole the next time), and dropped,
+    saying so, only after BAD_FRAME_TRIES deliveries that all failed."""
+    try:
+        n = int(m.metadata.num_delivered)
+    except Exception:  # noqa: BLE001 - not a JetStream message: nothing to redeliver
+        n = BAD_FRAME_TRIES
+    if n < BAD_FRAME_TRIES:
+        log.warning("%s: a message that does not decode (delivery %d of %d, again in 2 s): %s",
+                    where, n, BAD_FRAME_TRIES, e)
+        await m.nak(delay=2.0)
+        return
+    log.error("%s: dropped a message that did not decode in %d deliveries: %s", where, n, e)
+    await m.term()
 
 
 async def outgoing(nc: Any, js: Any, msg: dict) -> bytes:
@@ -347,8 +365,7 @@ class NatsWanDcc:
             hub = eui_hex(parts[2])
             msg = decode(m.data)
         except (WanError, IndexError) as e:
-            log.error("NATS WAN: dropped a message on %s: %s", m.subject, e)
-            await m.term()
+            await undecodable(m, "NATS WAN %s" % m.subject, e)
             return None
         key = bytes.fromhex(hub)
         self.connected.add(hub)
@@ -387,6 +404,10 @@ CH_MAX_ACK_PENDING = 64  # a hub's messages in flight, unacknowledged (the broke
 # process holding thousands of hubs, busy in a wave, is not sent its backlog a second time
 CH_ACK_WAIT = 30.0
 API_IN_FLIGHT = 32  # JetStream API requests (consumer creation) a pool has in flight
+# messages a pool's hubs handle at once: the rest wait, so the connection's reader still gets
+# the loop when thousands of hubs are sent a wave at once (if it does not read for the
+# broker's write deadline, 10 s, the broker drops the connection as a slow consumer)
+HANDLING = 16
 
 
 def _hub_consumer_config(hub: str, ack_wait: float) -> Any:
@@ -428,6 +449,7 @@ class NatsPool:
         self.members: set[Any] = set()  # NatsCommsHubWan with a session up
         self._lock = asyncio.Lock()
         self._api = asyncio.Semaphore(API_IN_FLIGHT)
+        self.handling = asyncio.Semaphore(HANDLING)
         self._closed = False
 
     async def connection(self) -> tuple[Any, Any]:
@@ -573,7 +595,8 @@ class NatsCommsHubWan(CommsHubWan):
 
         async def on_msg(m: Any) -> None:
             try:
-                await self._take(js, hub, m)
+                async with pool.handling:
+                    await self._take(js, hub, m)
             except _nats_errors() as e:  # unacknowledged: the broker delivers it again
                 log.info("NATS WAN: hub %s: %s", hub, e)
             except Exception:  # noqa: BLE001 - logged; unacknowledged, delivered again
@@ -629,8 +652,7 @@ class NatsCommsHubWan(CommsHubWan):
         try:
             msg = decode(m.data)
         except WanError as e:
-            log.warning("DCC: %s", e)
-            await m.term()
+            await undecodable(m, "NATS WAN: hub %s" % hub, e)
             return
         if "ack" in msg:
             self.store.acked(msg["ack"])
