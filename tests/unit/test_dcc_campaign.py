@@ -78,6 +78,10 @@ class World:
         self.store.cpl_add(MFR, 0x0084, h.header.file_version, h.image_sha256)
         self.hub_ids = {eui_hex(h): 0 for h in HUBS}
         self.dcc = self.new_dcc()
+        # Supplier A's signing key, held by the campaign drivers (never by the DCC's database)
+        self.signer = campaign.Signer.from_pem(
+            (pkidir / "supplier-a.xml.key.pem").read_bytes(),
+            (pkidir / "supplier-a.xml.cert.pem").read_bytes())
         self.answers: dict[str, list[str]] = {}  # device -> outcomes, one per request
         self.seen: list[tuple[str, str]] = []  # (device, request) the hubs received
 
@@ -146,7 +150,7 @@ def wave_counts(s: dict) -> list[tuple[int, int, int]]:
 def test_waves_open_on_success_and_each_device_gets_one_request(world):
     s = world.create(waves=["1", "50%"], success_threshold="100%")
     assert [w["size"] for w in s["waves_detail"]] == [1, 3, 2] and s["srv"] == "11.4"
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 1  # wave 1: one device
     assert d.step() == 0  # nothing more before its outcome
     world.hubs()
@@ -170,7 +174,7 @@ def test_waves_open_on_success_and_each_device_gets_one_request(world):
 
 def test_error_threshold_stops_a_campaign_whose_image_fails_on_the_first_wave(world):
     world.create(waves=["2", "100%"], error_threshold="50%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.hubs(default="rejected_by_device")
     d.step()
@@ -184,7 +188,7 @@ def test_error_threshold_stops_a_campaign_whose_image_fails_on_the_first_wave(wo
 
 def test_a_wave_below_the_success_threshold_stops_the_campaign(world):
     world.create(waves=["2"], success_threshold="100%", error_threshold="100%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.answers[dev_eui(0)] = ["rejected_by_device"]
     world.hubs()
@@ -198,7 +202,7 @@ def test_dcc_refusals_are_outcomes_and_count_as_failures(world):
     # an HCALCS image to PPMIDs: the DCC refuses every request (its own rules)
     world.create(image=world.fw["hcalcs"], srv="11.4", waves=["3"], error_threshold="100%",
                  success_threshold="0%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 6  # a success threshold of 0 % opens every wave at once
     s = campaign.status(world.store, "c1")
     assert s["state"] == "stopped" and "error threshold" in s["reason"]
@@ -218,7 +222,7 @@ def test_hcalcs_campaign_is_sr_11_1_and_distributed_is_its_success(world):
     assert s["srv"] == "11.1"
     with pytest.raises(CampaignError, match="cannot tell the SR"):
         world.create("mixed", devices=[hc, dev_eui(0)], image=world.fw["hcalcs"])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 1
     world.hubs(default="distributed")
     d.step()
@@ -234,7 +238,7 @@ def test_maintenance_window_defers_sends_until_it_opens(world):
     s = world.create(window=win)
     assert s["window_open"] is False
     assert s["next_window"] == datetime(2026, 3, 2, 2, 0, tzinfo=LONDON).timestamp()
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 0 and world.requests() == []
     world.clock.t = T0 + 3600 + 300  # 02:05 London
     assert d.step() == 6
@@ -268,7 +272,7 @@ def test_bad_windows_are_named(cron, why):
 
 def test_rate_limit_spreads_sends_over_minutes(world):
     world.create(rate=4)
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 4
     world.clock.t += 30
     assert d.step() == 0
@@ -279,7 +283,7 @@ def test_rate_limit_spreads_sends_over_minutes(world):
 def test_retries_with_backoff(world):
     world.create(devices=[dev_eui(0), dev_eui(1)], retries=2, backoff=60)
     world.answers[dev_eui(0)] = ["transfer_failed", "device_unreachable"]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.hubs()
     assert d.step() == 0  # device 0 waits for its backoff (60 s)
@@ -309,7 +313,7 @@ def test_retries_run_out(world):
     world.create(devices=[dev_eui(0)], retries=1, backoff=10, error_threshold="100%",
                  success_threshold="0%")
     world.answers[dev_eui(0)] = ["transfer_failed", "transfer_failed"]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs()
     d.step()
@@ -326,7 +330,7 @@ def test_retries_run_out(world):
 
 def test_a_request_never_answered_gets_no_response_once_and_a_late_answer_is_kept(world):
     world.create(devices=[dev_eui(0), dev_eui(1)])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.answers[dev_eui(0)] = [None]  # its Comms Hub never answers
     world.hubs()
@@ -370,7 +374,7 @@ def test_campaign_response_deadline_fails_retries_and_counts_against_thresholds(
     s = world.create(devices=[dev_eui(0), dev_eui(1), dev_eui(2)], retries=1, backoff=10,
                      response_timeout=600, error_threshold="50%", success_threshold="0%")
     assert s["config"]["response_timeout"] == 600
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 3
     world.answers[dev_eui(0)] = [None, "activated"]  # silent once, then answers
     world.answers[dev_eui(1)] = [None, None]  # never answers
@@ -408,7 +412,7 @@ def test_an_outcome_not_stored_is_taken_when_the_hub_sends_it_again(world, monke
     from hanota.dcc.store import DccStoreError
 
     world.create(devices=[dev_eui(0)])
-    CampaignDriver(world.dcc, clock=world.clock).step()
+    CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock).step()
     hub = world.store.device(dev_eui(0))["hub_eui"]
     (msg,) = world.dcc.wan_outbox(hub)
     real = world.store.finish_request
@@ -433,7 +437,7 @@ def test_no_response_reaches_the_error_threshold(world):
     world.create(devices=[dev_eui(0), dev_eui(1)], retries=0, response_timeout=60,
                  error_threshold="50%")
     world.answers[dev_eui(0)] = [None]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs()
     world.clock.t += 61
@@ -447,7 +451,7 @@ def test_no_response_reaches_the_error_threshold(world):
 
 def test_activation_records_the_new_firmware_version_so_no_second_campaign_targets_it(world):
     world.create(devices=[dev_eui(0), dev_eui(1)])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.answers[dev_eui(1)] = ["rejected_by_device"]
     world.hubs()
@@ -475,7 +479,7 @@ def test_activation_records_the_new_firmware_version_so_no_second_campaign_targe
 
 def test_pause_resume_cancel(world):
     world.create(waves=["2", "2", "2"])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     campaign.pause(world.store, "c1")
     world.hubs()
@@ -501,8 +505,8 @@ def test_pause_resume_cancel(world):
 
 def test_two_workers_share_a_campaign_without_double_sending(world):
     world.create(waves=["100%"])
-    d1 = CampaignDriver(world.dcc, worker="w1", clock=world.clock, batch=1)
-    d2 = CampaignDriver(world.new_dcc(), worker="w2", clock=world.clock, batch=1)
+    d1 = CampaignDriver(world.dcc, signers=[world.signer], worker="w1", clock=world.clock, batch=1)
+    d2 = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="w2", clock=world.clock, batch=1)
     errors: list[BaseException] = []
 
     def run(d):
@@ -538,8 +542,8 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
     w = World(db_target, pkidir, fw, n=12)
     try:
         w.create(waves=["100%"])
-        drivers = [CampaignDriver(w.dcc, worker="w1", clock=w.clock, batch=3),
-                   CampaignDriver(w.new_dcc(), worker="w2", clock=w.clock, batch=3)]
+        drivers = [CampaignDriver(w.dcc, signers=[w.signer], worker="w1", clock=w.clock, batch=3),
+                   CampaignDriver(w.new_dcc(), signers=[w.signer], worker="w2", clock=w.clock, batch=3)]
         for d in drivers:
             d.retries_outside = outside
         meet = threading.Barrier(2, timeout=30)
@@ -608,7 +612,7 @@ def test_a_database_made_before_claims_gets_the_claim_columns(db_target, pkidir,
             c.execute(campaign._SCHEMA[0])
             c.execute(old)
         w.create(waves=["100%"])
-        assert CampaignDriver(w.dcc, worker="w1", clock=w.clock).step() == 2
+        assert CampaignDriver(w.dcc, signers=[w.signer], worker="w1", clock=w.clock).step() == 2
         rows = w.store.all("SELECT device, state, claimed_by FROM campaign_devices")
         assert sorted(tuple(r) for r in rows) == [(dev_eui(0), "sent", None),
                                                   (dev_eui(1), "sent", None)]
@@ -631,10 +635,10 @@ def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
 
     doomed.record = record_then_die
     with pytest.raises(Killed):
-        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+        CampaignDriver(doomed, signers=[world.signer], worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.dcc.wan_outbox(HUBS[0]) == []
     # the dead worker's claim on the device holds until its lease runs out
-    w2 = CampaignDriver(world.dcc, worker="w2", clock=world.clock)
+    w2 = CampaignDriver(world.dcc, signers=[world.signer], worker="w2", clock=world.clock)
     assert w2.step() == 0
     world.clock.t += w2.claim_lease + 1
     assert w2.step() == 1
@@ -654,10 +658,10 @@ def test_a_worker_killed_while_preparing_leaves_nothing(world):
 
     doomed.check = check_then_die
     with pytest.raises(Killed):
-        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+        CampaignDriver(doomed, signers=[world.signer], worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.store.last_counter(SUP_A) is None
     world.clock.t += CampaignDriver.claim_lease + 1
-    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 2
+    assert CampaignDriver(world.dcc, signers=[world.signer], worker="w2", clock=world.clock).step() == 2
     assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
 
 
@@ -726,7 +730,7 @@ def test_report_shows_waves_and_outcomes(world):
     from hanota.hub import report as rep
 
     world.create(waves=["2", "100%"], error_threshold="50%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs(default="rejected_by_device")
     d.step()
