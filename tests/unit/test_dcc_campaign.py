@@ -665,6 +665,203 @@ def test_a_worker_killed_while_preparing_leaves_nothing(world):
     assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
 
 
+# ---------------------------------------------------------------- the Supplier's key
+
+def key_markers(pkidir, org: str = "supplier-a") -> list[bytes]:
+    """What would show the Supplier's private key stored: its PEM's first line of base64,
+    its DER (PKCS#8) and its private scalar."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = (pkidir / ("%s.xml.key.pem" % org)).read_bytes()
+    key = pki.load_key(pem)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return [pem.splitlines()[1], der, key.private_numbers().private_value.to_bytes(32, "big")]
+
+
+def row_holds(rows, markers: list[bytes]) -> bool:
+    for r in rows:
+        for v in tuple(r):
+            b = bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else \
+                str(v).encode() if v is not None else b""
+            if any(m in b for m in markers):
+                return True
+    return False
+
+
+def test_the_dcc_keeps_the_certificate_never_the_key_and_only_a_signer_sends(world):
+    """create checks the key against the certificate and drops it: no row of the campaign
+    tables holds it. A driver without the Supplier's key moves the campaign on (outcomes,
+    waves) but sends nothing, and status says the campaign waits for a signer; one holding
+    the key sends, and its heartbeat lease shows in status until it runs out or it leaves."""
+    world.create(waves=["100%"])
+    cols = {r[1] for r in world.store.all("PRAGMA table_info(campaigns)")} \
+        if not world.store.postgres else {r[0] for r in world.store.all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = "
+            "'campaigns' AND table_schema = current_schema()")}
+    assert "signer_key" not in cols and "signer_cert" in cols
+    markers = key_markers(world.pkidir)
+    for table in ("campaigns", "campaign_devices", "campaign_sends", "campaign_signers"):
+        assert not row_holds(world.store.all("SELECT * FROM %s" % table), markers), table
+    s = campaign.status(world.store, "c1", devices=False)
+    assert s["waiting_for_signer"] and s["signer"] == {"live": [], "last_seen": None,
+                                                       "other_cert": []}
+    keyless = CampaignDriver(world.dcc, worker="dcc", clock=world.clock)
+    assert keyless.step() == 0 and world.requests() == []
+    d = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="sup-a",
+                       clock=world.clock)
+    assert d.step() == 6
+    s = campaign.status(world.store, "c1", devices=False)
+    assert [x["worker"] for x in s["signer"]["live"]] == ["sup-a"]
+    assert not s["waiting_for_signer"]
+    # the keyless driver takes the outcomes and finishes the campaign
+    world.hubs()
+    keyless.step()
+    assert campaign.status(world.store, "c1", devices=False)["state"] == "done"
+    assert not row_holds(world.store.all("SELECT * FROM requests"), markers)
+    # the lease runs out without heartbeats; leave() ends it at once
+    world.clock.t += campaign.SIGNER_LEASE + 1
+    sig = campaign.status(world.store, "c1", devices=False)["signer"]
+    assert sig["live"] == [] and sig["last_seen"] == T0 + campaign.SIGNER_LEASE
+    d.heartbeat(force=True)
+    assert campaign.status(world.store, "c1", devices=False)["signer"]["live"]
+    d.leave()
+    sig = campaign.status(world.store, "c1", devices=False)["signer"]
+    assert sig["live"] == [] and sig["last_seen"] == world.clock.t
+
+
+def other_cert_of(pkidir, org: str = "supplier-a") -> campaign.Signer:
+    """A second XML-signing key and certificate with the same Supplier's entity ID."""
+    ca_key, ca_cert = pki.signing_pair(pkidir, "root")
+    key, cert = pki.make_org_cert(ca_key, ca_cert, role=pki.XML_SIGN_USER_ROLE,
+                                  entity_id=pki.ORGS[org][1], usage="ds", cn=org + ".xml2")
+    return campaign.Signer(key, cert)
+
+
+def test_a_signer_sends_only_campaigns_of_its_supplier_and_certificate(world, caplog):
+    world.create(waves=["100%"])
+    b = campaign.Signer.from_pem((world.pkidir / "supplier-b.xml.key.pem").read_bytes(),
+                                 (world.pkidir / "supplier-b.xml.cert.pem").read_bytes())
+    other = other_cert_of(world.pkidir)
+    assert other.supplier == world.signer.supplier == SUP_A.hex().upper()
+    assert other.cert_sha256 != world.signer.cert_sha256
+    with caplog.at_level("WARNING", logger="hanota.dcc.campaign"):
+        assert CampaignDriver(world.dcc, signers=[b, other], worker="x",
+                              clock=world.clock).step() == 0
+    assert "not the campaign's" in caplog.text and "c1" in caplog.text
+    sig = campaign.status(world.store, "c1", devices=False)
+    assert sig["waiting_for_signer"] and sig["signer"]["other_cert"] == ["x"]
+    # one driver may hold several Suppliers' keys: the right one signs
+    d = CampaignDriver(world.new_dcc(), signers=[b, world.signer], clock=world.clock)
+    assert d.step() == 6
+    assert {r[0] for r in world.store.all("SELECT user FROM requests")} == {SUP_A.hex().upper()}
+
+
+def test_a_key_not_of_its_certificate_is_refused_naming_it(world, tmp_path):
+    key_b = (world.pkidir / "supplier-b.xml.key.pem").read_bytes()
+    cert_a = (world.pkidir / "supplier-a.xml.cert.pem").read_bytes()
+    with pytest.raises(CampaignError, match="is not the one its certificate"):
+        campaign.Signer.from_pem(key_b, cert_a)
+    with pytest.raises(CampaignError, match="is not the one its certificate"):
+        campaign.create(world.store, name="c1", key_pem=key_b, cert_pem=cert_a,
+                        image=world.fw["ppmid"], devices=[dev_eui(0)])
+    assert campaign.list_campaigns(world.store) == []
+    with pytest.raises(CampaignError, match="certificate .*nope.pem: not an X.509"):
+        (tmp_path / "nope.pem").write_bytes(b"junk")
+        campaign.Signer.from_files(str(world.pkidir / "supplier-a.xml.key.pem"),
+                                   str(tmp_path / "nope.pem"))
+    with pytest.raises(CampaignError, match="key .*supplier-b.xml.key.pem is not the one "
+                                            "certificate .*supplier-a.xml.cert.pem"):
+        campaign.Signer.from_files(str(world.pkidir / "supplier-b.xml.key.pem"),
+                                   str(world.pkidir / "supplier-a.xml.cert.pem"))
+
+
+OLD_CAMPAIGNS = campaign._SCHEMA[0].replace("    signer_cert BLOB NOT NULL,\n",
+                                            "    signer_key BLOB NOT NULL,\n"
+                                            "    signer_cert BLOB NOT NULL,\n")
+
+
+def test_a_database_made_when_campaigns_kept_the_key_has_it_wiped(db_target, pkidir, fw,
+                                                                   caplog):
+    """campaigns from when the DCC kept the Supplier's key (signer_key): at open the keys
+    are overwritten and the column dropped, the log naming the campaigns; the campaign
+    and its devices are kept and wait for a signer, then send. On SQLite the key's bytes
+    are nowhere in the database file afterwards."""
+    assert "signer_key" in OLD_CAMPAIGNS
+    w = World(db_target, pkidir, fw, n=2)
+    markers = key_markers(pkidir)
+    try:
+        with w.store.tx() as c:
+            c.execute(OLD_CAMPAIGNS)
+            c.execute("INSERT INTO campaigns (name, supplier, srv, image, image_hash, version, "
+                      "signer_key, signer_cert, config, state, wave, waves, created, updated) "
+                      "VALUES ('old', ?, '11.4', ?, 'x', '00000002', ?, ?, ?, 'running', 1, "
+                      "1, 0, 0)", (SUP_A.hex().upper(), fw["ppmid"],
+                                   (pkidir / "supplier-a.xml.key.pem").read_bytes(),
+                                   (pkidir / "supplier-a.xml.cert.pem").read_bytes(),
+                                   json.dumps(dict(campaign.DEFAULTS, waves=["100%"],
+                                                   sizes=[2]))))
+        with w.store.tx() as c:
+            for t in campaign._SCHEMA[1:]:
+                c.execute(t)
+            for i in range(2):
+                c.execute("INSERT INTO campaign_devices (campaign, device, seq, wave, state) "
+                          "VALUES ('old', ?, ?, 1, 'waiting')", (dev_eui(i), i))
+        assert row_holds(w.store.all("SELECT * FROM campaigns"), markers)
+        with caplog.at_level("WARNING", logger="hanota.dcc.campaign"):
+            st = campaign.status(w.store, "old")  # the first use of the campaign tables
+        assert "wiped" in caplog.text and "old (Supplier %s)" % SUP_A.hex().upper() \
+            in caplog.text
+        assert not row_holds(w.store.all("SELECT * FROM campaigns"), markers)
+        assert st["state"] == "running" and st["waiting_for_signer"]
+        assert [x["device"] for x in st["devices"]] == [dev_eui(0), dev_eui(1)]
+        assert CampaignDriver(w.dcc, clock=w.clock).step() == 0
+        assert CampaignDriver(w.dcc, signers=[w.signer], clock=w.clock).step() == 2
+    finally:
+        w.close()
+    if not db_target.startswith("postgresql"):
+        import pathlib
+
+        for f in (db_target, db_target + "-wal"):
+            data = pathlib.Path(f).read_bytes() if pathlib.Path(f).exists() else b""
+            assert not any(m in data for m in markers), f
+
+
+def test_cli_drive_signs_the_suppliers_campaigns_and_status_names_the_signer(
+        tmp_path, pkidir, fw):
+    db = str(tmp_path / "dcc.db")
+    w = World(db, pkidir, fw)
+    w.create(waves=["100%"])
+    w.close()
+    run = CliRunner().invoke
+    r = run(cli, ["campaign", "status", "c1", "--db", db])
+    assert r.exit_code == 0 and "waiting: no signer for Supplier %s has run" \
+        % SUP_A.hex().upper() in r.output, r.output
+    # another certificate of Supplier A: not the campaign's
+    other = other_cert_of(pkidir)
+    from cryptography.hazmat.primitives import serialization
+    (tmp_path / "o.key.pem").write_bytes(other.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "o.cert.pem").write_bytes(other.cert.public_bytes(serialization.Encoding.PEM))
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+                  "--key", str(tmp_path / "o.key.pem"), "--cert", str(tmp_path / "o.cert.pem")])
+    assert r.exit_code == 1 and "is not the one campaign c1 of Supplier" in r.output, r.output
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+                  "--key", str(pkidir / "supplier-b.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
+    assert r.exit_code == 1 and "is not the one certificate" in r.output, r.output
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+                  "--worker", "sup-a", "--key", str(pkidir / "supplier-a.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
+    assert r.exit_code == 0 and "6 requests sent" in r.output, r.output
+    with DccStore(db) as st:
+        assert len(st.all("SELECT 1 FROM requests WHERE state = 'sent'")) == 6
+    r = run(cli, ["campaign", "status", "c1", "--db", db])
+    assert r.exit_code == 0 and "no signer for Supplier %s since" % SUP_A.hex().upper() \
+        in r.output and "waiting:" not in r.output, r.output
+
+
 # ---------------------------------------------------------------- creating: bad input
 
 def test_bad_campaigns_are_refused_naming_the_problem(world):
