@@ -1,7 +1,8 @@
 """A campaign end to end: the DCC's HTTP server and WAN, a real Comms Hub (`Hub` with its WAN
 client) and fake HAN devices; the campaign driver that `hanota dcc serve` runs
 (`campaign.CampaignThread`, its own database connection, holding Supplier A's key as
-`dcc serve --supplier-key` does) sends each PPMID its own signed SR 11.4, wave after wave, and the campaign ends with every device activated once."""
+`dcc serve --supplier-key` does) sends each PPMID its own signed SR 11.4, wave after wave,
+and the campaign ends with every device activated once."""
 from __future__ import annotations
 
 import asyncio

@@ -506,7 +506,8 @@ def test_pause_resume_cancel(world):
 def test_two_workers_share_a_campaign_without_double_sending(world):
     world.create(waves=["100%"])
     d1 = CampaignDriver(world.dcc, signers=[world.signer], worker="w1", clock=world.clock, batch=1)
-    d2 = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="w2", clock=world.clock, batch=1)
+    d2 = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="w2", clock=world.clock,
+                        batch=1)
     errors: list[BaseException] = []
 
     def run(d):
@@ -543,7 +544,8 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
     try:
         w.create(waves=["100%"])
         drivers = [CampaignDriver(w.dcc, signers=[w.signer], worker="w1", clock=w.clock, batch=3),
-                   CampaignDriver(w.new_dcc(), signers=[w.signer], worker="w2", clock=w.clock, batch=3)]
+                   CampaignDriver(w.new_dcc(), signers=[w.signer], worker="w2", clock=w.clock,
+                                  batch=3)]
         for d in drivers:
             d.retries_outside = outside
         meet = threading.Barrier(2, timeout=30)
@@ -661,7 +663,8 @@ def test_a_worker_killed_while_preparing_leaves_nothing(world):
         CampaignDriver(doomed, signers=[world.signer], worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.store.last_counter(SUP_A) is None
     world.clock.t += CampaignDriver.claim_lease + 1
-    assert CampaignDriver(world.dcc, signers=[world.signer], worker="w2", clock=world.clock).step() == 2
+    assert CampaignDriver(world.dcc, signers=[world.signer], worker="w2",
+                          clock=world.clock).step() == 2
     assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
 
 

@@ -1,16 +1,21 @@
 """Campaigns: a Supplier sends one firmware image to many devices, in waves, through the DCC.
 
 A campaign (`hanota campaign create`) belongs to one Supplier, a User of the DCC: its DUIS
-XML-signing key and certificate, as `hanota duis sign` takes them, are kept with the campaign
-in the DCC's database (a test DCC: the campaign driver signs for the Supplier, so the key has
-to be where the driver runs). It targets an explicit list of devices, or every device of a
-manufacturer and model running a given firmware version at premises the Supplier is
-Responsible Supplier of (the DCC's registration data), with one image and one SR: 11.4 for
-PPMIDs and Alt HAN devices, 11.1 for HCALCS (the image is then held; its activation, the
-Supplier's SR 11.3 by Pre-Command, is not part of a campaign).
+XML-signing certificate is kept with the campaign in the DCC's database, never its private
+key (in GB the DCC holds no User's key). `create` takes the key only to prove the Supplier
+makes the campaign (it must be the certificate's), then drops it. The requests are signed by
+a process holding the key in memory (`Signer`): the Supplier's own `hanota campaign drive`,
+or a `dcc serve --supplier-key` worker (the single-machine setup); a driver sends only the
+campaigns whose Supplier entity ID and certificate it holds, and records a heartbeat lease
+per Supplier (`campaign_signers`) so `campaign status` can say when nobody signs. It
+targets an explicit list of devices, or every device of a manufacturer and model running a
+given firmware version at premises the Supplier is Responsible Supplier of (the DCC's
+registration data), with one image and one SR: 11.4 for PPMIDs and Alt HAN devices, 11.1 for
+HCALCS (the image is then held; its activation, the Supplier's SR 11.3 by Pre-Command, is
+not part of a campaign).
 
 **Each device gets its own DUIS request.** The driver builds the SR's request for the device,
-signs it with the Supplier's key, and has the DCC check it with `Dcc.check` then record it
+signs it with the Supplier's key it holds, and has the DCC check it with `Dcc.check` then record it
 with `Dcc.record`, the two halves of `Dcc.submit`, the path a request POSTed to
 `/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible Supplier,
 device type, CPL, image checks) and the device's Comms Hub outcome becomes the one final DUIS
@@ -1124,7 +1129,8 @@ def _pct(v: float) -> str:
 
 class CampaignThread:
     """The campaign driver in a `dcc serve` worker: a thread with its own connection to the
-    DCC's database, stepping every `poll` seconds until `stop()`; with `response_timeout`,
+    DCC's database, stepping every `poll` seconds until `stop()`, sending for the Suppliers
+    whose keys are in `signers` (`--supplier-key`); with `response_timeout`,
     it also gives every request unanswered that long its outcome `no_response`
     (`Dcc.expire_requests`), campaigns or not."""
 

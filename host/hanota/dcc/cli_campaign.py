@@ -264,7 +264,8 @@ def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
     this process's memory; the DCC's database gets only the requests, checked by the DCC's
     rules as dcc serve's workers check them. Any number of signers (and dcc serve
     --supplier-key workers) for one Supplier share the work without sending a device twice.
-    A campaign whose certificate is not --cert's is an error naming it."""
+    When every running or paused campaign of the Supplier was created with another
+    certificate than --cert, it exits 1 naming them (a single one is logged and skipped)."""
     from .http import open_dcc
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
