@@ -733,6 +733,24 @@ def test_the_dcc_keeps_the_certificate_never_the_key_and_only_a_signer_sends(wor
     assert sig["live"] == [] and sig["last_seen"] == world.clock.t
 
 
+def test_a_send_only_driver_leaves_outcomes_and_waves_to_the_dccs_workers(world):
+    """`advance=False` (campaign drive): it sends what the open waves allow and nothing
+    else; the keyless DCC worker takes the outcomes and opens the next wave."""
+    world.create(waves=["1", "100%"], success_threshold="100%")
+    sender = CampaignDriver(world.dcc, signers=[world.signer], worker="sup-a",
+                            clock=world.clock, advance=False)
+    dcc = CampaignDriver(world.new_dcc(), worker="dcc", clock=world.clock)
+    assert sender.step() == 1 and world.hubs() == 1
+    assert sender.step() == 0  # the outcome is not its to take: wave 2 stays shut
+    s = campaign.status(world.store, "c1", devices=False)
+    assert s["wave"] == 1 and s["totals"]["sent"] == 1
+    assert dcc.step() == 0  # takes the outcome, opens wave 2, sends nothing
+    assert campaign.status(world.store, "c1", devices=False)["wave"] == 2
+    assert sender.step() == 5 and world.hubs() == 5
+    dcc.step()
+    assert campaign.status(world.store, "c1", devices=False)["state"] == "done"
+
+
 def other_cert_of(pkidir, org: str = "supplier-a") -> campaign.Signer:
     """A second XML-signing key and certificate with the same Supplier's entity ID."""
     ca_key, ca_cert = pki.signing_pair(pkidir, "root")
@@ -854,7 +872,13 @@ def test_cli_drive_signs_the_suppliers_campaigns_and_status_names_the_signer(
                   "--key", str(pkidir / "supplier-b.xml.key.pem"),
                   "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
     assert r.exit_code == 1 and "is not the one certificate" in r.output, r.output
-    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+    # the DCC's key store without any private key: the Supplier's process holds no DCC key
+    import shutil
+    certs = tmp_path / "certs"
+    shutil.copytree(pkidir, certs)
+    for k in certs.glob("*.key.pem"):
+        k.unlink()
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(certs), "--once",
                   "--worker", "sup-a", "--key", str(pkidir / "supplier-a.xml.key.pem"),
                   "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
     assert r.exit_code == 0 and "6 requests sent" in r.output, r.output

@@ -721,7 +721,8 @@ class CampaignDriver:
     claim_lease = 20.0  # seconds a claimed device is this worker's to send (`_claim`)
 
     def __init__(self, dcc: Any, *, signers: Iterable[Signer] = (), worker: str | None = None,
-                 clock: Callable[[], float] = time.time, batch: int = 50):
+                 clock: Callable[[], float] = time.time, batch: int = 50,
+                 advance: bool = True):
         import os
         import socket
 
@@ -730,6 +731,9 @@ class CampaignDriver:
         self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
         self.clock = clock
         self.batch = batch
+        # False: only send (the Supplier's `campaign drive`): outcomes, waves, thresholds and
+        # deadlines are the DCC's workers' (a deadline's final response is the DCC's to sign)
+        self.advances = advance
         # the Suppliers' keys this driver holds (in memory only), by (entity ID, certificate)
         self.signers: dict[tuple[str, str], Signer] = {
             (x.supplier, x.cert_sha256): x for x in signers}
@@ -742,9 +746,9 @@ class CampaignDriver:
 
     def step(self) -> int:
         """One pass over the campaigns that have work; the number of requests sent. Every
-        campaign's outcomes and waves are moved on (`advance`: no key needed); requests go
-        out only for the campaigns whose Supplier's key this driver holds (`signers`: the
-        certificate the campaign's)."""
+        campaign's outcomes and waves are moved on (`advance`: no Supplier's key needed;
+        not with `advance=False`); requests go out only for the campaigns whose Supplier's
+        key this driver holds (`signers`: the certificate the campaign's)."""
         ensure_schema(self.store)
         self.heartbeat()
         names = [r[0] for r in self.store.all(
@@ -752,10 +756,12 @@ class CampaignDriver:
             "WHERE d.campaign = c.name AND d.state <> 'done') ORDER BY c.created, c.name")]
         total = 0
         for name in names:
-            self.advance(name)
+            if self.advances:
+                self.advance(name)
             if self.signer_for(name) is not None:
                 total += self.send(name, self.batch)
-                self.advance(name)
+                if self.advances:
+                    self.advance(name)
         self.sent += total
         return total
 

@@ -242,9 +242,11 @@ _change("cancel", camp.cancel, "End the campaign: devices not sent get the outco
 
 @campaign.command("drive")
 @_db_option
-@click.option("--pki", "pki_dir", type=click.Path(file_okay=False), required=True,
-              help="PKI directory (hanota pki init), as dcc serve --pki: the DCC's checks of "
-                   "each request (Users' certificates) run here before it is recorded.")
+@click.option("--pki", "pki_dir", type=click.Path(exists=True, file_okay=False),
+              required=True,
+              help="The DCC's key store of Users' certificates (hanota pki init; dcc serve "
+                   "--pki): the DCC's checks of each request run here before it is "
+                   "recorded. The DCC's own signing key is not read.")
 @click.option("--key", "key", type=click.Path(exists=True, dir_okay=False), required=True,
               help="The Supplier's DUIS XML-signing key (PEM or DER): held in memory only.")
 @click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), required=True,
@@ -262,16 +264,19 @@ def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
     """Sign and send the requests of the Supplier's campaigns: the driver loop alone (no
     HTTP, no WAN), in the Supplier's own process, until SIGINT/SIGTERM. The key stays in
     this process's memory; the DCC's database gets only the requests, checked by the DCC's
-    rules as dcc serve's workers check them. Any number of signers (and dcc serve
+    rules as dcc serve's workers check them. The DCC's workers (dcc serve) take the
+    outcomes and open the waves; this process only sends, and holds no DCC key. Any number of signers (and dcc serve
     --supplier-key workers) for one Supplier share the work without sending a device twice.
     When every running or paused campaign of the Supplier was created with another
     certificate than --cert, it exits 1 naming them (a single one is logged and skipped)."""
-    from .http import open_dcc
+    from .pki import KeyStore
+    from .service import Dcc
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signer = camp.Signer.from_files(key, cert)
-    service = open_dcc(db_path, pki_dir)
+    # the DCC's checks need the Users' certificates only: no DCC signing key in this process
+    service = Dcc(DccStore(db_path), KeyStore(pki_dir), (None, None))
     try:
         store = service.store
         camp.ensure_schema(store)
@@ -285,7 +290,7 @@ def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
                 "with: give that certificate and its key" % (
                     cert, signer.label, "s" if len(wrong) > 1 else "", ", ".join(wrong),
                     signer.supplier, "were" if len(wrong) > 1 else "was"))
-        driver = camp.CampaignDriver(service, signers=[signer], worker=worker)
+        driver = camp.CampaignDriver(service, signers=[signer], worker=worker, advance=False)
         if once:
             n = driver.step()
             driver.leave()
