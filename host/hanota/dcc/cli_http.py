@@ -120,7 +120,7 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, wan
     /api/v1/subscribe), the WAN the Comms Hubs (hanota hub serve) dial, and the firmware
     campaigns (each device its own DUIS request, signed with the Supplier's key given by
     --supplier-key, else by the Supplier's hanota campaign drive)."""
-    from .campaign import CampaignError, Signer
+    from .campaign import CampaignError, Signer, ensure_schema
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -142,6 +142,9 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, wan
             raise click.BadParameter(str(e), param_hint="--supplier-key") from None
     service = open_dcc(db_path, pki_dir)
     try:
+        # the campaign tables made or brought up to date now (a database from when
+        # campaigns kept the Supplier's key has it wiped here, logged)
+        ensure_schema(service.store)
         asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker,
                            campaigns, response_timeout, wan_heartbeat, tuple(signers)))
     finally:
