@@ -265,8 +265,9 @@ def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
     HTTP, no WAN), in the Supplier's own process, until SIGINT/SIGTERM. The key stays in
     this process's memory; the DCC's database gets only the requests, checked by the DCC's
     rules as dcc serve's workers check them. The DCC's workers (dcc serve) take the
-    outcomes and open the waves; this process only sends, and holds no DCC key. Any number of signers (and dcc serve
-    --supplier-key workers) for one Supplier share the work without sending a device twice.
+    outcomes and open the waves; this process only sends, and holds no DCC key. Any number
+    of signers (and dcc serve --supplier-key workers) for one Supplier share the work
+    without sending a device twice.
     When every running or paused campaign of the Supplier was created with another
     certificate than --cert, it exits 1 naming them (a single one is logged and skipped)."""
     from .pki import KeyStore
@@ -280,9 +281,8 @@ def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
     try:
         store = service.store
         camp.ensure_schema(store)
-        mine = [r for r in store.all("SELECT name, signer_cert FROM campaigns WHERE "
-                                     "supplier = ? AND state IN ('running', 'paused')",
-                                     (signer.supplier,))]
+        mine = store.all("SELECT name, signer_cert FROM campaigns WHERE supplier = ? AND "
+                         "state IN ('running', 'paused')", (signer.supplier,))
         wrong = [r[0] for r in mine if camp.cert_sha256(bytes(r[1])) != signer.cert_sha256]
         if wrong and len(wrong) == len(mine):
             raise camp.CampaignError(
