@@ -77,7 +77,9 @@ def measure(db: str, n: int) -> str:
                         key_pem=(d / "pki/supplier-a.xml.key.pem").read_bytes(),
                         cert_pem=(d / "pki/supplier-a.xml.cert.pem").read_bytes())
         campaign.ensure_schema(st)
-        drv = CampaignDriver(dcc, batch=n)
+        signer = campaign.Signer.from_files(str(d / "pki/supplier-a.xml.key.pem"),
+                                            str(d / "pki/supplier-a.xml.cert.pem"))
+        drv = CampaignDriver(dcc, signers=[signer], batch=n)
         held.update(t=0.0, n=0)
         t = time.perf_counter()
         sent = drv.step()

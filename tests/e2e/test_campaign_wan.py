@@ -1,7 +1,8 @@
 """A campaign end to end: the DCC's HTTP server and WAN, a real Comms Hub (`Hub` with its WAN
 client) and fake HAN devices; the campaign driver that `hanota dcc serve` runs
-(`campaign.CampaignThread`, its own database connection) sends each PPMID its own signed
-SR 11.4, wave after wave, and the campaign ends with every device activated once."""
+(`campaign.CampaignThread`, its own database connection, holding Supplier A's key as
+`dcc serve --supplier-key` does) sends each PPMID its own signed SR 11.4, wave after wave,
+and the campaign ends with every device activated once."""
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,10 @@ def test_campaign_through_the_wan_to_devices(tmp_path):
             model=(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"]),
             from_version="00000001", waves=["1", "100%"], success_threshold="100%")
         assert [x["size"] for x in s["waves_detail"]] == [1, 2]
-        driver = campaign.CampaignThread(w.dcc, worker="w1", poll=0.05).start()
+        signer = campaign.Signer.from_files(str(w.pki_dir / "supplier-a.xml.key.pem"),
+                                            str(w.pki_dir / "supplier-a.xml.cert.pem"))
+        driver = campaign.CampaignThread(w.dcc, signers=[signer], worker="w1",
+                                         poll=0.05).start()
         try:
             await w.until(lambda: campaign.status(w.store, "spring", devices=False)["state"]
                           == "done", "the campaign done", timeout=60)

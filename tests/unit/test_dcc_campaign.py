@@ -78,6 +78,10 @@ class World:
         self.store.cpl_add(MFR, 0x0084, h.header.file_version, h.image_sha256)
         self.hub_ids = {eui_hex(h): 0 for h in HUBS}
         self.dcc = self.new_dcc()
+        # Supplier A's signing key, held by the campaign drivers (never by the DCC's database)
+        self.signer = campaign.Signer.from_pem(
+            (pkidir / "supplier-a.xml.key.pem").read_bytes(),
+            (pkidir / "supplier-a.xml.cert.pem").read_bytes())
         self.answers: dict[str, list[str]] = {}  # device -> outcomes, one per request
         self.seen: list[tuple[str, str]] = []  # (device, request) the hubs received
 
@@ -146,7 +150,7 @@ def wave_counts(s: dict) -> list[tuple[int, int, int]]:
 def test_waves_open_on_success_and_each_device_gets_one_request(world):
     s = world.create(waves=["1", "50%"], success_threshold="100%")
     assert [w["size"] for w in s["waves_detail"]] == [1, 3, 2] and s["srv"] == "11.4"
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 1  # wave 1: one device
     assert d.step() == 0  # nothing more before its outcome
     world.hubs()
@@ -170,7 +174,7 @@ def test_waves_open_on_success_and_each_device_gets_one_request(world):
 
 def test_error_threshold_stops_a_campaign_whose_image_fails_on_the_first_wave(world):
     world.create(waves=["2", "100%"], error_threshold="50%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.hubs(default="rejected_by_device")
     d.step()
@@ -184,7 +188,7 @@ def test_error_threshold_stops_a_campaign_whose_image_fails_on_the_first_wave(wo
 
 def test_a_wave_below_the_success_threshold_stops_the_campaign(world):
     world.create(waves=["2"], success_threshold="100%", error_threshold="100%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.answers[dev_eui(0)] = ["rejected_by_device"]
     world.hubs()
@@ -198,7 +202,7 @@ def test_dcc_refusals_are_outcomes_and_count_as_failures(world):
     # an HCALCS image to PPMIDs: the DCC refuses every request (its own rules)
     world.create(image=world.fw["hcalcs"], srv="11.4", waves=["3"], error_threshold="100%",
                  success_threshold="0%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 6  # a success threshold of 0 % opens every wave at once
     s = campaign.status(world.store, "c1")
     assert s["state"] == "stopped" and "error threshold" in s["reason"]
@@ -218,7 +222,7 @@ def test_hcalcs_campaign_is_sr_11_1_and_distributed_is_its_success(world):
     assert s["srv"] == "11.1"
     with pytest.raises(CampaignError, match="cannot tell the SR"):
         world.create("mixed", devices=[hc, dev_eui(0)], image=world.fw["hcalcs"])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 1
     world.hubs(default="distributed")
     d.step()
@@ -234,7 +238,7 @@ def test_maintenance_window_defers_sends_until_it_opens(world):
     s = world.create(window=win)
     assert s["window_open"] is False
     assert s["next_window"] == datetime(2026, 3, 2, 2, 0, tzinfo=LONDON).timestamp()
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 0 and world.requests() == []
     world.clock.t = T0 + 3600 + 300  # 02:05 London
     assert d.step() == 6
@@ -268,7 +272,7 @@ def test_bad_windows_are_named(cron, why):
 
 def test_rate_limit_spreads_sends_over_minutes(world):
     world.create(rate=4)
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 4
     world.clock.t += 30
     assert d.step() == 0
@@ -279,7 +283,7 @@ def test_rate_limit_spreads_sends_over_minutes(world):
 def test_retries_with_backoff(world):
     world.create(devices=[dev_eui(0), dev_eui(1)], retries=2, backoff=60)
     world.answers[dev_eui(0)] = ["transfer_failed", "device_unreachable"]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.hubs()
     assert d.step() == 0  # device 0 waits for its backoff (60 s)
@@ -309,7 +313,7 @@ def test_retries_run_out(world):
     world.create(devices=[dev_eui(0)], retries=1, backoff=10, error_threshold="100%",
                  success_threshold="0%")
     world.answers[dev_eui(0)] = ["transfer_failed", "transfer_failed"]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs()
     d.step()
@@ -326,7 +330,7 @@ def test_retries_run_out(world):
 
 def test_a_request_never_answered_gets_no_response_once_and_a_late_answer_is_kept(world):
     world.create(devices=[dev_eui(0), dev_eui(1)])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     world.answers[dev_eui(0)] = [None]  # its Comms Hub never answers
     world.hubs()
@@ -370,7 +374,7 @@ def test_campaign_response_deadline_fails_retries_and_counts_against_thresholds(
     s = world.create(devices=[dev_eui(0), dev_eui(1), dev_eui(2)], retries=1, backoff=10,
                      response_timeout=600, error_threshold="50%", success_threshold="0%")
     assert s["config"]["response_timeout"] == 600
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 3
     world.answers[dev_eui(0)] = [None, "activated"]  # silent once, then answers
     world.answers[dev_eui(1)] = [None, None]  # never answers
@@ -408,7 +412,7 @@ def test_an_outcome_not_stored_is_taken_when_the_hub_sends_it_again(world, monke
     from hanota.dcc.store import DccStoreError
 
     world.create(devices=[dev_eui(0)])
-    CampaignDriver(world.dcc, clock=world.clock).step()
+    CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock).step()
     hub = world.store.device(dev_eui(0))["hub_eui"]
     (msg,) = world.dcc.wan_outbox(hub)
     real = world.store.finish_request
@@ -433,7 +437,7 @@ def test_no_response_reaches_the_error_threshold(world):
     world.create(devices=[dev_eui(0), dev_eui(1)], retries=0, response_timeout=60,
                  error_threshold="50%")
     world.answers[dev_eui(0)] = [None]
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs()
     world.clock.t += 61
@@ -447,7 +451,7 @@ def test_no_response_reaches_the_error_threshold(world):
 
 def test_activation_records_the_new_firmware_version_so_no_second_campaign_targets_it(world):
     world.create(devices=[dev_eui(0), dev_eui(1)])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.answers[dev_eui(1)] = ["rejected_by_device"]
     world.hubs()
@@ -475,7 +479,7 @@ def test_activation_records_the_new_firmware_version_so_no_second_campaign_targe
 
 def test_pause_resume_cancel(world):
     world.create(waves=["2", "2", "2"])
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     assert d.step() == 2
     campaign.pause(world.store, "c1")
     world.hubs()
@@ -501,8 +505,9 @@ def test_pause_resume_cancel(world):
 
 def test_two_workers_share_a_campaign_without_double_sending(world):
     world.create(waves=["100%"])
-    d1 = CampaignDriver(world.dcc, worker="w1", clock=world.clock, batch=1)
-    d2 = CampaignDriver(world.new_dcc(), worker="w2", clock=world.clock, batch=1)
+    d1 = CampaignDriver(world.dcc, signers=[world.signer], worker="w1", clock=world.clock, batch=1)
+    d2 = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="w2", clock=world.clock,
+                        batch=1)
     errors: list[BaseException] = []
 
     def run(d):
@@ -538,8 +543,9 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
     w = World(db_target, pkidir, fw, n=12)
     try:
         w.create(waves=["100%"])
-        drivers = [CampaignDriver(w.dcc, worker="w1", clock=w.clock, batch=3),
-                   CampaignDriver(w.new_dcc(), worker="w2", clock=w.clock, batch=3)]
+        drivers = [CampaignDriver(w.dcc, signers=[w.signer], worker="w1", clock=w.clock, batch=3),
+                   CampaignDriver(w.new_dcc(), signers=[w.signer], worker="w2", clock=w.clock,
+                                  batch=3)]
         for d in drivers:
             d.retries_outside = outside
         meet = threading.Barrier(2, timeout=30)
@@ -608,7 +614,7 @@ def test_a_database_made_before_claims_gets_the_claim_columns(db_target, pkidir,
             c.execute(campaign._SCHEMA[0])
             c.execute(old)
         w.create(waves=["100%"])
-        assert CampaignDriver(w.dcc, worker="w1", clock=w.clock).step() == 2
+        assert CampaignDriver(w.dcc, signers=[w.signer], worker="w1", clock=w.clock).step() == 2
         rows = w.store.all("SELECT device, state, claimed_by FROM campaign_devices")
         assert sorted(tuple(r) for r in rows) == [(dev_eui(0), "sent", None),
                                                   (dev_eui(1), "sent", None)]
@@ -631,10 +637,10 @@ def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
 
     doomed.record = record_then_die
     with pytest.raises(Killed):
-        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+        CampaignDriver(doomed, signers=[world.signer], worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.dcc.wan_outbox(HUBS[0]) == []
     # the dead worker's claim on the device holds until its lease runs out
-    w2 = CampaignDriver(world.dcc, worker="w2", clock=world.clock)
+    w2 = CampaignDriver(world.dcc, signers=[world.signer], worker="w2", clock=world.clock)
     assert w2.step() == 0
     world.clock.t += w2.claim_lease + 1
     assert w2.step() == 1
@@ -654,11 +660,233 @@ def test_a_worker_killed_while_preparing_leaves_nothing(world):
 
     doomed.check = check_then_die
     with pytest.raises(Killed):
-        CampaignDriver(doomed, worker="w1", clock=world.clock).step()
+        CampaignDriver(doomed, signers=[world.signer], worker="w1", clock=world.clock).step()
     assert world.requests() == [] and world.store.last_counter(SUP_A) is None
     world.clock.t += CampaignDriver.claim_lease + 1
-    assert CampaignDriver(world.dcc, worker="w2", clock=world.clock).step() == 2
+    assert CampaignDriver(world.dcc, signers=[world.signer], worker="w2",
+                          clock=world.clock).step() == 2
     assert sorted(r["device"] for r in world.requests()) == [dev_eui(0), dev_eui(1)]
+
+
+# ---------------------------------------------------------------- the Supplier's key
+
+def key_markers(pkidir, org: str = "supplier-a") -> list[bytes]:
+    """What would show the Supplier's private key stored: its PEM's first line of base64,
+    its DER (PKCS#8) and its private scalar."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = (pkidir / ("%s.xml.key.pem" % org)).read_bytes()
+    key = pki.load_key(pem)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return [pem.splitlines()[1], der, key.private_numbers().private_value.to_bytes(32, "big")]
+
+
+def row_holds(rows, markers: list[bytes]) -> bool:
+    for r in rows:
+        for v in tuple(r):
+            b = bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else \
+                str(v).encode() if v is not None else b""
+            if any(m in b for m in markers):
+                return True
+    return False
+
+
+def test_the_dcc_keeps_the_certificate_never_the_key_and_only_a_signer_sends(world):
+    """create checks the key against the certificate and drops it: no row of the campaign
+    tables holds it. A driver without the Supplier's key moves the campaign on (outcomes,
+    waves) but sends nothing, and status says the campaign waits for a signer; one holding
+    the key sends, and its heartbeat lease shows in status until it runs out or it leaves."""
+    world.create(waves=["100%"])
+    cols = {r[1] for r in world.store.all("PRAGMA table_info(campaigns)")} \
+        if not world.store.postgres else {r[0] for r in world.store.all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = "
+            "'campaigns' AND table_schema = current_schema()")}
+    assert "signer_key" not in cols and "signer_cert" in cols
+    markers = key_markers(world.pkidir)
+    for table in ("campaigns", "campaign_devices", "campaign_sends", "campaign_signers"):
+        assert not row_holds(world.store.all("SELECT * FROM %s" % table), markers), table
+    s = campaign.status(world.store, "c1", devices=False)
+    assert s["waiting_for_signer"] and s["signer"] == {"live": [], "last_seen": None,
+                                                       "other_cert": []}
+    keyless = CampaignDriver(world.dcc, worker="dcc", clock=world.clock)
+    assert keyless.step() == 0 and world.requests() == []
+    d = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="sup-a",
+                       clock=world.clock)
+    assert d.step() == 6
+    s = campaign.status(world.store, "c1", devices=False)
+    assert [x["worker"] for x in s["signer"]["live"]] == ["sup-a"]
+    assert not s["waiting_for_signer"]
+    # the keyless driver takes the outcomes and finishes the campaign
+    world.hubs()
+    keyless.step()
+    assert campaign.status(world.store, "c1", devices=False)["state"] == "done"
+    assert not row_holds(world.store.all("SELECT * FROM requests"), markers)
+    # the lease runs out without heartbeats; leave() ends it at once
+    world.clock.t += campaign.SIGNER_LEASE + 1
+    sig = campaign.status(world.store, "c1", devices=False)["signer"]
+    assert sig["live"] == [] and sig["last_seen"] == T0 + campaign.SIGNER_LEASE
+    d.heartbeat(force=True)
+    assert campaign.status(world.store, "c1", devices=False)["signer"]["live"]
+    d.leave()
+    sig = campaign.status(world.store, "c1", devices=False)["signer"]
+    assert sig["live"] == [] and sig["last_seen"] == world.clock.t
+
+
+def test_a_send_only_driver_leaves_outcomes_and_waves_to_the_dccs_workers(world):
+    """`advance=False` (campaign drive): it sends what the open waves allow and nothing
+    else; the keyless DCC worker takes the outcomes and opens the next wave."""
+    world.create(waves=["1", "100%"], success_threshold="100%")
+    sender = CampaignDriver(world.dcc, signers=[world.signer], worker="sup-a",
+                            clock=world.clock, advance=False)
+    dcc = CampaignDriver(world.new_dcc(), worker="dcc", clock=world.clock)
+    assert sender.step() == 1 and world.hubs() == 1
+    assert sender.step() == 0  # the outcome is not its to take: wave 2 stays shut
+    s = campaign.status(world.store, "c1", devices=False)
+    assert s["wave"] == 1 and s["totals"]["sent"] == 1
+    assert dcc.step() == 0  # takes the outcome, opens wave 2, sends nothing
+    assert campaign.status(world.store, "c1", devices=False)["wave"] == 2
+    assert sender.step() == 5 and world.hubs() == 5
+    dcc.step()
+    assert campaign.status(world.store, "c1", devices=False)["state"] == "done"
+
+
+def other_cert_of(pkidir, org: str = "supplier-a") -> campaign.Signer:
+    """A second XML-signing key and certificate with the same Supplier's entity ID."""
+    ca_key, ca_cert = pki.signing_pair(pkidir, "root")
+    key, cert = pki.make_org_cert(ca_key, ca_cert, role=pki.XML_SIGN_USER_ROLE,
+                                  entity_id=pki.ORGS[org][1], usage="ds", cn=org + ".xml2")
+    return campaign.Signer(key, cert)
+
+
+def test_a_signer_sends_only_campaigns_of_its_supplier_and_certificate(world, caplog):
+    world.create(waves=["100%"])
+    b = campaign.Signer.from_pem((world.pkidir / "supplier-b.xml.key.pem").read_bytes(),
+                                 (world.pkidir / "supplier-b.xml.cert.pem").read_bytes())
+    other = other_cert_of(world.pkidir)
+    assert other.supplier == world.signer.supplier == SUP_A.hex().upper()
+    assert other.cert_sha256 != world.signer.cert_sha256
+    with caplog.at_level("WARNING", logger="hanota.dcc.campaign"):
+        assert CampaignDriver(world.dcc, signers=[b, other], worker="x",
+                              clock=world.clock).step() == 0
+    assert "not the campaign's" in caplog.text and "c1" in caplog.text
+    sig = campaign.status(world.store, "c1", devices=False)
+    assert sig["waiting_for_signer"] and sig["signer"]["other_cert"] == ["x"]
+    # one driver may hold several Suppliers' keys: the right one signs
+    d = CampaignDriver(world.new_dcc(), signers=[b, world.signer], clock=world.clock)
+    assert d.step() == 6
+    assert {r[0] for r in world.store.all("SELECT user FROM requests")} == {SUP_A.hex().upper()}
+
+
+def test_a_key_not_of_its_certificate_is_refused_naming_it(world, tmp_path):
+    key_b = (world.pkidir / "supplier-b.xml.key.pem").read_bytes()
+    cert_a = (world.pkidir / "supplier-a.xml.cert.pem").read_bytes()
+    with pytest.raises(CampaignError, match="is not the one its certificate"):
+        campaign.Signer.from_pem(key_b, cert_a)
+    with pytest.raises(CampaignError, match="is not the one its certificate"):
+        campaign.create(world.store, name="c1", key_pem=key_b, cert_pem=cert_a,
+                        image=world.fw["ppmid"], devices=[dev_eui(0)])
+    assert campaign.list_campaigns(world.store) == []
+    with pytest.raises(CampaignError, match="certificate .*nope.pem: not an X.509"):
+        (tmp_path / "nope.pem").write_bytes(b"junk")
+        campaign.Signer.from_files(str(world.pkidir / "supplier-a.xml.key.pem"),
+                                   str(tmp_path / "nope.pem"))
+    with pytest.raises(CampaignError, match="key .*supplier-b.xml.key.pem is not the one "
+                                            "certificate .*supplier-a.xml.cert.pem"):
+        campaign.Signer.from_files(str(world.pkidir / "supplier-b.xml.key.pem"),
+                                   str(world.pkidir / "supplier-a.xml.cert.pem"))
+
+
+OLD_CAMPAIGNS = campaign._SCHEMA[0].replace("    signer_cert BLOB NOT NULL,\n",
+                                            "    signer_key BLOB NOT NULL,\n"
+                                            "    signer_cert BLOB NOT NULL,\n")
+
+
+def test_a_database_made_when_campaigns_kept_the_key_has_it_wiped(db_target, pkidir, fw,
+                                                                   caplog):
+    """campaigns from when the DCC kept the Supplier's key (signer_key): at open the keys
+    are overwritten and the column dropped, the log naming the campaigns; the campaign
+    and its devices are kept and wait for a signer, then send. On SQLite the key's bytes
+    are nowhere in the database file afterwards."""
+    assert "signer_key" in OLD_CAMPAIGNS
+    w = World(db_target, pkidir, fw, n=2)
+    markers = key_markers(pkidir)
+    try:
+        with w.store.tx() as c:
+            c.execute(OLD_CAMPAIGNS)
+            c.execute("INSERT INTO campaigns (name, supplier, srv, image, image_hash, version, "
+                      "signer_key, signer_cert, config, state, wave, waves, created, updated) "
+                      "VALUES ('old', ?, '11.4', ?, 'x', '00000002', ?, ?, ?, 'running', 1, "
+                      "1, 0, 0)", (SUP_A.hex().upper(), fw["ppmid"],
+                                   (pkidir / "supplier-a.xml.key.pem").read_bytes(),
+                                   (pkidir / "supplier-a.xml.cert.pem").read_bytes(),
+                                   json.dumps(dict(campaign.DEFAULTS, waves=["100%"],
+                                                   sizes=[2]))))
+        with w.store.tx() as c:
+            for t in campaign._SCHEMA[1:]:
+                c.execute(t)
+            for i in range(2):
+                c.execute("INSERT INTO campaign_devices (campaign, device, seq, wave, state) "
+                          "VALUES ('old', ?, ?, 1, 'waiting')", (dev_eui(i), i))
+        assert row_holds(w.store.all("SELECT * FROM campaigns"), markers)
+        with caplog.at_level("WARNING", logger="hanota.dcc.campaign"):
+            st = campaign.status(w.store, "old")  # the first use of the campaign tables
+        assert "wiped" in caplog.text and "old (Supplier %s)" % SUP_A.hex().upper() \
+            in caplog.text
+        assert not row_holds(w.store.all("SELECT * FROM campaigns"), markers)
+        assert st["state"] == "running" and st["waiting_for_signer"]
+        assert [x["device"] for x in st["devices"]] == [dev_eui(0), dev_eui(1)]
+        assert CampaignDriver(w.dcc, clock=w.clock).step() == 0
+        assert CampaignDriver(w.dcc, signers=[w.signer], clock=w.clock).step() == 2
+    finally:
+        w.close()
+    if not db_target.startswith("postgresql"):
+        import pathlib
+
+        for f in (db_target, db_target + "-wal"):
+            data = pathlib.Path(f).read_bytes() if pathlib.Path(f).exists() else b""
+            assert not any(m in data for m in markers), f
+
+
+def test_cli_drive_signs_the_suppliers_campaigns_and_status_names_the_signer(
+        tmp_path, pkidir, fw):
+    db = str(tmp_path / "dcc.db")
+    w = World(db, pkidir, fw)
+    w.create(waves=["100%"])
+    w.close()
+    run = CliRunner().invoke
+    r = run(cli, ["campaign", "status", "c1", "--db", db])
+    assert r.exit_code == 0 and "waiting: no signer for Supplier %s has run" \
+        % SUP_A.hex().upper() in r.output, r.output
+    # another certificate of Supplier A: not the campaign's
+    other = other_cert_of(pkidir)
+    from cryptography.hazmat.primitives import serialization
+    (tmp_path / "o.key.pem").write_bytes(other.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (tmp_path / "o.cert.pem").write_bytes(other.cert.public_bytes(serialization.Encoding.PEM))
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+                  "--key", str(tmp_path / "o.key.pem"), "--cert", str(tmp_path / "o.cert.pem")])
+    assert r.exit_code == 1 and "is not the one campaign c1 of Supplier" in r.output, r.output
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(pkidir), "--once",
+                  "--key", str(pkidir / "supplier-b.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
+    assert r.exit_code == 1 and "is not the one certificate" in r.output, r.output
+    # the DCC's key store without any private key: the Supplier's process holds no DCC key
+    import shutil
+    certs = tmp_path / "certs"
+    shutil.copytree(pkidir, certs)
+    for k in certs.glob("*.key.pem"):
+        k.unlink()
+    r = run(cli, ["campaign", "drive", "--db", db, "--pki", str(certs), "--once",
+                  "--worker", "sup-a", "--key", str(pkidir / "supplier-a.xml.key.pem"),
+                  "--cert", str(pkidir / "supplier-a.xml.cert.pem")])
+    assert r.exit_code == 0 and "6 requests sent" in r.output, r.output
+    with DccStore(db) as st:
+        assert len(st.all("SELECT 1 FROM requests WHERE state = 'sent'")) == 6
+    r = run(cli, ["campaign", "status", "c1", "--db", db])
+    assert r.exit_code == 0 and "no signer for Supplier %s since" % SUP_A.hex().upper() \
+        in r.output and "waiting:" not in r.output, r.output
 
 
 # ---------------------------------------------------------------- creating: bad input
@@ -726,7 +954,7 @@ def test_report_shows_waves_and_outcomes(world):
     from hanota.hub import report as rep
 
     world.create(waves=["2", "100%"], error_threshold="50%")
-    d = CampaignDriver(world.dcc, clock=world.clock)
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
     d.step()
     world.hubs(default="rejected_by_device")
     d.step()

@@ -1,16 +1,21 @@
 """Campaigns: a Supplier sends one firmware image to many devices, in waves, through the DCC.
 
 A campaign (`hanota campaign create`) belongs to one Supplier, a User of the DCC: its DUIS
-XML-signing key and certificate, as `hanota duis sign` takes them, are kept with the campaign
-in the DCC's database (a test DCC: the campaign driver signs for the Supplier, so the key has
-to be where the driver runs). It targets an explicit list of devices, or every device of a
-manufacturer and model running a given firmware version at premises the Supplier is
-Responsible Supplier of (the DCC's registration data), with one image and one SR: 11.4 for
-PPMIDs and Alt HAN devices, 11.1 for HCALCS (the image is then held; its activation, the
-Supplier's SR 11.3 by Pre-Command, is not part of a campaign).
+XML-signing certificate is kept with the campaign in the DCC's database, never its private
+key (in GB the DCC holds no User's key). `create` takes the key only to prove the Supplier
+makes the campaign (it must be the certificate's), then drops it. The requests are signed by
+a process holding the key in memory (`Signer`): the Supplier's own `hanota campaign drive`,
+or a `dcc serve --supplier-key` worker (the single-machine setup); a driver sends only the
+campaigns whose Supplier entity ID and certificate it holds, and records a heartbeat lease
+per Supplier (`campaign_signers`) so `campaign status` can say when nobody signs. It
+targets an explicit list of devices, or every device of a manufacturer and model running a
+given firmware version at premises the Supplier is Responsible Supplier of (the DCC's
+registration data), with one image and one SR: 11.4 for PPMIDs and Alt HAN devices, 11.1 for
+HCALCS (the image is then held; its activation, the Supplier's SR 11.3 by Pre-Command, is
+not part of a campaign).
 
 **Each device gets its own DUIS request.** The driver builds the SR's request for the device,
-signs it with the Supplier's key, and has the DCC check it with `Dcc.check` then record it
+signs it with the Supplier's key it holds, and has the DCC check it with `Dcc.check` then record it
 with `Dcc.record`, the two halves of `Dcc.submit`, the path a request POSTed to
 `/api/v1/serviceD` takes, so every rule applies (signature, counter, Responsible Supplier,
 device type, CPL, image checks) and the device's Comms Hub outcome becomes the one final DUIS
@@ -112,7 +117,6 @@ _SCHEMA = (
     image BLOB NOT NULL,
     image_hash TEXT NOT NULL,
     version TEXT NOT NULL,
-    signer_key BLOB NOT NULL,
     signer_cert BLOB NOT NULL,
     config TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN (%s)),
@@ -154,7 +158,17 @@ _SCHEMA = (
     PRIMARY KEY (campaign, device, attempt)
 )""",
     "CREATE INDEX IF NOT EXISTS campaign_sends_by_time ON campaign_sends (campaign, sent)",
+    """CREATE TABLE IF NOT EXISTS campaign_signers (
+    supplier TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    cert_sha256 TEXT NOT NULL,
+    seen REAL NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (supplier, worker)
+)""",
 )
+
+SIGNER_LEASE = 30.0  # seconds a signer's heartbeat says it runs (renewed every third of it)
 
 
 class CampaignError(DccUsageError):
@@ -172,16 +186,116 @@ def ensure_schema(store: DccStore) -> None:
             c.execute(stmt)
     # made before sends were claimed (CampaignDriver._claim): the columns added (looked
     # up first: PostgreSQL's ALTER TABLE would lock the table even when they are there)
-    if store.postgres:
-        have = {r[0] for r in store.all("SELECT column_name FROM information_schema.columns "
-                                        "WHERE table_name = 'campaign_devices' AND "
-                                        "table_schema = current_schema()")}
-    else:
-        have = {r[1] for r in store.all("PRAGMA table_info(campaign_devices)")}
+    have = _columns(store, "campaign_devices")
     for column, decl in (("claimed_by", "TEXT"), ("claim_until", "REAL")):
         if column not in have:
             store.add_column("campaign_devices", column, decl)
+    if "signer_key" in _columns(store, "campaigns"):
+        _wipe_signer_keys(store)
     store._campaign_schema = True  # type: ignore[attr-defined]
+
+
+def _columns(store: DccStore, table: str) -> set[str]:
+    if store.postgres:
+        return {r[0] for r in store.all("SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_name = ? AND table_schema = "
+                                        "current_schema()", (table,))}
+    return {r[1] for r in store.all("PRAGMA table_info(%s)" % table)}
+
+
+def _wipe_signer_keys(store: DccStore) -> None:
+    """A database made when campaigns kept the Supplier's private key (`signer_key`): the
+    keys are overwritten, then the column dropped, and the log says so. The DCC holds no
+    User's private key: those campaigns wait for a signer (`hanota campaign drive`, `dcc
+    serve --supplier-key`) like new ones. On SQLite `secure_delete` zeroes the freed
+    content for this; on PostgreSQL the old row versions go at the table's next vacuum."""
+    if not store.postgres:
+        store.conn.execute("PRAGMA secure_delete = ON")
+    try:
+        with store.tx() as c:
+            if "signer_key" not in _columns(store, "campaigns"):
+                return  # another process wiped them first
+            rows = c.execute("SELECT name, supplier FROM campaigns ORDER BY name").fetchall()
+            c.execute("UPDATE campaigns SET signer_key = ?", (b"",))
+            if store.postgres:
+                c.execute_raw("ALTER TABLE campaigns DROP COLUMN IF EXISTS signer_key")
+            else:
+                c.execute("ALTER TABLE campaigns DROP COLUMN signer_key")
+    finally:
+        if not store.postgres:
+            store.conn.execute("PRAGMA secure_delete = OFF")
+    log.warning("DCC database %s: the Supplier private keys stored with %d campaign(s) were "
+                "wiped (the DCC holds no User's private key)%s; they wait for a signer with "
+                "the Supplier's key: hanota campaign drive --key --cert, or dcc serve "
+                "--supplier-key", store.path, len(rows),
+                (": " + ", ".join("%s (Supplier %s)" % (r[0], r[1]) for r in rows))
+                if rows else "")
+
+
+class Signer:
+    """A Supplier's DUIS XML-signing key and its certificate, held in memory by the process
+    that signs the Supplier's campaign requests (`hanota campaign drive`, `dcc serve
+    --supplier-key`); never written to the DCC's database. `supplier` is the
+    certificate's entity ID (hex), `cert_sha256` the certificate's fingerprint (DER)."""
+
+    def __init__(self, key: Any, cert: Any, *, names: tuple[str, str] = (
+            "the Supplier's key", "its certificate")):
+        import hashlib
+
+        from cryptography.hazmat.primitives import serialization
+
+        from . import pki
+
+        if not pki.key_matches(key, cert):
+            raise CampaignError("%s is not the one %s (%s) certifies"
+                                % (names[0], names[1], pki._label(cert)))
+        try:
+            self.supplier = eui_hex(pki.describe(cert).entity_id)
+        except Exception as e:  # noqa: BLE001 - a certificate without an SMKI entity ID
+            raise CampaignError("%s names no User entity ID: %s" % (names[1], e)) from None
+        self.key, self.cert = key, cert
+        self.cert_sha256 = hashlib.sha256(
+            cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        self.label = pki._label(cert)
+
+    @classmethod
+    def from_pem(cls, key_pem: bytes, cert_pem: bytes, names: tuple[str, str] = (
+            "the Supplier's key", "its certificate")) -> "Signer":
+        from . import pki
+
+        try:
+            key = pki.load_key(bytes(key_pem))
+        except pki.PkiError as e:
+            raise CampaignError("%s: %s" % (names[0], e)) from None
+        try:
+            cert = pki.load_cert(bytes(cert_pem))
+        except pki.PkiError as e:
+            raise CampaignError("%s: %s" % (names[1], e)) from None
+        return cls(key, cert, names=names)
+
+    @classmethod
+    def from_files(cls, key_path: str, cert_path: str) -> "Signer":
+        """The key and certificate files (PEM or DER), as `hanota duis sign` takes them."""
+        from pathlib import Path
+
+        try:
+            key_pem, cert_pem = Path(key_path).read_bytes(), Path(cert_path).read_bytes()
+        except OSError as e:
+            raise CampaignError("cannot read %s: %s" % (e.filename, e.strerror)) from None
+        return cls.from_pem(key_pem, cert_pem, names=("key %s" % key_path,
+                                                      "certificate %s" % cert_path))
+
+
+def cert_sha256(cert_pem: bytes) -> str:
+    """A stored certificate's fingerprint (SHA-256 of its DER), as `Signer.cert_sha256`."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    from . import pki
+
+    return hashlib.sha256(pki.load_cert(bytes(cert_pem)).public_bytes(
+        serialization.Encoding.DER)).hexdigest()
 
 
 # ---------------------------------------------------------------- parsing the controls
@@ -373,23 +487,15 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
     names what is wrong; nothing is recorded then."""
     from hanfw import otafile
 
-    from . import pki
     from .store import _manufacturer, _model, _version8
 
     ensure_schema(store)
     if not _NAME.match(name or ""):
         raise CampaignError("campaign name %r: 1-64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit" % name)
-    try:
-        key, cert = pki.load_key(bytes(key_pem)), pki.load_cert(bytes(cert_pem))
-    except pki.PkiError as e:
-        raise CampaignError("the Supplier's signing key or certificate: %s" % e) from None
-    if not pki.key_matches(key, cert):
-        raise CampaignError("the key is not the one the Supplier's certificate certifies")
-    try:
-        supplier = eui_hex(pki.describe(cert).entity_id)
-    except Exception as e:  # noqa: BLE001 - a certificate without an SMKI entity ID
-        raise CampaignError("the certificate names no User entity ID: %s" % e) from None
+    # the Supplier proves it makes the campaign: the key must be its certificate's; it is
+    # checked here and dropped (only the certificate is kept: the DCC holds no User's key)
+    supplier = Signer.from_pem(key_pem, cert_pem).supplier
     try:
         s = otafile.parse_stream(bytes(image), block=4096, integrity=True, allow_raw=True)
         s.check_integrity()
@@ -448,10 +554,10 @@ def create(store: DccStore, *, name: str, key_pem: bytes, cert_pem: bytes, image
         if c.execute("SELECT 1 FROM campaigns WHERE name = ?", (name,)).fetchone():
             raise CampaignError("campaign %s exists already" % name)
         c.execute("INSERT INTO campaigns (name, supplier, srv, image, image_hash, version, "
-                  "signer_key, signer_cert, config, state, wave, waves, created, updated) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)",
+                  "signer_cert, config, state, wave, waves, created, updated) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', 1, ?, ?, ?)",
                   (name, supplier, srv, bytes(image), s.image_sha256.hex(),
-                   "%08X" % s.header.file_version, bytes(key_pem), bytes(cert_pem),
+                   "%08X" % s.header.file_version, bytes(cert_pem),
                    json.dumps(config, sort_keys=True), len(sizes), now, now))
         seq, wave = 0, 1
         for n in sizes:
@@ -548,6 +654,9 @@ def status(store: DccStore, name: str, *, devices: bool = True,
     t = store.clock() if now is None else now
     camp["window_open"] = None if win is None else win.is_open(t)
     camp["next_window"] = None if win is None else win.next_open(t)
+    camp["signer"] = signer_state(store, name, camp["supplier"], t)
+    camp["waiting_for_signer"] = camp["state"] == "running" \
+        and camp["totals"]["waiting"] > 0 and not camp["signer"]["live"]
     if devices:
         sends: dict[str, list[str]] = {}
         for r in store.all("SELECT device, request_id FROM campaign_sends WHERE campaign = ? "
@@ -559,6 +668,28 @@ def status(store: DccStore, name: str, *, devices: bool = True,
             "outcome, ok, code, reason, finished FROM campaign_devices WHERE campaign = ? "
             "ORDER BY seq", (name,))]
     return camp
+
+
+def signer_state(store: DccStore, name: str, supplier: str, now: float) -> dict[str, Any]:
+    """Who signs the campaign's requests (the heartbeat leases the drivers holding its
+    Supplier's key write, `CampaignDriver.heartbeat`): `live`, the workers whose lease runs
+    with the campaign's certificate; `last_seen`, when the last such lease ran out (None:
+    none ever ran); `other_cert`, live workers signing for the Supplier with another
+    certificate (they do not send this campaign's requests)."""
+    row = store.one("SELECT signer_cert FROM campaigns WHERE name = ?", (name,))
+    fp = cert_sha256(bytes(row[0])) if row is not None else ""
+    live, other, last = [], [], None
+    for r in store.all("SELECT worker, cert_sha256, seen, until FROM campaign_signers WHERE "
+                       "supplier = ? ORDER BY worker", (supplier,)):
+        until = float(r[3])
+        if r[1] != fp:
+            if until > now:
+                other.append(r[0])
+            continue
+        if until > now:
+            live.append({"worker": r[0], "seen": float(r[2])})
+        last = until if last is None else max(last, until)
+    return {"live": live, "last_seen": None if live else last, "other_cert": other}
 
 
 def report_data(store: DccStore) -> list[dict[str, Any]]:
@@ -589,8 +720,9 @@ class CampaignDriver:
 
     claim_lease = 20.0  # seconds a claimed device is this worker's to send (`_claim`)
 
-    def __init__(self, dcc: Any, *, worker: str | None = None,
-                 clock: Callable[[], float] = time.time, batch: int = 50):
+    def __init__(self, dcc: Any, *, signers: Iterable[Signer] = (), worker: str | None = None,
+                 clock: Callable[[], float] = time.time, batch: int = 50,
+                 advance: bool = True):
         import os
         import socket
 
@@ -599,24 +731,82 @@ class CampaignDriver:
         self.worker = worker or "%s:%d" % (socket.gethostname(), os.getpid())
         self.clock = clock
         self.batch = batch
-        self._signers: dict[str, tuple[Any, Any, bytes, str, str, str]] = {}
+        # False: only send (the Supplier's `campaign drive`): outcomes, waves, thresholds and
+        # deadlines are the DCC's workers' (a deadline's final response is the DCC's to sign)
+        self.advances = advance
+        # the Suppliers' keys this driver holds (in memory only), by (entity ID, certificate)
+        self.signers: dict[tuple[str, str], Signer] = {
+            (x.supplier, x.cert_sha256): x for x in signers}
+        self._fixed_: dict[str, tuple[bytes, str, str, str, str]] = {}
+        self._beat_at: float | None = None
+        self._warned: set[str] = set()
         self.sent = 0
         self.redone = 0  # requests overtaken by another worker's counter, redone under the lock
         self.retried = 0  # ... prepared again outside the lock
 
     def step(self) -> int:
-        """One pass over the campaigns that have work; the number of requests sent."""
+        """One pass over the campaigns that have work; the number of requests sent. Every
+        campaign's outcomes and waves are moved on (`advance`: no Supplier's key needed;
+        not with `advance=False`); requests go out only for the campaigns whose Supplier's
+        key this driver holds (`signers`: the certificate the campaign's)."""
         ensure_schema(self.store)
+        self.heartbeat()
         names = [r[0] for r in self.store.all(
             "SELECT c.name FROM campaigns c WHERE EXISTS (SELECT 1 FROM campaign_devices d "
             "WHERE d.campaign = c.name AND d.state <> 'done') ORDER BY c.created, c.name")]
         total = 0
         for name in names:
-            self.advance(name)
-            total += self.send(name, self.batch)
-            self.advance(name)
+            if self.advances:
+                self.advance(name)
+            if self.signer_for(name) is not None:
+                total += self.send(name, self.batch)
+                if self.advances:
+                    self.advance(name)
         self.sent += total
         return total
+
+    # -- the signers
+
+    def signer_for(self, name: str) -> Signer | None:
+        """The key this driver holds for the campaign's Supplier and certificate, or None
+        (a certificate of the same Supplier but not the campaign's is logged once)."""
+        _, supplier, _, _, cert = self._fixed(name)
+        got = self.signers.get((supplier, cert))
+        if got is None and name not in self._warned and any(
+                k[0] == supplier for k in self.signers):
+            self._warned.add(name)
+            log.warning("campaign %s: the certificate held for Supplier %s is not the "
+                        "campaign's (SHA-256 %s...): its requests are not signed here",
+                        name, supplier, cert[:16])
+        return got
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Record that this worker signs for its Suppliers, for `SIGNER_LEASE` seconds
+        (renewed every third of it; `campaign status` reads it)."""
+        if not self.signers:
+            return
+        now = self.clock()
+        if not force and self._beat_at is not None and now < self._beat_at:
+            return
+        with self.store.tx(exclusive=False) as c:
+            for x in self.signers.values():
+                c.execute("INSERT INTO campaign_signers (supplier, worker, cert_sha256, seen, "
+                          "until) VALUES (?, ?, ?, ?, ?) ON CONFLICT (supplier, worker) DO "
+                          "UPDATE SET cert_sha256 = excluded.cert_sha256, seen = excluded.seen, "
+                          "until = excluded.until",
+                          (x.supplier, self.worker, x.cert_sha256, now, now + SIGNER_LEASE))
+        self._beat_at = now + SIGNER_LEASE / 3
+
+    def leave(self) -> None:
+        """This worker stops signing: its leases end now."""
+        if not self.signers:
+            return
+        ensure_schema(self.store)
+        now = self.clock()
+        with self.store.tx(exclusive=False) as c:
+            c.execute("UPDATE campaign_signers SET until = ? WHERE worker = ? AND until > ?",
+                      (now, self.worker, now))
+        self._beat_at = None
 
     # -- outcomes, waves, thresholds
 
@@ -802,7 +992,11 @@ class CampaignDriver:
         Supplier's last + 1 and the time in ms (what `duis build` uses)."""
         from . import duis, xmlsig
 
-        key, cert, image, supplier, srv, version = self._fixed(name)
+        image, supplier, srv, version, cert_fp = self._fixed(name)
+        signer = self.signers.get((supplier, cert_fp))
+        if signer is None:
+            raise CampaignError("campaign %s: this driver holds no key for Supplier %s with "
+                                "the campaign's certificate" % (name, supplier))
         now = self.clock()
         counter = max((self.store.last_counter(supplier) or 0) + 1, int(now * 1000),
                       counter_floor)
@@ -810,7 +1004,7 @@ class CampaignDriver:
         xml = duis.build_request(srv, bytes.fromhex(supplier), duis.DCC_EUI, counter,
                                  firmware_image=image, firmware_version=version,
                                  device_ids=[bytes.fromhex(device)])
-        return counter, self.dcc.check(xmlsig.sign(xml, key, cert))
+        return counter, self.dcc.check(xmlsig.sign(xml, signer.key, signer.cert))
 
     retries_outside = 2  # overtaken requests redone outside the lock before one under it
 
@@ -821,7 +1015,7 @@ class CampaignDriver:
         A request overtaken by another worker's counter (seen just before the commit, or
         in it) is prepared again outside the lock, up to `retries_outside` times; then the
         commit redoes it under the lock, which always succeeds."""
-        supplier = self._fixed(name)[3]
+        supplier = self._fixed(name)[1]
         floor = 0
         for i in range(self.retries_outside + 1):
             counter, chk = self._prepare(name, device, floor)
@@ -856,7 +1050,7 @@ class CampaignDriver:
         from . import duis
         from .service import Refusal
 
-        supplier = self._fixed(name)[3]
+        supplier = self._fixed(name)[1]
         now = self.clock()
         with self.store.tx() as c:
             d = c.execute("SELECT c.state, c.config, d.state, d.attempts, d.claimed_by FROM "
@@ -913,19 +1107,17 @@ class CampaignDriver:
                 c.execute(*mark)
         return True
 
-    def _fixed(self, name: str) -> tuple[Any, Any, bytes, str, str, str]:
-        """A campaign's signing key, certificate, image, Supplier, SR and version (they
-        never change), read once."""
-        from . import pki
-
-        got = self._signers.get(name)
+    def _fixed(self, name: str) -> tuple[bytes, str, str, str, str]:
+        """A campaign's image, Supplier, SR, version and certificate's SHA-256 (they never
+        change), read once."""
+        got = self._fixed_.get(name)
         if got is None:
-            r = self.store.one("SELECT signer_key, signer_cert, image, supplier, srv, version "
-                               "FROM campaigns WHERE name = ?", (name,))
+            r = self.store.one("SELECT image, supplier, srv, version, signer_cert FROM "
+                               "campaigns WHERE name = ?", (name,))
             if r is None:
                 raise CampaignError("no campaign named %r" % name)
-            got = self._signers[name] = (pki.load_key(bytes(r[0])), pki.load_cert(bytes(r[1])),
-                                         bytes(r[2]), r[3], r[4], r[5])
+            got = self._fixed_[name] = (bytes(r[0]), r[1], r[2], r[3],
+                                        cert_sha256(bytes(r[4])))
         return got
 
 
@@ -943,12 +1135,14 @@ def _pct(v: float) -> str:
 
 class CampaignThread:
     """The campaign driver in a `dcc serve` worker: a thread with its own connection to the
-    DCC's database, stepping every `poll` seconds until `stop()`; with `response_timeout`,
+    DCC's database, stepping every `poll` seconds until `stop()`, sending for the Suppliers
+    whose keys are in `signers` (`--supplier-key`); with `response_timeout`,
     it also gives every request unanswered that long its outcome `no_response`
     (`Dcc.expire_requests`), campaigns or not."""
 
-    def __init__(self, dcc: Any, *, worker: str | None = None, poll: float = 1.0,
-                 response_timeout: float | None = None, campaigns: bool = True):
+    def __init__(self, dcc: Any, *, signers: Iterable[Signer] = (), worker: str | None = None,
+                 poll: float = 1.0, response_timeout: float | None = None,
+                 campaigns: bool = True):
         from .pki import KeyStore
         from .service import Dcc
 
@@ -956,7 +1150,7 @@ class CampaignThread:
         store = DccStore(st.uri if st.postgres else st.path)
         # (campaigns send SR 11.1 / 11.4 only: nothing of the DCC's SR 11.3 state is needed)
         mine = Dcc(store, KeyStore(dcc.keystore.path), (dcc.key, dcc.cert))
-        self.driver = CampaignDriver(mine, worker=worker)
+        self.driver = CampaignDriver(mine, signers=signers, worker=worker)
         self.poll = poll
         self.response_timeout = response_timeout
         self.campaigns = campaigns
@@ -986,6 +1180,11 @@ class CampaignThread:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        if self.campaigns:
+            try:
+                self.driver.leave()
+            except Exception:  # noqa: BLE001 - the database is gone: the leases run out
+                log.debug("signer leases not ended", exc_info=True)
         self.driver.store.close()
 
 

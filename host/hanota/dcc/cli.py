@@ -25,7 +25,9 @@ def duis() -> None:
 
 @click.group()
 def campaign() -> None:
-    """Firmware campaigns: one image to many devices in waves, driven by the DCC's workers."""
+    """Firmware campaigns: one image to many devices in waves, moved on by the DCC's workers,
+    each request signed where the Supplier's key is (campaign drive, dcc serve
+    --supplier-key)."""
 
 
 def register(main: click.Group) -> None:

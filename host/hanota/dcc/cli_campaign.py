@@ -1,9 +1,14 @@
-"""`hanota campaign create|status|pause|resume|cancel`: firmware campaigns at the DCC
-(`campaign.py`). The DCC's workers (`hanota dcc serve`) drive them; these commands only read
-and change the campaign records in the DCC's database."""
+"""`hanota campaign create|status|pause|resume|cancel|drive`: firmware campaigns at the DCC
+(`campaign.py`). The DCC's workers (`hanota dcc serve`) move them on; each device's request
+is signed by a process holding the Supplier's key in memory (`campaign drive`, or `dcc serve
+--supplier-key`). The other commands only read and change the campaign records in the DCC's
+database."""
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,6 +48,21 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
                cfg["backoff"])
            + (", response deadline %g s" % cfg["response_timeout"]
               if cfg.get("response_timeout") else "")]
+    sig = s.get("signer") or {}
+    if sig.get("live"):
+        out.append("  signed by %s (Supplier %s's key)" % (
+            ", ".join("%s (seen %s)" % (x["worker"], _when(x["seen"])) for x in sig["live"]),
+            s["supplier"]))
+    elif s["state"] in ("running", "paused"):
+        out.append("  %sno signer for Supplier %s %s%s" % (
+            "waiting: " if s.get("waiting_for_signer") else "",
+            s["supplier"], "since %s" % _when(sig["last_seen"]) if sig.get("last_seen")
+            else "has run", " (hanota campaign drive --key --cert, or dcc serve "
+            "--supplier-key, with the campaign's certificate)"))
+    if sig.get("other_cert"):
+        out.append("  %s sign%s for Supplier %s with another certificate than the "
+                   "campaign's" % (", ".join(sig["other_cert"]),
+                                   "s" if len(sig["other_cert"]) == 1 else "", s["supplier"]))
     if cfg.get("window"):
         w = cfg["window"]
         out.append("  window '%s' for %g s in %s: %s" % (
@@ -69,11 +89,12 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
 @click.argument("name")
 @_db_option
 @click.option("--key", "key", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="The Supplier's DUIS XML-signing key (PEM), as hanota duis sign takes it; "
-                   "kept with the campaign in the DCC's database: the workers sign each "
-                   "device's request with it.")
+              help="The Supplier's DUIS XML-signing key (PEM), as hanota duis sign takes it: "
+                   "checked against --cert (the Supplier makes the campaign), then dropped; "
+                   "the DCC keeps no User's key.")
 @click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="Its certificate (PEM): its entity ID is the Supplier.")
+              help="Its certificate (PEM): its entity ID is the Supplier; kept with the "
+                   "campaign (only a signer holding this certificate's key sends for it).")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), required=True,
               help="The OTA file every device gets.")
 @click.option("--srv", type=click.Choice(["11.4", "11.1"]), default=None,
@@ -125,9 +146,10 @@ def campaign_create(name, db_path, key, cert, image, srv, devices, devices_file,
                     from_version, waves, success_threshold, error_threshold, rate,
                     window_cron, window_start, window_duration, tz, retries, backoff,
                     backoff_max, response_timeout, as_json):
-    """Create campaign NAME: the Supplier's image to many devices, in waves. The DCC's
-    workers (hanota dcc serve on the same database) send each device its own signed DUIS
-    request as the waves, window and rate allow."""
+    """Create campaign NAME: the Supplier's image to many devices, in waves. Each device
+    gets its own DUIS request, signed by a process holding the Supplier's key (hanota
+    campaign drive, or dcc serve --supplier-key, on the same database), as the waves, window
+    and rate allow; until one runs the campaign waits."""
     targets = list(devices)
     if devices_file:
         for line in Path(devices_file).read_text().splitlines():
@@ -216,3 +238,86 @@ _change("pause", camp.pause, "Stop sending requests (retries too) until resumed;
 _change("resume", camp.resume, "Send again after a pause.")
 _change("cancel", camp.cancel, "End the campaign: devices not sent get the outcome "
         "'cancelled'; requests already sent keep theirs.")
+
+
+@campaign.command("drive")
+@_db_option
+@click.option("--pki", "pki_dir", type=click.Path(exists=True, file_okay=False),
+              required=True,
+              help="The DCC's key store of Users' certificates (hanota pki init; dcc serve "
+                   "--pki): the DCC's checks of each request run here before it is "
+                   "recorded. The DCC's own signing key is not read.")
+@click.option("--key", "key", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The Supplier's DUIS XML-signing key (PEM or DER): held in memory only.")
+@click.option("--cert", "cert", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Its certificate: the campaigns created with it are the ones signed here.")
+@click.option("--worker", default=None, metavar="NAME",
+              help="This signer's name in the claims and leases (default host:pid).")
+@click.option("--poll", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              metavar="SECONDS", help="Seconds between passes when nothing was sent.")
+@click.option("--once", is_flag=True,
+              help="One pass over the campaigns, then exit (prints what was sent).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True)
+@domain_errors
+def campaign_drive(db_path, pki_dir, key, cert, worker, poll, once, log_level):
+    """Sign and send the requests of the Supplier's campaigns: the driver loop alone (no
+    HTTP, no WAN), in the Supplier's own process, until SIGINT/SIGTERM. The key stays in
+    this process's memory; the DCC's database gets only the requests, checked by the DCC's
+    rules as dcc serve's workers check them. The DCC's workers (dcc serve) take the
+    outcomes and open the waves; this process only sends, and holds no DCC key. Any number
+    of signers (and dcc serve --supplier-key workers) for one Supplier share the work
+    without sending a device twice.
+    When every running or paused campaign of the Supplier was created with another
+    certificate than --cert, it exits 1 naming them (a single one is logged and skipped)."""
+    from .pki import KeyStore
+    from .service import Dcc
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signer = camp.Signer.from_files(key, cert)
+    # the DCC's checks need the Users' certificates only: no DCC signing key in this process
+    service = Dcc(DccStore(db_path), KeyStore(pki_dir), (None, None))
+    try:
+        store = service.store
+        camp.ensure_schema(store)
+        mine = store.all("SELECT name, signer_cert FROM campaigns WHERE supplier = ? AND "
+                         "state IN ('running', 'paused')", (signer.supplier,))
+        wrong = [r[0] for r in mine if camp.cert_sha256(bytes(r[1])) != signer.cert_sha256]
+        if wrong and len(wrong) == len(mine):
+            raise camp.CampaignError(
+                "certificate %s (%s) is not the one campaign%s %s of Supplier %s %s created "
+                "with: give that certificate and its key" % (
+                    cert, signer.label, "s" if len(wrong) > 1 else "", ", ".join(wrong),
+                    signer.supplier, "were" if len(wrong) > 1 else "was"))
+        driver = camp.CampaignDriver(service, signers=[signer], worker=worker, advance=False)
+        if once:
+            n = driver.step()
+            driver.leave()
+            click.echo("campaign drive: %d requests sent for Supplier %s" % (n, signer.supplier))
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo("hanota campaign drive: signing for Supplier %s (%s) as %s; database %s%s"
+                   % (signer.supplier, signer.label, driver.worker, store.path,
+                      "" if mine else "; no campaign of this Supplier yet"))
+        try:
+            while not stop.is_set():
+                sent = 0
+                try:
+                    sent = driver.step()
+                except Exception:  # noqa: BLE001 - as dcc serve's driver: logged, again
+                    logging.getLogger(__name__).exception("campaign step")
+                if not sent:
+                    stop.wait(poll)
+        finally:
+            try:
+                driver.leave()
+            except Exception:  # noqa: BLE001 - the database is gone: the leases run out
+                pass
+        click.echo("hanota campaign drive stopped (%d requests sent; overtaken by another "
+                   "worker's counter: %d prepared again outside the write lock, %d redone "
+                   "under it)" % (driver.sent, driver.retried, driver.redone))
+    finally:
+        service.store.close()

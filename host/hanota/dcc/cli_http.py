@@ -32,7 +32,7 @@ def _listen(text: str) -> tuple[str, int]:
 async def _serve(service: Any, host: str, port: int, max_body: int | None,
                  wan_auth: bool, wan_url: str | None = None, worker: str | None = None,
                  campaigns: bool = True, response_timeout: float | None = None,
-                 wan_heartbeat: float = HEARTBEAT) -> None:
+                 wan_heartbeat: float = HEARTBEAT, signers: tuple = ()) -> None:
     from .campaign import CampaignThread
     from .http import DccHttp
 
@@ -46,13 +46,16 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
     h, p = await server.start(host, port)
     # the campaign driver: a thread with its own database connection (campaign.py)
     # (and the response deadline of every request, --response-timeout)
-    driver = CampaignThread(service, worker=worker, response_timeout=response_timeout,
-                            campaigns=campaigns).start() \
+    driver = CampaignThread(service, signers=signers, worker=worker,
+                            response_timeout=response_timeout, campaigns=campaigns).start() \
         if campaigns or response_timeout else None
     click.echo("hanota dcc serving on http://%s:%d (DUIS: POST /api/v1/serviceD; WAN: "
-               "/wan/<hub EUI>%s%s; database %s)" % (
+               "/wan/<hub EUI>%s%s; database %s%s)" % (
                    h, p, ", hub tokens required" if wan_auth else "",
-                   ", NATS %s" % wan_url if wan_url else "", service.store.path))
+                   ", NATS %s" % wan_url if wan_url else "", service.store.path,
+                   "; signing campaigns for Supplier %s" % ", ".join(
+                       sorted({x.supplier for x in signers})) if signers and campaigns
+                   else ""))
     try:
         await stop.wait()
     finally:
@@ -93,8 +96,14 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
                    "this; 0: no pings, the hubs' own pings still check it). Each ping costs "
                    "a little CPU per connected hub: a fleet of thousands wants 60 or more.")
 @click.option("--campaigns/--no-campaigns", default=True, show_default=True,
-              help="Drive the firmware campaigns in the database (hanota campaign create); "
-                   "any number of workers share them.")
+              help="Drive the firmware campaigns in the database (hanota campaign create): "
+                   "outcomes, waves, thresholds; any number of workers share them.")
+@click.option("--supplier-key", "supplier_keys", multiple=True, metavar="KEY.pem:CERT.pem",
+              help="A Supplier's DUIS XML-signing key and its certificate (repeatable): this "
+                   "worker signs and sends the requests of that Supplier's campaigns (the "
+                   "certificate the campaign's), holding the key in memory only; the "
+                   "embedded single-machine setup. Without one, the Supplier runs hanota "
+                   "campaign drive.")
 @click.option("--response-timeout", type=click.FloatRange(0, min_open=True), default=None,
               metavar="SECONDS",
               help="A request sent to a Comms Hub that has no outcome this long after gets "
@@ -105,12 +114,14 @@ async def _serve(service: Any, host: str, port: int, max_body: int | None,
               default="warning", show_default=True)
 @domain_errors
 def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, wan_heartbeat,
-              campaigns, response_timeout, log_level):
+              campaigns, supplier_keys, response_timeout, log_level):
     """Run the DCC: the DUIS endpoint Users POST signed requests to, their asynchronous
     responses (GET /api/v1/responses, or pushed to a URL registered with POST
     /api/v1/subscribe), the WAN the Comms Hubs (hanota hub serve) dial, and the firmware
-    campaigns' sends (each device its own DUIS request, signed for the campaign's
-    Supplier)."""
+    campaigns (each device its own DUIS request, signed with the Supplier's key given by
+    --supplier-key, else by the Supplier's hanota campaign drive)."""
+    from .campaign import CampaignError, Signer, ensure_schema
+
     logging.basicConfig(level=getattr(logging, log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = _listen(listen)
@@ -119,10 +130,23 @@ def dcc_serve(db_path, pki_dir, wan_url, worker, listen, max_body, wan_auth, wan
         if not is_nats(wan_url):
             raise click.BadParameter("give the NATS server as nats://HOST:PORT",
                                      param_hint="--wan")
+    signers = []
+    for pair in supplier_keys:
+        key, sep, cert = pair.rpartition(":")
+        if not sep or not key or not cert:
+            raise click.BadParameter("give KEY.pem:CERT.pem, not %r" % pair,
+                                     param_hint="--supplier-key")
+        try:
+            signers.append(Signer.from_files(key, cert))
+        except CampaignError as e:
+            raise click.BadParameter(str(e), param_hint="--supplier-key") from None
     service = open_dcc(db_path, pki_dir)
     try:
+        # the campaign tables made or brought up to date now (a database from when
+        # campaigns kept the Supplier's key has it wiped here, logged)
+        ensure_schema(service.store)
         asyncio.run(_serve(service, host, port, max_body, wan_auth, wan_url, worker,
-                           campaigns, response_timeout, wan_heartbeat))
+                           campaigns, response_timeout, wan_heartbeat, tuple(signers)))
     finally:
         service.store.close()
 

@@ -916,6 +916,9 @@ class Dcc:
         return self._sign(duis.alert(request_id=request_id, code=code, srv=srv, body=body))
 
     def _sign(self, xml: bytes) -> bytes:
+        if self.key is None:  # `campaign drive`: the Supplier's process holds no DCC key
+            raise RuntimeError("this process holds no DCC signing key: the DCC's documents "
+                               "are signed by hanota dcc serve")
         return xmlsig.sign(xml, self.key, self.cert)
 
 
