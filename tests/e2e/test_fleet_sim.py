@@ -300,9 +300,11 @@ def test_sim_with_a_virtual_board_gets_its_firmware_through_duis(tmp_path, kind,
     asyncio.run(main())
 
 
-def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path):
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path, procs):
     """Premises 1's board cannot start (its folder is taken by a file): the command fails
-    (exit 2) naming that board and why; premises 0's board, which could, is stopped too."""
+    (exit 2) naming that board and why; premises 0's board, which could, is stopped too
+    (with --procs 2 it is in the other process, which the parent stops)."""
     fleet = tmp_path / "fleet"
     (fleet / "f0-p00000001").mkdir(parents=True)
     (fleet / "f0-p00000001" / "vboard").write_text("not a board's folder")
@@ -314,6 +316,7 @@ def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path):
             r = await asyncio.create_subprocess_exec(
                 *HANOTA, "fleet", "sim", "--dcc", w.url, "--premises", "2", "--devices", "1",
                 "--vboards", "2", "--dir", str(fleet), "--report", "0", "--for", "120",
+                "--procs", procs,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(r.communicate(), 150)
             return r.returncode, out.decode(), err.decode()

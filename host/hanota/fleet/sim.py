@@ -356,11 +356,11 @@ class FleetProcess:
             self.started_in, self.cfg.lo, self.cfg.hi - 1))
 
     async def _boards_up(self) -> None:
-        """Every virtual board brought up and joined; else the first failure (each one
+        """Every virtual board brought up and joined; else the first failure (any others
         logged), once the others' bring-ups have ended."""
         done = await asyncio.gather(*self._board_tasks, return_exceptions=True)
         bad = [e for e in done if isinstance(e, BaseException)]
-        for e in bad:
+        for e in bad[1:]:
             log.error("%s", e)
         if bad:
             if len(bad) > 1:
