@@ -328,3 +328,39 @@ def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path, procs):
            "could not be brought up" in err and "Not a directory" in err, err
     assert "fleet started" not in out, out
     assert board_processes(fleet) == []
+
+
+def test_a_second_run_on_the_same_dir_starts_a_fresh_board_that_joins_again(tmp_path):
+    """The hubs' databases are kept between runs; the board is a fresh chip each run (its
+    frame counters start again): in the second run it still joins (the hub forgot the first
+    run's counters for it) and takes its firmware again, one outcome per request."""
+    fleet = tmp_path / "fleet"
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(1, 1, roles=("ppmid",), vboards=1)
+            board = plan.vboard_at(0)
+            for run in (1, 2):
+                p = await start_sim(w, w.url, "--premises", "1", "--devices", "1", "--roles",
+                                    "ppmid", "--vboards", "1", "--dir", str(fleet),
+                                    "--register", "--supplier", eui_hex(w.user), "--db",
+                                    str(tmp_path / "dcc.db"), timeout=150)
+                try:
+                    assert "1 virtual boards deployed and joined" in "".join(p.lines)
+                    image = fleet / "vboards" / "images" / "vboard-esp32-ppmid-v2.ota"
+                    xml = w.request("11.4", duis.DCC_EUI, firmware_image=image.read_bytes(),
+                                    firmware_version="00000002",
+                                    device_ids=[bytes.fromhex(board.eui)])
+                    status, ack = await w.post(xml)
+                    assert (status, ack["code"]) == (200, "I99"), ack
+                    resp = await w.wait_response(ack["request_id"], timeout=90)
+                    assert resp["body"]["CommsHubOutcome"]["Outcome"] == "activated", resp
+                finally:
+                    summary = await stop_sim(p)
+                assert summary["vboard_running"] == {"2": 1}, (run, summary)
+            one_outcome_each(w, 2)
+        finally:
+            await w.stop()
+    asyncio.run(main())

@@ -289,10 +289,16 @@ class FleetProcess:
     def _start_vboard(self, one: _Premises, pdir: Path) -> None:
         """Bring premises `one`'s virtual board up in the background (a few at a time);
         `start` waits for them all."""
+        from ..hub.db import eui_text as reg_eui_text
         from . import vboards
 
         fb = vboards.FleetBoard(self.cfg.vboard_ws, one.spec,
                                 self.cfg.plan.vboard_at(one.spec.index), pdir / "vboard")
+        # a fresh chip every run: its frame counters start again, so the hub (whose database
+        # a run keeps) forgets the last one it took from the previous run's board
+        with one.hub.db.tx() as c:
+            c.execute("UPDATE devices SET last_counter = NULL WHERE eui = ?",
+                      (reg_eui_text(fb.spec.eui),))
         one.vboard = fb
         self.boards.append(fb)
         if self._board_gate is None:
