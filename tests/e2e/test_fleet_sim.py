@@ -228,7 +228,9 @@ def test_plan_and_slices_are_checked():
                        (["--premises", "3", "--slice", "4/3"], "i must be 1..n"),
                        (["--premises", "3", "--slice", "2"], "give i/n"),
                        (["--premises", "2", "--slice", "1/3"], "3 slices for 2 premises"),
-                       (["--premises", "2", "--roles", "ppmid,meter"], "role 'meter'")):
+                       (["--premises", "2", "--roles", "ppmid,meter"], "role 'meter'"),
+                       (["--premises", "3", "--slice", "2/2", "--vboards", "3"],
+                        "--vboards 3: this slice has only 2 premises")):
         r = subprocess.run([*HANOTA, "fleet", "plan", *args], capture_output=True, text=True)
         assert r.returncode != 0 and says in r.stderr + r.stdout, (args, r.stderr)
     r = subprocess.run([*HANOTA, "fleet", "plan", "--premises", "5", "--devices", "2",
@@ -364,3 +366,31 @@ def test_a_second_run_on_the_same_dir_starts_a_fresh_board_that_joins_again(tmp_
         finally:
             await w.stop()
     asyncio.run(main())
+
+
+def test_vboard_identities_registration_and_options(tmp_path):
+    """A slice's virtual boards are its first --vboards premises' device slot 15: `fleet plan`
+    shows them, `fleet register` writes them (with the premises' devices); a bad
+    --vboard-kind or --vboard-keys is refused before anything starts."""
+    from hanota.dcc.store import DccStore
+
+    common = ["--premises", "4", "--devices", "2", "--slice", "2/2", "--vboards", "1"]
+    r = subprocess.run([*HANOTA, "fleet", "plan", *common, "--json"], capture_output=True,
+                       text=True)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x.get("vboard", {}).get("eui") for x in rows] == ["F1EF00000000002F", None]
+    assert rows[0]["vboard"]["install_code"] == fp.install_code("F1EF00000000002F")
+    db = str(tmp_path / "dcc.db")
+    r = subprocess.run([*HANOTA, "fleet", "register", *common, "--supplier",
+                        "90B3D51F3001A001", "--db", db], capture_output=True, text=True)
+    assert "2 premises and 5 devices added (1 virtual boards)" in r.stdout, (r.stdout, r.stderr)
+    with DccStore(db) as store:
+        d = store.device("F1EF00000000002F")
+        assert (d["device_type"], d["mpxn"]) == ("PPMID", "SIM0-00000002")
+    for args, says in ((["--vboard-kind", "esp32"], "--vboard-kind 'esp32': one of"),
+                       (["--vboard-keys", str(tmp_path)], "no public.bin there")):
+        r = subprocess.run([*HANOTA, "fleet", "sim", *common, "--dcc", "http://127.0.0.1:1",
+                            "--dir", str(tmp_path / "f"), *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and says in r.stderr, (args, r.stderr)
+        assert not (tmp_path / "f").exists()

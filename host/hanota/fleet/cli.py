@@ -238,6 +238,8 @@ def sim_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, n_vboar
     if n_vboards:
         from . import vboards
         vboards.check_kind(vboard_kind)
+        if vboard_keys is not None:
+            vboards.check_keys(vboard_keys)
     sup = _suppliers(suppliers) if suppliers else []
     if do_register:
         if not sup:

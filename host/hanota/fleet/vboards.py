@@ -80,6 +80,15 @@ def check_kind(kind: str) -> str:
     return kind
 
 
+def check_keys(keys: str) -> Path:
+    """--vboard-keys: a directory with public.bin (FleetUsageError otherwise)."""
+    kdir = Path(keys).resolve()
+    if not (kdir / "public.bin").is_file():
+        raise FleetUsageError("--vboard-keys %s: no public.bin there (give a directory made "
+                              "by `hanota keys generate`)" % keys)
+    return kdir
+
+
 def prepare(workdir: str, plan: FleetPlan, kind: str, keys: str | None = None) -> Workspace:
     """The workspace under `workdir`/vboards: the key pair (made when missing, unless `keys`
     names a key directory), the boards' firmware for plan.version and, with a private key,
@@ -99,10 +108,7 @@ def prepare(workdir: str, plan: FleetPlan, kind: str, keys: str | None = None) -
             generate_keys(kdir)
             made = True
     else:
-        kdir = Path(keys).resolve()
-        if not (kdir / "public.bin").is_file():
-            raise FleetUsageError("--vboard-keys %s: no public.bin there (give a directory "
-                                  "made by `hanota keys generate`)" % keys)
+        kdir = check_keys(keys)
     try:
         load_public_key(kdir / "public.bin")
     except Exception as e:  # noqa: BLE001 - the key file's own error names the problem
