@@ -394,3 +394,50 @@ def test_vboard_identities_registration_and_options(tmp_path):
                            text=True, timeout=60)
         assert r.returncode == 1 and says in r.stderr, (args, r.stderr)
         assert not (tmp_path / "f").exists()
+
+
+def test_a_campaign_reaches_the_virtual_board_like_any_ppmid(tmp_path):
+    """A Supplier's campaign to every PPMID of its premises on firmware 00000001 (model
+    targeting, two waves) with the workspace's upgrade image: the virtual board is one of
+    its targets, gets its own SR 11.4 and activates version 2, as the simulated PPMIDs do."""
+    from hanota import images
+    from hanota.dcc import campaign
+
+    fleet = tmp_path / "fleet"
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(2, 1, roles=("ppmid",), vboards=1)
+            p = await start_sim(w, w.url, "--premises", "2", "--devices", "1", "--roles",
+                                "ppmid", "--vboards", "1", "--dir", str(fleet), "--register",
+                                "--supplier", eui_hex(w.user), "--db", str(tmp_path / "dcc.db"),
+                                timeout=150)
+            try:
+                image = fleet / "vboards" / "images" / "vboard-esp32-ppmid-v2.ota"
+                campaign.create(
+                    w.store, name="fleet-vb",
+                    key_pem=(w.pki_dir / "supplier-a.xml.key.pem").read_bytes(),
+                    cert_pem=(w.pki_dir / "supplier-a.xml.cert.pem").read_bytes(),
+                    image=image.read_bytes(), from_version="00000001",
+                    model=(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"]),
+                    waves=["1", "100%"], success_threshold="100%")
+                driver = campaign.CampaignThread(w.dcc, worker="w1", poll=0.05).start()
+                try:
+                    await w.until(lambda: campaign.status(w.store, "fleet-vb", devices=False)
+                                  ["state"] == "done", "the campaign done", timeout=90)
+                finally:
+                    await asyncio.get_running_loop().run_in_executor(None, driver.stop)
+            finally:
+                summary = await stop_sim(p)
+            s = campaign.status(w.store, "fleet-vb")
+            got = {d["device"]: (d["outcome"], len(d["requests"])) for d in s["devices"]}
+            assert got == {e: ("activated", 1) for e in (
+                plan.vboard_at(0).eui, *(d.eui for q in plan.range(0, 2) for d in q.devices))}
+            one_outcome_each(w, 3)
+            assert summary["vboard_outcomes"] == {"activated": 1}
+            assert summary["vboard_running"] == {"2": 1}
+        finally:
+            await w.stop()
+    asyncio.run(main())
