@@ -214,17 +214,19 @@ def sim_cmd(n_premises, n_devices, roles, fleet_id, slice_text, version, n_vboar
     or --register here. Progress lines go to standard output ("fleet started", "fleet
     connected", then every --report seconds).
 
-    \b
     With --vboards V, each of the slice's first V premises also runs a virtual board, brought
     up as a user does (started, flashed, deployed with --vboard-role, the key and --version,
     joined to its premises' Comms Hub with its install code; "fleet vboards" says when all
     are) before "fleet started". The fleet's workspace DIR/vboards/ holds:
+
+    \b
       keys/                          the key pair they pin (or --vboard-keys)
       fw/KIND/vVERSION/              the firmware they start on
       images/KIND-ROLE-vNEXT.ota     an upgrade image, version --version + 1, signed
                                      with that key: give it to the DCC (SR 11.4, or
                                      11.1 for an HCALCS; a campaign) like any image;
                                      --register also puts it on the DCC's CPL
+
     (the paths are printed at the start). The summary adds vboards, vboards_joined,
     vboard_outcomes and vboard_running (firmware version -> boards). A board that cannot be
     brought up stops the fleet (exit 2) with an error naming it; stopping the fleet stops
