@@ -3,12 +3,15 @@
 The DCC runs in the test's process (support.dccworld's World: its HTTP server and WAN over
 SQLite, a Supplier with a test PKI); the fleet runs as the command, in a child process.
 Every device gets its firmware SR through DUIS (11.4 for PPMIDs and Alt HAN devices, 11.1
-for HCALCS) and the DCC records exactly one outcome for each."""
+for HCALCS) and the DCC records exactly one outcome for each. With --vboards, a virtual
+board (the real device code under MicroPython) is one of those devices."""
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -22,14 +25,16 @@ pytestmark = pytest.mark.timeout(180)
 WANT = {"ppmid": "activated", "althan": "activated", "hcalcs": "distributed"}
 
 
-async def start_sim(w: World, url: str, *args: str) -> asyncio.subprocess.Process:
-    """`hanota fleet sim *args --dcc url`, once it says every hub is on the WAN."""
+async def start_sim(w: World, url: str, *args: str,
+                    timeout: float = 60) -> asyncio.subprocess.Process:
+    """`hanota fleet sim *args --dcc url`, once it says every hub is on the WAN (each line
+    within `timeout` seconds)."""
     p = await asyncio.create_subprocess_exec(
         *HANOTA, "fleet", "sim", "--dcc", url, "--poll", "0.1", "--report", "0", "--json",
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     p.lines = []  # type: ignore[attr-defined]
     while True:
-        line = await asyncio.wait_for(p.stdout.readline(), 60)
+        line = await asyncio.wait_for(p.stdout.readline(), timeout)
         assert line, "fleet sim exited before its hubs connected: %s" % p.lines
         p.lines.append(line.decode())
         if b"fleet connected" in line or line.startswith(b"[proc") and \
@@ -44,21 +49,26 @@ async def stop_sim(p) -> dict:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-async def firmware_to_all(w: World, plan: fp.FleetPlan, lo: int, hi: int) -> dict[str, str]:
+async def firmware_to_all(w: World, plan: fp.FleetPlan, lo: int, hi: int,
+                          vboard_image: bytes | None = None) -> dict[str, str]:
     """The SR each device's role takes, POSTed to the DCC for every device of premises
-    [lo, hi); once every response is in, {device EUI: outcome}."""
+    [lo, hi) (and with vboard_image, for the virtual board of each of the first
+    plan.vboards); once every response is in, {device EUI: outcome}."""
     data = {r: w.image(r, 2) for r in set(plan.roles)}
     ids = {}
+    va, vb = plan.vboard_range(lo, hi) if vboard_image else (lo, lo)
     for p in plan.range(lo, hi):
-        for s in p.devices:
-            xml = w.request(fp.ROLE_SR[s.role], duis.DCC_EUI, firmware_image=data[s.role],
+        boards = (plan.vboard_at(p.index),) if va <= p.index < vb else ()
+        for s in p.devices + boards:
+            image = vboard_image if s in boards else data[s.role]
+            xml = w.request(fp.ROLE_SR[s.role], duis.DCC_EUI, firmware_image=image,
                             firmware_version="00000002", device_ids=[bytes.fromhex(s.eui)])
             status, ack = await w.post(xml)
             assert (status, ack["code"]) == (200, "I99"), (s, ack)
             ids[ack["request_id"]] = s
     got = {}
     for rid, s in ids.items():
-        resp = await w.wait_response(rid, timeout=90)
+        resp = await w.wait_response(rid, timeout=150)
         assert resp["code"] == "I0", resp
         got[s.eui] = resp["body"]["CommsHubOutcome"]["Outcome"]
     return got
@@ -218,7 +228,9 @@ def test_plan_and_slices_are_checked():
                        (["--premises", "3", "--slice", "4/3"], "i must be 1..n"),
                        (["--premises", "3", "--slice", "2"], "give i/n"),
                        (["--premises", "2", "--slice", "1/3"], "3 slices for 2 premises"),
-                       (["--premises", "2", "--roles", "ppmid,meter"], "role 'meter'")):
+                       (["--premises", "2", "--roles", "ppmid,meter"], "role 'meter'"),
+                       (["--premises", "3", "--slice", "2/2", "--vboards", "3"],
+                        "--vboards 3: this slice has only 2 premises")):
         r = subprocess.run([*HANOTA, "fleet", "plan", *args], capture_output=True, text=True)
         assert r.returncode != 0 and says in r.stderr + r.stdout, (args, r.stderr)
     r = subprocess.run([*HANOTA, "fleet", "plan", "--premises", "5", "--devices", "2",
@@ -226,3 +238,206 @@ def test_plan_and_slices_are_checked():
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["mpxn"] for x in rows] == ["SIM0-00000002", "SIM0-00000003", "SIM0-00000004"]
     assert [d["role"] for d in rows[0]["devices"]] == ["ppmid", "hcalcs"]
+
+
+def board_processes(root: Path) -> list[int]:
+    """Pids of the virtual boards' MicroPython processes whose flash is under root."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if ("HANOTA_VB_FLASH=%s/" % root.resolve()).encode() in env:
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.parametrize("kind, role", [("vboard-esp32", "ppmid"),
+                                        ("vboard-nrf52840", "althan")])
+def test_sim_with_a_virtual_board_gets_its_firmware_through_duis(tmp_path, kind, role):
+    """--vboards 1: premises 0 also runs a virtual board (a PPMID on vboard-esp32, flashed
+    through its ROM loader, on UDP; an Alt HAN device on vboard-nrf52840, on its UART),
+    deployed with the workspace's key; `--register` puts it in the DCC's registration data and its upgrade
+    image (the workspace's, signed with that key) on the CPL. Every device, the board
+    among them, gets its firmware by DUIS and one outcome; the board activates version 2
+    (the summary and the DCC's registration data say so); stopping the fleet stops it."""
+    fleet = tmp_path / "fleet"
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(3, 1, roles=("ppmid",), vboards=1, vboard_role=role)
+            p = await start_sim(w, w.url, "--premises", "3", "--devices", "1", "--roles",
+                                "ppmid", "--vboards", "1", "--vboard-kind", kind,
+                                "--vboard-role", role, "--dir", str(fleet), "--register",
+                                "--supplier", eui_hex(w.user), "--db", str(tmp_path / "dcc.db"),
+                                timeout=150)
+            board = plan.vboard_at(0)
+            try:
+                said = "".join(p.lines)
+                image = fleet / "vboards" / "images" / ("%s-%s-v2.ota" % (kind, role))
+                assert "upgrade image %s (version 2" % image in said, said
+                assert "1 virtual boards deployed and joined (vb-SIM0-00000000)" in said, said
+                assert board_processes(fleet), "the board's MicroPython is not running"
+                got = await firmware_to_all(w, plan, 0, 3, image.read_bytes())
+            finally:
+                summary = await stop_sim(p)
+            assert got == {s.eui: "activated" for s in
+                           (board, *(d for q in plan.range(0, 3) for d in q.devices))}, got
+            one_outcome_each(w, 4)
+            assert w.store.device(board.eui)["firmware_version"] == "00000002"
+            assert summary["devices"] == summary["devices_joined"] == 3
+            assert summary["vboards"] == summary["vboards_joined"] == 1
+            assert summary["vboard_outcomes"] == {"activated": 1}
+            assert summary["vboard_running"] == {"2": 1}
+            assert summary["outcomes"] == {"activated": 4}
+            assert summary["devices_with_outcome"] == 4
+            assert summary["devices_with_two_or_more"] == 0 and summary["errors"] == 0
+            assert board_processes(fleet) == []
+        finally:
+            await w.stop()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path, procs):
+    """Premises 1's board cannot start (its folder is taken by a file): the command fails
+    (exit 2) naming that board and why; premises 0's board, which could, is stopped too
+    (with --procs 2 it is in the other process, which the parent stops)."""
+    fleet = tmp_path / "fleet"
+    (fleet / "f0-p00000001").mkdir(parents=True)
+    (fleet / "f0-p00000001" / "vboard").write_text("not a board's folder")
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            r = await asyncio.create_subprocess_exec(
+                *HANOTA, "fleet", "sim", "--dcc", w.url, "--premises", "2", "--devices", "1",
+                "--vboards", "2", "--dir", str(fleet), "--report", "0", "--for", "120",
+                "--procs", procs,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(r.communicate(), 150)
+            return r.returncode, out.decode(), err.decode()
+        finally:
+            await w.stop()
+    code, out, err = asyncio.run(main())
+    assert code == 2, (out, err)
+    assert "vb-SIM0-00000001 (vboard-esp32 ppmid F1EF00000000001F, premises SIM0-00000001) " \
+           "could not be brought up" in err and "Not a directory" in err, err
+    assert "fleet started" not in out, out
+    assert board_processes(fleet) == []
+
+
+def test_a_second_run_on_the_same_dir_starts_a_fresh_board_that_joins_again(tmp_path):
+    """The hubs' databases are kept between runs; the board is a fresh chip each run (its
+    frame counters start again): in the second run it still joins (the hub forgot the first
+    run's counters for it) and takes its firmware again, one outcome per request."""
+    fleet = tmp_path / "fleet"
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(1, 1, roles=("ppmid",), vboards=1)
+            board = plan.vboard_at(0)
+            for run in (1, 2):
+                p = await start_sim(w, w.url, "--premises", "1", "--devices", "1", "--roles",
+                                    "ppmid", "--vboards", "1", "--dir", str(fleet),
+                                    "--register", "--supplier", eui_hex(w.user), "--db",
+                                    str(tmp_path / "dcc.db"), timeout=150)
+                try:
+                    assert "1 virtual boards deployed and joined" in "".join(p.lines)
+                    image = fleet / "vboards" / "images" / "vboard-esp32-ppmid-v2.ota"
+                    xml = w.request("11.4", duis.DCC_EUI, firmware_image=image.read_bytes(),
+                                    firmware_version="00000002",
+                                    device_ids=[bytes.fromhex(board.eui)])
+                    status, ack = await w.post(xml)
+                    assert (status, ack["code"]) == (200, "I99"), ack
+                    resp = await w.wait_response(ack["request_id"], timeout=90)
+                    assert resp["body"]["CommsHubOutcome"]["Outcome"] == "activated", resp
+                finally:
+                    summary = await stop_sim(p)
+                assert summary["vboard_running"] == {"2": 1}, (run, summary)
+            one_outcome_each(w, 2)
+        finally:
+            await w.stop()
+    asyncio.run(main())
+
+
+def test_vboard_identities_registration_and_options(tmp_path):
+    """A slice's virtual boards are its first --vboards premises' device slot 15: `fleet plan`
+    shows them, `fleet register` writes them (with the premises' devices); a bad
+    --vboard-kind or --vboard-keys is refused before anything starts."""
+    from hanota.dcc.store import DccStore
+
+    common = ["--premises", "4", "--devices", "2", "--slice", "2/2", "--vboards", "1"]
+    r = subprocess.run([*HANOTA, "fleet", "plan", *common, "--json"], capture_output=True,
+                       text=True)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x.get("vboard", {}).get("eui") for x in rows] == ["F1EF00000000002F", None]
+    assert rows[0]["vboard"]["install_code"] == fp.install_code("F1EF00000000002F")
+    db = str(tmp_path / "dcc.db")
+    r = subprocess.run([*HANOTA, "fleet", "register", *common, "--supplier",
+                        "90B3D51F3001A001", "--db", db], capture_output=True, text=True)
+    assert "2 premises and 5 devices added (1 virtual boards)" in r.stdout, (r.stdout, r.stderr)
+    with DccStore(db) as store:
+        d = store.device("F1EF00000000002F")
+        assert (d["device_type"], d["mpxn"]) == ("PPMID", "SIM0-00000002")
+    for args, says in ((["--vboard-kind", "esp32"], "--vboard-kind 'esp32': one of"),
+                       (["--vboard-keys", str(tmp_path)], "no public.bin there")):
+        r = subprocess.run([*HANOTA, "fleet", "sim", *common, "--dcc", "http://127.0.0.1:1",
+                            "--dir", str(tmp_path / "f"), *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and says in r.stderr, (args, r.stderr)
+        assert not (tmp_path / "f").exists()
+
+
+def test_a_campaign_reaches_the_virtual_board_like_any_ppmid(tmp_path):
+    """A Supplier's campaign to every PPMID of its premises on firmware 00000001 (model
+    targeting, two waves) with the workspace's upgrade image: the virtual board is one of
+    its targets, gets its own SR 11.4 and activates version 2, as the simulated PPMIDs do."""
+    from hanota import images
+    from hanota.dcc import campaign
+
+    fleet = tmp_path / "fleet"
+
+    async def main():
+        w = World(tmp_path)
+        try:
+            await w.start_dcc()
+            plan = fp.FleetPlan(2, 1, roles=("ppmid",), vboards=1)
+            p = await start_sim(w, w.url, "--premises", "2", "--devices", "1", "--roles",
+                                "ppmid", "--vboards", "1", "--dir", str(fleet), "--register",
+                                "--supplier", eui_hex(w.user), "--db", str(tmp_path / "dcc.db"),
+                                timeout=150)
+            try:
+                image = fleet / "vboards" / "images" / "vboard-esp32-ppmid-v2.ota"
+                campaign.create(
+                    w.store, name="fleet-vb",
+                    key_pem=(w.pki_dir / "supplier-a.xml.key.pem").read_bytes(),
+                    cert_pem=(w.pki_dir / "supplier-a.xml.cert.pem").read_bytes(),
+                    image=image.read_bytes(), from_version="00000001",
+                    model=(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"]),
+                    waves=["1", "100%"], success_threshold="100%")
+                driver = campaign.CampaignThread(w.dcc, worker="w1", poll=0.05).start()
+                try:
+                    await w.until(lambda: campaign.status(w.store, "fleet-vb", devices=False)
+                                  ["state"] == "done", "the campaign done", timeout=90)
+                finally:
+                    await asyncio.get_running_loop().run_in_executor(None, driver.stop)
+            finally:
+                summary = await stop_sim(p)
+            s = campaign.status(w.store, "fleet-vb")
+            got = {d["device"]: (d["outcome"], len(d["requests"])) for d in s["devices"]}
+            assert got == {e: ("activated", 1) for e in (
+                plan.vboard_at(0).eui, *(d.eui for q in plan.range(0, 2) for d in q.devices))}
+            one_outcome_each(w, 3)
+            assert summary["vboard_outcomes"] == {"activated": 1}
+            assert summary["vboard_running"] == {"2": 1}
+        finally:
+            await w.stop()
+    asyncio.run(main())

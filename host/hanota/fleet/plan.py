@@ -22,6 +22,7 @@ from ..errors import HanotaError
 MAX_DEVICES = 16  # devices per premises (the low hex digit of a device's EUI-64)
 MAX_PREMISES = 10 ** 8  # premises per fleet (8 digits in the MPxN)
 MAX_FLEET = 0xFFFF
+VBOARD_SLOT = MAX_DEVICES - 1  # a premises' virtual board: the device slot no SimDevice takes
 DEFAULT_ROLES = ("ppmid", "hcalcs", "althan")
 DUIS_TYPES = {"ppmid": "PPMID", "hcalcs": "HCALCS", "althan": "ALTHAN"}  # DCC device types
 ROLE_SR = {"ppmid": "11.4", "althan": "11.4", "hcalcs": "11.1"}  # the firmware SR each takes
@@ -60,6 +61,8 @@ class FleetPlan:
     fleet: int = 0  # F: keeps fleets that share one DCC apart
     roles: tuple[str, ...] = DEFAULT_ROLES
     version: int = 1  # the firmware version the devices run at the start
+    vboards: int = 0  # virtual boards: one in each of the first V premises of a slice
+    vboard_role: str = "ppmid"
 
     def __post_init__(self) -> None:
         if not 1 <= self.premises <= MAX_PREMISES:
@@ -74,6 +77,11 @@ class FleetPlan:
         for r in self.roles:
             if r not in DUIS_TYPES:
                 raise FleetUsageError("role %r: one of %s" % (r, ", ".join(DUIS_TYPES)))
+        if self.vboards < 0:
+            raise FleetUsageError("--vboards %d: give 0 or more" % self.vboards)
+        if self.vboard_role not in DUIS_TYPES:
+            raise FleetUsageError("--vboard-role %r: one of %s" % (self.vboard_role,
+                                                                  ", ".join(DUIS_TYPES)))
 
     def at(self, g: int) -> Premises:
         """Premises g with its hub and devices."""
@@ -90,6 +98,20 @@ class FleetPlan:
     def range(self, lo: int, hi: int) -> Iterator[Premises]:
         for g in range(lo, hi):
             yield self.at(g)
+
+    def vboard_at(self, g: int) -> SimDeviceSpec:
+        """The identity of premises g's virtual board (when it has one: `vboard_range`)."""
+        self.at(g)  # (checks g)
+        eui = "F1EF%04X%08X" % (self.fleet, g * MAX_DEVICES + VBOARD_SLOT)
+        return SimDeviceSpec(eui, self.vboard_role, install_code(eui))
+
+    def vboard_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The premises [a, b) of slice [lo, hi) that hold a virtual board: its first
+        `vboards`; FleetUsageError when the slice has fewer premises than that."""
+        if self.vboards > hi - lo:
+            raise FleetUsageError("--vboards %d: this slice has only %d premises (one board "
+                                  "per premises)" % (self.vboards, hi - lo))
+        return lo, lo + self.vboards
 
 
 def install_code(eui: str) -> str:
@@ -131,14 +153,18 @@ def slice_range(plan: FleetPlan, slice_text: str | None) -> tuple[int, int]:
     return split(0, plan.premises, n)[i - 1]
 
 
-def as_json(p: Premises, suppliers: list[str] | None = None) -> dict[str, Any]:
+def _device_json(s: SimDeviceSpec) -> dict[str, Any]:
+    return {"eui": s.eui, "role": s.role, "device_type": DUIS_TYPES[s.role],
+            "install_code": s.install_code, "model": "%08X" % images.ROLE_IMAGE_TYPES[s.role],
+            "manufacturer": "%04X" % images.DEFAULT_MANUFACTURER}
+
+
+def as_json(p: Premises, suppliers: list[str] | None = None,
+            vboard: SimDeviceSpec | None = None) -> dict[str, Any]:
     d: dict[str, Any] = {"mpxn": p.mpxn, "hub": p.hub_eui,
-                         "devices": [{"eui": s.eui, "role": s.role,
-                                      "device_type": DUIS_TYPES[s.role],
-                                      "install_code": s.install_code,
-                                      "model": "%08X" % images.ROLE_IMAGE_TYPES[s.role],
-                                      "manufacturer": "%04X" % images.DEFAULT_MANUFACTURER}
-                                     for s in p.devices]}
+                         "devices": [_device_json(s) for s in p.devices]}
+    if vboard is not None:
+        d["vboard"] = _device_json(vboard)
     if suppliers:
         d["suppliers"] = suppliers
     return d
@@ -147,12 +173,18 @@ def as_json(p: Premises, suppliers: list[str] | None = None) -> dict[str, Any]:
 def register(store: Any, plan: FleetPlan, lo: int, hi: int, suppliers: list[str]) -> dict:
     """Put premises [lo, hi) and their devices in the DCC's registration data (`store`: a
     `hanota.dcc.store.DccStore`), as `hanota dcc registry add-premises` / `add-device` would;
-    what is there already is left as it is. Counts of premises and devices added."""
+    what is there already is left as it is. Counts of premises and devices added (the
+    virtual boards of the slice's first `plan.vboards` premises among the devices, and
+    also under "vboards")."""
     added = {"premises": 0, "devices": 0, "present": 0}
+    va, vb = plan.vboard_range(lo, hi) if plan.vboards else (lo, lo)
+    if plan.vboards:
+        added["vboards"] = 0
     for a, b in split(lo, hi, max(1, (hi - lo + REGISTER_BATCH - 1) // REGISTER_BATCH)):
         with store.tx():  # a batch of premises per transaction: one commit, not thousands
             for p in plan.range(a, b):
-                _register_one(store, plan, p, suppliers, added)
+                _register_one(store, plan, p, suppliers, added,
+                              plan.vboard_at(p.index) if va <= p.index < vb else None)
     return added
 
 
@@ -160,11 +192,11 @@ REGISTER_BATCH = 200  # premises per transaction in `register`
 
 
 def _register_one(store: Any, plan: FleetPlan, p: Premises, suppliers: list[str],
-                  added: dict) -> None:
+                  added: dict, vboard: SimDeviceSpec | None = None) -> None:
     if store.premises(p.mpxn) is None:
         store.add_premises(p.mpxn, suppliers, p.hub_eui)
         added["premises"] += 1
-    for s in p.devices:
+    for s in p.devices + ((vboard,) if vboard is not None else ()):
         if store.device(s.eui) is not None:
             added["present"] += 1
             continue
@@ -173,3 +205,5 @@ def _register_one(store: Any, plan: FleetPlan, p: Premises, suppliers: list[str]
                          manufacturer="%04X" % images.DEFAULT_MANUFACTURER,
                          firmware_version=plan.version, install_code=s.install_code)
         added["devices"] += 1
+        if s is vboard:
+            added["vboards"] += 1

@@ -11,6 +11,11 @@ rather than the interactive hub's quarter second. `--procs P` cuts the slice int
 ranges, each in its own process (multiprocessing, spawned); the parent adds up their
 summaries. A summary: hubs, hubs connected to the DCC, devices joined, the hubs' request
 outcomes, what the devices did, errors, time to start, CPU seconds and peak memory.
+
+With `--vboards N` the first N premises of the slice also hold a virtual board each
+(`fleet.vboards`: started, flashed, deployed and joined before "fleet started" is said; a
+board that cannot be brought up stops the fleet with an error naming it); the summary then
+counts them, their outcomes and the firmware versions they run.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import asyncio
 import errno
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import signal
@@ -57,6 +63,12 @@ class SimConfig:
     wan_token: str | None = None
     quiet: float = 300.0  # an idle hub's fallback pass (scheduler, WAN), seconds
     wan_heartbeat: float | None = 120.0  # the hubs' websocket pings, seconds (None: none)
+    vboard_ws: Any = None  # fleet.vboards.Workspace when the slice holds virtual boards
+    vboard_lo: int = 0  # premises [vboard_lo, vboard_hi) hold one each (plan.vboard_range)
+    vboard_hi: int = 0
+
+    def has_vboard(self, g: int) -> bool:
+        return self.vboard_ws is not None and self.vboard_lo <= g < self.vboard_hi
 
 
 # ---------------------------------------------------------------- checking the DCC
@@ -171,6 +183,7 @@ class _Premises:
         self.wan: Any = None
         self.bus: Any = None
         self.devices: list[Any] = []
+        self.vboard: Any = None  # its virtual board (fleet.vboards.FleetBoard), if any
 
 
 class FleetProcess:
@@ -188,6 +201,9 @@ class FleetProcess:
         self._tasks: list[asyncio.Task] = []
         self._hub_cls = _sim_hub_class()
         self.nats_pool: Any = None  # one NATS connection for all hubs of the process
+        self.boards: list[Any] = []  # the virtual boards (fleet.vboards.FleetBoard)
+        self._board_tasks: list[asyncio.Task] = []
+        self._board_gate: asyncio.Semaphore | None = None
         from ..server.blocks import Files
         self.files = Files(limit=IMAGE_FILES)
 
@@ -217,7 +233,8 @@ class FleetProcess:
                 with db.tx() as c:
                     c.execute("UPDATE hubs SET eui = ? WHERE retired IS NULL",
                               (reg.eui_text(p.hub_eui),))
-            for s in p.devices:
+            vb = (self.cfg.plan.vboard_at(p.index),) if self.cfg.has_vboard(p.index) else ()
+            for s in p.devices + vb:
                 if reg.device(db, s.eui) is None:
                     reg.add_device(db, s.eui_wire, s.role, s.install_code, p.mpxn)
             if self.cfg.suppliers and p.devices \
@@ -265,7 +282,29 @@ class FleetProcess:
             dev.attach(one.bus)
             one.devices.append(dev)
             self._spawn(dev.start())
+        if self.cfg.has_vboard(p.index):
+            self._start_vboard(one, path.parent)
         return one
+
+    def _start_vboard(self, one: _Premises, pdir: Path) -> None:
+        """Bring premises `one`'s virtual board up in the background (a few at a time);
+        `start` waits for them all."""
+        from ..hub.db import eui_text as reg_eui_text
+        from . import vboards
+
+        fb = vboards.FleetBoard(self.cfg.vboard_ws, one.spec,
+                                self.cfg.plan.vboard_at(one.spec.index), pdir / "vboard")
+        # a fresh chip every run: its frame counters start again, so the hub (whose database
+        # a run keeps) forgets the last one it took from the previous run's board
+        with one.hub.db.tx() as c:
+            c.execute("UPDATE devices SET last_counter = NULL WHERE eui = ?",
+                      (reg_eui_text(fb.spec.eui),))
+        one.vboard = fb
+        self.boards.append(fb)
+        if self._board_gate is None:
+            self._board_gate = asyncio.Semaphore(vboards.BRING_UP_AT_ONCE)
+        self._board_tasks.append(asyncio.get_running_loop().create_task(
+            vboards.bring_up(fb, one.hub, self._board_gate)))
 
     async def _connect_nats(self) -> None:
         """On NATS, the process's one connection, made before the hubs start (their start
@@ -314,10 +353,28 @@ class FleetProcess:
                 break
             if gap:
                 await asyncio.sleep(gap)
+        if self._board_tasks:
+            await self._boards_up()
         self.started_in = time.monotonic() - self._t0
-        self.say("fleet started: %d premises, %d devices in %.1f s (premises %d..%d)" % (
-            len(self.premises), sum(len(p.devices) for p in self.premises), self.started_in,
-            self.cfg.lo, self.cfg.hi - 1))
+        self.say("fleet started: %d premises, %d devices%s in %.1f s (premises %d..%d)" % (
+            len(self.premises), sum(len(p.devices) for p in self.premises),
+            " and %d virtual boards" % len(self.boards) if self.boards else "",
+            self.started_in, self.cfg.lo, self.cfg.hi - 1))
+
+    async def _boards_up(self) -> None:
+        """Every virtual board brought up and joined; else the first failure (any others
+        logged), once the others' bring-ups have ended."""
+        done = await asyncio.gather(*self._board_tasks, return_exceptions=True)
+        bad = [e for e in done if isinstance(e, BaseException)]
+        for e in bad[1:]:
+            log.error("%s", e)
+        if bad:
+            if len(bad) > 1:
+                raise type(bad[0])("%s (and %d more virtual boards failed)" % (bad[0],
+                                                                              len(bad) - 1))
+            raise bad[0]
+        self.say("fleet vboards: %d virtual boards deployed and joined (%s)" % (
+            len(self.boards), ", ".join(fb.name for fb in self.boards)))
 
     async def run(self, stop: asyncio.Event) -> dict:
         """Start, keep going until `stop` is set or cfg.duration has passed, stop; the
@@ -355,6 +412,15 @@ class FleetProcess:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.boards:  # each board stops (its MicroPython process, threads, ptys)
+            for t in self._board_tasks:
+                t.cancel()
+            await asyncio.gather(*self._board_tasks, return_exceptions=True)
+            stopped = await asyncio.gather(*(asyncio.to_thread(fb.stop) for fb in self.boards),
+                                           return_exceptions=True)
+            for fb, r in zip(self.boards, stopped):
+                if isinstance(r, Exception):
+                    self.errors["stopping %s: %s" % (fb.name, r)] += 1
         for p in self.premises:
             for d in p.devices:
                 d.close()
@@ -411,6 +477,37 @@ class FleetProcess:
             s["requests_pending"] = pending
             s["devices_with_outcome"] = len(per_device)
             s["devices_with_two_or_more"] = sum(1 for n in per_device.values() if n > 1)
+        if self.boards:
+            s.update(self._vboard_summary(outcomes))
+        return s
+
+    def _vboard_summary(self, outcomes: bool) -> dict:
+        """The virtual boards: how many, joined, their requests' outcomes and the firmware
+        versions they run (by the hub's registry: their HELLO / Activation Alert)."""
+        from . import vboards
+
+        s: dict[str, Any] = {"vboards": len(self.boards), "vboards_joined": 0}
+        oc: Counter = Counter()
+        running: Counter = Counter()
+        for p in self.premises:
+            fb = p.vboard
+            if fb is None:
+                continue
+            if p.hub.server is not None and vboards.joined(p.hub.server, fb.spec.eui_wire):
+                s["vboards_joined"] += 1
+            if not outcomes:
+                continue
+            from ..hub import registry as reg
+            dev = reg.device(p.hub.db, fb.spec.eui)
+            if dev is not None and dev["running_version"] is not None:
+                running[str(dev["running_version"])] += 1
+            for (outcome,) in p.hub.db.all(
+                    "SELECT outcome FROM requests WHERE eui = ? AND outcome IS NOT NULL "
+                    "AND (kind = 'update' OR kind = 'activate')", (reg.eui_text(fb.spec.eui),)):
+                oc[outcome] += 1
+        if outcomes:
+            s["vboard_outcomes"] = dict(sorted(oc.items()))
+            s["vboard_running"] = dict(sorted(running.items()))
         return s
 
 
@@ -423,6 +520,13 @@ def progress_line(s: dict) -> str:
     if "outcomes" in s:
         line += "; outcomes: %s" % (", ".join("%s %d" % kv for kv in s["outcomes"].items())
                                     or "none")
+    if s.get("vboards"):
+        line += "; vboards: %d/%d joined" % (s["vboards_joined"], s["vboards"])
+        if "vboard_outcomes" in s:
+            line += ", outcomes: %s, running: %s" % (
+                ", ".join("%s %d" % kv for kv in s["vboard_outcomes"].items()) or "none",
+                ", ".join("version %s x%d" % kv for kv in s["vboard_running"].items())
+                or "unknown")
     return line
 
 
@@ -446,8 +550,11 @@ def _child(cfg: SimConfig, k: int, conn) -> None:
 
     def say(text: str) -> None:
         print("[proc %d] %s" % (k, text), flush=True)
+    from .vboards import VBoardError
     try:
         conn.send(("ok", run_process(cfg, say)))
+    except VBoardError as e:  # the fleet stops: the parent stops the other processes
+        conn.send(("fatal", str(e)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         conn.send(("error", "%s: %s" % (type(e).__name__, e)))
     finally:
@@ -480,22 +587,26 @@ IMAGE_FILES = 32  # open upgrade files the process's hubs share (one LRU; a miss
 FDS_SPARE = 64 + IMAGE_FILES
 
 
-def check_fds(premises: int, procs: int) -> None:
+def check_fds(premises: int, procs: int, vboards: int = 0) -> None:
     """FleetUsageError when a process would hold more premises than its open-file limit (the
-    hard limit, which the process raises its own to) allows."""
+    hard limit, which the process raises its own to) allows (virtual boards: counted as if
+    all were in one process)."""
+    from .vboards import FDS_PER_VBOARD
+
     per = -(-premises // procs)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and per * FDS_PER_PREMISES + FDS_SPARE > hard:
-        most = max(1, (hard - FDS_SPARE) // FDS_PER_PREMISES)
+    spare = FDS_SPARE + vboards * FDS_PER_VBOARD
+    if hard != resource.RLIM_INFINITY and per * FDS_PER_PREMISES + spare > hard:
+        most = max(1, (hard - spare) // FDS_PER_PREMISES)
         raise FleetUsageError(
             "%d premises in a process need about %d file descriptors; this machine's limit is "
             "%d (ulimit -Hn): give --procs %d or more (a process holds at most %d premises)"
-            % (per, per * FDS_PER_PREMISES + FDS_SPARE, hard, -(-premises // most), most))
+            % (per, per * FDS_PER_PREMISES + spare, hard, -(-premises // most), most))
 
 
 def run(cfg: SimConfig, procs: int = 1, say: Callable[[str], None] = print) -> dict:
     """The slice [cfg.lo, cfg.hi) in `procs` processes (1: this one); the summary."""
-    check_fds(cfg.hi - cfg.lo, procs)
+    check_fds(cfg.hi - cfg.lo, procs, cfg.vboard_hi - cfg.vboard_lo if cfg.vboard_ws else 0)
     asyncio.run(probe_dcc(cfg.dcc_url))
     Path(cfg.dir).mkdir(parents=True, exist_ok=True)
     if procs <= 1:
@@ -504,7 +615,8 @@ def run(cfg: SimConfig, procs: int = 1, say: Callable[[str], None] = print) -> d
     children = []
     for k, (lo, hi) in enumerate(split(cfg.lo, cfg.hi, procs)):
         a, b = ctx.Pipe(duplex=False)
-        c = SimConfig(**{**asdict(cfg), "plan": cfg.plan, "lo": lo, "hi": hi})
+        c = SimConfig(**{**asdict(cfg), "plan": cfg.plan, "lo": lo, "hi": hi,
+                         "vboard_ws": cfg.vboard_ws})
         p = ctx.Process(target=_child, args=(c, k, b), name="fleet-%d" % k)
         p.start()
         b.close()
@@ -517,27 +629,39 @@ def run(cfg: SimConfig, procs: int = 1, say: Callable[[str], None] = print) -> d
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    parts, failures = [], []
+    parts, failures, fatal = [], [], []
     try:
-        for p, a in children:
-            while True:
-                if a.poll(0.5):
+        waiting = list(children)
+        while waiting:
+            for p, a in list(waiting):
+                if a.poll(0):
                     try:
                         kind, value = a.recv()
                     except EOFError:
                         kind, value = "error", "exited without a summary"
-                    break
-                if not p.is_alive() and not a.poll(0):
+                elif not p.is_alive():
                     kind, value = "error", "exited (code %s) without a summary" % p.exitcode
-                    break
-            (parts if kind == "ok" else failures).append(value)
-            p.join(10)
+                else:
+                    continue
+                waiting.remove((p, a))
+                if kind == "fatal" and not fatal:  # a virtual board failed: all stop
+                    for q, _ in waiting:
+                        if q.is_alive():
+                            os.kill(q.pid, signal.SIGTERM)
+                (parts if kind == "ok" else fatal if kind == "fatal" else failures) \
+                    .append(value)
+                p.join(10)
+            if waiting:
+                multiprocessing.connection.wait([a for _, a in waiting], 0.5)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         for p, _ in children:
             if p.is_alive():
                 p.kill()
+    if fatal:
+        from .vboards import VBoardError
+        raise VBoardError("; ".join(fatal))
     out = merge(parts)
     if failures:
         out["errors"] = out.get("errors", 0) + len(failures)
