@@ -333,9 +333,10 @@ def test_a_virtual_board_that_cannot_start_stops_the_fleet(tmp_path, procs):
 
 
 def test_a_second_run_on_the_same_dir_starts_a_fresh_board_that_joins_again(tmp_path):
-    """The hubs' databases are kept between runs; the board is a fresh chip each run (its
-    frame counters start again): in the second run it still joins (the hub forgot the first
-    run's counters for it) and takes its firmware again, one outcome per request."""
+    """The hubs' databases are kept between runs; the board and the simulated devices are
+    fresh each run (their frame counters start again): in the second run they still join
+    (the hub forgot the first run's counters for them) and the board takes its firmware
+    again, one outcome per request."""
     fleet = tmp_path / "fleet"
 
     async def main():
@@ -362,6 +363,8 @@ def test_a_second_run_on_the_same_dir_starts_a_fresh_board_that_joins_again(tmp_
                 finally:
                     summary = await stop_sim(p)
                 assert summary["vboard_running"] == {"2": 1}, (run, summary)
+                # the simulated device, also fresh each run, joins again too
+                assert summary["devices"] == summary["devices_joined"] == 1, (run, summary)
             one_outcome_each(w, 2)
         finally:
             await w.stop()

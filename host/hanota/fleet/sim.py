@@ -244,6 +244,7 @@ class FleetProcess:
 
     async def _start_one(self, p: Premises) -> _Premises:
         from ..dcc.wan_nats import is_nats, make_hub_wan
+        from ..hub.db import eui_text
         from .device import HanBus, SimDevice
 
         one = _Premises(p)
@@ -252,6 +253,12 @@ class FleetProcess:
         one.hub.quiet = self.cfg.quiet
         await one.hub.start()
         try:
+            # the simulated devices are fresh every run, their frame counters from 1: the
+            # hub (whose database a run keeps) forgets the last ones the previous run's took
+            if p.devices:
+                with one.hub.db.tx() as c:
+                    c.executemany("UPDATE devices SET last_counter = NULL WHERE eui = ?",
+                                  [(eui_text(s.eui),) for s in p.devices])
             # the server's stall watchdog at half the stall timeout, not every second
             srv = one.hub.server
             srv.watch_interval = max(srv.watch_interval, self.cfg.poll,
