@@ -426,7 +426,11 @@ def test_a_campaign_reaches_the_virtual_board_like_any_ppmid(tmp_path):
                     image=image.read_bytes(), from_version="00000001",
                     model=(images.DEFAULT_MANUFACTURER, images.ROLE_IMAGE_TYPES["ppmid"]),
                     waves=["1", "100%"], success_threshold="100%")
-                driver = campaign.CampaignThread(w.dcc, worker="w1", poll=0.05).start()
+                signer = campaign.Signer.from_files(
+                    str(w.pki_dir / "supplier-a.xml.key.pem"),
+                    str(w.pki_dir / "supplier-a.xml.cert.pem"))
+                driver = campaign.CampaignThread(w.dcc, signers=[signer], worker="w1",
+                                                 poll=0.05).start()
                 try:
                     await w.until(lambda: campaign.status(w.store, "fleet-vb", devices=False)
                                   ["state"] == "done", "the campaign done", timeout=90)
