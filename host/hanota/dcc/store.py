@@ -319,6 +319,8 @@ class DccStore(sqlitedb.Closing):
         self.clock = clock
         self._depth = 0
         self._images: OrderedDict[str, str] = OrderedDict()  # image_ref -> base64 (LRU)
+        self._refs: dict[str, str] = {}  # base64 -> image_ref (the last IMAGE_CACHE)
+        self._committed: set[str] = set()  # image_refs seen in wan_images
         self.conn: Any = None  # sqlite3.Connection, or dialect.PgConnection
         if dialect.is_postgres(path):
             self._open_postgres(str(path))
@@ -838,18 +840,28 @@ class DccStore(sqlitedb.Closing):
         campaign's thousands of messages share one copy. `wan_outbox` / `wan_unpublished`
         give the message back as queued, image included."""
         hub = eui_hex(hub_eui)
-        image = None
-        if isinstance(msg.get("image_b64"), str):
-            image = base64.b64decode(msg["image_b64"], validate=True)
-            ref = hashlib.sha256(image).hexdigest()
-            self._cache_image(ref, msg["image_b64"])
+        b64 = msg.get("image_b64")
+        ref = None
+        if isinstance(b64, str):
+            # a campaign queues one image thousands of times: its hash once per store
+            ref = self._refs.get(b64)
+            if ref is None:
+                ref = hashlib.sha256(base64.b64decode(b64, validate=True)).hexdigest()
+                self._refs[b64] = ref
+                while len(self._refs) > IMAGE_CACHE:
+                    del self._refs[next(iter(self._refs))]
+            self._cache_image(ref, b64)
             msg = {k: v for k, v in msg.items() if k != "image_b64"}
             msg["image_ref"] = ref
         with self.tx() as c:
-            if image is not None and c.execute("SELECT 1 FROM wan_images WHERE sha256 = ?",
-                                               (msg["image_ref"],)).fetchone() is None:
-                c.execute("INSERT INTO wan_images (sha256, data, created) VALUES (?, ?, ?)",
-                          (msg["image_ref"], image, self.clock()))
+            # an image seen committed is not looked up again (images are never deleted)
+            if ref is not None and ref not in self._committed:
+                if c.execute("SELECT 1 FROM wan_images WHERE sha256 = ?",
+                             (ref,)).fetchone() is None:
+                    c.execute("INSERT INTO wan_images (sha256, data, created) VALUES "
+                              "(?, ?, ?)", (ref, base64.b64decode(b64), self.clock()))
+                else:
+                    self._committed.add(ref)
             if self.postgres:
                 # one round trip: the id drawn first, then written into the body's text
                 rest = json.dumps({k: v for k, v in msg.items() if k != "id"},

@@ -253,12 +253,16 @@ class FleetProcess:
         one.hub.quiet = self.cfg.quiet
         await one.hub.start()
         try:
-            # the simulated devices are fresh every run, their frame counters from 1: the
-            # hub (whose database a run keeps) forgets the last ones the previous run's took
-            if p.devices:
+            # the simulated devices and the virtual board are fresh chips every run, their
+            # frame counters from 1: the hub (whose database a run keeps) forgets the last
+            # ones it took from the previous run's
+            fresh = list(p.devices)
+            if self.cfg.has_vboard(p.index):
+                fresh.append(self.cfg.plan.vboard_at(p.index))
+            if fresh:
                 with one.hub.db.tx() as c:
                     c.executemany("UPDATE devices SET last_counter = NULL WHERE eui = ?",
-                                  [(eui_text(s.eui),) for s in p.devices])
+                                  [(eui_text(s.eui),) for s in fresh])
             # the server's stall watchdog at half the stall timeout, not every second
             srv = one.hub.server
             srv.watch_interval = max(srv.watch_interval, self.cfg.poll,
@@ -296,16 +300,10 @@ class FleetProcess:
     def _start_vboard(self, one: _Premises, pdir: Path) -> None:
         """Bring premises `one`'s virtual board up in the background (a few at a time);
         `start` waits for them all."""
-        from ..hub.db import eui_text as reg_eui_text
         from . import vboards
 
         fb = vboards.FleetBoard(self.cfg.vboard_ws, one.spec,
                                 self.cfg.plan.vboard_at(one.spec.index), pdir / "vboard")
-        # a fresh chip every run: its frame counters start again, so the hub (whose database
-        # a run keeps) forgets the last one it took from the previous run's board
-        with one.hub.db.tx() as c:
-            c.execute("UPDATE devices SET last_counter = NULL WHERE eui = ?",
-                      (reg_eui_text(fb.spec.eui),))
         one.vboard = fb
         self.boards.append(fb)
         if self._board_gate is None:
