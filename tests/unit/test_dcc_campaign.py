@@ -503,26 +503,31 @@ def test_pause_resume_cancel(world):
 
 # ---------------------------------------------------------------- several workers
 
+def step_in_threads(drivers, steps: int) -> None:
+    """Each driver takes `steps` steps in its own thread, all at once; none may raise."""
+    errors: list[BaseException] = []
+
+    def run(d):
+        try:
+            for _ in range(steps):
+                d.step()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(d,)) for d in drivers]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
 def test_two_workers_share_a_campaign_without_double_sending(world):
     world.create(waves=["100%"])
     d1 = CampaignDriver(world.dcc, signers=[world.signer], worker="w1", clock=world.clock, batch=1)
     d2 = CampaignDriver(world.new_dcc(), signers=[world.signer], worker="w2", clock=world.clock,
                         batch=1)
-    errors: list[BaseException] = []
-
-    def run(d):
-        try:
-            for _ in range(10):
-                d.step()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    ts = [threading.Thread(target=run, args=(d,)) for d in (d1, d2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+    step_in_threads([d1, d2], 10)
     devices = [r["device"] for r in world.requests()]
     assert sorted(devices) == [dev_eui(i) for i in range(6)]  # each exactly once
     assert d1.sent + d2.sent == 6
@@ -560,21 +565,7 @@ def test_two_workers_preparing_at_once_send_valid_unique_requests_with_rising_co
                 return chk
 
             d.dcc.check = check
-        errors: list[BaseException] = []
-
-        def run(d):
-            try:
-                for _ in range(20):
-                    d.step()
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-
-        ts = [threading.Thread(target=run, args=(d,)) for d in drivers]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        assert not errors
+        step_in_threads(drivers, 20)
         # the overtaken one prepared its request again: under the lock when it may not
         # outside (with a clock standing still the retries outside can be overtaken too)
         if outside == 0:
