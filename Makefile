@@ -28,9 +28,11 @@ bench: $(STAMP)
 
 # A firmware campaign to 10,000 simulated premises (issue 14): SQLite against PostgreSQL + NATS,
 # one DCC worker against two, and a worker kill, a NATS and a PostgreSQL restart during it;
-# writes bench/SCALE.md. Long; SCALE_ARGS="--premises 200" for a run of a few minutes.
+# writes bench/SCALE.md and its figures as JSON in bench/scale-runs/ (SCALE.md of several such
+# files: python -m bench.scale --from-json FILE...). Long; SCALE_ARGS="--premises 200" for a run
+# of a few minutes.
 scale: $(STAMP)
-	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+	$(BIN)/python -m bench.scale --json bench/scale-runs/$$(date -u +%Y-%m-%dT%H%M).json $(SCALE_ARGS)
 
 # Every power-cut point of both bank kinds, torn writes, random multi-cuts, and the long
 # fuzz budget; writes tests/fault/RESULTS.md (make test runs a fixed stride and short budgets).

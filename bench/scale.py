@@ -493,7 +493,14 @@ def write_md(path: Path, res: dict) -> None:
     L = ["# Scale: a firmware campaign to a simulated fleet", "",
          "Written by `%s` (%s; %s, %d cores, %d GB RAM, Python %s)." % (
              res["command"], res["date"], res["machine"], os.cpu_count(), res["ram_gb"],
-             platform.python_version()), "",
+             platform.python_version()), ""]
+    if res.get("combined_by"):
+        L += ["Combined by `%s` from the runs' JSON, kept in `bench/scale-runs/` (one file per "
+              "command above%s)." % (
+                  res["combined_by"],
+                  "; %s" % "; ".join(res["reconstructed"]) if res.get("reconstructed") else ""),
+              ""]
+    L += [
          "Each run: `hanota fleet plan` premises with their Comms Hub and %d simulated devices "
          "(ppmid, hcalcs, althan) registered in a fresh DCC database; `hanota dcc serve` "
          "worker(s) on this machine; `hanota fleet sim` (one event loop per process) on the "
@@ -585,6 +592,16 @@ def start_servers(need: set[str], log) -> dict:
     return out
 
 
+def _reconstructed(files, parts) -> list[str]:
+    """`files: why` for the JSON files rebuilt after the fact (their "reconstructed" says how),
+    one entry per distinct reason."""
+    why: dict[str, list[str]] = {}
+    for f, p in zip(files, parts):
+        if p.get("reconstructed"):
+            why.setdefault(p["reconstructed"], []).append(Path(f).name)
+    return ["%s: %s" % (", ".join(names), r) for r, names in why.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.scale",
                                  description=__doc__.split("\n")[0])
@@ -620,7 +637,10 @@ def main(argv=None) -> int:
         res = dict(parts[-1], runs=[r for p in parts for r in p["runs"]],
                    command="; ".join(p["command"] for p in parts),
                    date=", ".join(p["date"] for p in parts),
-                   notes=[x for p in parts for x in p.get("notes") or []] + a.note)
+                   notes=[x for p in parts for x in p.get("notes") or []] + a.note,
+                   combined_by="python -m bench.scale --from-json %s" % " ".join(
+                       Path(f).as_posix() for f in a.from_json),
+                   reconstructed=_reconstructed(a.from_json, parts))
         write_md(Path(a.out), res)
         print("wrote %s" % a.out)
         return 0

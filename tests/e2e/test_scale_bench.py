@@ -38,3 +38,31 @@ def test_scale_bench_accounting_at_a_tiny_size(tmp_path):
     assert rc == 0
     text = out.read_text()
     assert "| sqlite-1 |" in text and "a DCC worker SIGKILLed" in text
+
+
+def test_scale_md_is_rebuilt_from_the_committed_run_files(tmp_path):
+    """bench/SCALE.md is combined from the JSON of several `bench.scale` commands (kept in
+    bench/scale-runs/): every run of every file becomes a row of its own size, in order, and
+    the header names the files and says which were rebuilt after the fact."""
+    from pathlib import Path
+
+    from bench import scale
+
+    files = sorted(Path(scale.HERE, "scale-runs").glob("*.json"))
+    assert files, "bench/scale-runs/ holds the committed runs"
+    out = tmp_path / "SCALE.md"
+    assert scale.main(["--from-json", *map(str, files), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = [ln for ln in text.split("## Extrapolated")[0].splitlines()
+            if ln.startswith("| ") and not ln.startswith("| run")]
+    want = [(r["run"], r["premises"]) for f in files for r in json.loads(f.read_text())["runs"]]
+    got = [(c[0], int(c[5])) for c in ([x.strip() for x in ln.strip("|").split("|")]
+                                       for ln in rows)]
+    assert got == want
+    assert "Combined by `python -m bench.scale --from-json" in text
+    combined = text.split("Combined by")[1].split("\n")[0]
+    for f in files:
+        assert f.name in combined
+        why = json.loads(f.read_text()).get("reconstructed")
+        if why:
+            assert why in combined
