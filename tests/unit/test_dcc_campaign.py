@@ -622,8 +622,8 @@ def test_a_worker_killed_mid_send_leaves_nothing_and_another_sends_it(world):
     doomed = world.new_dcc()
     real = doomed.record
 
-    def record_then_die(chk):  # inside the send's write transaction, after the DCC's writes
-        real(chk)
+    def record_then_die(chk, **kw):  # inside the send's write transaction, after the DCC's writes
+        real(chk, **kw)
         raise Killed()
 
     doomed.record = record_then_die
@@ -956,3 +956,29 @@ def test_report_shows_waves_and_outcomes(world):
     assert "rejected_by_device" in html and "not_sent" in html
     text = "\n".join(rep.duis_lines(data))
     assert "campaign c1" in text
+
+
+def test_a_sends_deadline_travels_with_it_and_an_expired_answer_is_retried(world):
+    """The campaign's response deadline goes in the request's WAN message (`expires`, the
+    DCC's clock), so a Comms Hub that gets it late does not act on it; the hub's answer
+    `expired` (it came before the DCC's own sweep) is a failure that is retried."""
+    world.create(devices=[dev_eui(0)], retries=1, backoff=10, response_timeout=600,
+                 success_threshold="0%")
+    d = CampaignDriver(world.dcc, signers=[world.signer], clock=world.clock)
+    sent = world.clock.t
+    assert d.step() == 1
+    hub = world.store.device(dev_eui(0))["hub_eui"]
+    (msg,) = world.dcc.wan_outbox(hub)
+    assert msg["expires"] == pytest.approx(sent + 600, abs=1)
+    world.dcc.wan_received(bytes.fromhex(hub), {
+        "id": 1, "type": "outcome", "request": msg["request"], "device": dev_eui(0),
+        "outcome": "expired", "detail": {"reason": "reached the Comms Hub late"}})
+    req = world.store.request_by_text(msg["request"])
+    assert (req["outcome"], req["code"]) == ("expired", "E21")
+    d.step()
+    (x,) = campaign.status(world.store, "c1")["devices"]
+    assert (x["state"], x["last_outcome"]) == ("waiting", "expired")
+    world.clock.t += 11
+    assert d.step() == 1  # the retry: a new request, with its own deadline
+    (again,) = [m for m in world.dcc.wan_outbox(hub) if m["request"] != msg["request"]]
+    assert again["expires"] == pytest.approx(world.clock.t + 600, abs=1)

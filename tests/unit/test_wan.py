@@ -181,3 +181,25 @@ def test_hub_show_tells_the_wan_state(wan, tmp_path):
     assert "WAN: DCC messages up to #4 taken, 1 not applied yet" in r.output
     with HubDB.open(tmp_path / "plain.db") as db:
         assert wan_state(db) is None  # a hub that never had a WAN
+
+
+def test_a_command_past_its_deadline_is_not_carried_out(wan, tmp_path):
+    """A DCC message whose response deadline (`expires`) has passed when the hub comes to it
+    (a backlog, or the hub offline that long) is answered `expired` and not acted on: the DCC
+    has given the request no_response and retries it as a new one, so acting on the late one
+    too would make the device act twice. One before its deadline is carried out."""
+    key = otabuild.new_key()
+    send(wan, 1, "prenotify", 3, install_code=install_code(3), role="ppmid")
+    image = base64.b64encode(build_image(tmp_path, key, "ppmid", 2).read_bytes()).decode()
+    now = wan.hub.db.now()
+    send(wan, 2, "update_firmware", 3, kind="11.4", at=None, image_b64=image,
+         expires=now - 5.0)
+    o = last(wan, 2)
+    assert (o["type"], o["outcome"]) == ("outcome", "expired"), o
+    assert "after its response deadline" in o["detail"]["reason"]
+    assert wan.hub.db.one("SELECT count(*) FROM requests")[0] == 0  # nothing for the device
+    assert wan.store.pending_in() == []  # done, not tried again
+    send(wan, 3, "update_firmware", 3, kind="11.4", at=None, image_b64=image,
+         expires=now + 600.0)
+    assert wan.hub.db.one("SELECT count(*) FROM requests")[0] == 1
+    assert [x for x in out(wan) if x["request"].endswith(":3")] == []  # under way, no outcome

@@ -74,7 +74,10 @@ received it, any worker moves the campaign on.
 - response deadline: a request without an outcome `response_timeout` seconds after it was
   sent gets the DCC's outcome `no_response` (`Dcc.expire_request`: its final DUIS response,
   E21), which counts as a failure for the thresholds and is retried; the Comms Hub's answer,
-  if it comes later, is kept but makes no second outcome. Without one, `dcc serve
+  if it comes later, is kept but makes no second outcome. The deadline goes in the request's
+  WAN message (`expires`): a Comms Hub that gets it later (a backlog, a hub offline that
+  long) does not carry it out but answers `expired` (retried too), so a device never acts on
+  both the late request and its retry. Without one, `dcc serve
   --response-timeout` (for every request) is the only deadline.
 - pause (no more sends, outcomes still taken), resume, cancel (devices not sent get the
   outcome `cancelled`; requests already sent keep theirs).
@@ -102,7 +105,7 @@ log = logging.getLogger(__name__)
 STATES = ("running", "paused", "stopped", "cancelled", "done")
 DEVICE_STATES = ("waiting", "sent", "done")
 SUCCESS = {"11.1": ("distributed",), "11.4": ("activated",)}
-RETRYABLE = ("transfer_failed", "device_unreachable", "no_response")
+RETRYABLE = ("transfer_failed", "device_unreachable", "no_response", "expired")
 DEFAULTS = {"waves": ["100%"], "success_threshold": 0.9, "error_threshold": 0.1, "rate": None,
             "window": None, "retries": 2, "backoff": 60.0, "backoff_max": 3600.0,
             "response_timeout": None}
@@ -1071,7 +1074,9 @@ class CampaignDriver:
                 r = chk.refusal
                 if r is None:
                     try:
-                        code, reason = self.dcc.record(chk)
+                        code, reason = self.dcc.record(chk, expires=(
+                            now + float(cfg["response_timeout"])
+                            if cfg.get("response_timeout") else None))
                         break
                     except Refusal as e:
                         r = e

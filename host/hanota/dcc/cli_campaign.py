@@ -130,7 +130,7 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
               help="The windows' IANA time zone (e.g. Europe/London).")
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True,
               help="New requests for a device whose outcome is transfer_failed, "
-                   "device_unreachable or no_response.")
+                   "device_unreachable, no_response or expired.")
 @click.option("--backoff", default="60s", show_default=True,
               help="Wait before the first retry; doubles per retry.")
 @click.option("--backoff-max", default="1h", show_default=True,
@@ -138,8 +138,9 @@ def _lines(s: dict, devices: bool = True) -> list[str]:
 @click.option("--response-timeout", default=None, metavar="DURATION",
               help="A request without an outcome this long after it was sent gets the "
                    "DCC's outcome no_response: a failure for the thresholds, retried as "
-                   "device_unreachable (e.g. 30m; default: the DCC's dcc serve "
-                   "--response-timeout, if any).")
+                   "device_unreachable. This deadline goes with each request: a Comms Hub "
+                   "that gets it later does not act on it (outcome expired, retried too). "
+                   "E.g. 30m; default: the DCC's dcc serve --response-timeout, if any.")
 @click.option("--json", "as_json", is_flag=True, help="Print the campaign as JSON.")
 @domain_errors
 def campaign_create(name, db_path, key, cert, image, srv, devices, devices_file, model,

@@ -119,6 +119,8 @@ OUTCOME_RESPONSES: dict[str, tuple[str, str | None, int | None]] = {
     # for the User the command did not reach the device
     "refused": ("E20", None, None),
     "device_unreachable": ("E21", None, None),
+    # the Comms Hub received it after its response deadline and did not carry it out
+    "expired": ("E21", None, None),
     "superseded": ("EH12", None, None),
     # the DCC's own outcome: no answer from the Comms Hub within the response deadline
     NO_RESPONSE: ("E21", None, None),
@@ -297,13 +299,18 @@ class Dcc:
                 chk.rule = r
         return chk
 
-    def record(self, chk: "Checked") -> tuple[str, str | None]:
+    def record(self, chk: "Checked", expires: float | None = None) -> tuple[str, str | None]:
         """Write what `check` decided for an SR 11.1 / 11.4, inside the caller's write
         transaction: take the counter (Refusal "replay", nothing written, when it is no
         longer above the User's last: another request of the User's came in since), then
         the refusal's record, or, once the device's registration and the CPL entry are
         seen unchanged (else the rules and the image are checked again, here), the request
-        and its WAN message. The acknowledgement's (code, reason)."""
+        and its WAN message. The acknowledgement's (code, reason).
+
+        `expires`: the request's response deadline (the store's clock, seconds since the
+        epoch), carried in its WAN message: a Comms Hub that receives it later does not carry
+        it out (the DCC has given it `no_response` by then, and a retry goes as a new
+        request: the device must not act on both)."""
         req, user, counter = chk.req, chk.user, chk.counter
         assert req is not None and user is not None and counter is not None
         if not self.store.take_counter(user, counter):
@@ -322,6 +329,8 @@ class Dcc:
                                    reason=rule.reason, detail={"refusal": rule.name})
             return rule.code, rule.reason
         dev, msg, detail, _ = plan
+        if expires is not None:
+            msg = dict(msg, expires=round(float(expires), 3))
         self._queue(req, user, counter, dev, msg, detail)
         return ACCEPTED, None
 

@@ -685,6 +685,20 @@ class CommsHubWan:
         from ..hub.db import HubError
 
         db = self.hub.db
+        expires = msg.get("expires")
+        if isinstance(expires, (int, float)) and db.now() > expires:
+            # the DCC has given it its outcome (no_response) and retries it as a new request:
+            # carried out now, the device would act on both
+            late = db.now() - expires
+            log.warning("DCC message %s (%s, request %s) came %.0f s after its deadline: not "
+                        "carried out", msg.get("id"), msg.get("type"), msg.get("request"), late)
+            with db.tx() as c:
+                self._immediate(msg, "expired", reason="reached the Comms Hub %.0f s after "
+                                "its response deadline; not carried out" % late)
+                c.execute("UPDATE ch_wan_in SET done = ?, result = ? WHERE id = ?",
+                          (db.now(), "expired", msg["id"]))
+            self.hub.wake()
+            return
         try:
             with db.tx() as c:
                 result = _Actions(self, msg).run()
