@@ -489,6 +489,19 @@ BOUNDS = """What bounds it, from how the code works (the figures above say how m
   and NATS, so the DCC's figures here are lower bounds of what a DCC host of its own does.
 """
 
+def _deadlines(res: dict) -> str:
+    """The campaigns' response deadline: one, or each with the sizes it was run at."""
+    at: dict[float, list[int]] = {}
+    for r in res["runs"]:
+        sizes = at.setdefault(r.get("response_timeout", res["response_timeout"]), [])
+        if r["premises"] not in sizes:
+            sizes.append(r["premises"])
+    if len(at) <= 1:
+        return "%g s" % next(iter(at), res["response_timeout"])
+    return ", ".join("%g s at %s premises" % (t, " and ".join(format(n, ",") for n in sizes))
+                     for t, sizes in at.items())
+
+
 def write_md(path: Path, res: dict) -> None:
     L = ["# Scale: a firmware campaign to a simulated fleet", "",
          "Written by `%s` (%s; %s, %d cores, %d GB RAM, Python %s)." % (
@@ -506,9 +519,9 @@ def write_md(path: Path, res: dict) -> None:
          "worker(s) on this machine; `hanota fleet sim` (one event loop per process) on the "
          "same machine; one campaign per device model created when every hub is on the WAN "
          "(waves 5 %% then the rest, thresholds 90 %% / 10 %%, retries 2, response deadline "
-         "%g s), %d-byte images. Figures are from the size in the `premises` column of each "
+         "%s), %d-byte images. Figures are from the size in the `premises` column of each "
          "row; nothing is extrapolated in the tables." % (
-             res["devices_per_premises"], res["response_timeout"], res["image_bytes"]), "",
+             res["devices_per_premises"], _deadlines(res), res["image_bytes"]), "",
          "Requests/s: the campaigns' sends from the first to the last (it includes the wait for "
          "the first waves' outcomes); in waves 2+: the sends of the later waves over their own "
          "span, the DCC's send rate when nothing holds it back.", "",
@@ -618,8 +631,12 @@ def main(argv=None) -> int:
     ap.add_argument("--per-proc", type=int, default=2500,
                     help="premises per fleet sim process")
     ap.add_argument("--max-procs", type=int, default=8)
-    ap.add_argument("--response-timeout", type=float, default=600.0,
-                    help="the campaigns' response deadline, seconds")
+    ap.add_argument("--response-timeout", type=float, default=None,
+                    help="the campaigns' response deadline, seconds (default 600, or 0.06 s "
+                         "a device if more: the simulated fleet shares the cores and works "
+                         "through a wave of tens of thousands of requests at some 30 a "
+                         "second, so a shorter deadline expires requests still queued for "
+                         "their hub; they are retried, counted as lost)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="give up on a run after this many seconds (default 120 + 0.2 s a "
                          "device)")
@@ -634,7 +651,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.from_json:
         parts = [json.loads(Path(f).read_text()) for f in a.from_json]
-        res = dict(parts[-1], runs=[r for p in parts for r in p["runs"]],
+        res = dict(parts[-1], runs=[dict(r, response_timeout=r.get(
+                       "response_timeout", p["response_timeout"])) for p in parts
+                       for r in p["runs"]],
                    command="; ".join(p["command"] for p in parts),
                    date=", ".join(p["date"] for p in parts),
                    notes=[x for p in parts for x in p.get("notes") or []] + a.note,
@@ -651,6 +670,8 @@ def main(argv=None) -> int:
                  "--premises at least 1, --devices 1..15")
     if a.timeout is None:
         a.timeout = 120 + 0.2 * a.premises * a.devices
+    if a.response_timeout is None:
+        a.response_timeout = max(600.0, 0.06 * a.premises * a.devices)
 
     def log(msg):
         print(msg, flush=True)
