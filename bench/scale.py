@@ -489,17 +489,16 @@ BOUNDS = """What bounds it, from how the code works (the figures above say how m
   and NATS, so the DCC's figures here are lower bounds of what a DCC host of its own does.
 """
 
+def _deadline(res: dict, r: dict) -> float:
+    return r.get("response_timeout") or res["response_timeout"]
+
+
 def _deadlines(res: dict) -> str:
-    """The campaigns' response deadline: one, or each with the sizes it was run at."""
-    at: dict[float, list[int]] = {}
-    for r in res["runs"]:
-        sizes = at.setdefault(r.get("response_timeout", res["response_timeout"]), [])
-        if r["premises"] not in sizes:
-            sizes.append(r["premises"])
-    if len(at) <= 1:
-        return "%g s" % next(iter(at), res["response_timeout"])
-    return ", ".join("%g s at %s premises" % (t, " and ".join(format(n, ",") for n in sizes))
-                     for t, sizes in at.items())
+    """The campaigns' response deadline: one, or the several of combined runs."""
+    at = sorted({_deadline(res, r) for r in res["runs"]} or {res["response_timeout"]})
+    if len(at) == 1:
+        return "%g s" % at[0]
+    return "%s s (each run's accounting below says which)" % " or ".join("%g" % t for t in at)
 
 
 def write_md(path: Path, res: dict) -> None:
@@ -552,9 +551,11 @@ def write_md(path: Path, res: dict) -> None:
     for r in res["runs"]:
         if "error" in r:
             continue
-        L.append("- **%s** (%d premises, %s): complete %s; campaigns %s; device outcomes %s; "
+        L.append("- **%s** (%d premises, %s): response deadline %g s; complete %s; campaigns "
+                 "%s; device outcomes %s; "
                  "request outcomes %s; lost %s; duplicated %s; sends %d over %s s%s." % (
-                     r["run"], r["premises"], r["fault"], "yes" if r.get("complete") else "NO",
+                     r["run"], r["premises"], r["fault"], _deadline(res, r),
+                     "yes" if r.get("complete") else "NO",
                      json.dumps(r.get("campaign_states")), json.dumps(r.get("device_outcomes")),
                      json.dumps(r.get("request_outcomes")), json.dumps(r.get("lost")),
                      json.dumps(r.get("duplicated")), r.get("sends", 0), r.get("sends_s"),
