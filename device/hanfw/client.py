@@ -498,6 +498,7 @@ class OtaClient:
         if d is None:
             return
         d.tries += 1
+        self.stats["timeouts"] = self.stats.get("timeouts", 0) + 1
         if d.tries > self.cfg.retry_limit:
             self.log("ota: no answer at offset %d after %d tries; will resume later" % (d.offset, d.tries - 1))
             self._suspend()
@@ -712,7 +713,9 @@ class OtaClient:
         self.pending = d.id
         self._end_download()
         self.status = zcl.UPGRADE_DOWNLOAD_COMPLETE
-        self.log("ota: version 0x%08x downloaded and verified" % self.pending[2])
+        g = self.stats.get
+        self.log("ota: version 0x%08x downloaded and verified (since boot: %d silences waited out, %d lost blocks asked, %d pages asked again)"
+                 % (self.pending[2], g("timeouts", 0), g("holes", 0), g("again", 0)))
         self._send_end()
 
     def _send_end(self):

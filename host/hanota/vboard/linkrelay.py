@@ -112,6 +112,8 @@ class UdpRelay(_Relay):
         self._dev.bind(("127.0.0.1", 0))
         self._hub_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._hub_side.bind(("127.0.0.1", 0))
+        for s in (self._dev, self._hub_side):
+            _big_receive_buffer(s)
         self._device_addr: tuple[str, int] | None = None
 
     @property
@@ -159,9 +161,52 @@ class UdpRelay(_Relay):
             return True
         return False
 
+    def kernel_drops(self) -> dict[str, int] | None:
+        """Datagrams the kernel dropped because a socket's receive buffer was full, as Linux
+        counts them in /proc/net/udp: at the relay's sockets (its thread fell behind a burst
+        on a loaded machine) and at the device's (a board too busy to read its radio). These
+        are lost on the emulated link too, besides the seeded drops. None where Linux's
+        counts cannot be read."""
+        ports = {"device": self._device_addr[1] if self._device_addr else None,
+                 "relay-up": self._dev.getsockname()[1],
+                 "relay-down": self._hub_side.getsockname()[1]}
+        drops = dict.fromkeys(ports, 0)
+        try:
+            with open("/proc/net/udp") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    addr, port = cols[1].split(":")
+                    # 127.0.0.1 or any address, little-endian hex as the kernel shows it
+                    if addr not in ("0100007F", "00000000"):
+                        continue
+                    for k, p in ports.items():
+                        if p == int(port, 16):
+                            drops[k] += int(cols[-1])
+        except (OSError, ValueError, IndexError, StopIteration):
+            return None
+        return drops
+
     def _close(self) -> None:
         self._dev.close()
         self._hub_side.close()
+
+
+_RECEIVE_BUFFER = 4 << 20
+
+
+def _big_receive_buffer(s: socket.socket) -> None:
+    # A hub sends a page's few hundred frames at once; on a loaded machine the relay's
+    # thread can fall behind, and a full receive buffer would lose frames the emulated
+    # link never chose to lose. Linux caps SO_RCVBUF at net.core.rmem_max; root may go
+    # past it (SO_RCVBUFFORCE). What is still lost that way shows in kernel_drops().
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    for opt in ((force,) if force is not None else ()) + (socket.SO_RCVBUF,):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, _RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _lost(data: bytes) -> None:
