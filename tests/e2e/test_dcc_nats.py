@@ -893,3 +893,77 @@ def test_an_undecodable_message_is_delivered_again_before_it_is_dropped():
     did = asyncio.run(main())
     assert did[:wan_nats.BAD_FRAME_TRIES - 1] == [[("nak", 2.0)]] * (wan_nats.BAD_FRAME_TRIES - 1)
     assert did[wan_nats.BAD_FRAME_TRIES - 1:] == [[("term",)], [("term",)]]
+
+
+def test_a_redelivery_of_a_message_already_answered_costs_no_round_trip(tmp_path):
+    """After a broker restart a process's hubs are sent their unacknowledged messages all at
+    once, and what waits for a handling slot longer than ack_wait comes again. A copy of a
+    DCC message the hub has stored and answered is acknowledged at once, without a slot and
+    without publishing again; a new message, or one whose answer did not reach the broker,
+    waits for a slot and is answered."""
+    import nats.errors
+
+    wan, db, hub = hub_side(tmp_path, "a", "nats://127.0.0.1:9")
+
+    class Js:
+        def __init__(self):
+            self.published: list[tuple[str, dict]] = []
+            self.fail = False
+
+        async def publish(self, subject, payload, headers=None):
+            if self.fail:
+                raise nats.errors.TimeoutError()
+            self.published.append((subject, json.loads(payload)))
+
+    class Msg:
+        def __init__(self, mid: int):
+            self.data = json.dumps({"id": mid, "type": "read", "request": "r%d" % mid}).encode()
+            self.did: list[str] = []
+
+        async def ack(self):
+            self.did.append("ack")
+
+        async def nak(self, delay=None):
+            self.did.append("nak")
+
+    js = Js()
+    pool = SimpleNamespace(handling=asyncio.Semaphore(wan_nats.HANDLING))
+
+    async def deliver(m, within=None):
+        t = asyncio.ensure_future(wan._deliver(pool, js, hub, m))
+        done, _ = await asyncio.wait([t], timeout=within if within is not None else 2.0)
+        return t, bool(done)
+
+    async def main():
+        first = Msg(7)
+        _, done = await deliver(first)
+        assert done and first.did == ["ack"]
+        assert js.published == [(wan_nats.UP % hub, {"ack": 7})]
+        for _ in range(wan_nats.HANDLING):  # every slot busy
+            await pool.handling.acquire()
+        copy = Msg(7)
+        _, done = await deliver(copy, 1.0)
+        assert done and copy.did == ["ack"]  # at once, no slot
+        assert len(js.published) == 1  # and not answered again
+        new = Msg(8)
+        t, done = await deliver(new, 0.3)
+        assert not done and new.did == []  # a new one waits for a slot
+        pool.handling.release()
+        await asyncio.wait_for(t, 2.0)
+        assert new.did == ["ack"] and js.published[-1] == (wan_nats.UP % hub, {"ack": 8})
+        js.fail = True  # stored, but its answer does not reach the broker
+        lost = Msg(9)
+        await asyncio.wait_for(wan._deliver(pool, js, hub, lost), 2.0)
+        assert lost.did == []  # unacknowledged: the broker sends it again
+        js.fail = False
+        again = Msg(9)
+        await pool.handling.acquire()
+        t, done = await deliver(again, 0.3)
+        assert not done  # not settled: it goes the whole way
+        pool.handling.release()
+        await asyncio.wait_for(t, 2.0)
+        assert again.did == ["ack"] and js.published[-1] == (wan_nats.UP % hub, {"ack": 9})
+        assert [m["id"] for m in wan.store.pending_in()] == [7, 8, 9]  # each stored once
+
+    asyncio.run(main())
+    db.close()
