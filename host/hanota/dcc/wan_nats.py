@@ -653,39 +653,29 @@ class NatsCommsHubWan(CommsHubWan):
         then costs a full round trip and the queue grows with copies (a 10,000-premises run
         saw hubs get nothing for 25 minutes while their consumers redelivered every 30 s)."""
         try:
-            if self._settled(m):
+            try:
+                msg = decode(m.data)
+            except WanError as e:
+                await undecodable(m, "NATS WAN: hub %s" % hub, e)
+                return
+            if msg.get("id") in self._answered:
                 await m.ack()
                 return
             async with pool.handling:
-                await self._take(js, hub, m)
+                await self._take(js, hub, m, msg)
         except _nats_errors() as e:  # unacknowledged: the broker delivers it again
             log.info("NATS WAN: hub %s: %s", hub, e)
         except Exception:  # noqa: BLE001 - logged; unacknowledged, delivered again
             log.exception("NATS WAN: hub %s", hub)
-
-    def _settled(self, m: Any) -> bool:
-        """Whether `m` is a DCC message already stored and answered by this hub."""
-        if not self._answered:
-            return False
-        try:
-            msg = decode(m.data)
-        except WanError:
-            return False  # _take says what is wrong with it
-        return "id" in msg and msg["id"] in self._answered
 
     def _remember_answered(self, mid: int) -> None:
         self._answered[mid] = None
         if len(self._answered) > ANSWERED_KEPT:
             del self._answered[next(iter(self._answered))]  # the oldest
 
-    async def _take(self, js: Any, hub: str, m: Any) -> None:
-        """One message pushed by the hub's consumer: stored, answered, then acknowledged to
-        the broker; one that cannot be stored yet is left for a redelivery."""
-        try:
-            msg = decode(m.data)
-        except WanError as e:
-            await undecodable(m, "NATS WAN: hub %s" % hub, e)
-            return
+    async def _take(self, js: Any, hub: str, m: Any, msg: dict) -> None:
+        """One message pushed by the hub's consumer (`msg`, decoded): stored, answered, then
+        acknowledged to the broker; one that cannot be stored yet is left for a redelivery."""
         if "ack" in msg:
             self.store.acked(msg["ack"])
             self._sent.pop(msg["ack"], None)
